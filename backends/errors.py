@@ -1,0 +1,23 @@
+"""Errors raised by backends. The service translates them at the backend boundary."""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """A backend operation failed; the message is for logs, not for API clients."""
+
+
+class SetupError(BackendError):
+    """A backend's host is not set up to run it (missing tool, directory, permission)."""
+
+
+class CapacityError(BackendError):
+    """The host cannot hold what was asked (no space, size beyond what the backend supports)."""
+
+
+class CorruptBlockError(BackendError):
+    """A stored snapshot block does not match its SHA-256 digest."""
+
+
+class MissingBlockError(BackendError):
+    """A snapshot block the manifest names is not in the block store."""

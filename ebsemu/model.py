@@ -1,0 +1,101 @@
+"""Domain records shared by the service core and the store.
+
+Enum values are botocore's wire values, so a record's state can be serialized as it is.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+GIB = 1024**3
+BLOCK_SIZE = 512 * 1024  # EBS snapshot block size, bytes
+
+
+class VolumeState(enum.StrEnum):
+    CREATING = "creating"
+    AVAILABLE = "available"
+    IN_USE = "in-use"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    ERROR = "error"
+
+
+class SnapshotState(enum.StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    ERROR = "error"
+
+
+class VolumeType(enum.StrEnum):
+    STANDARD = "standard"
+    GP2 = "gp2"
+    GP3 = "gp3"
+    IO1 = "io1"
+    IO2 = "io2"
+    ST1 = "st1"
+    SC1 = "sc1"
+
+
+def new_id(prefix: str) -> str:
+    """An AWS-style resource id: prefix, dash, 17 lowercase hex digits."""
+    return f"{prefix}-{secrets.token_hex(9)[:17]}"
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, to whole milliseconds (what the wire shows)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@dataclass
+class Volume:
+    id: str
+    owner_id: str
+    region: str
+    zone: str
+    size_gib: int
+    volume_type: VolumeType
+    state: VolumeState
+    create_time: datetime
+    iops: int | None = None
+    throughput: int | None = None
+    encrypted: bool = False
+    kms_key_id: str | None = None
+    snapshot_id: str | None = None
+    multi_attach: bool = False
+    client_token: str | None = None
+    request_digest: str | None = None
+    state_message: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    seq: int = 0
+
+
+@dataclass
+class Snapshot:
+    id: str
+    owner_id: str
+    region: str
+    volume_id: str
+    volume_size_gib: int
+    state: SnapshotState
+    start_time: datetime
+    progress: int = 0
+    description: str = ""
+    encrypted: bool = False
+    kms_key_id: str | None = None
+    state_message: str | None = None
+    completion_time: datetime | None = None
+    full_size_bytes: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    resource_id: str
+    resource_type: str
+    key: str
+    value: str
