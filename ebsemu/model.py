@@ -60,6 +60,7 @@ class Volume:
     volume_type: VolumeType
     state: VolumeState
     create_time: datetime
+    zone_id: str = ""
     iops: int | None = None
     throughput: int | None = None
     encrypted: bool = False

@@ -1,0 +1,5 @@
+import sys
+
+from ebsemu.cli import main
+
+sys.exit(main())

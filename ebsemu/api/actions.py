@@ -1,0 +1,136 @@
+"""One small adapter per EC2 action: parsed params in, result dict out."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ebsemu.api import views
+from ebsemu.config import Config
+from ebsemu.service import validation, zones
+from ebsemu.service.context import RequestContext
+from ebsemu.service.snapshots import SnapshotService
+from ebsemu.service.tags import TagService
+from ebsemu.service.volumes import VolumeRequest, VolumeService
+
+Params = dict[str, Any]
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config
+    volumes: VolumeService
+    snapshots: SnapshotService
+    tags: TagService
+
+
+Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]
+ACTIONS: dict[str, Action] = {}
+
+
+def action(func: Action) -> Action:
+    ACTIONS[func.__name__.replace("_", " ").title().replace(" ", "")] = func
+    return func
+
+
+@action
+async def create_volume(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    request = VolumeRequest(
+        zone=p.get("AvailabilityZone"),
+        zone_id=p.get("AvailabilityZoneId"),
+        size_gib=p.get("Size"),
+        snapshot_id=p.get("SnapshotId"),
+        volume_type=p.get("VolumeType"),
+        iops=p.get("Iops"),
+        throughput=p.get("Throughput"),
+        encrypted=p.get("Encrypted"),
+        kms_key_id=p.get("KmsKeyId"),
+        multi_attach=bool(p.get("MultiAttachEnabled")),
+        tags=validation.spec_tags(p.get("TagSpecifications", []), "volume"),
+        client_token=p.get("ClientToken"),
+    )
+    volume = await svc.volumes.create(ctx, request)
+    return views.volume_view(volume, attachments=False)
+
+
+@action
+async def delete_volume(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    await svc.volumes.delete(ctx, p["VolumeId"])
+    return {}
+
+
+@action
+async def describe_volumes(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    volumes, token = await svc.volumes.describe(
+        ctx, p.get("VolumeIds", []), p.get("Filters"), p.get("MaxResults"), p.get("NextToken")
+    )
+    return {"Volumes": [views.volume_view(v) for v in volumes], "NextToken": token}
+
+
+@action
+async def create_snapshot(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    tags = validation.spec_tags(p.get("TagSpecifications", []), "snapshot")
+    snapshot = await svc.snapshots.create(ctx, p["VolumeId"], p.get("Description"), tags)
+    return views.snapshot_view(snapshot)
+
+
+@action
+async def delete_snapshot(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    await svc.snapshots.delete(ctx, p["SnapshotId"])
+    return {}
+
+
+@action
+async def describe_snapshots(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    snapshots, token = await svc.snapshots.describe(
+        ctx,
+        p.get("SnapshotIds", []),
+        p.get("OwnerIds", []),
+        p.get("RestorableByUserIds", []),
+        p.get("Filters"),
+        p.get("MaxResults"),
+        p.get("NextToken"),
+    )
+    return {"Snapshots": [views.snapshot_view(s) for s in snapshots], "NextToken": token}
+
+
+@action
+async def create_tags(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    await svc.tags.create(ctx, p["Resources"], p["Tags"])
+    return {}
+
+
+@action
+async def delete_tags(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    await svc.tags.delete(ctx, p["Resources"], p.get("Tags"))
+    return {}
+
+
+@action
+async def describe_tags(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    tags, token = await svc.tags.describe(
+        ctx, p.get("Filters"), p.get("MaxResults"), p.get("NextToken")
+    )
+    return {"Tags": [views.tag_view(t) for t in tags], "NextToken": token}
+
+
+@action
+async def describe_availability_zones(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    found = zones.describe_zones(
+        svc.config, ctx, p.get("ZoneNames", []), p.get("ZoneIds", []), p.get("Filters")
+    )
+    return {"AvailabilityZones": [views.zone_view(z) for z in found]}
+
+
+@action
+async def describe_regions(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    endpoint = f"{svc.config.host}:{svc.config.port}"
+    names = zones.describe_regions(svc.config, p.get("RegionNames", []), p.get("Filters"), endpoint)
+    return {
+        "Regions": [
+            {"RegionName": name, "Endpoint": endpoint, "OptInStatus": "opt-in-not-required"}
+            for name in names
+        ]
+    }

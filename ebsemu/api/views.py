@@ -1,0 +1,80 @@
+"""Records to the dicts of their EC2 output shapes (member names as boto3 shows them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ebsemu.config import Zone
+from ebsemu.model import Snapshot, SnapshotState, TagRecord, Volume
+
+
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]] | None:
+    """EC2 omits tagSet for an untagged resource."""
+    return [{"Key": key, "Value": value} for key, value in tags.items()] or None
+
+
+def volume_view(volume: Volume, *, attachments: bool = True) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "VolumeId": volume.id,
+        "Size": volume.size_gib,
+        "SnapshotId": volume.snapshot_id or "",  # EC2 always sends it; some clients rely on it
+        "AvailabilityZone": volume.zone,
+        "AvailabilityZoneId": volume.zone_id or None,
+        "State": volume.state.value,
+        "CreateTime": volume.create_time,
+        "Encrypted": volume.encrypted,
+        "KmsKeyId": volume.kms_key_id,
+        "VolumeType": volume.volume_type.value,
+        "Iops": volume.iops,
+        "Throughput": volume.throughput,
+        "MultiAttachEnabled": volume.multi_attach,
+        "Tags": tag_list(volume.tags),
+    }
+    if attachments:
+        view["Attachments"] = []
+    return view
+
+
+def snapshot_view(snapshot: Snapshot) -> dict[str, Any]:
+    completed = snapshot.state is SnapshotState.COMPLETED
+    return {
+        "SnapshotId": snapshot.id,
+        "VolumeId": snapshot.volume_id,
+        "State": snapshot.state.value,
+        "StateMessage": snapshot.state_message,
+        "StartTime": snapshot.start_time,
+        "Progress": f"{snapshot.progress}%",
+        "OwnerId": snapshot.owner_id,
+        "Description": snapshot.description,
+        "VolumeSize": snapshot.volume_size_gib,
+        "Encrypted": snapshot.encrypted,
+        "KmsKeyId": snapshot.kms_key_id,
+        "StorageTier": "standard",
+        "CompletionTime": snapshot.completion_time if completed else None,
+        "FullSnapshotSizeInBytes": snapshot.full_size_bytes if completed else None,
+        "Tags": tag_list(snapshot.tags),
+    }
+
+
+def tag_view(tag: TagRecord) -> dict[str, str]:
+    return {
+        "ResourceId": tag.resource_id,
+        "ResourceType": tag.resource_type,
+        "Key": tag.key,
+        "Value": tag.value,
+    }
+
+
+def zone_view(zone: Zone) -> dict[str, Any]:
+    return {
+        "ZoneName": zone.name,
+        "ZoneId": zone.zone_id,
+        "RegionName": zone.region,
+        "State": "available",
+        "OptInStatus": "opt-in-not-required",
+        "ZoneType": "availability-zone",
+        "GroupName": zone.region,
+        "GroupLongName": zone.region,
+        "NetworkBorderGroup": zone.region,
+        "Messages": [],
+    }

@@ -1,0 +1,93 @@
+"""Wiring: configuration in, a running aiohttp application out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from backends.base import StorageBackend
+from backends.blockstore import LocalBlockStore
+from backends.file import FileStorage
+from ebsemu.api.actions import Services
+from ebsemu.api.handler import SERVICES_KEY, handle_ec2
+from ebsemu.config import Config
+from ebsemu.service.core import Core
+from ebsemu.service.jobs import Jobs
+from ebsemu.service.snapshots import SnapshotService
+from ebsemu.service.tags import TagService
+from ebsemu.service.volumes import VolumeService
+from ebsemu.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+CORE_KEY: web.AppKey[Core] = web.AppKey("core", Core)
+MAX_BODY_BYTES = 1024 * 1024
+PURGE_INTERVAL_SECONDS = 5.0
+
+
+def storage_backend(config: Config) -> StorageBackend:
+    backends: dict[str, type[FileStorage]] = {"file": FileStorage}
+    if config.storage_backend not in backends:
+        raise SystemExit(f"unknown storage backend {config.storage_backend!r}; known: file")
+    return backends[config.storage_backend](config.volumes_dir)
+
+
+def build_core(config: Config) -> Core:
+    store = SqliteStore(config.database)
+    return Core(
+        config=config,
+        store=store,
+        storage=storage_backend(config),
+        blocks=LocalBlockStore(config.blocks_dir),
+        jobs=Jobs(store),
+    )
+
+
+def build_services(core: Core) -> Services:
+    volumes = VolumeService(core)
+    snapshots = SnapshotService(core, volumes)
+    return Services(core.config, volumes, snapshots, TagService(core, volumes, snapshots))
+
+
+async def _purge_deleted(core: Core) -> None:
+    """Deleted volumes answer `deleted` for a short while, then InvalidVolume.NotFound."""
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        try:
+            await core.store.purge_deleted_volumes(time.time() - core.config.deleted_visible_seconds)
+        except Exception:
+            log.exception("purging deleted volumes failed")
+
+
+def make_app(config: Config) -> web.Application:
+    core = build_core(config)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[CORE_KEY] = core
+    app[SERVICES_KEY] = build_services(core)
+    app.router.add_route("POST", "/", handle_ec2)
+    app.router.add_route("GET", "/", handle_ec2)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        await core.store.open()
+        await core.storage.check_setup()
+        resumed = await core.jobs.resume()
+        if resumed:
+            log.info("resumed %d unfinished jobs", resumed)
+        purger = asyncio.create_task(_purge_deleted(core))
+        log.info("ebsemu serving EC2 on http://%s:%d/ (data in %s)", config.host, config.port,
+                 config.data_dir)
+        yield
+        purger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purger
+        await core.jobs.close()
+        await core.store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

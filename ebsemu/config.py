@@ -1,0 +1,120 @@
+"""Configuration: an embedded default that runs with no file, overridden by an INI file.
+
+Every option is documented in config.example.ini at the top of the repository.
+"""
+
+from __future__ import annotations
+
+import configparser
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_ACCOUNT_ID = "000000000000"
+
+
+@dataclass(frozen=True)
+class Zone:
+    name: str
+    zone_id: str
+    region: str
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8788
+    data_dir: Path = Path("ebsemu-data")
+    log_level: str = "INFO"
+    default_region: str = "us-east-1"
+    zones: tuple[Zone, ...] = (Zone("us-east-1a", "use1-az1", "us-east-1"),)
+    account_id: str = DEFAULT_ACCOUNT_ID
+    storage_backend: str = "file"
+    storage_path: Path | None = None
+    blockstore_path: Path | None = None
+    deleted_visible_seconds: float = 10.0
+    max_volumes: int = 5000
+    max_snapshots: int = 100000
+    hostcmds: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {self.default_region: None}
+        for zone in self.zones:
+            seen.setdefault(zone.region, None)
+        return tuple(seen)
+
+    def zones_in(self, region: str) -> tuple[Zone, ...]:
+        return tuple(zone for zone in self.zones if zone.region == region)
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.storage_path or self.data_dir / "storage"
+
+    @property
+    def blocks_dir(self) -> Path:
+        return self.blockstore_path or self.data_dir / "blocks"
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "ebsemu.sqlite3"
+
+
+def _zone_id(region: str, index: int) -> str:
+    parts = region.split("-")
+    short = parts[0] + "".join(p[0] for p in parts[1:-1]) + parts[-1]
+    return f"{short}-az{index + 1}"
+
+
+def load(path: Path | None, **overrides: object) -> Config:
+    """Read ``path`` (if given) over the embedded default; ``overrides`` (CLI flags) win."""
+    values: dict[str, object] = {}
+    if path is not None:
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep hostcmd keys' case
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+        values.update(_from_parser(parser, path.parent))
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return Config(**values)  # type: ignore[arg-type]  # keys come from the known option tables
+
+
+def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, object]:
+    values: dict[str, object] = {}
+    if parser.has_section("server"):
+        server = parser["server"]
+        for key in ("host", "log_level", "default_region", "account_id"):
+            if key in server:
+                values[key] = server[key]
+        if "port" in server:
+            values["port"] = server.getint("port")
+        if "data_dir" in server:
+            values["data_dir"] = base / server["data_dir"]
+        if "deleted_visible_seconds" in server:
+            values["deleted_visible_seconds"] = server.getfloat("deleted_visible_seconds")
+    if parser.has_section("limits"):
+        limits = parser["limits"]
+        for key in ("max_volumes", "max_snapshots"):
+            if key in limits:
+                values[key] = limits.getint(key)
+    if parser.has_section("storage"):
+        storage = parser["storage"]
+        values["storage_backend"] = storage.get("backend", "file")
+        if "path" in storage:
+            values["storage_path"] = base / storage["path"]
+    if parser.has_section("blockstore") and "path" in parser["blockstore"]:
+        values["blockstore_path"] = base / parser["blockstore"]["path"]
+    zones: list[Zone] = []
+    for section in parser.sections():
+        if section.startswith("region "):
+            region = section.split(None, 1)[1].strip()
+            names = [n.strip() for n in parser[section].get("zones", "").split(",") if n.strip()]
+            zones += [Zone(name, _zone_id(region, i), region) for i, name in enumerate(names)]
+    if zones:
+        values["zones"] = tuple(zones)
+        values.setdefault("default_region", zones[0].region)
+    values["hostcmds"] = {
+        section.split(None, 1)[1].strip(): dict(parser[section])
+        for section in parser.sections()
+        if section.startswith("hostcmds ")
+    }
+    return values

@@ -1,0 +1,32 @@
+"""The composed service: store, backends and job runner, as one object the API layer holds."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from backends.base import BlockStore, StorageBackend
+from ebsemu import errors
+from ebsemu.config import Config, Zone
+from ebsemu.service.jobs import Jobs, ResourceLocks
+from ebsemu.store.base import Store
+
+
+@dataclass
+class Core:
+    config: Config
+    store: Store
+    storage: StorageBackend
+    blocks: BlockStore
+    jobs: Jobs
+    locks: ResourceLocks = field(default_factory=ResourceLocks)
+    # Held while manifest rows are added with their blocks, and while unreferenced blocks are
+    # swept, so a sweep never deletes a block a running snapshot has just counted on.
+    block_gc_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def zone(self, region: str, name: str | None, zone_id: str | None) -> Zone:
+        for zone in self.config.zones_in(region):
+            if zone.name == name or zone.zone_id == zone_id:
+                return zone
+        wanted = (name if name is not None else zone_id) or ""
+        raise errors.InvalidZoneNotFound(f"The zone '{wanted[:64]}' does not exist.")

@@ -1,0 +1,152 @@
+"""Background jobs with an intent record: written to the store before they run, marked done
+after, and resumed from the store at start-up if the process died in between."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ebsemu.store.base import Store
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class Jobs:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._handlers: dict[str, Handler] = {}
+        self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._closing = False
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+    async def submit(self, kind: str, resource_id: str, **payload: Any) -> None:
+        """Record the intent, then run it in the background."""
+        job_id = await self.record(kind, resource_id, **payload)
+        self.start(job_id, kind, resource_id, **payload)
+
+    async def record(self, kind: str, resource_id: str, **payload: Any) -> int:
+        """Write the intent to the store (for work that begins in the request itself)."""
+        return await self._store.start_job(kind, resource_id, json.dumps(payload))
+
+    def start(self, job_id: int, kind: str, resource_id: str, **payload: Any) -> None:
+        """Run a recorded job in the background."""
+        self._spawn(job_id, kind, resource_id, payload)
+
+    async def fail(self, job_id: int, error: str) -> None:
+        """Close a recorded job that could not start."""
+        await self._store.finish_job(job_id, error)
+
+    async def resume(self) -> int:
+        """Run again every job the store says was started and never finished."""
+        pending = await self._store.unfinished_jobs()
+        for job_id, kind, resource_id, payload in pending:
+            log.info("resuming job %d: %s %s", job_id, kind, resource_id)
+            self._spawn(job_id, kind, resource_id, json.loads(payload))
+        return len(pending)
+
+    def is_running(self, kind: str, resource_id: str) -> bool:
+        return (kind, resource_id) in self._running
+
+    async def cancel(self, kind: str, resource_id: str) -> None:
+        """Cancel a job of ``kind`` running for a resource, if any, and wait for it to end."""
+        task = self._running.get((kind, resource_id))
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Let running jobs finish for ``timeout`` seconds, then cancel the rest (they resume
+        at the next start, from their intent records)."""
+        self._closing = True
+        tasks = list(self._running.values())
+        if not tasks:
+            return
+        _, still = await asyncio.wait(tasks, timeout=timeout)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still)
+
+    async def idle(self) -> None:
+        """Wait until no job runs (tests and orderly shutdown)."""
+        while self._running:
+            await asyncio.wait(list(self._running.values()))
+
+    def _spawn(self, job_id: int, kind: str, resource_id: str, payload: dict[str, Any]) -> None:
+        handler = self._handlers[kind]
+        task = asyncio.create_task(
+            self._run(job_id, kind, resource_id, handler, payload), name=f"{kind}:{resource_id}"
+        )
+        key = (kind, resource_id)
+        self._running[key] = task
+        task.add_done_callback(lambda t: self._forget(key, t))
+
+    def _forget(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._running.get(key) is task:
+            del self._running[key]
+
+    async def _run(
+        self, job_id: int, kind: str, resource_id: str, handler: Handler, payload: dict[str, Any]
+    ) -> None:
+        try:
+            await handler(resource_id, payload)
+        except asyncio.CancelledError:
+            if self._closing:
+                log.info("job %d (%s %s) interrupted by shutdown", job_id, kind, resource_id)
+                raise
+            await self._store.finish_job(job_id, "cancelled")
+            raise
+        except Exception as exc:
+            log.exception("job %d (%s %s) failed", job_id, kind, resource_id)
+            await self._store.finish_job(job_id, f"{type(exc).__name__}: {exc}")
+            return
+        await self._store.finish_job(job_id)
+
+
+class ResourceLocks:
+    """One asyncio lock per resource id, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def hold(self, resource_id: str) -> _Held:
+        return _Held(self, resource_id)
+
+    def _acquire_ref(self, resource_id: str) -> asyncio.Lock:
+        lock, users = self._locks.get(resource_id, (asyncio.Lock(), 0))
+        self._locks[resource_id] = (lock, users + 1)
+        return lock
+
+    def _release_ref(self, resource_id: str) -> None:
+        lock, users = self._locks[resource_id]
+        if users <= 1:
+            del self._locks[resource_id]
+        else:
+            self._locks[resource_id] = (lock, users - 1)
+
+
+class _Held:
+    def __init__(self, locks: ResourceLocks, resource_id: str) -> None:
+        self._locks = locks
+        self._id = resource_id
+        self._lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> None:
+        self._lock = self._locks._acquire_ref(self._id)
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._locks._release_ref(self._id)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._lock is not None
+        self._lock.release()
+        self._locks._release_ref(self._id)

@@ -1,0 +1,178 @@
+"""Snapshots: point-in-time copies of volumes, kept in the block store.
+
+CreateSnapshot freezes the volume's bytes before it answers (reflink clone, backend snapshot or
+sparse copy); a job then streams the frozen view into the block store, raising Progress, and the
+snapshot becomes `completed` (or `error` with a StatusMessage).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from backends.errors import BackendError
+from ebsemu import errors
+from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_id, utcnow
+from ebsemu.service import listing, snapshot_data
+from ebsemu.service.context import RequestContext
+from ebsemu.service.core import Core
+from ebsemu.service.volumes import VolumeService
+from ebsemu.store.base import ListQuery, UnknownFilterError
+
+log = logging.getLogger(__name__)
+
+SNAPSHOTTABLE = {VolumeState.AVAILABLE, VolumeState.IN_USE}
+NO_OWNER_ALIASES = {"amazon", "aws-marketplace", "aws-backup-vault"}
+
+
+class SnapshotService:
+    def __init__(self, core: Core, volumes: VolumeService) -> None:
+        self._core = core
+        self._volumes = volumes
+        core.jobs.register("capture_snapshot", self._run_capture)
+        core.jobs.register("delete_snapshot", self._run_delete)
+
+    # ---- API operations ------------------------------------------------------------------
+
+    async def create(
+        self, ctx: RequestContext, volume_id: str, description: str | None, tags: dict[str, str]
+    ) -> Snapshot:
+        if description is not None and len(description) > 255:
+            raise errors.InvalidParameterValue("Description must be at most 255 characters.")
+        volume = await self._volumes.get(ctx, volume_id)
+        if await self._core.store.count_snapshots(ctx.account_id) >= self._core.config.max_snapshots:
+            raise errors.SnapshotLimitExceeded(
+                f"You have reached the maximum of {self._core.config.max_snapshots} snapshots."
+            )
+        snapshot = Snapshot(
+            id=new_id("snap"), owner_id=ctx.account_id, region=ctx.region, volume_id=volume_id,
+            volume_size_gib=volume.size_gib, state=SnapshotState.PENDING, start_time=utcnow(),
+            description=description or "", encrypted=volume.encrypted,
+            kms_key_id=volume.kms_key_id, tags=tags,
+        )
+        async with self._core.locks.hold(volume_id):
+            volume = await self._volumes.get(ctx, volume_id)
+            if volume.state not in SNAPSHOTTABLE:
+                raise errors.IncorrectState(
+                    f"The volume '{volume_id}' is '{volume.state.value}'; "
+                    "only an available or in-use volume can be snapshotted."
+                )
+            await self._core.store.insert_snapshot(snapshot)
+            job_id = await self._core.jobs.record("capture_snapshot", snapshot.id)
+            try:
+                await self._core.storage.freeze(volume_id, snapshot.id)
+            except (BackendError, OSError) as exc:
+                log.error("snapshot %s of %s: freeze failed: %s", snapshot.id, volume_id, exc)
+                await self._core.jobs.fail(job_id, f"freeze failed: {exc}")
+                await self._fail(snapshot.id, "Snapshot failed: the volume could not be frozen")
+                failed = await self._core.store.get_snapshot(snapshot.id)
+                assert failed is not None
+                return failed
+        self._core.jobs.start(job_id, "capture_snapshot", snapshot.id)
+        log.info("snapshot %s of %s: pending", snapshot.id, volume_id)
+        return snapshot
+
+    async def delete(self, ctx: RequestContext, snapshot_id: str) -> None:
+        await self.get(ctx, snapshot_id)
+        async with self._core.locks.hold(snapshot_id):
+            restoring = await self._core.store.volumes_restoring_from(snapshot_id)
+            if restoring:
+                raise errors.InvalidSnapshotInUse(
+                    f"The snapshot {snapshot_id} is currently in use by {restoring[0]}"
+                )
+            if not await self._core.store.mark_snapshot_deleted(snapshot_id):
+                return  # deleted meanwhile by a concurrent request
+        await self._core.jobs.submit("delete_snapshot", snapshot_id)
+
+    async def get(self, ctx: RequestContext, snapshot_id: str) -> Snapshot:
+        listing.check_id("snap", snapshot_id)
+        snapshot = await self._core.store.get_snapshot(snapshot_id)
+        if snapshot is None or snapshot.owner_id != ctx.account_id or snapshot.region != ctx.region:
+            raise errors.InvalidSnapshotNotFound(f"The snapshot '{snapshot_id}' does not exist.")
+        return snapshot
+
+    async def describe(
+        self,
+        ctx: RequestContext,
+        snapshot_ids: list[str],
+        owner_ids: list[str],
+        restorable_by: list[str],
+        raw_filters: list[dict[str, Any]] | None,
+        max_results: int | None,
+        next_token: str | None,
+    ) -> tuple[list[Snapshot], str | None]:
+        ids = listing.check_ids("snap", snapshot_ids)
+        limit = listing.page_size(
+            max_results, low=5, high=1000, ids_given=bool(ids), ids_param="snapshotSet"
+        )
+        owners = self._owners(ctx, owner_ids, restorable_by)
+        query = ListQuery(
+            owner_ids=owners,
+            region=ctx.region,
+            ids=ids,
+            filters=listing.filters(raw_filters),
+            after_seq=listing.decode_token("snap", next_token),
+            limit=limit,
+        )
+        try:
+            page = await self._core.store.list_snapshots(query)
+        except UnknownFilterError as exc:
+            raise listing.unknown_filter(str(exc)) from None
+        if ids:
+            found = {s.id for s in page.items}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise errors.InvalidSnapshotNotFound(f"The snapshot '{missing[0]}' does not exist.")
+        token = listing.encode_token("snap", page.last_seq) if page.last_seq else None
+        return page.items, token
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    async def _run_capture(self, snapshot_id: str, payload: dict[str, Any]) -> None:
+        store = self._core.store
+        snapshot = await store.get_snapshot(snapshot_id)
+        if snapshot is None or snapshot.state is not SnapshotState.PENDING:
+            return
+        try:
+            stats = await snapshot_data.capture(self._core, snapshot_id)
+        except (BackendError, OSError) as exc:
+            log.error("snapshot %s: capture failed: %s", snapshot_id, exc)
+            await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
+            await snapshot_data.sweep(self._core, snapshot_id)
+            await self._core.storage.drop_view(snapshot_id)
+            return
+        if await store.complete_snapshot(snapshot_id, stats.blocks * BLOCK_SIZE):
+            log.info("snapshot %s: completed, %d blocks, %d new", snapshot_id, stats.blocks,
+                     stats.new_blocks)
+        await self._core.storage.drop_view(snapshot_id)
+
+    async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:
+        await self._core.jobs.cancel("capture_snapshot", snapshot_id)
+        await self._core.storage.drop_view(snapshot_id)
+        await snapshot_data.sweep(self._core, snapshot_id)
+        await self._core.store.remove_snapshot(snapshot_id)
+        log.info("snapshot %s: deleted", snapshot_id)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    async def _fail(self, snapshot_id: str, message: str) -> None:
+        await self._core.store.transition_snapshot(
+            snapshot_id, {SnapshotState.PENDING}, SnapshotState.ERROR, message
+        )
+
+    @staticmethod
+    def _owners(
+        ctx: RequestContext, owner_ids: list[str], restorable_by: list[str]
+    ) -> frozenset[str]:
+        """Owners whose snapshots the caller may see, narrowed by Owner and RestorableBy.
+
+        Snapshots are visible to their owner only (no sharing yet): `self` and the caller's
+        account id name the caller; `amazon` and the other aliases own nothing here; `all`
+        in RestorableBy means public snapshots, of which there are none.
+        """
+        mine = frozenset({ctx.account_id})
+        if owner_ids and not {"self", ctx.account_id} & set(owner_ids):
+            return frozenset()
+        if restorable_by and not {"self", ctx.account_id} & set(restorable_by):
+            return frozenset()
+        return mine

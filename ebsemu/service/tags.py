@@ -1,0 +1,90 @@
+"""CreateTags, DeleteTags, DescribeTags over volumes and snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ebsemu import errors
+from ebsemu.model import TagRecord
+from ebsemu.service import listing, validation
+from ebsemu.service.context import RequestContext
+from ebsemu.service.core import Core
+from ebsemu.service.snapshots import SnapshotService
+from ebsemu.service.volumes import VolumeService
+from ebsemu.store.base import ListQuery, UnknownFilterError
+
+
+class TagService:
+    def __init__(self, core: Core, volumes: VolumeService, snapshots: SnapshotService) -> None:
+        self._core = core
+        self._volumes = volumes
+        self._snapshots = snapshots
+
+    async def _resources(
+        self, ctx: RequestContext, resource_ids: Sequence[str]
+    ) -> list[tuple[str, str]]:
+        """(id, resource type) for each id, each one the caller's; NotFound otherwise."""
+        resolved: list[tuple[str, str]] = []
+        for resource_id in dict.fromkeys(resource_ids):
+            if resource_id.startswith("vol-"):
+                await self._volumes.get(ctx, resource_id)
+                resolved.append((resource_id, "volume"))
+            elif resource_id.startswith("snap-"):
+                await self._snapshots.get(ctx, resource_id)
+                resolved.append((resource_id, "snapshot"))
+            else:
+                raise errors.InvalidID(f"The ID '{resource_id[:64]}' is not valid")
+        return resolved
+
+    async def create(
+        self, ctx: RequestContext, resource_ids: Sequence[str], tags: list[dict[str, str]]
+    ) -> None:
+        new = validation.tag_dict(tags)
+        resources = await self._resources(ctx, resource_ids)
+        for resource_id, _ in resources:
+            existing = await self._current_keys(ctx, resource_id)
+            if len(existing | set(new)) > validation.MAX_TAGS:
+                raise errors.TagLimitExceeded(
+                    f"The maximum number of tags per resource is {validation.MAX_TAGS}."
+                )
+        await self._core.store.set_tags(resources, ctx.account_id, new)
+
+    async def delete(
+        self, ctx: RequestContext, resource_ids: Sequence[str], tags: list[dict[str, str]] | None
+    ) -> None:
+        resources = await self._resources(ctx, resource_ids)
+        pairs: list[tuple[str, str | None]] = []
+        for tag in tags or []:
+            key = tag.get("Key")
+            if key is None:
+                raise errors.InvalidParameterValue("Tag key must be specified.")
+            pairs.append((key, tag.get("Value")))
+        await self._core.store.delete_tags([rid for rid, _ in resources], pairs)
+
+    async def describe(
+        self,
+        ctx: RequestContext,
+        raw_filters: list[dict[str, Any]] | None,
+        max_results: int | None,
+        next_token: str | None,
+    ) -> tuple[list[TagRecord], str | None]:
+        limit = listing.page_size(max_results, low=5, high=1000, ids_given=False, ids_param="")
+        query = ListQuery(
+            owner_ids=frozenset({ctx.account_id}),
+            region=ctx.region,
+            filters=listing.filters(raw_filters),
+            after_seq=listing.decode_token("tag", next_token),
+            limit=limit,
+        )
+        try:
+            page = await self._core.store.list_tags(query)
+        except UnknownFilterError as exc:
+            raise listing.unknown_filter(str(exc)) from None
+        token = listing.encode_token("tag", page.last_seq) if page.last_seq else None
+        return page.items, token
+
+    async def _current_keys(self, ctx: RequestContext, resource_id: str) -> set[str]:
+        if resource_id.startswith("vol-"):
+            return set((await self._volumes.get(ctx, resource_id)).tags)
+        return set((await self._snapshots.get(ctx, resource_id)).tags)

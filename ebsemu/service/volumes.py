@@ -1,0 +1,276 @@
+"""Volumes: create (empty or from a snapshot), delete, describe — with AWS's state machine.
+
+creating -> available <-> in-use; available | error -> deleting -> deleted (then NotFound).
+API calls answer at once; jobs carry out the work on the storage backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from backends.errors import BackendError, CapacityError
+from ebsemu import errors
+from ebsemu.model import (
+    BLOCK_SIZE,
+    GIB,
+    Snapshot,
+    SnapshotState,
+    Volume,
+    VolumeState,
+    new_id,
+    utcnow,
+)
+from ebsemu.service import listing, snapshot_data, validation
+from ebsemu.service.context import RequestContext
+from ebsemu.service.core import Core
+from ebsemu.store.base import ListQuery, UnknownFilterError
+
+log = logging.getLogger(__name__)
+
+DELETABLE = {VolumeState.AVAILABLE, VolumeState.ERROR}
+
+
+@dataclass(frozen=True)
+class VolumeRequest:
+    zone: str | None
+    zone_id: str | None
+    size_gib: int | None
+    snapshot_id: str | None
+    volume_type: str | None
+    iops: int | None
+    throughput: int | None
+    encrypted: bool | None
+    kms_key_id: str | None
+    multi_attach: bool
+    tags: Mapping[str, str]
+    client_token: str | None
+
+    def digest(self) -> str:
+        """What identifies the request for ClientToken idempotency (all but the token)."""
+        fields = {k: v for k, v in self.__dict__.items() if k != "client_token"}
+        fields["tags"] = sorted(self.tags.items())
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+class VolumeService:
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        core.jobs.register("create_volume", self._run_create)
+        core.jobs.register("delete_volume", self._run_delete)
+
+    # ---- API operations ------------------------------------------------------------------
+
+    async def create(self, ctx: RequestContext, req: VolumeRequest) -> Volume:
+        store = self._core.store
+        if req.client_token is not None:
+            if len(req.client_token) > 64:
+                raise errors.InvalidParameterValue("ClientToken must be at most 64 characters.")
+            existing = await store.find_volume_by_token(ctx.account_id, req.client_token)
+            if existing is not None:
+                return self._idempotent(existing, req)
+        volume = await self._validated(ctx, req)
+        if volume.snapshot_id is None:
+            stored = await store.insert_volume(volume)
+        else:
+            async with self._core.locks.hold(volume.snapshot_id):
+                await self._check_restorable(ctx, volume)
+                stored = await store.insert_volume(volume)
+        if stored.id != volume.id:  # a concurrent request with the same ClientToken won
+            return self._idempotent(stored, req)
+        await self._core.jobs.submit("create_volume", stored.id)
+        log.info("volume %s: creating (%d GiB %s)", stored.id, stored.size_gib,
+                 stored.volume_type.value)
+        return stored
+
+    async def delete(self, ctx: RequestContext, volume_id: str) -> None:
+        volume = await self.get(ctx, volume_id)
+        if volume.state in (VolumeState.DELETING, VolumeState.DELETED):
+            return  # a retried delete is harmless
+        if volume.state is VolumeState.IN_USE:
+            raise errors.VolumeInUse(f"Volume {volume_id} is currently attached to an instance")
+        async with self._core.locks.hold(volume_id):
+            if not await self._core.store.transition_volume(
+                volume_id, DELETABLE, VolumeState.DELETING
+            ):
+                current = await self.get(ctx, volume_id)
+                if current.state in (VolumeState.DELETING, VolumeState.DELETED):
+                    return
+                raise errors.IncorrectState(
+                    f"The volume '{volume_id}' is '{current.state.value}' and cannot be deleted."
+                )
+        await self._core.jobs.submit("delete_volume", volume_id)
+
+    async def get(self, ctx: RequestContext, volume_id: str) -> Volume:
+        """The caller's volume, or InvalidVolume.NotFound (also for another owner's volume)."""
+        listing.check_id("vol", volume_id)
+        volume = await self._core.store.get_volume(volume_id)
+        if volume is None or not self._visible(ctx, volume):
+            raise errors.InvalidVolumeNotFound(f"The volume '{volume_id}' does not exist.")
+        return volume
+
+    async def describe(
+        self,
+        ctx: RequestContext,
+        volume_ids: list[str],
+        raw_filters: list[dict[str, Any]] | None,
+        max_results: int | None,
+        next_token: str | None,
+    ) -> tuple[list[Volume], str | None]:
+        ids = listing.check_ids("vol", volume_ids)
+        limit = listing.page_size(
+            max_results, low=5, high=500, ids_given=bool(ids), ids_param="volumeSet"
+        )
+        query = ListQuery(
+            owner_ids=frozenset({ctx.account_id}),
+            region=ctx.region,
+            ids=ids,
+            filters=listing.filters(raw_filters),
+            after_seq=listing.decode_token("vol", next_token),
+            limit=limit,
+        )
+        try:
+            page = await self._core.store.list_volumes(query)
+        except UnknownFilterError as exc:
+            raise listing.unknown_filter(str(exc)) from None
+        volumes = [v for v in page.items if self._visible(ctx, v)]
+        if ids:
+            found = {v.id for v in volumes}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                shown = ", ".join(f"'{i}'" for i in missing)
+                noun = "volume" if len(missing) == 1 else "volumes"
+                verb = "does" if len(missing) == 1 else "do"
+                raise errors.InvalidVolumeNotFound(f"The {noun} {shown} {verb} not exist.")
+        token = listing.encode_token("vol", page.last_seq) if page.last_seq else None
+        return volumes, token
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    async def _run_create(self, volume_id: str, payload: dict[str, Any]) -> None:
+        volume = await self._core.store.get_volume(volume_id)
+        if volume is None or volume.state is not VolumeState.CREATING:
+            return
+        storage = self._core.storage
+        try:
+            await storage.create(volume_id, volume.size_gib * GIB)
+            if volume.snapshot_id is not None:
+                await snapshot_data.restore(self._core, volume.snapshot_id, volume_id)
+        except (BackendError, OSError) as exc:
+            log.error("volume %s: creation failed: %s", volume_id, exc)
+            await storage.delete(volume_id)
+            reason = "insufficient capacity" if isinstance(exc, CapacityError) else "backend error"
+            await self._core.store.transition_volume(
+                volume_id, {VolumeState.CREATING}, VolumeState.ERROR, f"Creation failed: {reason}"
+            )
+            return
+        await self._core.store.transition_volume(
+            volume_id, {VolumeState.CREATING}, VolumeState.AVAILABLE
+        )
+        log.info("volume %s: available", volume_id)
+
+    async def _run_delete(self, volume_id: str, payload: dict[str, Any]) -> None:
+        await self._core.storage.delete(volume_id)
+        await self._core.store.transition_volume(
+            volume_id, {VolumeState.DELETING}, VolumeState.DELETED
+        )
+        log.info("volume %s: deleted", volume_id)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _visible(self, ctx: RequestContext, volume: Volume) -> bool:
+        if volume.owner_id != ctx.account_id or volume.region != ctx.region:
+            return False
+        if volume.state is VolumeState.DELETED:
+            return False
+        return True
+
+    def _idempotent(self, existing: Volume, req: VolumeRequest) -> Volume:
+        if existing.request_digest != req.digest():
+            raise errors.IdempotentParameterMismatch(
+                f"The client token you have provided is associated with a resource that is "
+                f"already deleted or has different parameters: {req.client_token}"
+            )
+        return existing
+
+    async def _validated(self, ctx: RequestContext, req: VolumeRequest) -> Volume:
+        store = self._core.store
+        if req.zone is not None and req.zone_id is not None:
+            raise errors.InvalidParameterCombination(
+                "Only one of AvailabilityZone or AvailabilityZoneId can be specified."
+            )
+        if req.zone is None and req.zone_id is None:
+            raise errors.MissingParameter(
+                "The request must contain the parameter availabilityZone or availabilityZoneId"
+            )
+        zone = self._core.zone(ctx.region, req.zone, req.zone_id)
+        vtype = validation.volume_type(req.volume_type)
+        if req.kms_key_id is not None and not req.encrypted:
+            raise errors.InvalidParameterDependency(
+                "The parameter KmsKeyId requires the parameter Encrypted to be set."
+            )
+        if req.multi_attach and not validation.LIMITS[vtype].multi_attach:
+            raise errors.InvalidParameterCombination(
+                f"Multi-Attach is not supported for {vtype.value} volumes."
+            )
+        size = req.size_gib
+        encrypted = bool(req.encrypted)
+        if req.snapshot_id is not None:
+            snapshot = await self._snapshot_for_restore(ctx, req.snapshot_id)
+            encrypted = encrypted or snapshot.encrypted
+            if size is None:
+                size = snapshot.volume_size_gib
+            elif size < snapshot.volume_size_gib:
+                raise errors.InvalidParameterValue(
+                    f"Volume of {size}GiB is smaller than snapshot '{snapshot.id}', "
+                    f"expect size >= {snapshot.volume_size_gib}GiB"
+                )
+        if size is None:
+            raise errors.MissingParameter("The request must contain the parameter size or snapshotId")
+        validation.check_size(vtype, size)
+        iops, throughput = validation.performance(vtype, size, req.iops, req.throughput)
+        if encrypted:
+            raise errors.UnsupportedOperation(
+                "Encryption at rest is not available on this volume store; "
+                "create the volume with Encrypted=false."
+            )
+        if await store.count_volumes(ctx.account_id) >= self._core.config.max_volumes:
+            raise errors.VolumeLimitExceeded(
+                f"You have reached the maximum of {self._core.config.max_volumes} volumes."
+            )
+        return Volume(
+            id=new_id("vol"), owner_id=ctx.account_id, region=ctx.region, zone=zone.name,
+            zone_id=zone.zone_id, size_gib=size, volume_type=vtype, state=VolumeState.CREATING,
+            create_time=utcnow(), iops=iops, throughput=throughput, encrypted=encrypted,
+            kms_key_id=req.kms_key_id, snapshot_id=req.snapshot_id,
+            multi_attach=req.multi_attach, client_token=req.client_token,
+            request_digest=req.digest() if req.client_token is not None else None,
+            tags=dict(req.tags),
+        )
+
+    async def _snapshot_for_restore(self, ctx: RequestContext, snapshot_id: str) -> Snapshot:
+        listing.check_id("snap", snapshot_id)
+        snapshot = await self._core.store.get_snapshot(snapshot_id)
+        if snapshot is None or snapshot.owner_id != ctx.account_id or snapshot.region != ctx.region:
+            raise errors.InvalidSnapshotNotFound(f"The snapshot '{snapshot_id}' does not exist.")
+        if snapshot.state is not SnapshotState.COMPLETED:
+            raise errors.IncorrectState(
+                f"Snapshot '{snapshot_id}' is {snapshot.state.value}; "
+                "a volume can be created only from a completed snapshot."
+            )
+        return snapshot
+
+    async def _check_restorable(self, ctx: RequestContext, volume: Volume) -> None:
+        """Under the snapshot's lock: it still exists, and the backend can hold its data."""
+        assert volume.snapshot_id is not None
+        await self._snapshot_for_restore(ctx, volume.snapshot_id)
+        blocks = await self._core.store.manifest_block_count(volume.snapshot_id)
+        needed = blocks * BLOCK_SIZE
+        if needed > self._core.storage.free_bytes():
+            log.warning("refusing restore of %s: needs %d bytes, %d free", volume.snapshot_id,
+                        needed, self._core.storage.free_bytes())
+            raise errors.InsufficientVolumeCapacity()

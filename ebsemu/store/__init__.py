@@ -1,0 +1,1 @@
+"""Metadata store: volumes, snapshots, tags, snapshot manifests, jobs."""

@@ -1,0 +1,114 @@
+"""The store interface the service core codes against, and its query types."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from ebsemu.model import Snapshot, SnapshotState, TagRecord, Volume, VolumeState
+
+T = TypeVar("T")
+
+
+class UnknownFilterError(ValueError):
+    """A filter name the resource does not support."""
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One EC2 filter: values are ORed, may hold `*` and `?` wildcards (`\\` escapes)."""
+
+    name: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """What to list: one owner's resources in one region, by ids and filters, one page."""
+
+    owner_ids: frozenset[str]
+    region: str
+    ids: tuple[str, ...] = ()
+    filters: tuple[Filter, ...] = ()
+    after_seq: int = 0
+    limit: int | None = None
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T]
+    last_seq: int | None = None  # set when more items follow
+    missing_ids: list[str] = field(default_factory=list)
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # volumes
+    async def insert_volume(self, volume: Volume) -> Volume:
+        """Insert; on a ClientToken already used by the owner, return that volume instead."""
+        ...
+
+    async def get_volume(self, volume_id: str) -> Volume | None: ...
+    async def list_volumes(self, query: ListQuery) -> Page[Volume]: ...
+    async def transition_volume(
+        self,
+        volume_id: str,
+        expected: set[VolumeState],
+        new: VolumeState,
+        message: str | None = None,
+    ) -> bool:
+        """Compare-and-set the volume's state. False if it was not in ``expected``."""
+        ...
+
+    async def find_volume_by_token(self, owner_id: str, token: str) -> Volume | None: ...
+    async def count_volumes(self, owner_id: str) -> int: ...
+    async def purge_deleted_volumes(self, before: float) -> list[str]: ...
+
+    # snapshots
+    async def insert_snapshot(self, snapshot: Snapshot) -> None: ...
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot | None: ...
+    async def list_snapshots(self, query: ListQuery) -> Page[Snapshot]: ...
+    async def transition_snapshot(
+        self,
+        snapshot_id: str,
+        expected: set[SnapshotState],
+        new: SnapshotState,
+        message: str | None = None,
+    ) -> bool: ...
+    async def set_snapshot_progress(self, snapshot_id: str, progress: int) -> None: ...
+    async def complete_snapshot(self, snapshot_id: str, full_size_bytes: int) -> bool: ...
+    async def mark_snapshot_deleted(self, snapshot_id: str) -> bool: ...
+    async def deleted_snapshots(self) -> list[str]: ...
+    async def remove_snapshot(self, snapshot_id: str) -> None:
+        """Drop a snapshot's row, tags and manifest."""
+        ...
+
+    async def count_snapshots(self, owner_id: str) -> int: ...
+    async def volumes_restoring_from(self, snapshot_id: str) -> list[str]: ...
+
+    # manifests
+    async def add_manifest_rows(
+        self, snapshot_id: str, rows: Sequence[tuple[int, bytes]]
+    ) -> None: ...
+    async def clear_manifest(self, snapshot_id: str) -> list[bytes]:
+        """Drop a snapshot's manifest; return the digests no manifest references any more."""
+        ...
+    async def manifest(self, snapshot_id: str) -> list[tuple[int, bytes]]: ...
+    async def manifest_block_count(self, snapshot_id: str) -> int: ...
+    async def referenced(self, digests: Sequence[bytes]) -> set[bytes]: ...
+
+    # tags
+    async def set_tags(self, resources: Sequence[tuple[str, str]], owner_id: str,
+                       tags: dict[str, str]) -> None: ...
+    async def delete_tags(self, resource_ids: Sequence[str],
+                          tags: Sequence[tuple[str, str | None]]) -> None: ...
+    async def tag_count(self, resource_id: str) -> int: ...
+    async def list_tags(self, query: ListQuery) -> Page[TagRecord]: ...
+
+    # jobs (intent records)
+    async def start_job(self, kind: str, resource_id: str, payload: str = "{}") -> int: ...
+    async def finish_job(self, job_id: int, error: str | None = None) -> None: ...
+    async def unfinished_jobs(self) -> list[tuple[int, str, str, str]]: ...

@@ -1,0 +1,46 @@
+"""Rows to records and back: the column lists and converters the SQLite store shares."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ebsemu.model import Snapshot, SnapshotState, Volume, VolumeState, VolumeType
+from ebsemu.timefmt import from_wire
+
+VOLUME_COLUMNS = (
+    "id, owner_id, region, zone, zone_id, size_gib, volume_type, iops, throughput, encrypted, "
+    "kms_key_id, snapshot_id, multi_attach, state, state_message, create_time, updated_at, "
+    "client_token, request_digest"
+)
+
+SNAPSHOT_COLUMNS = (
+    "id, owner_id, region, volume_id, volume_size_gib, state, progress, description, encrypted, "
+    "kms_key_id, state_message, start_time, completion_time, full_size_bytes"
+)
+
+
+def volume_from_row(row: Sequence[Any]) -> Volume:
+    (seq, id_, owner, region, zone, zone_id, size, vtype, iops, throughput, encrypted, kms,
+     snapshot_id, multi, state, message, create_time, _updated, token, digest) = row
+    return Volume(
+        id=id_, owner_id=owner, region=region, zone=zone, zone_id=zone_id, size_gib=size,
+        volume_type=VolumeType(vtype), state=VolumeState(state),
+        create_time=from_wire(create_time), iops=iops, throughput=throughput,
+        encrypted=bool(encrypted), kms_key_id=kms, snapshot_id=snapshot_id,
+        multi_attach=bool(multi), client_token=token, request_digest=digest,
+        state_message=message, seq=seq,
+    )
+
+
+def snapshot_from_row(row: Sequence[Any]) -> Snapshot:
+    (seq, id_, owner, region, volume_id, size, state, progress, description, encrypted, kms,
+     message, start_time, completion_time, full_size) = row
+    return Snapshot(
+        id=id_, owner_id=owner, region=region, volume_id=volume_id, volume_size_gib=size,
+        state=SnapshotState(state), start_time=from_wire(start_time), progress=progress,
+        description=description, encrypted=bool(encrypted), kms_key_id=kms,
+        state_message=message,
+        completion_time=from_wire(completion_time) if completion_time else None,
+        full_size_bytes=full_size, seq=seq,
+    )

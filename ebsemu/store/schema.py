@@ -1,0 +1,96 @@
+"""Versioned schema migrations. Append a migration; never edit a released one."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: volumes, snapshots, tags, manifests, attachments, jobs
+    """
+    CREATE TABLE volumes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        owner_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        zone_id TEXT NOT NULL DEFAULT '',
+        size_gib INTEGER NOT NULL,
+        volume_type TEXT NOT NULL,
+        iops INTEGER,
+        throughput INTEGER,
+        encrypted INTEGER NOT NULL DEFAULT 0,
+        kms_key_id TEXT,
+        snapshot_id TEXT,
+        multi_attach INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        state_message TEXT,
+        create_time TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        client_token TEXT,
+        request_digest TEXT
+    );
+    CREATE INDEX volumes_owner_state ON volumes(owner_id, region, state);
+    CREATE UNIQUE INDEX volumes_client_token ON volumes(owner_id, client_token)
+        WHERE client_token IS NOT NULL;
+
+    CREATE TABLE snapshots (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        owner_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        volume_id TEXT NOT NULL,
+        volume_size_gib INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        progress INTEGER NOT NULL DEFAULT 0,
+        description TEXT NOT NULL DEFAULT '',
+        encrypted INTEGER NOT NULL DEFAULT 0,
+        kms_key_id TEXT,
+        state_message TEXT,
+        start_time TEXT NOT NULL,
+        completion_time TEXT,
+        full_size_bytes INTEGER,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX snapshots_owner_state ON snapshots(owner_id, region, state);
+    CREATE INDEX snapshots_volume ON snapshots(volume_id);
+
+    CREATE TABLE tags (
+        resource_id TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        owner_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (resource_id, key)
+    );
+    CREATE INDEX tags_key_value ON tags(key, value);
+
+    CREATE TABLE snapshot_blocks (
+        snapshot_id TEXT NOT NULL,
+        block_index INTEGER NOT NULL,
+        digest BLOB NOT NULL,
+        PRIMARY KEY (snapshot_id, block_index)
+    ) WITHOUT ROWID;
+    CREATE INDEX snapshot_blocks_digest ON snapshot_blocks(digest);
+
+    CREATE TABLE attachments (
+        volume_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        device TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attach_time TEXT NOT NULL,
+        delete_on_termination INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (volume_id, instance_id)
+    );
+    CREATE INDEX attachments_instance ON attachments(instance_id);
+
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        payload TEXT NOT NULL DEFAULT '{}',
+        error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    """,
+]

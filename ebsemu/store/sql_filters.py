@@ -1,0 +1,128 @@
+"""EC2 filters translated to SQL conditions, one table of filter names per resource.
+
+Each filter name maps to a SQL expression that yields the filter's value as text, the way the
+wire shows it ('true'/'false', '42', '2024-01-02T03:04:05.000Z'), so every filter is one string
+match: `=` when the value has no wildcard (indexable), GLOB otherwise (case-sensitive, as AWS is).
+Tag and attachment filters become `id IN (subquery)` so they use their tables' indexes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ebsemu.store.base import Filter, UnknownFilterError
+
+
+def _bool(column: str) -> str:
+    return f"(CASE WHEN {column} THEN 'true' ELSE 'false' END)"
+
+
+VOLUME_FILTERS: Mapping[str, str] = {
+    "volume-id": "v.id",
+    "status": "v.state",
+    "size": "CAST(v.size_gib AS TEXT)",
+    "snapshot-id": "COALESCE(v.snapshot_id, '')",
+    "availability-zone": "v.zone",
+    "availability-zone-id": "v.zone_id",
+    "create-time": "v.create_time",
+    "encrypted": _bool("v.encrypted"),
+    "fast-restored": "'false'",
+    "multi-attach-enabled": _bool("v.multi_attach"),
+    "volume-type": "v.volume_type",
+    "operator.managed": "'false'",
+    "operator.principal": "''",
+}
+
+ATTACHMENT_FILTERS: Mapping[str, str] = {
+    "attachment.attach-time": "a.attach_time",
+    "attachment.delete-on-termination": _bool("a.delete_on_termination"),
+    "attachment.device": "a.device",
+    "attachment.instance-id": "a.instance_id",
+    "attachment.status": "a.state",
+}
+
+SNAPSHOT_FILTERS: Mapping[str, str] = {
+    "snapshot-id": "s.id",
+    "volume-id": "s.volume_id",
+    "status": "s.state",
+    "progress": "(s.progress || '%')",
+    "description": "s.description",
+    "encrypted": _bool("s.encrypted"),
+    "owner-id": "s.owner_id",
+    "owner-alias": "''",
+    "start-time": "s.start_time",
+    "storage-tier": "'standard'",
+    "transfer-type": "'standard'",
+    "volume-size": "CAST(s.volume_size_gib AS TEXT)",
+}
+
+TAG_FILTERS: Mapping[str, str] = {
+    "key": "t.key",
+    "value": "t.value",
+    "resource-id": "t.resource_id",
+    "resource-type": "t.resource_type",
+}
+
+
+def glob_pattern(value: str) -> tuple[str, bool]:
+    """Turn an EC2 filter value into (GLOB pattern, has_wildcard). `\\*`, `\\?`, `\\\\` escape."""
+    out: list[str] = []
+    wild = False
+    chars = iter(value)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "\\")
+            out.append({"*": "[*]", "?": "[?]", "[": "[[]"}.get(nxt, nxt))
+        elif ch in "*?":
+            out.append(ch)
+            wild = True
+        elif ch == "[":
+            out.append("[[]")
+        else:
+            out.append(ch)
+    return "".join(out), wild
+
+
+def _match(expr: str, values: Sequence[str], params: list[object]) -> str:
+    terms: list[str] = []
+    for value in values:
+        pattern, wild = glob_pattern(value)
+        if wild:
+            terms.append(f"{expr} GLOB ?")
+            params.append(pattern)
+        else:
+            terms.append(f"{expr} = ?")
+            params.append(value)
+    return "(" + " OR ".join(terms) + ")" if terms else "0"
+
+
+def filter_sql(
+    filters: Sequence[Filter],
+    columns: Mapping[str, str],
+    id_column: str,
+    params: list[object],
+    *,
+    attachments: bool = False,
+    tags: bool = True,
+) -> list[str]:
+    """SQL conditions (ANDed) for ``filters``; appends bind values to ``params``."""
+    conditions: list[str] = []
+    for flt in filters:
+        name = flt.name
+        if name in columns:
+            conditions.append(_match(columns[name], flt.values, params))
+        elif attachments and name in ATTACHMENT_FILTERS:
+            inner = _match(ATTACHMENT_FILTERS[name], flt.values, params)
+            conditions.append(f"{id_column} IN (SELECT a.volume_id FROM attachments a WHERE {inner})")
+        elif tags and name.startswith("tag:") and len(name) > 4:
+            params.append(name[4:])
+            inner = _match("t.value", flt.values, params)
+            conditions.append(
+                f"{id_column} IN (SELECT t.resource_id FROM tags t WHERE t.key = ? AND {inner})"
+            )
+        elif tags and name == "tag-key":
+            inner = _match("t.key", flt.values, params)
+            conditions.append(f"{id_column} IN (SELECT t.resource_id FROM tags t WHERE {inner})")
+        else:
+            raise UnknownFilterError(name)
+    return conditions

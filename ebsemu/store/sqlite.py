@@ -1,0 +1,471 @@
+"""SQLite store through aiosqlite: WAL, synchronous commits, versioned migrations.
+
+Every state change is a compare-and-set (`UPDATE … WHERE id = ? AND state IN (…)`), so two
+requests can never both move one resource out of the same state.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from ebsemu.model import Snapshot, SnapshotState, TagRecord, Volume, VolumeState
+from ebsemu.store.base import ListQuery, Page
+from ebsemu.store.rows import VOLUME_COLUMNS, SNAPSHOT_COLUMNS, snapshot_from_row, volume_from_row
+from ebsemu.store.schema import MIGRATIONS
+from ebsemu.store.sql_filters import (
+    SNAPSHOT_FILTERS,
+    TAG_FILTERS,
+    VOLUME_FILTERS,
+    filter_sql,
+)
+from ebsemu.timefmt import to_wire
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", Volume, Snapshot)
+
+
+def _placeholders(count: int) -> str:
+    return ",".join("?" * count)
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self._path, isolation_level=None)
+        await self.db.execute("PRAGMA journal_mode=WAL")
+        await self.db.execute("PRAGMA synchronous=FULL")
+        await self.db.execute("PRAGMA foreign_keys=ON")
+        await self._migrate()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _migrate(self) -> None:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            log.info("applying schema migration %d", number)
+            await self.db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement in its own transaction; return the number of rows changed."""
+        cur = await self.db.execute(sql, params)
+        count = cur.rowcount
+        await cur.close()
+        return count
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        async with self.db.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def _many(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        """Run several statements in one transaction."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                await self.db.execute(sql, params)
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+
+    # ---- volumes -------------------------------------------------------------------------
+
+    async def insert_volume(self, volume: Volume) -> Volume:
+        values = (
+            volume.id, volume.owner_id, volume.region, volume.zone, volume.zone_id,
+            volume.size_gib, volume.volume_type.value, volume.iops, volume.throughput,
+            int(volume.encrypted), volume.kms_key_id, volume.snapshot_id,
+            int(volume.multi_attach), volume.state.value, volume.state_message,
+            to_wire(volume.create_time), time.time(), volume.client_token, volume.request_digest,
+        )
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (f"INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES ({_placeholders(len(values))})", values)
+        ]
+        statements += self._tag_statements([(volume.id, "volume")], volume.owner_id, volume.tags)
+        try:
+            await self._many(statements)
+        except sqlite3.IntegrityError:
+            if volume.client_token is None:
+                raise
+            rows = await self._rows(
+                f"SELECT seq, {VOLUME_COLUMNS} FROM volumes WHERE owner_id = ? AND client_token = ?",
+                (volume.owner_id, volume.client_token),
+            )
+            if not rows:
+                raise
+            (existing,) = await self._with_tags([volume_from_row(rows[0])])
+            return existing
+        stored = await self.get_volume(volume.id)
+        assert stored is not None
+        return stored
+
+    async def find_volume_by_token(self, owner_id: str, token: str) -> Volume | None:
+        rows = await self._rows(
+            f"SELECT seq, {VOLUME_COLUMNS} FROM volumes WHERE owner_id = ? AND client_token = ?",
+            (owner_id, token),
+        )
+        return (await self._with_tags([volume_from_row(rows[0])]))[0] if rows else None
+
+    async def get_volume(self, volume_id: str) -> Volume | None:
+        rows = await self._rows(
+            f"SELECT seq, {VOLUME_COLUMNS} FROM volumes WHERE id = ?", (volume_id,)
+        )
+        return (await self._with_tags([volume_from_row(rows[0])]))[0] if rows else None
+
+    async def list_volumes(self, query: ListQuery) -> Page[Volume]:
+        params: list[object] = []
+        where = self._scope("v", query, params)
+        where += filter_sql(query.filters, VOLUME_FILTERS, "v.id", params, attachments=True)
+        rows = await self._page_rows(
+            f"SELECT v.seq, {_prefixed('v', VOLUME_COLUMNS)} FROM volumes v",
+            where, params, query, "v.seq",
+        )
+        page = self._paginate(rows, query, volume_from_row)
+        page.items = await self._with_tags(page.items)
+        return page
+
+    async def transition_volume(
+        self,
+        volume_id: str,
+        expected: set[VolumeState],
+        new: VolumeState,
+        message: str | None = None,
+    ) -> bool:
+        states = [s.value for s in expected]
+        changed = await self._write(
+            f"UPDATE volumes SET state = ?, state_message = ?, updated_at = ? "
+            f"WHERE id = ? AND state IN ({_placeholders(len(states))})",
+            (new.value, message, time.time(), volume_id, *states),
+        )
+        return changed == 1
+
+    async def count_volumes(self, owner_id: str) -> int:
+        rows = await self._rows(
+            "SELECT COUNT(*) FROM volumes WHERE owner_id = ? AND state != 'deleted'", (owner_id,)
+        )
+        return int(rows[0][0])
+
+    async def purge_deleted_volumes(self, before: float) -> list[str]:
+        rows = await self._rows(
+            "SELECT id FROM volumes WHERE state = 'deleted' AND updated_at < ?", (before,)
+        )
+        ids = [row[0] for row in rows]
+        if ids:
+            marks = _placeholders(len(ids))
+            await self._many([
+                (f"DELETE FROM tags WHERE resource_id IN ({marks})", ids),
+                (f"DELETE FROM volumes WHERE id IN ({marks})", ids),
+            ])
+        return ids
+
+    # ---- snapshots -----------------------------------------------------------------------
+
+    async def insert_snapshot(self, snapshot: Snapshot) -> None:
+        values = (
+            snapshot.id, snapshot.owner_id, snapshot.region, snapshot.volume_id,
+            snapshot.volume_size_gib, snapshot.state.value, snapshot.progress,
+            snapshot.description, int(snapshot.encrypted), snapshot.kms_key_id,
+            snapshot.state_message, to_wire(snapshot.start_time),
+            to_wire(snapshot.completion_time) if snapshot.completion_time else None,
+            snapshot.full_size_bytes,
+        )
+        statements: list[tuple[str, Sequence[Any]]] = [(
+            f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES ({_placeholders(len(values))})",
+            values,
+        )]
+        statements += self._tag_statements([(snapshot.id, "snapshot")], snapshot.owner_id,
+                                           snapshot.tags)
+        await self._many(statements)
+
+    async def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        rows = await self._rows(
+            f"SELECT seq, {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ? AND deleted = 0",
+            (snapshot_id,),
+        )
+        return (await self._with_tags([snapshot_from_row(rows[0])]))[0] if rows else None
+
+    async def list_snapshots(self, query: ListQuery) -> Page[Snapshot]:
+        params: list[object] = []
+        where = ["s.deleted = 0", *self._scope("s", query, params)]
+        where += filter_sql(query.filters, SNAPSHOT_FILTERS, "s.id", params)
+        rows = await self._page_rows(
+            f"SELECT s.seq, {_prefixed('s', SNAPSHOT_COLUMNS)} FROM snapshots s",
+            where, params, query, "s.seq",
+        )
+        page = self._paginate(rows, query, snapshot_from_row)
+        page.items = await self._with_tags(page.items)
+        return page
+
+    async def transition_snapshot(
+        self,
+        snapshot_id: str,
+        expected: set[SnapshotState],
+        new: SnapshotState,
+        message: str | None = None,
+    ) -> bool:
+        states = [s.value for s in expected]
+        changed = await self._write(
+            f"UPDATE snapshots SET state = ?, state_message = ? "
+            f"WHERE id = ? AND deleted = 0 AND state IN ({_placeholders(len(states))})",
+            (new.value, message, snapshot_id, *states),
+        )
+        return changed == 1
+
+    async def set_snapshot_progress(self, snapshot_id: str, progress: int) -> None:
+        await self._write(
+            "UPDATE snapshots SET progress = ? WHERE id = ? AND state = 'pending'",
+            (progress, snapshot_id),
+        )
+
+    async def complete_snapshot(self, snapshot_id: str, full_size_bytes: int) -> bool:
+        from ebsemu.model import utcnow
+
+        changed = await self._write(
+            "UPDATE snapshots SET state = 'completed', progress = 100, completion_time = ?, "
+            "full_size_bytes = ? WHERE id = ? AND state = 'pending' AND deleted = 0",
+            (to_wire(utcnow()), full_size_bytes, snapshot_id),
+        )
+        return changed == 1
+
+    async def mark_snapshot_deleted(self, snapshot_id: str) -> bool:
+        changed = await self._write(
+            "UPDATE snapshots SET deleted = 1 WHERE id = ? AND deleted = 0", (snapshot_id,)
+        )
+        return changed == 1
+
+    async def deleted_snapshots(self) -> list[str]:
+        return [row[0] for row in await self._rows("SELECT id FROM snapshots WHERE deleted = 1")]
+
+    async def remove_snapshot(self, snapshot_id: str) -> None:
+        await self._many([
+            ("DELETE FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,)),
+            ("DELETE FROM tags WHERE resource_id = ?", (snapshot_id,)),
+            ("DELETE FROM snapshots WHERE id = ?", (snapshot_id,)),
+        ])
+
+    async def count_snapshots(self, owner_id: str) -> int:
+        rows = await self._rows(
+            "SELECT COUNT(*) FROM snapshots WHERE owner_id = ? AND deleted = 0", (owner_id,)
+        )
+        return int(rows[0][0])
+
+    async def volumes_restoring_from(self, snapshot_id: str) -> list[str]:
+        rows = await self._rows(
+            "SELECT id FROM volumes WHERE snapshot_id = ? AND state = 'creating'", (snapshot_id,)
+        )
+        return [row[0] for row in rows]
+
+    # ---- manifests -----------------------------------------------------------------------
+
+    async def add_manifest_rows(self, snapshot_id: str, rows: Sequence[tuple[int, bytes]]) -> None:
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            await self.db.executemany(
+                "INSERT OR REPLACE INTO snapshot_blocks (snapshot_id, block_index, digest) "
+                "VALUES (?, ?, ?)",
+                [(snapshot_id, index, digest) for index, digest in rows],
+            )
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        await self.db.execute("COMMIT")
+
+    async def clear_manifest(self, snapshot_id: str) -> list[bytes]:
+        digests = {
+            bytes(row[0])
+            for row in await self._rows(
+                "SELECT digest FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,)
+            )
+        }
+        await self._write("DELETE FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,))
+        return sorted(digests - await self.referenced(list(digests)))
+
+    async def manifest(self, snapshot_id: str) -> list[tuple[int, bytes]]:
+        rows = await self._rows(
+            "SELECT block_index, digest FROM snapshot_blocks WHERE snapshot_id = ? "
+            "ORDER BY block_index",
+            (snapshot_id,),
+        )
+        return [(int(row[0]), bytes(row[1])) for row in rows]
+
+    async def manifest_block_count(self, snapshot_id: str) -> int:
+        rows = await self._rows(
+            "SELECT COUNT(*) FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,)
+        )
+        return int(rows[0][0])
+
+    async def referenced(self, digests: Sequence[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        for start in range(0, len(digests), 500):
+            chunk = digests[start : start + 500]
+            rows = await self._rows(
+                "SELECT DISTINCT digest FROM snapshot_blocks "
+                f"WHERE digest IN ({_placeholders(len(chunk))})",
+                chunk,
+            )
+            found.update(bytes(row[0]) for row in rows)
+        return found
+
+    # ---- tags ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _tag_statements(
+        resources: Sequence[tuple[str, str]], owner_id: str, tags: dict[str, str]
+    ) -> list[tuple[str, Sequence[Any]]]:
+        return [
+            (
+                "INSERT INTO tags (resource_id, resource_type, owner_id, key, value) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (resource_id, key) "
+                "DO UPDATE SET value = excluded.value",
+                (resource_id, resource_type, owner_id, key, value),
+            )
+            for resource_id, resource_type in resources
+            for key, value in tags.items()
+        ]
+
+    async def set_tags(
+        self, resources: Sequence[tuple[str, str]], owner_id: str, tags: dict[str, str]
+    ) -> None:
+        await self._many(self._tag_statements(resources, owner_id, tags))
+
+    async def delete_tags(
+        self, resource_ids: Sequence[str], tags: Sequence[tuple[str, str | None]]
+    ) -> None:
+        statements: list[tuple[str, Sequence[Any]]] = []
+        for resource_id in resource_ids:
+            if not tags:
+                statements.append(("DELETE FROM tags WHERE resource_id = ?", (resource_id,)))
+            for key, value in tags:
+                if value is None:
+                    statements.append(
+                        ("DELETE FROM tags WHERE resource_id = ? AND key = ?", (resource_id, key))
+                    )
+                else:
+                    statements.append((
+                        "DELETE FROM tags WHERE resource_id = ? AND key = ? AND value = ?",
+                        (resource_id, key, value),
+                    ))
+        await self._many(statements)
+
+    async def tag_count(self, resource_id: str) -> int:
+        rows = await self._rows("SELECT COUNT(*) FROM tags WHERE resource_id = ?", (resource_id,))
+        return int(rows[0][0])
+
+    async def list_tags(self, query: ListQuery) -> Page[TagRecord]:
+        params: list[object] = list(query.owner_ids)
+        where = [f"t.owner_id IN ({_placeholders(len(query.owner_ids))})"]
+        where += filter_sql(query.filters, TAG_FILTERS, "t.resource_id", params)
+        where.append("(t.resource_id IN (SELECT id FROM volumes WHERE region = ? AND state != "
+                     "'deleted') OR t.resource_id IN (SELECT id FROM snapshots WHERE region = ? "
+                     "AND deleted = 0))")
+        params += [query.region, query.region]
+        rows = await self._page_rows(
+            "SELECT t.rowid, t.resource_id, t.resource_type, t.key, t.value FROM tags t",
+            where, params, query, "t.rowid",
+        )
+        return self._paginate(rows, query, lambda r: TagRecord(r[1], r[2], r[3], r[4]))
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    async def start_job(self, kind: str, resource_id: str, payload: str = "{}") -> int:
+        now = time.time()
+        cur = await self.db.execute(
+            "INSERT INTO jobs (kind, resource_id, state, payload, created_at, updated_at) "
+            "VALUES (?, ?, 'running', ?, ?, ?)",
+            (kind, resource_id, payload, now, now),
+        )
+        job_id = cur.lastrowid
+        await cur.close()
+        assert job_id is not None
+        return job_id
+
+    async def finish_job(self, job_id: int, error: str | None = None) -> None:
+        await self._write(
+            "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+            ("failed" if error else "done", error, time.time(), job_id),
+        )
+
+    async def unfinished_jobs(self) -> list[tuple[int, str, str, str]]:
+        rows = await self._rows(
+            "SELECT id, kind, resource_id, payload FROM jobs WHERE state = 'running' ORDER BY id"
+        )
+        return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    # ---- shared query helpers ------------------------------------------------------------
+
+    @staticmethod
+    def _scope(alias: str, query: ListQuery, params: list[object]) -> list[str]:
+        where = [f"{alias}.owner_id IN ({_placeholders(len(query.owner_ids))})",
+                 f"{alias}.region = ?"]
+        params += [*query.owner_ids, query.region]
+        if query.ids:
+            where.append(f"{alias}.id IN ({_placeholders(len(query.ids))})")
+            params += query.ids
+        return where
+
+    async def _page_rows(
+        self,
+        select: str,
+        where: list[str],
+        params: list[object],
+        query: ListQuery,
+        seq: str,
+    ) -> list[sqlite3.Row]:
+        if query.after_seq:
+            where.append(f"{seq} > ?")
+            params.append(query.after_seq)
+        sql = f"{select} WHERE {' AND '.join(where)} ORDER BY {seq}"
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            params.append(query.limit + 1)
+        return await self._rows(sql, params)
+
+    @staticmethod
+    def _paginate(rows: list[sqlite3.Row], query: ListQuery, convert: Any) -> Page[Any]:
+        more = query.limit is not None and len(rows) > query.limit
+        if more:
+            rows = rows[: query.limit]
+        return Page(items=[convert(row) for row in rows],
+                    last_seq=int(rows[-1][0]) if more else None)
+
+    async def _with_tags(self, items: list[R]) -> list[R]:
+        if not items:
+            return items
+        by_id = {item.id: item for item in items}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await self._rows(
+                f"SELECT resource_id, key, value FROM tags "
+                f"WHERE resource_id IN ({_placeholders(len(chunk))}) ORDER BY rowid",
+                chunk,
+            )
+            for resource_id, key, value in rows:
+                by_id[resource_id].tags[key] = value
+        return items
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
