@@ -13,10 +13,10 @@ from typing import ClassVar
 class ApiError(Exception):
     code: ClassVar[str] = "InternalError"
     http_status: ClassVar[int] = 500
-    default_message: ClassVar[str] = "An internal error has occurred."
+    default_message: ClassVar[str] = ""
 
     def __init__(self, message: str | None = None) -> None:
-        self.message = message or self.default_message
+        self.message = message or self.default_message or self.code
         super().__init__(self.message)
 
 
@@ -24,55 +24,156 @@ class ClientError(ApiError):
     http_status = 400
 
 
-def _client_error(code: str, default: str = "", status: int = 400) -> type[ClientError]:
-    name = "".join(part[:1].upper() + part[1:] for part in code.replace(".", " ").split())
-    attrs = {"code": code, "http_status": status, "default_message": default or code}
-    return type(name, (ClientError,), attrs)
-
-
 class InternalError(ApiError):
-    pass
+    default_message = "An internal error has occurred."
 
 
-InvalidAction = _client_error("InvalidAction", "The action is not valid for this web service.")
-MissingParameter = _client_error("MissingParameter")
-MissingAction = _client_error("MissingAction", "The request must contain the parameter Action.")
-InvalidParameterValue = _client_error("InvalidParameterValue")
-InvalidParameterCombination = _client_error("InvalidParameterCombination")
-InvalidParameterDependency = _client_error("InvalidParameterDependency")
-UnknownParameter = _client_error("UnknownParameter")
-InvalidParameter = _client_error("InvalidParameter")
-IdempotentParameterMismatch = _client_error("IdempotentParameterMismatch")
-InvalidPaginationToken = _client_error("InvalidPaginationToken", "The token is not valid.")
-InvalidNextToken = InvalidPaginationToken
-InvalidVolumeIDMalformed = _client_error("InvalidVolumeID.Malformed")
-InvalidVolumeNotFound = _client_error("InvalidVolume.NotFound")
-InvalidVolumeZoneMismatch = _client_error("InvalidVolume.ZoneMismatch")
-VolumeInUse = _client_error("VolumeInUse")
-IncorrectState = _client_error("IncorrectState")
-InvalidSnapshotIDMalformed = _client_error("InvalidSnapshotID.Malformed")
-InvalidSnapshotNotFound = _client_error("InvalidSnapshot.NotFound")
-InvalidSnapshotInUse = _client_error("InvalidSnapshot.InUse")
-InvalidID = _client_error("InvalidID")
-InvalidZoneNotFound = _client_error("InvalidZone.NotFound")
-InvalidRegionNotFound = _client_error("InvalidRegion.NotFound")
-InvalidFilter = _client_error("InvalidFilter")
-TagLimitExceeded = _client_error("TagLimitExceeded")
-VolumeLimitExceeded = _client_error("VolumeLimitExceeded")
-SnapshotLimitExceeded = _client_error("SnapshotLimitExceeded")
-InsufficientVolumeCapacity = _client_error(
-    "InsufficientVolumeCapacity",
-    "There is not enough capacity to fulfill your EBS volume provision request.",
-)
-UnsupportedOperation = _client_error("UnsupportedOperation")
-InvalidRequest = _client_error("InvalidRequest", "The request received was invalid.")
-InvalidQueryParameter = _client_error("InvalidQueryParameter")
-DryRunOperation = _client_error(
-    "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412
-)
-AuthFailure = _client_error("AuthFailure", "AWS was not able to validate the provided access credentials", 401)
-UnauthorizedOperation = _client_error(
-    "UnauthorizedOperation", "You are not authorized to perform this operation.", 403
-)
-RequestLimitExceeded = _client_error("RequestLimitExceeded", "Request limit exceeded.", 503)
-Unavailable = _client_error("Unavailable", "The server is overloaded and can't handle the request.", 503)
+class InvalidAction(ClientError):
+    code = "InvalidAction"
+    default_message = "The action is not valid for this web service."
+
+
+class MissingParameter(ClientError):
+    code = "MissingParameter"
+
+
+class MissingAction(ClientError):
+    code = "MissingAction"
+    default_message = "The request must contain the parameter Action."
+
+
+class InvalidParameterValue(ClientError):
+    code = "InvalidParameterValue"
+
+
+class InvalidParameterCombination(ClientError):
+    code = "InvalidParameterCombination"
+
+
+class InvalidParameterDependency(ClientError):
+    code = "InvalidParameterDependency"
+
+
+class UnknownParameter(ClientError):
+    code = "UnknownParameter"
+
+
+class InvalidParameter(ClientError):
+    code = "InvalidParameter"
+
+
+class IdempotentParameterMismatch(ClientError):
+    code = "IdempotentParameterMismatch"
+
+
+class InvalidPaginationToken(ClientError):
+    code = "InvalidPaginationToken"
+    default_message = "The token is not valid."
+
+
+class InvalidVolumeIDMalformed(ClientError):
+    code = "InvalidVolumeID.Malformed"
+
+
+class InvalidVolumeNotFound(ClientError):
+    code = "InvalidVolume.NotFound"
+
+
+class InvalidVolumeZoneMismatch(ClientError):
+    code = "InvalidVolume.ZoneMismatch"
+
+
+class VolumeInUse(ClientError):
+    code = "VolumeInUse"
+
+
+class IncorrectState(ClientError):
+    code = "IncorrectState"
+
+
+class InvalidSnapshotIDMalformed(ClientError):
+    code = "InvalidSnapshotID.Malformed"
+
+
+class InvalidSnapshotNotFound(ClientError):
+    code = "InvalidSnapshot.NotFound"
+
+
+class InvalidSnapshotInUse(ClientError):
+    code = "InvalidSnapshot.InUse"
+
+
+class InvalidID(ClientError):
+    code = "InvalidID"
+
+
+class InvalidZoneNotFound(ClientError):
+    code = "InvalidZone.NotFound"
+
+
+class InvalidRegionNotFound(ClientError):
+    code = "InvalidRegion.NotFound"
+
+
+class InvalidFilter(ClientError):
+    code = "InvalidFilter"
+
+
+class TagLimitExceeded(ClientError):
+    code = "TagLimitExceeded"
+
+
+class VolumeLimitExceeded(ClientError):
+    code = "VolumeLimitExceeded"
+
+
+class SnapshotLimitExceeded(ClientError):
+    code = "SnapshotLimitExceeded"
+
+
+class InsufficientVolumeCapacity(ClientError):
+    code = "InsufficientVolumeCapacity"
+    default_message = "There is not enough capacity to fulfill your EBS volume provision request."
+
+
+class UnsupportedOperation(ClientError):
+    code = "UnsupportedOperation"
+
+
+class InvalidRequest(ClientError):
+    code = "InvalidRequest"
+    default_message = "The request received was invalid."
+
+
+class InvalidQueryParameter(ClientError):
+    code = "InvalidQueryParameter"
+
+
+class DryRunOperation(ClientError):
+    code = "DryRunOperation"
+    http_status = 412
+    default_message = "Request would have succeeded, but DryRun flag is set."
+
+
+class AuthFailure(ClientError):
+    code = "AuthFailure"
+    http_status = 401
+    default_message = "AWS was not able to validate the provided access credentials"
+
+
+class UnauthorizedOperation(ClientError):
+    code = "UnauthorizedOperation"
+    http_status = 403
+    default_message = "You are not authorized to perform this operation."
+
+
+class RequestLimitExceeded(ClientError):
+    code = "RequestLimitExceeded"
+    http_status = 503
+    default_message = "Request limit exceeded."
+
+
+class Unavailable(ClientError):
+    code = "Unavailable"
+    http_status = 503
+    default_message = "The server is overloaded and can't handle the request."

@@ -1,0 +1,1 @@
+"""The wire protocols: EC2 Query parsing and XML responses (see ebsemu.api.codec)."""
