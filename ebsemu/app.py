@@ -10,9 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from backends.base import StorageBackend
-from backends.blockstore import LocalBlockStore
-from backends.file import FileStorage
+from backends import registry
 from ebsemu.api.actions import Services
 from ebsemu.api.handler import SERVICES_KEY, handle_ec2
 from ebsemu.config import Config
@@ -30,20 +28,17 @@ MAX_BODY_BYTES = 1024 * 1024
 PURGE_INTERVAL_SECONDS = 5.0
 
 
-def storage_backend(config: Config) -> StorageBackend:
-    backends: dict[str, type[FileStorage]] = {"file": FileStorage}
-    if config.storage_backend not in backends:
-        raise SystemExit(f"unknown storage backend {config.storage_backend!r}; known: file")
-    return backends[config.storage_backend](config.volumes_dir)
-
-
 def build_core(config: Config) -> Core:
+    make_storage = registry.STORAGE.get(config.storage_backend)
+    if make_storage is None:
+        known = ", ".join(registry.STORAGE)
+        raise SystemExit(f"unknown storage backend {config.storage_backend!r}; known: {known}")
     store = SqliteStore(config.database)
     return Core(
         config=config,
         store=store,
-        storage=storage_backend(config),
-        blocks=LocalBlockStore(config.blocks_dir),
+        storage=make_storage(config.volumes_dir),
+        blocks=registry.BLOCK_STORES["local"](config.blocks_dir),
         jobs=Jobs(store),
     )
 
@@ -59,7 +54,9 @@ async def _purge_deleted(core: Core) -> None:
     while True:
         await asyncio.sleep(PURGE_INTERVAL_SECONDS)
         try:
-            await core.store.purge_deleted_volumes(time.time() - core.config.deleted_visible_seconds)
+            await core.store.purge_deleted_volumes(
+                time.time() - core.config.deleted_visible_seconds
+            )
         except Exception:
             log.exception("purging deleted volumes failed")
 
@@ -76,12 +73,17 @@ def make_app(config: Config) -> web.Application:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         await core.store.open()
         await core.storage.check_setup()
+        await asyncio.to_thread(core.blocks.remove_temp_files)
         resumed = await core.jobs.resume()
         if resumed:
             log.info("resumed %d unfinished jobs", resumed)
         purger = asyncio.create_task(_purge_deleted(core))
-        log.info("ebsemu serving EC2 on http://%s:%d/ (data in %s)", config.host, config.port,
-                 config.data_dir)
+        log.info(
+            "ebsemu serving EC2 on http://%s:%d/ (data in %s)",
+            config.host,
+            config.port,
+            config.data_dir,
+        )
         yield
         purger.cancel()
         with contextlib.suppress(asyncio.CancelledError):

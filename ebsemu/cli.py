@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         cfg = config.load(
-            args.config, host=args.host, port=args.port, data_dir=args.data_dir,
+            args.config,
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
             log_level=args.log_level,
         )
         logging.basicConfig(
@@ -39,8 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         from ebsemu.app import make_app
 
-        web.run_app(make_app(cfg), host=cfg.host, port=cfg.port, print=None,
-                    handle_signals=True, shutdown_timeout=15)
+        web.run_app(
+            make_app(cfg),
+            host=cfg.host,
+            port=cfg.port,
+            print=None,
+            handle_signals=True,
+            shutdown_timeout=15,
+        )
     return 0
 
 

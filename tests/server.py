@@ -43,8 +43,16 @@ class ServerProcess:
 
     def start(self) -> None:
         argv = [
-            sys.executable, "-m", "ebsemu", "serve", "--config", str(self.config_path),
-            "--port", str(self.port), "--data-dir", str(self.data_dir),
+            sys.executable,
+            "-m",
+            "ebsemu",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
         ]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -90,14 +98,21 @@ class ServerProcess:
 
     def resource(self) -> Any:
         return boto3.resource(
-            "ec2", endpoint_url=self.url, region_name=REGION,
-            aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+            "ec2",
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id="AKIDEXAMPLE",
+            aws_secret_access_key="secret",
         )
 
     def cli_env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="secret",
-                   AWS_DEFAULT_REGION=REGION, AWS_PAGER="")
+        env.update(
+            AWS_ACCESS_KEY_ID="AKIDEXAMPLE",
+            AWS_SECRET_ACCESS_KEY="secret",
+            AWS_DEFAULT_REGION=REGION,
+            AWS_PAGER="",
+        )
         return env
 
 

@@ -1,0 +1,622 @@
+"""The ``file`` storage backend: volumes as raw sparse files in a data directory.
+
+Layout under the data directory::
+
+    volumes/<volume_id>/volume.json     {"layout_version": 1, "size_bytes": …, "segment_bytes": …}
+    volumes/<volume_id>/seg-0000        raw sparse file, ``segment_bytes`` long
+    volumes/<volume_id>/seg-0001        … the last segment holds the remainder
+    views/<view_id>/…                   frozen point-in-time copies, same layout
+
+Why segments: a volume is created by truncating sparse files, so creation takes the same few
+milliseconds for 1 GiB as for 64 TiB (the EBS maximum) and uses no space until written. But a
+filesystem caps the size of one file: ext4 at 16 TiB minus 4 KiB, XFS and btrfs far above 64 TiB.
+The first time it needs to, the backend probes the data filesystem for the largest power of two
+it holds in one file (capped at 64 TiB) and cuts volumes into segments of that size. On XFS and
+btrfs every volume is one file; on ext4 a volume of up to 8 TiB is one file and a 16 TiB volume
+is two. ``volume.json`` records the volume's size and segment size, so the layout describes
+itself and a data directory moved to another filesystem keeps working.
+
+Export and attach need one file: a volume that spans several segments can be snapshotted and
+restored but not attached. Put the data directory on XFS or btrfs to attach volumes of any size.
+
+Freezing a volume for a snapshot clones each segment with a reflink (FICLONE) where the
+filesystem supports it (XFS with reflink=1, btrfs): instant and no extra space until the volume
+is written again. Elsewhere (ext4, tmpfs) it copies the data extents only, so holes stay holes.
+The freeze is a point-in-time copy of what the files hold; a writer attached to the volume must
+be quiesced by the caller for the copy to be consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from backends.errors import BackendError, CapacityError, SetupError
+from ebsemu.model import BLOCK_SIZE
+
+logger = logging.getLogger(__name__)
+
+MAX_SEGMENT_BYTES = 64 * 1024**4  # 64 TiB: the largest EBS volume
+LAYOUT_VERSION = 1
+META_NAME = "volume.json"
+
+_FICLONE = 0x40049409  # _IOW(0x94, 9, int): clone a whole file by reference
+_ZERO_BLOCK = bytes(BLOCK_SIZE)
+_COPY_CHUNK = 8 * 1024 * 1024
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_NO_REFLINK = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS})
+_NO_COPY_FILE_RANGE = frozenset({errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_TOO_BIG = frozenset({errno.EFBIG, errno.EINVAL})
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a volume's bytes are cut into segment files."""
+
+    size_bytes: int
+    segment_bytes: int
+
+    @property
+    def segment_count(self) -> int:
+        return -(-self.size_bytes // self.segment_bytes)
+
+    @property
+    def block_count(self) -> int:
+        return self.size_bytes // BLOCK_SIZE
+
+    def segment_size(self, index: int) -> int:
+        """Length of segment ``index``: ``segment_bytes`` except for the last one."""
+        return min(self.segment_bytes, self.size_bytes - index * self.segment_bytes)
+
+    def to_json(self, **extra: str) -> dict[str, Any]:
+        return {
+            "layout_version": LAYOUT_VERSION,
+            "size_bytes": self.size_bytes,
+            "segment_bytes": self.segment_bytes,
+            **extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: object, source: Path) -> Layout:
+        if not isinstance(data, dict) or data.get("layout_version") != LAYOUT_VERSION:
+            raise BackendError(f"{source}: not a layout version {LAYOUT_VERSION} description")
+        size, segment = data.get("size_bytes"), data.get("segment_bytes")
+        if not (isinstance(size, int) and isinstance(segment, int)):
+            raise BackendError(f"{source}: size_bytes and segment_bytes must be integers")
+        _check_size(size)
+        _check_segment_bytes(segment)
+        return cls(size, segment)
+
+
+def _check_size(size_bytes: int) -> None:
+    if size_bytes <= 0 or size_bytes % BLOCK_SIZE:
+        raise BackendError(f"volume size {size_bytes} is not a positive multiple of {BLOCK_SIZE}")
+
+
+def _check_segment_bytes(segment_bytes: int) -> None:
+    if not 0 < segment_bytes <= MAX_SEGMENT_BYTES or segment_bytes % BLOCK_SIZE:
+        raise ValueError(
+            f"segment size {segment_bytes} is not a multiple of {BLOCK_SIZE} "
+            f"between {BLOCK_SIZE} and {MAX_SEGMENT_BYTES}"
+        )
+
+
+def _check_id(name: str) -> str:
+    """Refuse ids that are not one plain path component."""
+    if not _ID_PATTERN.fullmatch(name):
+        raise BackendError(f"invalid volume or view id {name!r}")
+    return name
+
+
+def segment_name(index: int) -> str:
+    return f"seg-{index:04d}"
+
+
+def format_bytes(n: int) -> str:
+    """``n`` in the largest binary unit that divides it exactly (``8 TiB``, ``1536 MiB``)."""
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} bytes"
+
+
+def probe_segment_bytes(directory: Path) -> int:
+    """Largest power of two (at most 64 TiB) that one sparse file in ``directory`` can hold."""
+    path = directory / f".probe-{secrets.token_hex(4)}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        size = MAX_SEGMENT_BYTES
+        while size >= BLOCK_SIZE:
+            try:
+                os.ftruncate(fd, size)
+            except OSError as exc:
+                if exc.errno not in _TOO_BIG:
+                    raise
+                size //= 2
+            else:
+                return size
+        raise SetupError(f"{directory}: cannot hold even a {BLOCK_SIZE}-byte sparse file")
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _read_layout(directory: Path) -> Layout | None:
+    """The layout recorded in ``directory``, or None when there is no such volume or view."""
+    path = directory / META_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise BackendError(f"{path}: unreadable layout description: {exc}") from exc
+    return Layout.from_json(data, path)
+
+
+def _make_sparse(path: Path, size: int) -> None:
+    """Create or grow ``path`` to ``size`` bytes without allocating space, durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _next_data(fd: int, offset: int) -> int | None:
+    """Offset of the first data byte at or after ``offset``, or None if only holes follow."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return None
+        raise
+
+
+def _is_hole(fd: int, offset: int, length: int) -> bool:
+    """True if bytes [offset, offset + length) of ``fd`` hold no data extent."""
+    start = _next_data(fd, offset)
+    return start is None or start >= offset + length
+
+
+def _data_extents(fd: int, offset: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each run of data in bytes [offset, size) of ``fd``."""
+    while offset < size:
+        start = _next_data(fd, offset)
+        if start is None or start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        offset = end
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    """Copy bytes [offset, offset + length) from src to the same place in dst."""
+    end = offset + length
+    try:
+        while offset < end:
+            copied = os.copy_file_range(src, dst, end - offset, offset, offset)
+            if copied == 0:
+                raise BackendError(f"source ended at {offset}, before {end}")
+            offset += copied
+        return
+    except OSError as exc:
+        if exc.errno not in _NO_COPY_FILE_RANGE:
+            raise
+    while offset < end:
+        chunk = os.pread(src, min(_COPY_CHUNK, end - offset), offset)
+        if not chunk:
+            raise BackendError(f"source ended at {offset}, before {end}")
+        _pwrite_all(dst, chunk, offset)
+        offset += len(chunk)
+
+
+def clone_file(src_path: Path, dst_path: Path, size: int) -> str:
+    """Make ``dst_path`` a durable copy of ``src_path``: a reflink where the filesystem can
+    share extents, else a copy of the data extents (holes stay holes). Returns the method."""
+    src = os.open(src_path, os.O_RDONLY)
+    try:
+        dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                fcntl.ioctl(dst, _FICLONE, src)
+                method = "reflink"
+            except OSError as exc:
+                if exc.errno not in _NO_REFLINK:
+                    raise
+                os.ftruncate(dst, size)
+                for start, end in _data_extents(src, 0, size):
+                    _copy_range(src, dst, start, end - start)
+                method = "copy"
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return method
+
+
+class FileView:
+    """A frozen view opened for reading; yields its data blocks without reading its holes."""
+
+    def __init__(self, directory: Path, layout: Layout) -> None:
+        self._layout = layout
+        self._fds: list[int] = []
+        try:
+            for index in range(layout.segment_count):
+                fd = os.open(directory / segment_name(index), os.O_RDONLY)
+                self._fds.append(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError as exc:
+            self.close()
+            raise BackendError(f"cannot open view {directory.name}: {exc}") from exc
+
+    @property
+    def size_bytes(self) -> int:
+        return self._layout.size_bytes
+
+    def iter_blocks(self, start_index: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Yield (index, data) for every block from ``start_index`` on that holds a non-zero
+        byte. Holes are skipped with SEEK_DATA/SEEK_HOLE, without reading them."""
+        if start_index < 0:
+            raise ValueError(f"negative block index {start_index}")
+        per_segment = self._layout.segment_bytes // BLOCK_SIZE
+        for segment in range(start_index // per_segment, self._layout.segment_count):
+            first_index = segment * per_segment
+            yield from self._segment_blocks(segment, max(start_index - first_index, 0))
+
+    def _segment_blocks(self, segment: int, local_start: int) -> Iterator[tuple[int, bytes]]:
+        fd = self._fds[segment]
+        size = self._layout.segment_size(segment)
+        first_index = segment * (self._layout.segment_bytes // BLOCK_SIZE)
+        done = local_start  # blocks before this one were read already
+        for start, end in _data_extents(fd, local_start * BLOCK_SIZE, size):
+            stop = -(-end // BLOCK_SIZE)  # extents are fs-block aligned, not BLOCK_SIZE aligned
+            for local in range(max(start // BLOCK_SIZE, done), stop):
+                data = os.pread(fd, BLOCK_SIZE, local * BLOCK_SIZE)
+                if len(data) != BLOCK_SIZE:
+                    raise BackendError(f"segment {segment} is shorter than its recorded size")
+                if data != _ZERO_BLOCK:
+                    yield first_index + local, data
+            done = max(done, stop)
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class FileStorage:
+    """Volumes as raw sparse segment files under ``root/volumes``, views under ``root/views``.
+
+    ``segment_bytes`` overrides the probed per-file maximum (a multiple of the block size);
+    it applies to volumes created afterwards, existing ones keep what they recorded.
+    """
+
+    def __init__(self, root: Path, segment_bytes: int | None = None) -> None:
+        if segment_bytes is not None:
+            _check_segment_bytes(segment_bytes)
+        self._root = root
+        self._volumes = root / "volumes"
+        self._views = root / "views"
+        self._segment_bytes = segment_bytes
+
+    # -- control path (coroutines; the file work runs in worker threads) --
+
+    async def check_setup(self) -> None:
+        await asyncio.to_thread(self._check_setup)
+
+    async def create(self, volume_id: str, size_bytes: int) -> None:
+        await asyncio.to_thread(self._create, volume_id, size_bytes)
+
+    async def delete(self, volume_id: str) -> None:
+        await asyncio.to_thread(self._remove, self._volumes, _check_id(volume_id))
+
+    async def extend(self, volume_id: str, size_bytes: int) -> None:
+        await asyncio.to_thread(self._extend, volume_id, size_bytes)
+
+    async def list_volumes(self) -> list[str]:
+        return await asyncio.to_thread(self._list, self._volumes)
+
+    async def freeze(self, volume_id: str, view_id: str) -> None:
+        await asyncio.to_thread(self._freeze, volume_id, view_id)
+
+    async def drop_view(self, view_id: str) -> None:
+        await asyncio.to_thread(self._remove, self._views, _check_id(view_id))
+
+    async def list_views(self) -> list[str]:
+        return await asyncio.to_thread(self._list, self._views)
+
+    # -- data path (blocking) --
+
+    def open_view(self, view_id: str) -> FileView:
+        directory = self._views / _check_id(view_id)
+        return FileView(directory, self._layout_of(directory, "view"))
+
+    def write_blocks(self, volume_id: str, blocks: Iterable[tuple[int, bytes]]) -> None:
+        """Write blocks into the volume, then fsync the segments written. An all-zero block
+        over a hole is skipped, so holes stay holes."""
+        directory = self._volumes / _check_id(volume_id)
+        layout = self._layout_of(directory, "volume")
+        per_segment = layout.segment_bytes // BLOCK_SIZE
+        fds: dict[int, int] = {}
+        written: set[int] = set()
+        try:
+            for index, data in blocks:
+                if len(data) != BLOCK_SIZE or not 0 <= index < layout.block_count:
+                    raise BackendError(
+                        f"block {index} ({len(data)} bytes) does not fit volume {volume_id} "
+                        f"of {layout.block_count} blocks of {BLOCK_SIZE} bytes"
+                    )
+                segment, local = divmod(index, per_segment)
+                if segment not in fds:
+                    fds[segment] = os.open(directory / segment_name(segment), os.O_RDWR)
+                fd, offset = fds[segment], local * BLOCK_SIZE
+                if data == _ZERO_BLOCK and _is_hole(fd, offset, BLOCK_SIZE):
+                    continue
+                _pwrite_all(fd, data, offset)
+                written.add(segment)
+            for segment in written:
+                os.fsync(fds[segment])
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                raise CapacityError(f"no space left writing volume {volume_id}") from exc
+            raise BackendError(f"writing volume {volume_id}: {exc}") from exc
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self._root)
+        except OSError as exc:
+            raise BackendError(f"data directory {self._root}: {exc}") from exc
+        return st.f_bavail * st.f_frsize
+
+    def device_path(self, volume_id: str) -> str:
+        directory = self._volumes / _check_id(volume_id)
+        layout = self._layout_of(directory, "volume")
+        if layout.segment_count > 1:
+            raise BackendError(
+                f"volume {volume_id} spans {layout.segment_count} segment files because the "
+                f"data filesystem holds at most {format_bytes(layout.segment_bytes)} per file; "
+                "put the data directory on XFS or btrfs to attach it"
+            )
+        return str(directory / segment_name(0))
+
+    # -- implementation --
+
+    @staticmethod
+    def _layout_of(directory: Path, kind: str) -> Layout:
+        layout = _read_layout(directory)
+        if layout is None:
+            raise BackendError(f"no {kind} {directory.name} in {directory.parent}")
+        return layout
+
+    def _segment_size(self) -> int:
+        if self._segment_bytes is None:
+            self._volumes.mkdir(parents=True, exist_ok=True)
+            self._segment_bytes = probe_segment_bytes(self._volumes)
+            logger.info(
+                "data filesystem at %s holds %s per file",
+                self._root,
+                format_bytes(self._segment_bytes),
+            )
+        return self._segment_bytes
+
+    def _check_setup(self) -> None:
+        try:
+            for directory in (self._volumes, self._views):
+                directory.mkdir(parents=True, exist_ok=True)
+                self._remove_leftovers(directory)
+            self._segment_size()
+        except OSError as exc:
+            raise SetupError(
+                f"file storage needs a writable data directory at {self._root}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+
+    @staticmethod
+    def _remove_leftovers(directory: Path) -> None:
+        """Remove staging and half-deleted entries an interrupted operation left behind."""
+        for entry in directory.iterdir():
+            if entry.name.startswith((".tmp-", ".del-", ".probe-")):
+                logger.warning("removing leftover %s", entry)
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+
+    @staticmethod
+    def _staging(parent: Path, kind: str, name: str) -> Path:
+        return parent / f".{kind}-{name}-{secrets.token_hex(4)}"
+
+    def _create(self, volume_id: str, size_bytes: int) -> None:
+        final = self._volumes / _check_id(volume_id)
+        _check_size(size_bytes)
+        if self._keep_existing(final, size_bytes):
+            return
+        staging = self._staging(self._volumes, "tmp", volume_id)
+        try:
+            layout = Layout(size_bytes, self._segment_size())
+            self._volumes.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+            for index in range(layout.segment_count):
+                _make_sparse(staging / segment_name(index), layout.segment_size(index))
+            _write_json_atomic(staging / META_NAME, layout.to_json())
+            os.rename(staging, final)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and self._keep_existing(
+                final, size_bytes
+            ):
+                return  # created concurrently
+            if exc.errno in _NO_SPACE | {errno.EFBIG}:
+                raise CapacityError(f"cannot create volume {volume_id}: {exc}") from exc
+            raise BackendError(f"cannot create volume {volume_id}: {exc}") from exc
+        _fsync_dir(self._volumes)
+        logger.info(
+            "created volume %s: %s in %d segment file(s)",
+            volume_id,
+            format_bytes(size_bytes),
+            layout.segment_count,
+        )
+
+    def _keep_existing(self, final: Path, size_bytes: int) -> bool:
+        """True if the volume exists with this size; BackendError if it exists otherwise."""
+        if not final.exists():
+            return False
+        layout = _read_layout(final)
+        if layout is None:
+            raise BackendError(f"{final} exists but holds no volume")
+        if layout.size_bytes != size_bytes:
+            raise BackendError(
+                f"volume {final.name} exists with {layout.size_bytes} bytes, not {size_bytes}"
+            )
+        logger.info("volume %s already exists with that size", final.name)
+        return True
+
+    def _extend(self, volume_id: str, size_bytes: int) -> None:
+        directory = self._volumes / _check_id(volume_id)
+        old = self._layout_of(directory, "volume")
+        _check_size(size_bytes)
+        if size_bytes < old.size_bytes:
+            raise BackendError(
+                f"volume {volume_id} has {old.size_bytes} bytes; cannot shrink to {size_bytes}"
+            )
+        if size_bytes == old.size_bytes:
+            return
+        new = Layout(size_bytes, old.segment_bytes)
+        try:
+            for index in range(old.segment_count - 1, new.segment_count):
+                _make_sparse(directory / segment_name(index), new.segment_size(index))
+            _write_json_atomic(directory / META_NAME, new.to_json())
+        except OSError as exc:
+            if exc.errno in _NO_SPACE | {errno.EFBIG}:
+                raise CapacityError(f"cannot extend volume {volume_id}: {exc}") from exc
+            raise BackendError(f"cannot extend volume {volume_id}: {exc}") from exc
+        logger.info(
+            "extended volume %s from %s to %s",
+            volume_id,
+            format_bytes(old.size_bytes),
+            format_bytes(size_bytes),
+        )
+
+    def _freeze(self, volume_id: str, view_id: str) -> None:
+        source = self._volumes / _check_id(volume_id)
+        final = self._views / _check_id(view_id)
+        layout = self._layout_of(source, "volume")
+        if _read_layout(final) is not None:
+            logger.info("view %s already exists; kept", view_id)
+            return
+        self._views.mkdir(parents=True, exist_ok=True)
+        staging = self._staging(self._views, "tmp", view_id)
+        began = time.monotonic()
+        try:
+            staging.mkdir()
+            methods = {
+                clone_file(
+                    source / segment_name(index),
+                    staging / segment_name(index),
+                    layout.segment_size(index),
+                )
+                for index in range(layout.segment_count)
+            }
+            _write_json_atomic(staging / META_NAME, layout.to_json(volume_id=volume_id))
+            os.rename(staging, final)
+            _fsync_dir(self._views)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno in _NO_SPACE:
+                raise CapacityError(f"no space left freezing volume {volume_id}") from exc
+            raise BackendError(f"cannot freeze volume {volume_id}: {exc}") from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        logger.info(
+            "froze volume %s as view %s by %s in %.3f s",
+            volume_id,
+            view_id,
+            "+".join(sorted(methods)),
+            time.monotonic() - began,
+        )
+
+    @staticmethod
+    def _remove(parent: Path, name: str) -> None:
+        """Rename the entry away (so it vanishes at once), then delete its files."""
+        grave = FileStorage._staging(parent, "del", name)
+        try:
+            os.rename(parent / name, grave)
+        except FileNotFoundError:
+            return
+        _fsync_dir(parent)
+        shutil.rmtree(grave)
+        logger.info("removed %s", parent / name)
+
+    @staticmethod
+    def _list(directory: Path) -> list[str]:
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return []
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
