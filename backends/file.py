@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from backends import sparse
 from backends.errors import BackendError, CapacityError, SetupError
 from ebsemu.model import BLOCK_SIZE
 
@@ -53,12 +53,8 @@ MAX_SEGMENT_BYTES = 64 * 1024**4  # 64 TiB: the largest EBS volume
 LAYOUT_VERSION = 1
 META_NAME = "volume.json"
 
-_FICLONE = 0x40049409  # _IOW(0x94, 9, int): clone a whole file by reference
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
-_COPY_CHUNK = 8 * 1024 * 1024
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_NO_REFLINK = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS})
-_NO_COPY_FILE_RANGE = frozenset({errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _TOO_BIG = frozenset({errno.EFBIG, errno.EINVAL})
 
@@ -155,31 +151,6 @@ def probe_segment_bytes(directory: Path) -> int:
         os.unlink(path)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _read_layout(directory: Path) -> Layout | None:
     """The layout recorded in ``directory``, or None when there is no such volume or view."""
     path = directory / META_NAME
@@ -192,97 +163,6 @@ def _read_layout(directory: Path) -> Layout | None:
     except ValueError as exc:
         raise BackendError(f"{path}: unreadable layout description: {exc}") from exc
     return Layout.from_json(data, path)
-
-
-def _make_sparse(path: Path, size: int) -> None:
-    """Create or grow ``path`` to ``size`` bytes without allocating space, durably."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.ftruncate(fd, size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
-
-
-def _next_data(fd: int, offset: int) -> int | None:
-    """Offset of the first data byte at or after ``offset``, or None if only holes follow."""
-    try:
-        return os.lseek(fd, offset, os.SEEK_DATA)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            return None
-        raise
-
-
-def _is_hole(fd: int, offset: int, length: int) -> bool:
-    """True if bytes [offset, offset + length) of ``fd`` hold no data extent."""
-    start = _next_data(fd, offset)
-    return start is None or start >= offset + length
-
-
-def _data_extents(fd: int, offset: int, size: int) -> Iterator[tuple[int, int]]:
-    """(start, end) of each run of data in bytes [offset, size) of ``fd``."""
-    while offset < size:
-        start = _next_data(fd, offset)
-        if start is None or start >= size:
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end
-        offset = end
-
-
-def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    """Copy bytes [offset, offset + length) from src to the same place in dst."""
-    end = offset + length
-    try:
-        while offset < end:
-            copied = os.copy_file_range(src, dst, end - offset, offset, offset)
-            if copied == 0:
-                raise BackendError(f"source ended at {offset}, before {end}")
-            offset += copied
-        return
-    except OSError as exc:
-        if exc.errno not in _NO_COPY_FILE_RANGE:
-            raise
-    while offset < end:
-        chunk = os.pread(src, min(_COPY_CHUNK, end - offset), offset)
-        if not chunk:
-            raise BackendError(f"source ended at {offset}, before {end}")
-        _pwrite_all(dst, chunk, offset)
-        offset += len(chunk)
-
-
-def clone_file(src_path: Path, dst_path: Path, size: int) -> str:
-    """Make ``dst_path`` a durable copy of ``src_path``: a reflink where the filesystem can
-    share extents, else a copy of the data extents (holes stay holes). Returns the method."""
-    src = os.open(src_path, os.O_RDONLY)
-    try:
-        dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            try:
-                fcntl.ioctl(dst, _FICLONE, src)
-                method = "reflink"
-            except OSError as exc:
-                if exc.errno not in _NO_REFLINK:
-                    raise
-                os.ftruncate(dst, size)
-                for start, end in _data_extents(src, 0, size):
-                    _copy_range(src, dst, start, end - start)
-                method = "copy"
-            os.fsync(dst)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-    return method
 
 
 class FileView:
@@ -319,7 +199,7 @@ class FileView:
         size = self._layout.segment_size(segment)
         first_index = segment * (self._layout.segment_bytes // BLOCK_SIZE)
         done = local_start  # blocks before this one were read already
-        for start, end in _data_extents(fd, local_start * BLOCK_SIZE, size):
+        for start, end in sparse.data_extents(fd, local_start * BLOCK_SIZE, size):
             stop = -(-end // BLOCK_SIZE)  # extents are fs-block aligned, not BLOCK_SIZE aligned
             for local in range(max(start // BLOCK_SIZE, done), stop):
                 data = os.pread(fd, BLOCK_SIZE, local * BLOCK_SIZE)
@@ -412,9 +292,9 @@ class FileStorage:
                 if segment not in fds:
                     fds[segment] = os.open(directory / segment_name(segment), os.O_RDWR)
                 fd, offset = fds[segment], local * BLOCK_SIZE
-                if data == _ZERO_BLOCK and _is_hole(fd, offset, BLOCK_SIZE):
+                if data == _ZERO_BLOCK and sparse.is_hole(fd, offset, BLOCK_SIZE):
                     continue
-                _pwrite_all(fd, data, offset)
+                sparse.pwrite_all(fd, data, offset)
                 written.add(segment)
             for segment in written:
                 os.fsync(fds[segment])
@@ -502,8 +382,8 @@ class FileStorage:
             self._volumes.mkdir(parents=True, exist_ok=True)
             staging.mkdir()
             for index in range(layout.segment_count):
-                _make_sparse(staging / segment_name(index), layout.segment_size(index))
-            _write_json_atomic(staging / META_NAME, layout.to_json())
+                sparse.make_sparse(staging / segment_name(index), layout.segment_size(index))
+            sparse.write_json_atomic(staging / META_NAME, layout.to_json())
             os.rename(staging, final)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -514,7 +394,7 @@ class FileStorage:
             if exc.errno in _NO_SPACE | {errno.EFBIG}:
                 raise CapacityError(f"cannot create volume {volume_id}: {exc}") from exc
             raise BackendError(f"cannot create volume {volume_id}: {exc}") from exc
-        _fsync_dir(self._volumes)
+        sparse.fsync_dir(self._volumes)
         logger.info(
             "created volume %s: %s in %d segment file(s)",
             volume_id,
@@ -549,8 +429,8 @@ class FileStorage:
         new = Layout(size_bytes, old.segment_bytes)
         try:
             for index in range(old.segment_count - 1, new.segment_count):
-                _make_sparse(directory / segment_name(index), new.segment_size(index))
-            _write_json_atomic(directory / META_NAME, new.to_json())
+                sparse.make_sparse(directory / segment_name(index), new.segment_size(index))
+            sparse.write_json_atomic(directory / META_NAME, new.to_json())
         except OSError as exc:
             if exc.errno in _NO_SPACE | {errno.EFBIG}:
                 raise CapacityError(f"cannot extend volume {volume_id}: {exc}") from exc
@@ -575,16 +455,16 @@ class FileStorage:
         try:
             staging.mkdir()
             methods = {
-                clone_file(
+                sparse.clone_file(
                     source / segment_name(index),
                     staging / segment_name(index),
                     layout.segment_size(index),
                 )
                 for index in range(layout.segment_count)
             }
-            _write_json_atomic(staging / META_NAME, layout.to_json(volume_id=volume_id))
+            sparse.write_json_atomic(staging / META_NAME, layout.to_json(volume_id=volume_id))
             os.rename(staging, final)
-            _fsync_dir(self._views)
+            sparse.fsync_dir(self._views)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if exc.errno in _NO_SPACE:
@@ -609,7 +489,7 @@ class FileStorage:
             os.rename(parent / name, grave)
         except FileNotFoundError:
             return
-        _fsync_dir(parent)
+        sparse.fsync_dir(parent)
         shutil.rmtree(grave)
         logger.info("removed %s", parent / name)
 

@@ -16,7 +16,8 @@ import pytest
 
 from backends.base import SnapshotSource, StorageBackend
 from backends.errors import BackendError, CapacityError, SetupError
-from backends.file import MAX_SEGMENT_BYTES, FileStorage, clone_file, probe_segment_bytes
+from backends.file import MAX_SEGMENT_BYTES, FileStorage, probe_segment_bytes
+from backends.sparse import clone_file
 from ebsemu.model import BLOCK_SIZE, GIB
 
 MIB = 1024**2

@@ -1,0 +1,136 @@
+"""Sparse-file primitives: data extents (SEEK_DATA/SEEK_HOLE), reflink clones, extent copies,
+atomic small files. Blocking; callers run them in worker threads."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from backends.errors import BackendError
+
+_FICLONE = 0x40049409  # _IOW(0x94, 9, int): clone a whole file by reference
+_COPY_CHUNK = 8 * 1024 * 1024
+_NO_REFLINK = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS})
+_NO_COPY_FILE_RANGE = frozenset({errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def make_sparse(path: Path, size: int) -> None:
+    """Create or grow ``path`` to ``size`` bytes without allocating space, durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def next_data(fd: int, offset: int) -> int | None:
+    """Offset of the first data byte at or after ``offset``, or None if only holes follow."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return None
+        raise
+
+
+def is_hole(fd: int, offset: int, length: int) -> bool:
+    """True if bytes [offset, offset + length) of ``fd`` hold no data extent."""
+    start = next_data(fd, offset)
+    return start is None or start >= offset + length
+
+
+def data_extents(fd: int, offset: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each run of data in bytes [offset, size) of ``fd``."""
+    while offset < size:
+        start = next_data(fd, offset)
+        if start is None or start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        offset = end
+
+
+def copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    """Copy bytes [offset, offset + length) from src to the same place in dst."""
+    end = offset + length
+    try:
+        while offset < end:
+            copied = os.copy_file_range(src, dst, end - offset, offset, offset)
+            if copied == 0:
+                raise BackendError(f"source ended at {offset}, before {end}")
+            offset += copied
+        return
+    except OSError as exc:
+        if exc.errno not in _NO_COPY_FILE_RANGE:
+            raise
+    while offset < end:
+        chunk = os.pread(src, min(_COPY_CHUNK, end - offset), offset)
+        if not chunk:
+            raise BackendError(f"source ended at {offset}, before {end}")
+        pwrite_all(dst, chunk, offset)
+        offset += len(chunk)
+
+
+def clone_file(src_path: Path, dst_path: Path, size: int) -> str:
+    """Make ``dst_path`` a durable copy of ``src_path``: a reflink where the filesystem can
+    share extents, else a copy of the data extents (holes stay holes). Returns the method."""
+    src = os.open(src_path, os.O_RDONLY)
+    try:
+        dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                fcntl.ioctl(dst, _FICLONE, src)
+                method = "reflink"
+            except OSError as exc:
+                if exc.errno not in _NO_REFLINK:
+                    raise
+                os.ftruncate(dst, size)
+                for start, end in data_extents(src, 0, size):
+                    copy_range(src, dst, start, end - start)
+                method = "copy"
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return method
