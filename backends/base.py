@@ -7,7 +7,9 @@ service runs them in worker threads, never on the event loop.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 
@@ -35,7 +37,7 @@ class StorageBackend(Protocol):
         ...
 
     async def create(self, volume_id: str, size_bytes: int) -> None:
-        """Create an empty (all-zero) volume. Idempotent: an existing volume of that size is kept."""
+        """Create an empty (all-zero) volume. Idempotent: an existing one of that size is kept."""
         ...
 
     async def delete(self, volume_id: str) -> None:
@@ -110,4 +112,116 @@ class BlockStore(Protocol):
 
     def stored_bytes(self) -> int:
         """Bytes the stored blocks take."""
+        ...
+
+    def remove_temp_files(self) -> int:
+        """Remove what interrupted puts left behind; call at start-up only. Returns the count."""
+        ...
+
+
+class DomainState(enum.StrEnum):
+    """A VMM domain's state, named as EC2 names instance states."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SHUTTING_DOWN = "shutting-down"
+    TERMINATED = "terminated"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One VMM domain (an instance) as its VMM reports it."""
+
+    name: str
+    state: DomainState
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """A volume reachable on the VMM host as a raw file or a block device."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class IscsiSource:
+    """A volume exported over iSCSI; the VMM host logs in (with CHAP when a user is given)."""
+
+    portal: str
+    iqn: str
+    lun: int
+    chap_user: str | None = None
+    chap_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RbdSource:
+    """A volume that is a Ceph RBD image."""
+
+    pool: str
+    image: str
+    conf: str | None = None
+    user: str | None = None
+    key: str | None = field(default=None, repr=False)
+
+
+DiskSource = LocalSource | IscsiSource | RbdSource
+
+
+@dataclass(frozen=True)
+class AttachSpec:
+    """What to attach: the volume, the device name asked for (/dev/sdf, /dev/xvdf), and where
+    its bytes are."""
+
+    volume_id: str
+    device: str
+    source: DiskSource
+
+
+@dataclass(frozen=True)
+class AttachedDisk:
+    """A volume attached to a domain, as the VMM reports it.
+
+    ``device`` is the device name the attachment was made with, when the VMM keeps it (None
+    otherwise); ``handle`` is the VMM's own name for the disk (QEMU device id, libvirt target,
+    Xen virtual device, loop device); ``source`` is the host path the VMM opened, when known.
+    """
+
+    volume_id: str
+    device: str | None
+    handle: str
+    source: str | None = None
+
+
+@runtime_checkable
+class VmmBackend(Protocol):
+    """A hypervisor (or the host itself) whose domains volumes attach to."""
+
+    async def check_setup(self) -> None:
+        """Raise SetupError with a clear message if this host cannot serve the VMM."""
+        ...
+
+    async def list_domains(self) -> list[Domain]:
+        """Every domain the VMM knows, with its state."""
+        ...
+
+    async def attach(self, domain: str, spec: AttachSpec) -> AttachedDisk:
+        """Hot-plug the volume into the running domain. Idempotent when the volume is already
+        attached there under the same device name. Whatever a failed attach did is undone."""
+        ...
+
+    async def detach(self, domain: str, volume_id: str, *, force: bool = False) -> None:
+        """Hot-unplug the volume and wait until the VMM has released it. Idempotent: a volume
+        not attached is not an error. A domain that no longer exists raises DomainNotFound,
+        unless ``force``, which then counts the volume as detached."""
+        ...
+
+    async def list_attached(self, domain: str) -> list[AttachedDisk]:
+        """The volumes attached to the domain now (for reconciliation)."""
+        ...
+
+    async def notify_resize(self, domain: str, volume_id: str, size_bytes: int) -> None:
+        """Tell the VMM that an attached volume grew to ``size_bytes``."""
         ...

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from backends import base, registry
+from backends.vmm import VMMS
 
 CASES: list[tuple[type[Any], type[Any]]] = [
     *((base.StorageBackend, cls) for cls in registry.STORAGE.values()),
     *((base.BlockStore, cls) for cls in registry.BLOCK_STORES.values()),
+    *((base.VmmBackend, cls) for cls in VMMS.values()),
 ]
 
 

@@ -1,0 +1,375 @@
+"""QEMU/KVM domains driven over QMP: one ``<domain>.qmp`` unix socket per VM in a directory.
+
+Attach: ``blockdev-add`` (node ``ebs-<volume id>``) then ``device_add`` of a virtio-blk-pci disk on
+a free hot-plug port (or scsi-hd on a virtio-scsi bus), device id ``ebs.<volume id>.<device>`` so
+the attachment, and the device name it was made with, can be read back from ``query-block``.
+Detach: ``device_del``, wait for DEVICE_DELETED, then ``blockdev-del``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import stat
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, LocalSource
+from backends.errors import SetupError
+from backends.vmm.errors import (
+    AttachError,
+    DetachError,
+    DetachTimeout,
+    DeviceInUse,
+    DomainNotFound,
+    InvalidName,
+    NoFreeSlot,
+    UnsupportedSource,
+    VmmError,
+)
+from backends.vmm.naming import check_volume_id, compact_serial, device_basename
+from backends.vmm.options import Options
+from backends.vmm.qmp import QmpClient, QmpConnectionError, QmpError, QmpTimeout
+from hostcmds import CommandRunner, CommandTemplates
+
+log = logging.getLogger(__name__)
+
+DEVICE_ID = re.compile(r"ebs\.(vol-[0-9a-f]+)\.([a-z]+)")
+DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+RETRY_PAUSE = 0.05
+PORT_TYPES = frozenset({"pcie-root-port", "ioh3420", "xio3130-downstream"})
+
+# query-status "status" values -> EC2 instance state.
+RUN_STATES: Mapping[str, DomainState] = {
+    "running": DomainState.RUNNING,
+    "paused": DomainState.STOPPED,
+    "suspended": DomainState.STOPPED,
+    "shutdown": DomainState.STOPPED,
+    "guest-panicked": DomainState.STOPPED,
+    "internal-error": DomainState.STOPPED,
+    "io-error": DomainState.STOPPED,
+    "watchdog": DomainState.STOPPED,
+    "colo": DomainState.RUNNING,
+}
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    socket_dir: Path
+    bus: Literal["virtio", "scsi"] = "virtio"
+    scsi_bus: str = "scsi0.0"
+    ports: tuple[str, ...] = ()  # hot-plug ports to use; empty: any free one
+    connect_timeout: float = 5.0
+    command_timeout: float = 10.0
+    detach_timeout: float = 30.0
+
+
+def node_name(volume_id: str) -> str:
+    return f"ebs-{volume_id}"
+
+
+def device_id(volume_id: str, device: str) -> str:
+    return f"ebs.{volume_id}.{device_basename(device)}"
+
+
+def parse_device_id(qdev: str) -> tuple[str, str] | None:
+    """(volume id, device name) from a qdev id or path such as
+    /machine/peripheral/ebs.vol-….sdf/virtio-backend; None for disks that are not ours."""
+    for part in qdev.split("/"):
+        match = DEVICE_ID.fullmatch(part)
+        if match:
+            return match.group(1), f"/dev/{match.group(2)}"
+    return None
+
+
+def attached_from_query_block(blocks: list[dict[str, Any]]) -> list[AttachedDisk]:
+    disks = []
+    for block in blocks:
+        qdev = str(block.get("qdev") or "")
+        parsed = parse_device_id(qdev)
+        if parsed is None:
+            continue
+        handle = next(p for p in qdev.split("/") if DEVICE_ID.fullmatch(p))
+        inserted = block.get("inserted") or {}
+        source = inserted.get("file")
+        disks.append(AttachedDisk(parsed[0], parsed[1], handle, str(source) if source else None))
+    return disks
+
+
+class QemuVmm:
+    """VmmBackend for QEMU VMs with a QMP socket each in ``config.socket_dir``."""
+
+    def __init__(self, config: QemuConfig) -> None:
+        self._config = config
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, str], *, runner: CommandRunner, templates: CommandTemplates
+    ) -> QemuVmm:
+        opts = Options("vmm qemu", options)
+        opts.refuse_unknown(
+            {"socket_dir", "bus", "scsi_bus", "ports"}
+            | {"connect_timeout", "command_timeout", "detach_timeout"}
+        )
+        bus: Literal["virtio", "scsi"] = (
+            "scsi" if opts.choice("bus", ("virtio", "scsi"), "virtio") == "scsi" else "virtio"
+        )
+        return cls(
+            QemuConfig(
+                socket_dir=Path(opts.text("socket_dir")),
+                bus=bus,
+                scsi_bus=opts.text("scsi_bus", "scsi0.0"),
+                ports=opts.words("ports"),
+                connect_timeout=opts.number("connect_timeout", 5.0),
+                command_timeout=opts.number("command_timeout", 10.0),
+                detach_timeout=opts.number("detach_timeout", 30.0),
+            )
+        )
+
+    # -- VmmBackend ------------------------------------------------------------------------
+
+    async def check_setup(self) -> None:
+        directory = self._config.socket_dir
+        if not directory.is_dir():
+            raise SetupError(f"QMP socket directory {directory} does not exist")
+        if not os.access(directory, os.R_OK | os.X_OK):
+            raise SetupError(f"QMP socket directory {directory} is not readable")
+
+    async def list_domains(self) -> list[Domain]:
+        domains = []
+        for path in sorted(self._config.socket_dir.glob("*.qmp")):
+            if path.is_socket() and DOMAIN_NAME.fullmatch(path.stem):
+                domains.append(Domain(path.stem, await self._domain_state(path.stem)))
+        return domains
+
+    async def attach(self, domain: str, spec: AttachSpec) -> AttachedDisk:
+        volume_id = check_volume_id(spec.volume_id)
+        qdev_id = device_id(volume_id, spec.device)
+        source = _blockdev_file(spec)
+        node = node_name(volume_id)
+        async with self._session(domain) as qmp:
+            for disk in await self._attached(qmp):
+                if disk.volume_id == volume_id:
+                    if disk.device == spec.device:
+                        return disk
+                    raise AttachError(f"{volume_id} is attached to {domain} as {disk.device}")
+                if disk.device == spec.device:
+                    raise DeviceInUse(f"{spec.device} on {domain} is in use by {disk.volume_id}")
+            if node in await self._node_names(qmp):
+                log.warning("%s: removing leftover block node %s", domain, node)
+                await self._delete_node(qmp, node)
+            device_args = await self._device_args(qmp, volume_id, qdev_id, node)
+            try:
+                await self._execute(
+                    qmp,
+                    "blockdev-add",
+                    {"driver": "raw", "node-name": node, "discard": "unmap", "file": source},
+                )
+            except QmpError as exc:
+                raise AttachError(f"{domain}: cannot open {volume_id}: {exc}") from exc
+            except QmpTimeout as exc:  # the node may exist once QEMU gets to it
+                await self._roll_back(qmp, domain, node)
+                raise AttachError(f"{domain}: blockdev-add of {volume_id}: {exc}") from exc
+            try:
+                await self._execute(qmp, "device_add", device_args)
+            except BaseException as exc:
+                await self._roll_back(qmp, domain, node)
+                if isinstance(exc, QmpError | QmpTimeout | QmpConnectionError):
+                    raise AttachError(f"{domain}: device_add of {volume_id}: {exc}") from exc
+                raise
+        log.info("%s: attached %s as %s (%s)", domain, volume_id, spec.device, qdev_id)
+        return AttachedDisk(volume_id, spec.device, qdev_id, str(source["filename"]))
+
+    async def detach(self, domain: str, volume_id: str, *, force: bool = False) -> None:
+        check_volume_id(volume_id)
+        try:
+            async with self._session(domain) as qmp:
+                await self._detach(qmp, domain, volume_id)
+        except DomainNotFound:
+            if not force:
+                raise
+            log.warning("%s: domain is gone; %s counts as detached (force)", domain, volume_id)
+
+    async def list_attached(self, domain: str) -> list[AttachedDisk]:
+        async with self._session(domain) as qmp:
+            return await self._attached(qmp)
+
+    async def notify_resize(self, domain: str, volume_id: str, size_bytes: int) -> None:
+        check_volume_id(volume_id)
+        node = node_name(volume_id)
+        async with self._session(domain) as qmp:
+            nodes = await self._execute(qmp, "query-named-block-nodes", {"flat": True})
+            current = next((n for n in nodes if n.get("node-name") == node), None)
+            if current is None:
+                raise VmmError(f"{volume_id} is not attached to {domain}")
+            size_now = int(current.get("image", {}).get("virtual-size", 0))
+            if size_bytes < size_now:
+                raise VmmError(f"{volume_id}: will not shrink {size_now} to {size_bytes} bytes")
+            if size_bytes > size_now:
+                await self._execute(qmp, "block_resize", {"node-name": node, "size": size_bytes})
+        log.info("%s: %s resized to %d bytes", domain, volume_id, size_bytes)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def socket_path(self, domain: str) -> Path:
+        if not DOMAIN_NAME.fullmatch(domain):
+            raise InvalidName(f"not a QEMU domain name: {domain!r}")
+        return self._config.socket_dir / f"{domain}.qmp"
+
+    @contextlib.asynccontextmanager
+    async def _session(self, domain: str) -> AsyncIterator[QmpClient]:
+        """One QMP connection, held under the domain's lock: QEMU serves one client at a time
+        and attach must see a consistent set of free ports."""
+        path = self.socket_path(domain)
+        async with self._locks.setdefault(domain, asyncio.Lock()):
+            if not path.is_socket():
+                raise DomainNotFound(f"no QMP socket for domain {domain} at {path}")
+            try:
+                qmp = await QmpClient.connect(path, timeout=self._config.connect_timeout)
+            except QmpConnectionError as exc:
+                raise DomainNotFound(f"domain {domain} does not answer: {exc}") from exc
+            async with qmp:
+                yield qmp
+
+    async def _execute(
+        self, qmp: QmpClient, command: str, arguments: Mapping[str, Any] | None = None
+    ) -> Any:
+        return await qmp.execute(command, arguments, timeout=self._config.command_timeout)
+
+    async def _domain_state(self, domain: str) -> DomainState:
+        try:
+            async with self._session(domain) as qmp:
+                status = await self._execute(qmp, "query-status")
+        except DomainNotFound:
+            return DomainState.TERMINATED
+        except (QmpTimeout, QmpError) as exc:
+            log.warning("%s: state unknown (%s); reported as pending", domain, exc)
+            return DomainState.PENDING
+        return RUN_STATES.get(str(status.get("status")), DomainState.PENDING)
+
+    async def _attached(self, qmp: QmpClient) -> list[AttachedDisk]:
+        return attached_from_query_block(await self._execute(qmp, "query-block"))
+
+    async def _node_names(self, qmp: QmpClient) -> set[str]:
+        nodes = await self._execute(qmp, "query-named-block-nodes", {"flat": True})
+        return {str(n.get("node-name")) for n in nodes}
+
+    async def _device_args(
+        self, qmp: QmpClient, volume_id: str, qdev_id: str, node: str
+    ) -> dict[str, Any]:
+        if self._config.bus == "scsi":
+            return {
+                "driver": "scsi-hd",
+                "id": qdev_id,
+                "bus": self._config.scsi_bus,
+                "drive": node,
+                "serial": volume_id,
+            }
+        return {
+            "driver": "virtio-blk-pci",
+            "id": qdev_id,
+            "bus": await self._free_port(qmp),
+            "drive": node,
+            "serial": compact_serial(volume_id),
+        }
+
+    async def _free_port(self, qmp: QmpClient) -> str:
+        """The first hot-plug capable port with nothing on its bus.
+
+        Read from QOM, not query-pci: query-pci lists a bridge's devices only once guest
+        firmware has numbered its bus, which a VM that just started has not done yet."""
+        for port in await self._ports(qmp):
+            base = f"/machine/peripheral/{port}"
+            hotplug = await self._execute(qmp, "qom-get", {"path": base, "property": "hotplug"})
+            if not hotplug:
+                continue
+            children = await self._execute(qmp, "qom-list", {"path": f"{base}/{port}"})
+            if not any(str(child.get("name", "")).startswith("child[") for child in children):
+                return port
+        raise NoFreeSlot("no free hot-plug port (add pcie-root-port devices to the VM)")
+
+    async def _ports(self, qmp: QmpClient) -> list[str]:
+        """Configured ports, or every PCIe hot-plug port of the VM, in natural order."""
+        if self._config.ports:
+            return list(self._config.ports)
+        entries = await self._execute(qmp, "qom-list", {"path": "/machine/peripheral"})
+        ports = [
+            str(entry["name"])
+            for entry in entries
+            if str(entry.get("type", "")).removeprefix("child<").removesuffix(">") in PORT_TYPES
+        ]
+        return sorted(ports, key=_natural_key)
+
+    async def _roll_back(self, qmp: QmpClient, domain: str, node: str) -> None:
+        try:
+            await self._delete_node(qmp, node)
+        except (VmmError, OSError) as exc:
+            log.error("%s: rollback could not remove block node %s: %s", domain, node, exc)
+        else:
+            log.info("%s: rolled back block node %s", domain, node)
+
+    async def _detach(self, qmp: QmpClient, domain: str, volume_id: str) -> None:
+        disk = next((d for d in await self._attached(qmp) if d.volume_id == volume_id), None)
+        if disk is not None:
+            handle = disk.handle
+            deleted = qmp.expect_event("DEVICE_DELETED", lambda data: data.get("device") == handle)
+            try:
+                await self._execute(qmp, "device_del", {"id": handle})
+            except QmpError as exc:
+                if exc.error_class == "DeviceNotFound":
+                    deleted.cancel()  # already unplugged; the node is freed below
+                else:
+                    # e.g. "guest is busy": an earlier unplug request is still pending.
+                    log.warning("%s: device_del %s: %s; waiting for it", domain, handle, exc)
+            if not deleted.cancelled():
+                try:
+                    async with asyncio.timeout(self._config.detach_timeout):
+                        await deleted
+                except TimeoutError:
+                    raise DetachTimeout(
+                        f"{domain}: {handle} not released after {self._config.detach_timeout:g} s"
+                    ) from None
+            log.info("%s: unplugged %s", domain, handle)
+        node = node_name(volume_id)
+        if node in await self._node_names(qmp):
+            await self._delete_node(qmp, node)
+            log.info("%s: removed block node %s", domain, node)
+
+    async def _delete_node(self, qmp: QmpClient, node: str) -> None:
+        """blockdev-del, retried while the node is still held by a device being unplugged."""
+        try:
+            async with asyncio.timeout(self._config.detach_timeout):
+                while True:
+                    try:
+                        await self._execute(qmp, "blockdev-del", {"node-name": node})
+                        return
+                    except QmpError as exc:
+                        if "in use" not in exc.desc:
+                            raise DetachError(f"blockdev-del {node}: {exc}") from exc
+                    await asyncio.sleep(RETRY_PAUSE)
+        except TimeoutError:
+            raise DetachTimeout(f"block node {node} still in use") from None
+
+
+def _blockdev_file(spec: AttachSpec) -> dict[str, Any]:
+    """The protocol-level blockdev for the volume's source."""
+    source = spec.source
+    if not isinstance(source, LocalSource):
+        raise UnsupportedSource(f"qemu driver cannot attach a {type(source).__name__} yet")
+    try:
+        mode = os.stat(source.path).st_mode
+    except OSError as exc:
+        raise AttachError(f"{spec.volume_id}: source {source.path}: {exc.strerror}") from exc
+    driver = "host_device" if stat.S_ISBLK(mode) else "file"
+    return {"driver": driver, "filename": source.path}
+
+
+def _natural_key(name: str) -> list[tuple[int, str]]:
+    """rp2 before rp10."""
+    return [(int(part), "") if part.isdigit() else (0, part) for part in re.split(r"(\d+)", name)]

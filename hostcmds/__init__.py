@@ -1,0 +1,37 @@
+"""How to do things on a host: command templates (INI property files) and the runners that run
+the rendered argv lists. Nothing here knows what a volume is."""
+
+from hostcmds.errors import (
+    CommandError,
+    CommandNotFound,
+    CommandTimeout,
+    HostCommandError,
+    MissingValueError,
+    TemplateError,
+    UnsafeValueError,
+)
+from hostcmds.local import LocalRunner
+from hostcmds.recording import RecordedCall, RecordingRunner, Reply, UnscriptedCommand
+from hostcmds.runner import CommandResult, CommandRunner
+from hostcmds.templates import CommandTemplates, Template, load_templates, parse_template
+
+__all__ = [
+    "CommandError",
+    "CommandNotFound",
+    "CommandResult",
+    "CommandRunner",
+    "CommandTemplates",
+    "CommandTimeout",
+    "HostCommandError",
+    "LocalRunner",
+    "MissingValueError",
+    "RecordedCall",
+    "RecordingRunner",
+    "Reply",
+    "Template",
+    "TemplateError",
+    "UnsafeValueError",
+    "UnscriptedCommand",
+    "load_templates",
+    "parse_template",
+]
