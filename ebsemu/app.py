@@ -12,7 +12,7 @@ from aiohttp import web
 
 from backends import registry
 from ebsemu.api.actions import Services
-from ebsemu.api.handler import SERVICES_KEY, handle_ec2
+from ebsemu.api.handler import SERVICES_KEY, handle_ec2, handle_unknown
 from ebsemu.config import Config
 from ebsemu.service.core import Core
 from ebsemu.service.jobs import Jobs
@@ -68,6 +68,7 @@ def make_app(config: Config) -> web.Application:
     app[SERVICES_KEY] = build_services(core)
     app.router.add_route("POST", "/", handle_ec2)
     app.router.add_route("GET", "/", handle_ec2)
+    app.router.add_route("*", "/{tail:.*}", handle_unknown)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         config.data_dir.mkdir(parents=True, exist_ok=True)

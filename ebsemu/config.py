@@ -20,6 +20,16 @@ class Zone:
 
 
 @dataclass(frozen=True)
+class VmmHost:
+    """A VMM host whose domains are instances: its driver, zone and driver options."""
+
+    name: str
+    driver: str
+    zone: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8788
@@ -35,6 +45,8 @@ class Config:
     max_volumes: int = 5000
     max_snapshots: int = 100000
     hostcmds: dict[str, dict[str, str]] = field(default_factory=dict)
+    vmm_hosts: tuple[VmmHost, ...] = ()
+    max_attachments_per_instance: int = 26
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -93,7 +105,7 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
             values["deleted_visible_seconds"] = server.getfloat("deleted_visible_seconds")
     if parser.has_section("limits"):
         limits = parser["limits"]
-        for key in ("max_volumes", "max_snapshots"):
+        for key in ("max_volumes", "max_snapshots", "max_attachments_per_instance"):
             if key in limits:
                 values[key] = limits.getint(key)
     if parser.has_section("storage"):
@@ -112,9 +124,22 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
     if zones:
         values["zones"] = tuple(zones)
         values.setdefault("default_region", zones[0].region)
+    values["vmm_hosts"] = tuple(
+        _vmm_host(section.split(None, 1)[1].strip(), dict(parser[section]))
+        for section in parser.sections()
+        if section.startswith("vmm ")
+    )
     values["hostcmds"] = {
         section.split(None, 1)[1].strip(): dict(parser[section])
         for section in parser.sections()
         if section.startswith("hostcmds ")
     }
     return values
+
+
+def _vmm_host(name: str, options: dict[str, str]) -> VmmHost:
+    driver = options.pop("driver", "")
+    zone = options.pop("zone", "")
+    if not driver or not zone:
+        raise ValueError(f"[vmm {name}] needs both driver = … and zone = …")
+    return VmmHost(name, driver, zone, options)

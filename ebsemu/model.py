@@ -29,6 +29,14 @@ class SnapshotState(enum.StrEnum):
     ERROR = "error"
 
 
+class AttachmentState(enum.StrEnum):
+    ATTACHING = "attaching"
+    ATTACHED = "attached"
+    DETACHING = "detaching"
+    DETACHED = "detached"
+    BUSY = "busy"
+
+
 class VolumeType(enum.StrEnum):
     STANDARD = "standard"
     GP2 = "gp2"
@@ -48,6 +56,33 @@ def utcnow() -> datetime:
     """Now, in UTC, to whole milliseconds (what the wire shows)."""
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@dataclass
+class Attachment:
+    volume_id: str
+    instance_id: str
+    device: str
+    state: AttachmentState
+    attach_time: datetime
+    delete_on_termination: bool = False
+    handle: str | None = None  # the VMM's own name for the disk
+
+
+@dataclass
+class Instance:
+    """A VMM domain, seen as an EC2 instance."""
+
+    id: str
+    owner_id: str
+    region: str
+    zone: str
+    vmm: str  # the configured VMM host's name
+    domain: str
+    state: str  # botocore's InstanceStateName values
+    launch_time: datetime
+    tags: dict[str, str] = field(default_factory=dict)
+    seq: int = 0
 
 
 @dataclass
@@ -71,6 +106,7 @@ class Volume:
     request_digest: str | None = None
     state_message: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    attachments: list[Attachment] = field(default_factory=list)
     seq: int = 0
 
 

@@ -90,3 +90,11 @@ async def handle_ec2(request: web.Request) -> web.Response:
         return error_response(errors.InternalError(), request_id)
     log.debug("request %s %s -> 200", request_id, action)
     return web.Response(body=body, content_type=XML)
+
+
+async def handle_unknown(request: web.Request) -> web.Response:
+    """Any other method or path: an EC2-style error, never aiohttp's plain-text page."""
+    return error_response(
+        errors.InvalidRequest(f"No EC2 API at {request.method} {request.path[:128]}"),
+        str(uuid.uuid4()),
+    )

@@ -102,6 +102,6 @@ def match_filters(fields: Mapping[str, str], flts: Sequence[Filter]) -> bool:
         if flt.name not in fields:
             raise unknown_filter(flt.name)
         value = fields[flt.name]
-        if not any(wildcard_regex(v).fullmatch(value) for v in flt.values):
+        if flt.values and not any(wildcard_regex(v).fullmatch(value) for v in flt.values):
             return False
     return True

@@ -40,15 +40,25 @@ class SnapshotService:
         if description is not None and len(description) > 255:
             raise errors.InvalidParameterValue("Description must be at most 255 characters.")
         volume = await self._volumes.get(ctx, volume_id)
-        if await self._core.store.count_snapshots(ctx.account_id) >= self._core.config.max_snapshots:
+        if (
+            await self._core.store.count_snapshots(ctx.account_id)
+            >= self._core.config.max_snapshots
+        ):
             raise errors.SnapshotLimitExceeded(
                 f"You have reached the maximum of {self._core.config.max_snapshots} snapshots."
             )
         snapshot = Snapshot(
-            id=new_id("snap"), owner_id=ctx.account_id, region=ctx.region, volume_id=volume_id,
-            volume_size_gib=volume.size_gib, state=SnapshotState.PENDING, start_time=utcnow(),
-            description=description or "", encrypted=volume.encrypted,
-            kms_key_id=volume.kms_key_id, tags=tags,
+            id=new_id("snap"),
+            owner_id=ctx.account_id,
+            region=ctx.region,
+            volume_id=volume_id,
+            volume_size_gib=volume.size_gib,
+            state=SnapshotState.PENDING,
+            start_time=utcnow(),
+            description=description or "",
+            encrypted=volume.encrypted,
+            kms_key_id=volume.kms_key_id,
+            tags=tags,
         )
         async with self._core.locks.hold(volume_id):
             volume = await self._volumes.get(ctx, volume_id)
@@ -119,10 +129,11 @@ class SnapshotService:
         except UnknownFilterError as exc:
             raise listing.unknown_filter(str(exc)) from None
         if ids:
+            # An id the filters or owners leave out is no error; one that names no snapshot is.
             found = {s.id for s in page.items}
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise errors.InvalidSnapshotNotFound(f"The snapshot '{missing[0]}' does not exist.")
+            for snapshot_id in ids:
+                if snapshot_id not in found:
+                    await self.get(ctx, snapshot_id)
         token = listing.encode_token("snap", page.last_seq) if page.last_seq else None
         return page.items, token
 
@@ -142,8 +153,12 @@ class SnapshotService:
             await self._core.storage.drop_view(snapshot_id)
             return
         if await store.complete_snapshot(snapshot_id, stats.blocks * BLOCK_SIZE):
-            log.info("snapshot %s: completed, %d blocks, %d new", snapshot_id, stats.blocks,
-                     stats.new_blocks)
+            log.info(
+                "snapshot %s: completed, %d blocks, %d new",
+                snapshot_id,
+                stats.blocks,
+                stats.new_blocks,
+            )
         await self._core.storage.drop_view(snapshot_id)
 
     async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:

@@ -59,6 +59,7 @@ class TagService:
             key = tag.get("Key")
             if key is None:
                 raise errors.InvalidParameterValue("Tag key must be specified.")
+            validation.check_not_reserved(key)  # EC2 keeps its own tags out of users' hands
             pairs.append((key, tag.get("Value")))
         await self._core.store.delete_tags([rid for rid, _ in resources], pairs)
 

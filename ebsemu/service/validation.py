@@ -113,22 +113,24 @@ def performance(
 
 def check_tags(tags: Mapping[str, str]) -> None:
     if len(tags) > MAX_TAGS:
-        raise errors.TagLimitExceeded(
-            f"The maximum number of tags per resource is {MAX_TAGS}."
-        )
+        raise errors.TagLimitExceeded(f"The maximum number of tags per resource is {MAX_TAGS}.")
     for key, value in tags.items():
         if not key or len(key) > 128:
             raise errors.InvalidParameterValue(
                 f"Tag key must be between 1 and 128 characters, got {len(key)}."
             )
-        if key.lower().startswith("aws:"):
-            raise errors.InvalidParameterValue(
-                f"Tag keys starting with 'aws:' are reserved for internal use: {key[:128]}"
-            )
+        check_not_reserved(key)
         if len(value) > 256:
             raise errors.InvalidParameterValue(
                 f"Tag value for key '{key}' exceeds the maximum length of 256 characters."
             )
+
+
+def check_not_reserved(key: str) -> None:
+    if key.lower().startswith("aws:"):
+        raise errors.InvalidParameterValue(
+            f"Tag keys starting with 'aws:' are reserved for internal use: {key[:128]}"
+        )
 
 
 def tag_dict(tags: Iterable[Mapping[str, str]]) -> dict[str, str]:
@@ -153,7 +155,8 @@ def spec_tags(specs: Iterable[Mapping[str, object]], resource_type: str) -> dict
         if kind != resource_type:
             raise errors.InvalidParameterValue(
                 f"'{kind}' is not a valid taggable resource type for this operation."
-                if kind else "The tag specification must name a resource type."
+                if kind
+                else "The tag specification must name a resource type."
             )
         new = tag_dict(spec.get("Tags", []))  # type: ignore[arg-type]  # parsed by the codec
         for key in new:

@@ -73,6 +73,8 @@ class VolumeService:
             existing = await store.find_volume_by_token(ctx.account_id, req.client_token)
             if existing is not None:
                 return self._idempotent(existing, req)
+            if await store.retired_token_volume(ctx.account_id, req.client_token) is not None:
+                raise _token_mismatch(req)  # its volume was deleted and purged
         volume = await self._validated(ctx, req)
         if volume.snapshot_id is None:
             stored = await store.insert_volume(volume)
@@ -83,8 +85,9 @@ class VolumeService:
         if stored.id != volume.id:  # a concurrent request with the same ClientToken won
             return self._idempotent(stored, req)
         await self._core.jobs.submit("create_volume", stored.id)
-        log.info("volume %s: creating (%d GiB %s)", stored.id, stored.size_gib,
-                 stored.volume_type.value)
+        log.info(
+            "volume %s: creating (%d GiB %s)", stored.id, stored.size_gib, stored.volume_type.value
+        )
         return stored
 
     async def delete(self, ctx: RequestContext, volume_id: str) -> None:
@@ -106,10 +109,12 @@ class VolumeService:
         await self._core.jobs.submit("delete_volume", volume_id)
 
     async def get(self, ctx: RequestContext, volume_id: str) -> Volume:
-        """The caller's volume, or InvalidVolume.NotFound (also for another owner's volume)."""
+        """The caller's volume, or InvalidVolume.NotFound (also for another owner's volume, and
+        for a deleted one: DescribeVolumes still shows it for a while, nothing else acts on it).
+        """
         listing.check_id("vol", volume_id)
         volume = await self._core.store.get_volume(volume_id)
-        if volume is None or not self._visible(ctx, volume):
+        if volume is None or not self._visible(ctx, volume) or volume.state is VolumeState.DELETED:
             raise errors.InvalidVolumeNotFound(f"The volume '{volume_id}' does not exist.")
         return volume
 
@@ -139,8 +144,9 @@ class VolumeService:
             raise listing.unknown_filter(str(exc)) from None
         volumes = [v for v in page.items if self._visible(ctx, v)]
         if ids:
+            # An id the filters leave out is no error; one that names no volume is.
             found = {v.id for v in volumes}
-            missing = [i for i in ids if i not in found]
+            missing = [i for i in ids if i not in found and not await self._exists(ctx, i)]
             if missing:
                 shown = ", ".join(f"'{i}'" for i in missing)
                 noun = "volume" if len(missing) == 1 else "volumes"
@@ -182,19 +188,21 @@ class VolumeService:
 
     # ---- helpers -------------------------------------------------------------------------
 
-    def _visible(self, ctx: RequestContext, volume: Volume) -> bool:
-        if volume.owner_id != ctx.account_id or volume.region != ctx.region:
-            return False
-        if volume.state is VolumeState.DELETED:
-            return False
-        return True
+    async def _exists(self, ctx: RequestContext, volume_id: str) -> bool:
+        volume = await self._core.store.get_volume(volume_id)
+        return volume is not None and self._visible(ctx, volume)
 
-    def _idempotent(self, existing: Volume, req: VolumeRequest) -> Volume:
+    @staticmethod
+    def _visible(ctx: RequestContext, volume: Volume) -> bool:
+        """A deleted volume stays visible to DescribeVolumes until the store purges it."""
+        return volume.owner_id == ctx.account_id and volume.region == ctx.region
+
+    @staticmethod
+    def _idempotent(existing: Volume, req: VolumeRequest) -> Volume:
+        if existing.state in (VolumeState.DELETING, VolumeState.DELETED):
+            raise _token_mismatch(req)
         if existing.request_digest != req.digest():
-            raise errors.IdempotentParameterMismatch(
-                f"The client token you have provided is associated with a resource that is "
-                f"already deleted or has different parameters: {req.client_token}"
-            )
+            raise _token_mismatch(req)
         return existing
 
     async def _validated(self, ctx: RequestContext, req: VolumeRequest) -> Volume:
@@ -230,7 +238,9 @@ class VolumeService:
                     f"expect size >= {snapshot.volume_size_gib}GiB"
                 )
         if size is None:
-            raise errors.MissingParameter("The request must contain the parameter size or snapshotId")
+            raise errors.MissingParameter(
+                "The request must contain the parameter size or snapshotId"
+            )
         validation.check_size(vtype, size)
         iops, throughput = validation.performance(vtype, size, req.iops, req.throughput)
         if encrypted:
@@ -243,11 +253,22 @@ class VolumeService:
                 f"You have reached the maximum of {self._core.config.max_volumes} volumes."
             )
         return Volume(
-            id=new_id("vol"), owner_id=ctx.account_id, region=ctx.region, zone=zone.name,
-            zone_id=zone.zone_id, size_gib=size, volume_type=vtype, state=VolumeState.CREATING,
-            create_time=utcnow(), iops=iops, throughput=throughput, encrypted=encrypted,
-            kms_key_id=req.kms_key_id, snapshot_id=req.snapshot_id,
-            multi_attach=req.multi_attach, client_token=req.client_token,
+            id=new_id("vol"),
+            owner_id=ctx.account_id,
+            region=ctx.region,
+            zone=zone.name,
+            zone_id=zone.zone_id,
+            size_gib=size,
+            volume_type=vtype,
+            state=VolumeState.CREATING,
+            create_time=utcnow(),
+            iops=iops,
+            throughput=throughput,
+            encrypted=encrypted,
+            kms_key_id=req.kms_key_id,
+            snapshot_id=req.snapshot_id,
+            multi_attach=req.multi_attach,
+            client_token=req.client_token,
             request_digest=req.digest() if req.client_token is not None else None,
             tags=dict(req.tags),
         )
@@ -271,6 +292,17 @@ class VolumeService:
         blocks = await self._core.store.manifest_block_count(volume.snapshot_id)
         needed = blocks * BLOCK_SIZE
         if needed > self._core.storage.free_bytes():
-            log.warning("refusing restore of %s: needs %d bytes, %d free", volume.snapshot_id,
-                        needed, self._core.storage.free_bytes())
+            log.warning(
+                "refusing restore of %s: needs %d bytes, %d free",
+                volume.snapshot_id,
+                needed,
+                self._core.storage.free_bytes(),
+            )
             raise errors.InsufficientVolumeCapacity()
+
+
+def _token_mismatch(req: VolumeRequest) -> errors.ApiError:
+    return errors.IdempotentParameterMismatch(
+        "The client token you have provided is associated with a resource that is "
+        f"already deleted or has different parameters: {req.client_token}"
+    )

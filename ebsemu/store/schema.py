@@ -93,4 +93,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_state ON jobs(state);
     """,
+    # 2: ClientTokens of purged volumes, so a late retry cannot create a second volume
+    """
+    CREATE TABLE retired_client_tokens (
+        owner_id TEXT NOT NULL,
+        client_token TEXT NOT NULL,
+        volume_id TEXT NOT NULL,
+        retired_at REAL NOT NULL,
+        PRIMARY KEY (owner_id, client_token)
+    );
+    CREATE INDEX retired_client_tokens_age ON retired_client_tokens(retired_at);
+    """,
 ]

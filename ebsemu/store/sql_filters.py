@@ -64,36 +64,44 @@ TAG_FILTERS: Mapping[str, str] = {
 }
 
 
-def glob_pattern(value: str) -> tuple[str, bool]:
-    """Turn an EC2 filter value into (GLOB pattern, has_wildcard). `\\*`, `\\?`, `\\\\` escape."""
-    out: list[str] = []
+_GLOB_SPECIAL = {"*": "[*]", "?": "[?]", "[": "[[]"}  # as literal characters in a GLOB
+
+
+def glob_pattern(value: str) -> tuple[str, str | None]:
+    """An EC2 filter value as (GLOB pattern, literal): `*` and `?` are wildcards, `\\` escapes
+    the next character (`\\*`, `\\?`, `\\\\`). ``literal`` is the unescaped value when it has no
+    wildcard (then `=` matches it, using the index), else None."""
+    pattern: list[str] = []
+    literal: list[str] = []
     wild = False
     chars = iter(value)
     for ch in chars:
         if ch == "\\":
             nxt = next(chars, "\\")
-            out.append({"*": "[*]", "?": "[?]", "[": "[[]"}.get(nxt, nxt))
+            pattern.append(_GLOB_SPECIAL.get(nxt, nxt))
+            literal.append(nxt)
         elif ch in "*?":
-            out.append(ch)
+            pattern.append(ch)
             wild = True
-        elif ch == "[":
-            out.append("[[]")
         else:
-            out.append(ch)
-    return "".join(out), wild
+            pattern.append(_GLOB_SPECIAL.get(ch, ch))
+            literal.append(ch)
+    return "".join(pattern), None if wild else "".join(literal)
 
 
 def _match(expr: str, values: Sequence[str], params: list[object]) -> str:
     terms: list[str] = []
     for value in values:
-        pattern, wild = glob_pattern(value)
-        if wild:
+        pattern, literal = glob_pattern(value)
+        if literal is None:
             terms.append(f"{expr} GLOB ?")
             params.append(pattern)
         else:
             terms.append(f"{expr} = ?")
-            params.append(value)
-    return "(" + " OR ".join(terms) + ")" if terms else "0"
+            params.append(literal)
+    # A filter named without values constrains nothing: EC2 reads it as "has this attribute"
+    # (for tag:<key>, attachment.*: has such a tag, has an attachment).
+    return "(" + " OR ".join(terms) + ")" if terms else "1"
 
 
 def filter_sql(
@@ -113,7 +121,9 @@ def filter_sql(
             conditions.append(_match(columns[name], flt.values, params))
         elif attachments and name in ATTACHMENT_FILTERS:
             inner = _match(ATTACHMENT_FILTERS[name], flt.values, params)
-            conditions.append(f"{id_column} IN (SELECT a.volume_id FROM attachments a WHERE {inner})")
+            conditions.append(
+                f"{id_column} IN (SELECT a.volume_id FROM attachments a WHERE {inner})"
+            )
         elif tags and name.startswith("tag:") and len(name) > 4:
             params.append(name[4:])
             inner = _match("t.value", flt.values, params)

@@ -2,10 +2,16 @@
 
 Every state change is a compare-and-set (`UPDATE … WHERE id = ? AND state IN (…)`), so two
 requests can never both move one resource out of the same state.
+
+All requests share one connection, and a transaction on a connection takes in every statement
+run on it until COMMIT. So each use of the connection (one statement, or one whole transaction)
+holds ``_lock``: no statement of another request slips into a transaction, and no request
+begins a transaction while another one is open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -16,8 +22,8 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from ebsemu.model import Snapshot, SnapshotState, TagRecord, Volume, VolumeState
-from ebsemu.store.base import ListQuery, Page
-from ebsemu.store.rows import VOLUME_COLUMNS, SNAPSHOT_COLUMNS, snapshot_from_row, volume_from_row
+from ebsemu.store.base import TOKEN_RETENTION_SECONDS, ListQuery, Page
+from ebsemu.store.rows import SNAPSHOT_COLUMNS, VOLUME_COLUMNS, snapshot_from_row, volume_from_row
 from ebsemu.store.schema import MIGRATIONS
 from ebsemu.store.sql_filters import (
     SNAPSHOT_FILTERS,
@@ -40,6 +46,7 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -70,38 +77,57 @@ class SqliteStore:
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement in its own transaction; return the number of rows changed."""
-        cur = await self.db.execute(sql, params)
-        count = cur.rowcount
-        await cur.close()
-        return count
+        async with self._lock:
+            cur = await self.db.execute(sql, params)
+            count = cur.rowcount
+            await cur.close()
+            return count
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self.db.execute(sql, params) as cur:
+        async with self._lock, self.db.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
     async def _many(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         """Run several statements in one transaction."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, params in statements:
-                await self.db.execute(sql, params)
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    await self.db.execute(sql, params)
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     # ---- volumes -------------------------------------------------------------------------
 
     async def insert_volume(self, volume: Volume) -> Volume:
         values = (
-            volume.id, volume.owner_id, volume.region, volume.zone, volume.zone_id,
-            volume.size_gib, volume.volume_type.value, volume.iops, volume.throughput,
-            int(volume.encrypted), volume.kms_key_id, volume.snapshot_id,
-            int(volume.multi_attach), volume.state.value, volume.state_message,
-            to_wire(volume.create_time), time.time(), volume.client_token, volume.request_digest,
+            volume.id,
+            volume.owner_id,
+            volume.region,
+            volume.zone,
+            volume.zone_id,
+            volume.size_gib,
+            volume.volume_type.value,
+            volume.iops,
+            volume.throughput,
+            int(volume.encrypted),
+            volume.kms_key_id,
+            volume.snapshot_id,
+            int(volume.multi_attach),
+            volume.state.value,
+            volume.state_message,
+            to_wire(volume.create_time),
+            time.time(),
+            volume.client_token,
+            volume.request_digest,
         )
         statements: list[tuple[str, Sequence[Any]]] = [
-            (f"INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES ({_placeholders(len(values))})", values)
+            (
+                f"INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES ({_placeholders(len(values))})",
+                values,
+            )
         ]
         statements += self._tag_statements([(volume.id, "volume")], volume.owner_id, volume.tags)
         try:
@@ -109,13 +135,9 @@ class SqliteStore:
         except sqlite3.IntegrityError:
             if volume.client_token is None:
                 raise
-            rows = await self._rows(
-                f"SELECT seq, {VOLUME_COLUMNS} FROM volumes WHERE owner_id = ? AND client_token = ?",
-                (volume.owner_id, volume.client_token),
-            )
-            if not rows:
+            existing = await self.find_volume_by_token(volume.owner_id, volume.client_token)
+            if existing is None:
                 raise
-            (existing,) = await self._with_tags([volume_from_row(rows[0])])
             return existing
         stored = await self.get_volume(volume.id)
         assert stored is not None
@@ -140,7 +162,10 @@ class SqliteStore:
         where += filter_sql(query.filters, VOLUME_FILTERS, "v.id", params, attachments=True)
         rows = await self._page_rows(
             f"SELECT v.seq, {_prefixed('v', VOLUME_COLUMNS)} FROM volumes v",
-            where, params, query, "v.seq",
+            where,
+            params,
+            query,
+            "v.seq",
         )
         page = self._paginate(rows, query, volume_from_row)
         page.items = await self._with_tags(page.items)
@@ -167,36 +192,69 @@ class SqliteStore:
         )
         return int(rows[0][0])
 
+    async def retired_token_volume(self, owner_id: str, token: str) -> str | None:
+        rows = await self._rows(
+            "SELECT volume_id FROM retired_client_tokens WHERE owner_id = ? AND client_token = ?",
+            (owner_id, token),
+        )
+        return str(rows[0][0]) if rows else None
+
     async def purge_deleted_volumes(self, before: float) -> list[str]:
+        now = time.time()
         rows = await self._rows(
             "SELECT id FROM volumes WHERE state = 'deleted' AND updated_at < ?", (before,)
         )
         ids = [row[0] for row in rows]
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (
+                "DELETE FROM retired_client_tokens WHERE retired_at < ?",
+                (now - TOKEN_RETENTION_SECONDS,),
+            )
+        ]
         if ids:
             marks = _placeholders(len(ids))
-            await self._many([
+            statements += [
+                (
+                    "INSERT OR REPLACE INTO retired_client_tokens "
+                    "(owner_id, client_token, volume_id, retired_at) "
+                    f"SELECT owner_id, client_token, id, ? FROM volumes WHERE id IN ({marks}) "
+                    "AND client_token IS NOT NULL",
+                    (now, *ids),
+                ),
                 (f"DELETE FROM tags WHERE resource_id IN ({marks})", ids),
                 (f"DELETE FROM volumes WHERE id IN ({marks})", ids),
-            ])
+            ]
+        await self._many(statements)
         return ids
 
     # ---- snapshots -----------------------------------------------------------------------
 
     async def insert_snapshot(self, snapshot: Snapshot) -> None:
         values = (
-            snapshot.id, snapshot.owner_id, snapshot.region, snapshot.volume_id,
-            snapshot.volume_size_gib, snapshot.state.value, snapshot.progress,
-            snapshot.description, int(snapshot.encrypted), snapshot.kms_key_id,
-            snapshot.state_message, to_wire(snapshot.start_time),
+            snapshot.id,
+            snapshot.owner_id,
+            snapshot.region,
+            snapshot.volume_id,
+            snapshot.volume_size_gib,
+            snapshot.state.value,
+            snapshot.progress,
+            snapshot.description,
+            int(snapshot.encrypted),
+            snapshot.kms_key_id,
+            snapshot.state_message,
+            to_wire(snapshot.start_time),
             to_wire(snapshot.completion_time) if snapshot.completion_time else None,
             snapshot.full_size_bytes,
         )
-        statements: list[tuple[str, Sequence[Any]]] = [(
-            f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES ({_placeholders(len(values))})",
-            values,
-        )]
-        statements += self._tag_statements([(snapshot.id, "snapshot")], snapshot.owner_id,
-                                           snapshot.tags)
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (
+                f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES ({_placeholders(len(values))})",
+                values,
+            )
+        ]
+        statements += self._tag_statements(
+            [(snapshot.id, "snapshot")], snapshot.owner_id, snapshot.tags
+        )
         await self._many(statements)
 
     async def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
@@ -212,7 +270,10 @@ class SqliteStore:
         where += filter_sql(query.filters, SNAPSHOT_FILTERS, "s.id", params)
         rows = await self._page_rows(
             f"SELECT s.seq, {_prefixed('s', SNAPSHOT_COLUMNS)} FROM snapshots s",
-            where, params, query, "s.seq",
+            where,
+            params,
+            query,
+            "s.seq",
         )
         page = self._paginate(rows, query, snapshot_from_row)
         page.items = await self._with_tags(page.items)
@@ -259,11 +320,13 @@ class SqliteStore:
         return [row[0] for row in await self._rows("SELECT id FROM snapshots WHERE deleted = 1")]
 
     async def remove_snapshot(self, snapshot_id: str) -> None:
-        await self._many([
-            ("DELETE FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,)),
-            ("DELETE FROM tags WHERE resource_id = ?", (snapshot_id,)),
-            ("DELETE FROM snapshots WHERE id = ?", (snapshot_id,)),
-        ])
+        await self._many(
+            [
+                ("DELETE FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,)),
+                ("DELETE FROM tags WHERE resource_id = ?", (snapshot_id,)),
+                ("DELETE FROM snapshots WHERE id = ?", (snapshot_id,)),
+            ]
+        )
 
     async def count_snapshots(self, owner_id: str) -> int:
         rows = await self._rows(
@@ -280,17 +343,18 @@ class SqliteStore:
     # ---- manifests -----------------------------------------------------------------------
 
     async def add_manifest_rows(self, snapshot_id: str, rows: Sequence[tuple[int, bytes]]) -> None:
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            await self.db.executemany(
-                "INSERT OR REPLACE INTO snapshot_blocks (snapshot_id, block_index, digest) "
-                "VALUES (?, ?, ?)",
-                [(snapshot_id, index, digest) for index, digest in rows],
-            )
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        await self.db.execute("COMMIT")
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.executemany(
+                    "INSERT OR REPLACE INTO snapshot_blocks (snapshot_id, block_index, digest) "
+                    "VALUES (?, ?, ?)",
+                    [(snapshot_id, index, digest) for index, digest in rows],
+                )
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def clear_manifest(self, snapshot_id: str) -> list[bytes]:
         digests = {
@@ -363,10 +427,12 @@ class SqliteStore:
                         ("DELETE FROM tags WHERE resource_id = ? AND key = ?", (resource_id, key))
                     )
                 else:
-                    statements.append((
-                        "DELETE FROM tags WHERE resource_id = ? AND key = ? AND value = ?",
-                        (resource_id, key, value),
-                    ))
+                    statements.append(
+                        (
+                            "DELETE FROM tags WHERE resource_id = ? AND key = ? AND value = ?",
+                            (resource_id, key, value),
+                        )
+                    )
         await self._many(statements)
 
     async def tag_count(self, resource_id: str) -> int:
@@ -377,13 +443,18 @@ class SqliteStore:
         params: list[object] = list(query.owner_ids)
         where = [f"t.owner_id IN ({_placeholders(len(query.owner_ids))})"]
         where += filter_sql(query.filters, TAG_FILTERS, "t.resource_id", params)
-        where.append("(t.resource_id IN (SELECT id FROM volumes WHERE region = ? AND state != "
-                     "'deleted') OR t.resource_id IN (SELECT id FROM snapshots WHERE region = ? "
-                     "AND deleted = 0))")
+        where.append(
+            "(t.resource_id IN (SELECT id FROM volumes WHERE region = ? AND state != "
+            "'deleted') OR t.resource_id IN (SELECT id FROM snapshots WHERE region = ? "
+            "AND deleted = 0))"
+        )
         params += [query.region, query.region]
         rows = await self._page_rows(
             "SELECT t.rowid, t.resource_id, t.resource_type, t.key, t.value FROM tags t",
-            where, params, query, "t.rowid",
+            where,
+            params,
+            query,
+            "t.rowid",
         )
         return self._paginate(rows, query, lambda r: TagRecord(r[1], r[2], r[3], r[4]))
 
@@ -391,13 +462,14 @@ class SqliteStore:
 
     async def start_job(self, kind: str, resource_id: str, payload: str = "{}") -> int:
         now = time.time()
-        cur = await self.db.execute(
-            "INSERT INTO jobs (kind, resource_id, state, payload, created_at, updated_at) "
-            "VALUES (?, ?, 'running', ?, ?, ?)",
-            (kind, resource_id, payload, now, now),
-        )
-        job_id = cur.lastrowid
-        await cur.close()
+        async with self._lock:
+            cur = await self.db.execute(
+                "INSERT INTO jobs (kind, resource_id, state, payload, created_at, updated_at) "
+                "VALUES (?, ?, 'running', ?, ?, ?)",
+                (kind, resource_id, payload, now, now),
+            )
+            job_id = cur.lastrowid
+            await cur.close()
         assert job_id is not None
         return job_id
 
@@ -417,8 +489,10 @@ class SqliteStore:
 
     @staticmethod
     def _scope(alias: str, query: ListQuery, params: list[object]) -> list[str]:
-        where = [f"{alias}.owner_id IN ({_placeholders(len(query.owner_ids))})",
-                 f"{alias}.region = ?"]
+        where = [
+            f"{alias}.owner_id IN ({_placeholders(len(query.owner_ids))})",
+            f"{alias}.region = ?",
+        ]
         params += [*query.owner_ids, query.region]
         if query.ids:
             where.append(f"{alias}.id IN ({_placeholders(len(query.ids))})")
@@ -447,8 +521,9 @@ class SqliteStore:
         more = query.limit is not None and len(rows) > query.limit
         if more:
             rows = rows[: query.limit]
-        return Page(items=[convert(row) for row in rows],
-                    last_seq=int(rows[-1][0]) if more else None)
+        return Page(
+            items=[convert(row) for row in rows], last_seq=int(rows[-1][0]) if more else None
+        )
 
     async def _with_tags(self, items: list[R]) -> list[R]:
         if not items:
