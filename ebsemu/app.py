@@ -11,15 +11,20 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from backends import registry
+from backends.base import VmmBackend
+from backends.vmm import VMMS
 from ebsemu.api.actions import Services
 from ebsemu.api.handler import SERVICES_KEY, handle_ec2, handle_unknown
 from ebsemu.config import Config
+from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.core import Core
+from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.sqlite import SqliteStore
+from hostcmds import LocalRunner, load_templates
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,7 @@ def build_core(config: Config) -> Core:
         raise SystemExit(f"unknown storage backend {config.storage_backend!r}; known: {known}")
     store = SqliteStore(config.database)
     return Core(
+        vmms=build_vmms(config),
         config=config,
         store=store,
         storage=make_storage(config.volumes_dir),
@@ -43,10 +49,36 @@ def build_core(config: Config) -> Core:
     )
 
 
+def build_vmms(config: Config) -> dict[str, VmmBackend]:
+    """One driver per configured VMM host, sharing the command templates and a local runner."""
+    templates = load_templates(config.hostcmds)
+    runner = LocalRunner()
+    vmms: dict[str, VmmBackend] = {}
+    zones = {zone.name for zone in config.zones}
+    for host in config.vmm_hosts:
+        factory = VMMS.get(host.driver)
+        if factory is None:
+            raise SystemExit(
+                f"[vmm {host.name}]: unknown driver {host.driver!r}; known: {', '.join(VMMS)}"
+            )
+        if host.zone not in zones:
+            raise SystemExit(f"[vmm {host.name}]: zone {host.zone!r} is not a configured zone")
+        vmms[host.name] = factory.from_options(host.options, runner=runner, templates=templates)
+    return vmms
+
+
 def build_services(core: Core) -> Services:
     volumes = VolumeService(core)
     snapshots = SnapshotService(core, volumes)
-    return Services(core.config, volumes, snapshots, TagService(core, volumes, snapshots))
+    instances = InstanceService(core)
+    return Services(
+        config=core.config,
+        volumes=volumes,
+        snapshots=snapshots,
+        tags=TagService(core, volumes, snapshots),
+        instances=instances,
+        attachments=AttachmentService(core, volumes, instances),
+    )
 
 
 async def _purge_deleted(core: Core) -> None:
@@ -74,6 +106,8 @@ def make_app(config: Config) -> web.Application:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         await core.store.open()
         await core.storage.check_setup()
+        for vmm in core.vmms.values():
+            await vmm.check_setup()
         await asyncio.to_thread(core.blocks.remove_temp_files)
         resumed = await core.jobs.resume()
         if resumed:

@@ -177,3 +177,23 @@ class Unavailable(ClientError):
     code = "Unavailable"
     http_status = 503
     default_message = "The server is overloaded and can't handle the request."
+
+
+class InvalidInstanceIDMalformed(ClientError):
+    code = "InvalidInstanceID.Malformed"
+
+
+class InvalidInstanceIDNotFound(ClientError):
+    code = "InvalidInstanceID.NotFound"
+
+
+class IncorrectInstanceState(ClientError):
+    code = "IncorrectInstanceState"
+
+
+class InvalidAttachmentNotFound(ClientError):
+    code = "InvalidAttachment.NotFound"
+
+
+class AttachmentLimitExceeded(ClientError):
+    code = "AttachmentLimitExceeded"

@@ -6,10 +6,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ebsemu import errors
 from ebsemu.api import views
 from ebsemu.config import Config
 from ebsemu.service import validation, zones
+from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.context import RequestContext
+from ebsemu.service.instances import InstanceService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
 from ebsemu.service.volumes import VolumeRequest, VolumeService
@@ -24,6 +27,8 @@ class Services:
     volumes: VolumeService
     snapshots: SnapshotService
     tags: TagService
+    instances: InstanceService
+    attachments: AttachmentService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]
@@ -134,3 +139,48 @@ async def describe_regions(svc: Services, ctx: RequestContext, p: Params) -> Res
             for name in names
         ]
     }
+
+
+@action
+async def describe_instances(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    found, token = await svc.instances.describe(
+        ctx, p.get("InstanceIds", []), p.get("Filters"), p.get("MaxResults"), p.get("NextToken")
+    )
+    return {
+        "Reservations": [views.reservation_view(i, a) for i, a in found],
+        "NextToken": token,
+    }
+
+
+@action
+async def attach_volume(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    attachment = await svc.attachments.attach(ctx, p["VolumeId"], p["InstanceId"], p["Device"])
+    return views.attachment_view(attachment)
+
+
+@action
+async def detach_volume(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    attachment = await svc.attachments.detach(
+        ctx, p["VolumeId"], p.get("InstanceId"), p.get("Device"), bool(p.get("Force"))
+    )
+    return views.attachment_view(attachment)
+
+
+@action
+async def modify_instance_attribute(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    mappings = p.get("BlockDeviceMappings")
+    others = set(p) - {"InstanceId", "BlockDeviceMappings", "DryRun"}
+    if not mappings or others:
+        raise errors.UnsupportedOperation(
+            "Only BlockDeviceMappings (Ebs.DeleteOnTermination) can be modified here."
+        )
+    for mapping in mappings:
+        ebs = mapping.get("Ebs") or {}
+        if "DeviceName" not in mapping or "DeleteOnTermination" not in ebs:
+            raise errors.MissingParameter(
+                "Each block device mapping needs DeviceName and Ebs.DeleteOnTermination"
+            )
+        await svc.attachments.set_delete_on_termination(
+            ctx, p["InstanceId"], mapping["DeviceName"], ebs["DeleteOnTermination"]
+        )
+    return {}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from ebsemu.config import Zone
-from ebsemu.model import Snapshot, SnapshotState, TagRecord, Volume
+from ebsemu.model import Attachment, Instance, Snapshot, SnapshotState, TagRecord, Volume
+from ebsemu.service.instances import STATE_CODES
 
 
 def tag_list(tags: dict[str, str]) -> list[dict[str, str]] | None:
@@ -31,8 +33,52 @@ def volume_view(volume: Volume, *, attachments: bool = True) -> dict[str, Any]:
         "Tags": tag_list(volume.tags),
     }
     if attachments:
-        view["Attachments"] = []
+        view["Attachments"] = [attachment_view(a) for a in volume.attachments]
     return view
+
+
+def attachment_view(attachment: Attachment) -> dict[str, Any]:
+    return {
+        "VolumeId": attachment.volume_id,
+        "InstanceId": attachment.instance_id,
+        "Device": attachment.device,
+        "State": attachment.state.value,
+        "AttachTime": attachment.attach_time,
+        "DeleteOnTermination": attachment.delete_on_termination,
+    }
+
+
+def reservation_view(instance: Instance, attachments: list[Attachment]) -> dict[str, Any]:
+    """One reservation per instance: VMM domains are not launched in groups."""
+    reservation = hashlib.sha256(instance.id.encode()).hexdigest()[:17]
+    return {
+        "ReservationId": f"r-{reservation}",
+        "OwnerId": instance.owner_id,
+        "Groups": [],
+        "Instances": [
+            {
+                "InstanceId": instance.id,
+                "State": {"Code": STATE_CODES[instance.state], "Name": instance.state},
+                "Placement": {"AvailabilityZone": instance.zone, "Tenancy": "default"},
+                "LaunchTime": instance.launch_time,
+                "VirtualizationType": "hvm",
+                "RootDeviceType": "ebs",
+                "BlockDeviceMappings": [
+                    {
+                        "DeviceName": a.device,
+                        "Ebs": {
+                            "AttachTime": a.attach_time,
+                            "DeleteOnTermination": a.delete_on_termination,
+                            "Status": a.state.value,
+                            "VolumeId": a.volume_id,
+                        },
+                    }
+                    for a in attachments
+                ],
+                "Tags": tag_list(instance.tags),
+            }
+        ],
+    }
 
 
 def snapshot_view(snapshot: Snapshot) -> dict[str, Any]:

@@ -14,6 +14,7 @@ _ID = {
     "vol": re.compile(r"vol-(?:[0-9a-f]{8}|[0-9a-f]{17})"),
     "snap": re.compile(r"snap-(?:[0-9a-f]{8}|[0-9a-f]{17})"),
 }
+INSTANCE_ID = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 _MALFORMED = {"vol": errors.InvalidVolumeIDMalformed, "snap": errors.InvalidSnapshotIDMalformed}
 
 

@@ -6,7 +6,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from ebsemu.model import Snapshot, SnapshotState, TagRecord, Volume, VolumeState
+from ebsemu.model import (
+    Attachment,
+    AttachmentState,
+    Instance,
+    Snapshot,
+    SnapshotState,
+    TagRecord,
+    Volume,
+    VolumeState,
+)
 
 T = TypeVar("T")
 
@@ -126,3 +135,32 @@ class Store(Protocol):
     async def start_job(self, kind: str, resource_id: str, payload: str = "{}") -> int: ...
     async def finish_job(self, job_id: int, error: str | None = None) -> None: ...
     async def unfinished_jobs(self) -> list[tuple[int, str, str, str]]: ...
+
+    # instances and attachments
+    async def sync_instances(self, vmm: str, seen: Sequence[Instance]) -> list[str]:
+        """Record a VMM host's domains; return ids of instances gone since (terminated)."""
+        ...
+
+    async def get_instance(self, instance_id: str) -> Instance | None: ...
+    async def list_instances(self, query: ListQuery) -> Page[Instance]: ...
+    async def attachments_of_instances(
+        self, instance_ids: Sequence[str]
+    ) -> dict[str, list[Attachment]]: ...
+    async def get_attachment(self, volume_id: str, instance_id: str) -> Attachment | None: ...
+    async def begin_attach(self, attachment: Attachment) -> bool:
+        """Volume `available` -> `in-use` with the attachment recorded, or neither."""
+        ...
+
+    async def transition_attachment(
+        self,
+        volume_id: str,
+        instance_id: str,
+        expected: set[AttachmentState],
+        new: AttachmentState,
+        handle: str | None = None,
+    ) -> bool: ...
+    async def finish_detach(self, volume_id: str, instance_id: str) -> None: ...
+    async def abort_attach(self, volume_id: str, instance_id: str) -> None: ...
+    async def set_delete_on_termination(
+        self, instance_id: str, device: str, value: bool
+    ) -> bool: ...

@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ebsemu.model import Snapshot, SnapshotState, Volume, VolumeState, VolumeType
+from ebsemu.model import (
+    Attachment,
+    AttachmentState,
+    Instance,
+    Snapshot,
+    SnapshotState,
+    Volume,
+    VolumeState,
+    VolumeType,
+)
 from ebsemu.timefmt import from_wire
 
 VOLUME_COLUMNS = (
@@ -100,4 +109,38 @@ def snapshot_from_row(row: Sequence[Any]) -> Snapshot:
         completion_time=from_wire(completion_time) if completion_time else None,
         full_size_bytes=full_size,
         seq=seq,
+    )
+
+
+INSTANCE_COLUMNS = "id, owner_id, region, zone, vmm, domain, state, launch_time"
+ATTACHMENT_COLUMNS = (
+    "volume_id, instance_id, device, state, attach_time, delete_on_termination, handle"
+)
+
+
+def instance_from_row(row: Sequence[Any]) -> Instance:
+    seq, id_, owner, region, zone, vmm, domain, state, launch_time = row
+    return Instance(
+        id=id_,
+        owner_id=owner,
+        region=region,
+        zone=zone,
+        vmm=vmm,
+        domain=domain,
+        state=state,
+        launch_time=from_wire(launch_time),
+        seq=seq,
+    )
+
+
+def attachment_from_row(row: Sequence[Any]) -> Attachment:
+    volume_id, instance_id, device, state, attach_time, delete_on_termination, handle = row
+    return Attachment(
+        volume_id=volume_id,
+        instance_id=instance_id,
+        device=device,
+        state=AttachmentState(state),
+        attach_time=from_wire(attach_time),
+        delete_on_termination=bool(delete_on_termination),
+        handle=handle,
     )

@@ -104,4 +104,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX retired_client_tokens_age ON retired_client_tokens(retired_at);
     """,
+    # 3: instances (VMM domains) and the VMM's handle of each attachment
+    """
+    CREATE TABLE instances (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        owner_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        vmm TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        state TEXT NOT NULL,
+        launch_time TEXT NOT NULL,
+        UNIQUE (vmm, domain)
+    );
+    CREATE INDEX instances_owner ON instances(owner_id, region);
+    ALTER TABLE attachments ADD COLUMN handle TEXT;
+    """,
 ]

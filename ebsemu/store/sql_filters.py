@@ -9,6 +9,7 @@ Tag and attachment filters become `id IN (subquery)` so they use their tables' i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from ebsemu.store.base import Filter, UnknownFilterError
 
@@ -40,6 +41,39 @@ ATTACHMENT_FILTERS: Mapping[str, str] = {
     "attachment.instance-id": "a.instance_id",
     "attachment.status": "a.state",
 }
+
+BLOCK_DEVICE_FILTERS: Mapping[str, str] = {
+    "block-device-mapping.attach-time": "a.attach_time",
+    "block-device-mapping.delete-on-termination": _bool("a.delete_on_termination"),
+    "block-device-mapping.device-name": "a.device",
+    "block-device-mapping.status": "a.state",
+    "block-device-mapping.volume-id": "a.volume_id",
+}
+
+INSTANCE_FILTERS: Mapping[str, str] = {
+    "instance-id": "i.id",
+    "availability-zone": "i.zone",
+    "instance-state-name": "i.state",
+    "instance-state-code": (
+        "(CASE i.state WHEN 'pending' THEN '0' WHEN 'running' THEN '16' "
+        "WHEN 'shutting-down' THEN '32' WHEN 'terminated' THEN '48' "
+        "WHEN 'stopping' THEN '64' ELSE '80' END)"
+    ),
+    "owner-id": "i.owner_id",
+    "launch-time": "i.launch_time",
+}
+
+
+@dataclass(frozen=True)
+class Related:
+    """Filters on rows of another table: `id IN (<source> WHERE <match>)`."""
+
+    source: str
+    columns: Mapping[str, str]
+
+
+VOLUME_ATTACHMENTS = Related("SELECT a.volume_id FROM attachments a", ATTACHMENT_FILTERS)
+INSTANCE_DEVICES = Related("SELECT a.instance_id FROM attachments a", BLOCK_DEVICE_FILTERS)
 
 SNAPSHOT_FILTERS: Mapping[str, str] = {
     "snapshot-id": "s.id",
@@ -110,7 +144,7 @@ def filter_sql(
     id_column: str,
     params: list[object],
     *,
-    attachments: bool = False,
+    related: Related | None = None,
     tags: bool = True,
 ) -> list[str]:
     """SQL conditions (ANDed) for ``filters``; appends bind values to ``params``."""
@@ -119,11 +153,9 @@ def filter_sql(
         name = flt.name
         if name in columns:
             conditions.append(_match(columns[name], flt.values, params))
-        elif attachments and name in ATTACHMENT_FILTERS:
-            inner = _match(ATTACHMENT_FILTERS[name], flt.values, params)
-            conditions.append(
-                f"{id_column} IN (SELECT a.volume_id FROM attachments a WHERE {inner})"
-            )
+        elif related is not None and name in related.columns:
+            inner = _match(related.columns[name], flt.values, params)
+            conditions.append(f"{id_column} IN ({related.source} WHERE {inner})")
         elif tags and name.startswith("tag:") and len(name) > 4:
             params.append(name[4:])
             inner = _match("t.value", flt.values, params)

@@ -2,103 +2,34 @@
 
 Every state change is a compare-and-set (`UPDATE … WHERE id = ? AND state IN (…)`), so two
 requests can never both move one resource out of the same state.
-
-All requests share one connection, and a transaction on a connection takes in every statement
-run on it until COMMIT. So each use of the connection (one statement, or one whole transaction)
-holds ``_lock``: no statement of another request slips into a transaction, and no request
-begins a transaction while another one is open.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
-
-import aiosqlite
+from collections.abc import Sequence
+from typing import Any
 
 from ebsemu.model import Snapshot, SnapshotState, TagRecord, Volume, VolumeState
 from ebsemu.store.base import TOKEN_RETENTION_SECONDS, ListQuery, Page
 from ebsemu.store.rows import SNAPSHOT_COLUMNS, VOLUME_COLUMNS, snapshot_from_row, volume_from_row
-from ebsemu.store.schema import MIGRATIONS
 from ebsemu.store.sql_filters import (
     SNAPSHOT_FILTERS,
     TAG_FILTERS,
+    VOLUME_ATTACHMENTS,
     VOLUME_FILTERS,
     filter_sql,
 )
+from ebsemu.store.sqlite_base import placeholders, prefixed
+from ebsemu.store.sqlite_instances import InstanceTables
 from ebsemu.timefmt import to_wire
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R", Volume, Snapshot)
 
-
-def _placeholders(count: int) -> str:
-    return ",".join("?" * count)
-
-
-class SqliteStore:
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("store is not open")
-        return self._db
-
-    async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self._path, isolation_level=None)
-        await self.db.execute("PRAGMA journal_mode=WAL")
-        await self.db.execute("PRAGMA synchronous=FULL")
-        await self.db.execute("PRAGMA foreign_keys=ON")
-        await self._migrate()
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    async def _migrate(self) -> None:
-        async with self.db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            log.info("applying schema migration %d", number)
-            await self.db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
-
-    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement in its own transaction; return the number of rows changed."""
-        async with self._lock:
-            cur = await self.db.execute(sql, params)
-            count = cur.rowcount
-            await cur.close()
-            return count
-
-    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self._lock, self.db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
-
-    async def _many(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
-        """Run several statements in one transaction."""
-        async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params in statements:
-                    await self.db.execute(sql, params)
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-            await self.db.execute("COMMIT")
-
+class SqliteStore(InstanceTables):
     # ---- volumes -------------------------------------------------------------------------
 
     async def insert_volume(self, volume: Volume) -> Volume:
@@ -125,7 +56,7 @@ class SqliteStore:
         )
         statements: list[tuple[str, Sequence[Any]]] = [
             (
-                f"INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES ({_placeholders(len(values))})",
+                f"INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES ({placeholders(len(values))})",
                 values,
             )
         ]
@@ -148,27 +79,29 @@ class SqliteStore:
             f"SELECT seq, {VOLUME_COLUMNS} FROM volumes WHERE owner_id = ? AND client_token = ?",
             (owner_id, token),
         )
-        return (await self._with_tags([volume_from_row(rows[0])]))[0] if rows else None
+        return (await self._complete_volumes([volume_from_row(rows[0])]))[0] if rows else None
 
     async def get_volume(self, volume_id: str) -> Volume | None:
         rows = await self._rows(
             f"SELECT seq, {VOLUME_COLUMNS} FROM volumes WHERE id = ?", (volume_id,)
         )
-        return (await self._with_tags([volume_from_row(rows[0])]))[0] if rows else None
+        return (await self._complete_volumes([volume_from_row(rows[0])]))[0] if rows else None
 
     async def list_volumes(self, query: ListQuery) -> Page[Volume]:
         params: list[object] = []
         where = self._scope("v", query, params)
-        where += filter_sql(query.filters, VOLUME_FILTERS, "v.id", params, attachments=True)
+        where += filter_sql(
+            query.filters, VOLUME_FILTERS, "v.id", params, related=VOLUME_ATTACHMENTS
+        )
         rows = await self._page_rows(
-            f"SELECT v.seq, {_prefixed('v', VOLUME_COLUMNS)} FROM volumes v",
+            f"SELECT v.seq, {prefixed('v', VOLUME_COLUMNS)} FROM volumes v",
             where,
             params,
             query,
             "v.seq",
         )
         page = self._paginate(rows, query, volume_from_row)
-        page.items = await self._with_tags(page.items)
+        page.items = await self._complete_volumes(page.items)
         return page
 
     async def transition_volume(
@@ -181,7 +114,7 @@ class SqliteStore:
         states = [s.value for s in expected]
         changed = await self._write(
             f"UPDATE volumes SET state = ?, state_message = ?, updated_at = ? "
-            f"WHERE id = ? AND state IN ({_placeholders(len(states))})",
+            f"WHERE id = ? AND state IN ({placeholders(len(states))})",
             (new.value, message, time.time(), volume_id, *states),
         )
         return changed == 1
@@ -212,7 +145,7 @@ class SqliteStore:
             )
         ]
         if ids:
-            marks = _placeholders(len(ids))
+            marks = placeholders(len(ids))
             statements += [
                 (
                     "INSERT OR REPLACE INTO retired_client_tokens "
@@ -248,7 +181,7 @@ class SqliteStore:
         )
         statements: list[tuple[str, Sequence[Any]]] = [
             (
-                f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES ({_placeholders(len(values))})",
+                f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES ({placeholders(len(values))})",
                 values,
             )
         ]
@@ -269,7 +202,7 @@ class SqliteStore:
         where = ["s.deleted = 0", *self._scope("s", query, params)]
         where += filter_sql(query.filters, SNAPSHOT_FILTERS, "s.id", params)
         rows = await self._page_rows(
-            f"SELECT s.seq, {_prefixed('s', SNAPSHOT_COLUMNS)} FROM snapshots s",
+            f"SELECT s.seq, {prefixed('s', SNAPSHOT_COLUMNS)} FROM snapshots s",
             where,
             params,
             query,
@@ -289,7 +222,7 @@ class SqliteStore:
         states = [s.value for s in expected]
         changed = await self._write(
             f"UPDATE snapshots SET state = ?, state_message = ? "
-            f"WHERE id = ? AND deleted = 0 AND state IN ({_placeholders(len(states))})",
+            f"WHERE id = ? AND deleted = 0 AND state IN ({placeholders(len(states))})",
             (new.value, message, snapshot_id, *states),
         )
         return changed == 1
@@ -343,18 +276,12 @@ class SqliteStore:
     # ---- manifests -----------------------------------------------------------------------
 
     async def add_manifest_rows(self, snapshot_id: str, rows: Sequence[tuple[int, bytes]]) -> None:
-        async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.executemany(
-                    "INSERT OR REPLACE INTO snapshot_blocks (snapshot_id, block_index, digest) "
-                    "VALUES (?, ?, ?)",
-                    [(snapshot_id, index, digest) for index, digest in rows],
-                )
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-            await self.db.execute("COMMIT")
+        async with self._transaction() as db:
+            await db.executemany(
+                "INSERT OR REPLACE INTO snapshot_blocks (snapshot_id, block_index, digest) "
+                "VALUES (?, ?, ?)",
+                [(snapshot_id, index, digest) for index, digest in rows],
+            )
 
     async def clear_manifest(self, snapshot_id: str) -> list[bytes]:
         digests = {
@@ -386,7 +313,7 @@ class SqliteStore:
             chunk = digests[start : start + 500]
             rows = await self._rows(
                 "SELECT DISTINCT digest FROM snapshot_blocks "
-                f"WHERE digest IN ({_placeholders(len(chunk))})",
+                f"WHERE digest IN ({placeholders(len(chunk))})",
                 chunk,
             )
             found.update(bytes(row[0]) for row in rows)
@@ -441,7 +368,7 @@ class SqliteStore:
 
     async def list_tags(self, query: ListQuery) -> Page[TagRecord]:
         params: list[object] = list(query.owner_ids)
-        where = [f"t.owner_id IN ({_placeholders(len(query.owner_ids))})"]
+        where = [f"t.owner_id IN ({placeholders(len(query.owner_ids))})"]
         where += filter_sql(query.filters, TAG_FILTERS, "t.resource_id", params)
         where.append(
             "(t.resource_id IN (SELECT id FROM volumes WHERE region = ? AND state != "
@@ -484,63 +411,3 @@ class SqliteStore:
             "SELECT id, kind, resource_id, payload FROM jobs WHERE state = 'running' ORDER BY id"
         )
         return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
-
-    # ---- shared query helpers ------------------------------------------------------------
-
-    @staticmethod
-    def _scope(alias: str, query: ListQuery, params: list[object]) -> list[str]:
-        where = [
-            f"{alias}.owner_id IN ({_placeholders(len(query.owner_ids))})",
-            f"{alias}.region = ?",
-        ]
-        params += [*query.owner_ids, query.region]
-        if query.ids:
-            where.append(f"{alias}.id IN ({_placeholders(len(query.ids))})")
-            params += query.ids
-        return where
-
-    async def _page_rows(
-        self,
-        select: str,
-        where: list[str],
-        params: list[object],
-        query: ListQuery,
-        seq: str,
-    ) -> list[sqlite3.Row]:
-        if query.after_seq:
-            where.append(f"{seq} > ?")
-            params.append(query.after_seq)
-        sql = f"{select} WHERE {' AND '.join(where)} ORDER BY {seq}"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            params.append(query.limit + 1)
-        return await self._rows(sql, params)
-
-    @staticmethod
-    def _paginate(rows: list[sqlite3.Row], query: ListQuery, convert: Any) -> Page[Any]:
-        more = query.limit is not None and len(rows) > query.limit
-        if more:
-            rows = rows[: query.limit]
-        return Page(
-            items=[convert(row) for row in rows], last_seq=int(rows[-1][0]) if more else None
-        )
-
-    async def _with_tags(self, items: list[R]) -> list[R]:
-        if not items:
-            return items
-        by_id = {item.id: item for item in items}
-        ids = list(by_id)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = await self._rows(
-                f"SELECT resource_id, key, value FROM tags "
-                f"WHERE resource_id IN ({_placeholders(len(chunk))}) ORDER BY rowid",
-                chunk,
-            )
-            for resource_id, key, value in rows:
-                by_id[resource_id].tags[key] = value
-        return items
-
-
-def _prefixed(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))

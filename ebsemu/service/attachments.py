@@ -1,0 +1,221 @@
+"""AttachVolume / DetachVolume: hot-plug volumes into instances through their VMM.
+
+Volume `available` -> `in-use` with the attachment `attaching` -> `attached`; detach goes
+`detaching` -> gone, the volume back to `available`. A failed attach is undone by the driver and
+the volume returns to `available`; a failed detach leaves the attachment `busy` (the guest still
+holds the disk), visible in DescribeVolumes, with the reason in the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from backends.base import AttachSpec, LocalSource
+from backends.errors import BackendError
+from backends.vmm.errors import DomainNotFound
+from ebsemu import errors
+from ebsemu.model import Attachment, AttachmentState, VolumeState, utcnow
+from ebsemu.service.context import RequestContext
+from ebsemu.service.core import Core
+from ebsemu.service.instances import InstanceService, check_instance_id
+from ebsemu.service.volumes import VolumeService
+
+log = logging.getLogger(__name__)
+
+# Names EC2 accepts for an EBS data volume on Linux and Windows instances.
+DEVICE_NAME = re.compile(r"/dev/(?:sd[b-z]|xvd[b-z]|xvd[b-d][a-z]|hd[b-z]|vd[b-z])|xvd[b-z]")
+ATTACHABLE_INSTANCE_STATES = {"running", "stopped"}
+
+
+def check_device(device: str) -> str:
+    if not DEVICE_NAME.fullmatch(device):
+        raise errors.InvalidParameterValue(
+            f"Value ({device[:64]}) for parameter device is invalid. "
+            f"{device[:64]} is not a valid EBS device name."
+        )
+    return device
+
+
+class AttachmentService:
+    def __init__(self, core: Core, volumes: VolumeService, instances: InstanceService) -> None:
+        self._core = core
+        self._volumes = volumes
+        self._instances = instances
+        core.jobs.register("attach_volume", self._run_attach)
+        core.jobs.register("detach_volume", self._run_detach)
+        instances.on_terminated = self._instance_terminated
+
+    async def attach(
+        self, ctx: RequestContext, volume_id: str, instance_id: str, device: str
+    ) -> Attachment:
+        check_device(device)
+        volume = await self._volumes.get(ctx, volume_id)
+        instance = await self._instances.get(ctx, instance_id)
+        if instance.state not in ATTACHABLE_INSTANCE_STATES:
+            raise errors.IncorrectInstanceState(
+                f"The instance '{instance_id}' is not in a valid state for this operation."
+            )
+        if volume.zone != instance.zone:
+            raise errors.InvalidVolumeZoneMismatch(
+                f"The volume '{volume_id}' is not in the same availability zone as instance "
+                f"'{instance_id}'"
+            )
+        store = self._core.store
+        async with self._core.locks.hold(volume_id), self._core.locks.hold(instance_id):
+            volume = await self._volumes.get(ctx, volume_id)
+            if volume.state is VolumeState.IN_USE:
+                raise errors.VolumeInUse(f"{volume_id} is already attached to an instance")
+            if volume.state is not VolumeState.AVAILABLE:
+                raise errors.IncorrectState(
+                    f"The volume '{volume_id}' is '{volume.state.value}' and cannot be attached."
+                )
+            current = (await store.attachments_of_instances([instance_id])).get(instance_id, [])
+            if any(a.device == device for a in current):
+                raise errors.InvalidParameterValue(f"Attachment point {device} is already in use")
+            limit = self._core.config.max_attachments_per_instance
+            if len(current) >= limit:
+                raise errors.AttachmentLimitExceeded(
+                    f"The instance '{instance_id}' has reached its limit of {limit} volumes."
+                )
+            attachment = Attachment(
+                volume_id, instance_id, device, AttachmentState.ATTACHING, utcnow()
+            )
+            if not await store.begin_attach(attachment):
+                raise errors.IncorrectState(f"The volume '{volume_id}' changed state; retry.")
+        await self._core.jobs.submit("attach_volume", volume_id, instance_id=instance_id)
+        log.info("volume %s: attaching to %s as %s", volume_id, instance_id, device)
+        return attachment
+
+    async def detach(
+        self,
+        ctx: RequestContext,
+        volume_id: str,
+        instance_id: str | None,
+        device: str | None,
+        force: bool,
+    ) -> Attachment:
+        if instance_id is not None:
+            check_instance_id(instance_id)
+        volume = await self._volumes.get(ctx, volume_id)
+        if not volume.attachments:
+            raise errors.IncorrectState(
+                f"Volume '{volume_id}' is in the '{volume.state.value}' state."
+            )
+        matching = [
+            a
+            for a in volume.attachments
+            if (instance_id is None or a.instance_id == instance_id)
+            and (device is None or a.device == device)
+        ]
+        if not matching:
+            raise errors.InvalidAttachmentNotFound(
+                f"Attachment point for volume '{volume_id}' and instance "
+                f"'{instance_id or '-'}' does not exist"
+            )
+        attachment = matching[0]
+        if attachment.state is AttachmentState.DETACHING:
+            return attachment  # a retried detach is harmless
+        allowed = {AttachmentState.ATTACHED, AttachmentState.BUSY}
+        if force:
+            allowed.add(AttachmentState.ATTACHING)
+        if not await self._core.store.transition_attachment(
+            volume_id, attachment.instance_id, allowed, AttachmentState.DETACHING
+        ):
+            raise errors.IncorrectState(
+                f"The attachment of '{volume_id}' is '{attachment.state.value}'; "
+                "it can be detached once it is attached."
+            )
+        await self._core.jobs.submit(
+            "detach_volume", volume_id, instance_id=attachment.instance_id, force=force
+        )
+        log.info("volume %s: detaching from %s", volume_id, attachment.instance_id)
+        attachment.state = AttachmentState.DETACHING
+        return attachment
+
+    async def set_delete_on_termination(
+        self, ctx: RequestContext, instance_id: str, device: str, value: bool
+    ) -> None:
+        await self._instances.get(ctx, instance_id)
+        if not await self._core.store.set_delete_on_termination(instance_id, device, value):
+            raise errors.InvalidParameterValue(
+                f"No device is currently mapped at {device[:64]} on {instance_id}"
+            )
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    async def _run_attach(self, volume_id: str, payload: dict[str, Any]) -> None:
+        instance_id = payload["instance_id"]
+        store = self._core.store
+        attachment = await store.get_attachment(volume_id, instance_id)
+        instance = await store.get_instance(instance_id)
+        if attachment is None or attachment.state is not AttachmentState.ATTACHING:
+            return
+        try:
+            if instance is None:
+                raise BackendError(f"instance {instance_id} is gone")
+            source = LocalSource(self._core.storage.device_path(volume_id))
+            disk = await self._instances.vmm_of(instance).attach(
+                instance.domain, AttachSpec(volume_id, attachment.device, source)
+            )
+        except (BackendError, OSError) as exc:
+            log.error(
+                "volume %s: attach to %s failed, rolled back: %s", volume_id, instance_id, exc
+            )
+            await store.abort_attach(volume_id, instance_id)
+            return
+        await store.transition_attachment(
+            volume_id,
+            instance_id,
+            {AttachmentState.ATTACHING},
+            AttachmentState.ATTACHED,
+            handle=disk.handle,
+        )
+        log.info("volume %s: attached to %s (%s)", volume_id, instance_id, disk.handle)
+
+    async def _run_detach(self, volume_id: str, payload: dict[str, Any]) -> None:
+        instance_id = payload["instance_id"]
+        store = self._core.store
+        instance = await store.get_instance(instance_id)
+        if instance is not None:
+            try:
+                await self._instances.vmm_of(instance).detach(
+                    instance.domain, volume_id, force=bool(payload.get("force"))
+                )
+            except DomainNotFound:
+                log.warning(
+                    "volume %s: %s's domain is gone; counting the volume as detached",
+                    volume_id,
+                    instance_id,
+                )
+            except BackendError as exc:
+                log.error(
+                    "volume %s: detach from %s failed, attachment busy: %s",
+                    volume_id,
+                    instance_id,
+                    exc,
+                )
+                await store.transition_attachment(
+                    volume_id, instance_id, {AttachmentState.DETACHING}, AttachmentState.BUSY
+                )
+                return
+        await store.finish_detach(volume_id, instance_id)
+        log.info("volume %s: detached from %s", volume_id, instance_id)
+
+    async def _instance_terminated(self, instance_id: str) -> None:
+        """EC2 detaches a terminated instance's volumes and deletes those marked for it."""
+        store = self._core.store
+        attachments = (await store.attachments_of_instances([instance_id])).get(instance_id, [])
+        for attachment in attachments:
+            await store.finish_detach(attachment.volume_id, instance_id)
+            if attachment.delete_on_termination and await store.transition_volume(
+                attachment.volume_id, {VolumeState.AVAILABLE}, VolumeState.DELETING
+            ):
+                await self._core.jobs.submit("delete_volume", attachment.volume_id)
+            log.info(
+                "volume %s: released by terminated %s%s",
+                attachment.volume_id,
+                instance_id,
+                ", deleting" if attachment.delete_on_termination else "",
+            )
