@@ -110,8 +110,9 @@ def make_app(config: Config) -> web.Application:
             await vmm.check_setup()
         await asyncio.to_thread(core.blocks.remove_temp_files)
         resumed = await core.jobs.resume()
-        if resumed:
-            log.info("resumed %d unfinished jobs", resumed)
+        settled = await core.jobs.settle_stranded()
+        if resumed or settled:
+            log.info("resumed %d unfinished jobs, started %d missing ones", resumed, settled)
         purger = asyncio.create_task(_purge_deleted(core))
         log.info(
             "ebsemu serving EC2 on http://%s:%d/ (data in %s)",

@@ -51,6 +51,15 @@ class Jobs:
             self._spawn(job_id, kind, resource_id, json.loads(payload))
         return len(pending)
 
+    async def settle_stranded(self) -> int:
+        """Start the job that finishes each resource a crash left in a transitional state
+        before its job was recorded."""
+        stranded = await self._store.stranded()
+        for kind, resource_id, payload in stranded:
+            log.warning("%s %s was left without its job; starting it", kind, resource_id)
+            await self.submit(kind, resource_id, **json.loads(payload))
+        return len(stranded)
+
     def is_running(self, kind: str, resource_id: str) -> bool:
         return (kind, resource_id) in self._running
 

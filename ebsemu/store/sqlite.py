@@ -406,6 +406,29 @@ class SqliteStore(InstanceTables):
             ("failed" if error else "done", error, time.time(), job_id),
         )
 
+    async def stranded(self) -> list[tuple[str, str, str]]:
+        """(job kind, resource id, payload JSON) for each resource left in a transitional
+        state with no unfinished job to finish it — a crash between the state change and the
+        job's intent record."""
+        no_job = "NOT IN (SELECT resource_id FROM jobs WHERE state = 'running' AND kind = '{}')"
+        rows = await self._rows(
+            f"SELECT 'create_volume', id, '{{}}' FROM volumes WHERE state = 'creating' "
+            f"AND id {no_job.format('create_volume')} "
+            f"UNION ALL SELECT 'delete_volume', id, '{{}}' FROM volumes WHERE state = 'deleting' "
+            f"AND id {no_job.format('delete_volume')} "
+            "UNION ALL SELECT 'capture_snapshot', id, '{}' FROM snapshots "
+            f"WHERE state = 'pending' AND deleted = 0 AND id {no_job.format('capture_snapshot')} "
+            "UNION ALL SELECT 'delete_snapshot', id, '{}' FROM snapshots "
+            f"WHERE deleted = 1 AND id {no_job.format('delete_snapshot')} "
+            "UNION ALL SELECT 'attach_volume', volume_id, json_object('instance_id', instance_id) "
+            f"FROM attachments WHERE state = 'attaching' "
+            f"AND volume_id {no_job.format('attach_volume')} "
+            "UNION ALL SELECT 'detach_volume', volume_id, json_object('instance_id', instance_id) "
+            f"FROM attachments WHERE state = 'detaching' "
+            f"AND volume_id {no_job.format('detach_volume')}"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
     async def unfinished_jobs(self) -> list[tuple[int, str, str, str]]:
         rows = await self._rows(
             "SELECT id, kind, resource_id, payload FROM jobs WHERE state = 'running' ORDER BY id"
