@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import configparser
 import logging
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
+from backends.errors import SetupError
 from ebsemu import __version__, config
 
 
@@ -28,13 +30,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        cfg = config.load(
-            args.config,
-            host=args.host,
-            port=args.port,
-            data_dir=args.data_dir,
-            log_level=args.log_level,
-        )
+        try:
+            cfg = config.load(
+                args.config,
+                host=args.host,
+                port=args.port,
+                data_dir=args.data_dir,
+                log_level=args.log_level,
+            )
+        except (OSError, ValueError, configparser.Error) as exc:
+            print(f"ebsemu: cannot read the configuration: {exc}", file=sys.stderr)
+            return 2
         logging.basicConfig(
             level=cfg.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -42,14 +48,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         from ebsemu.app import make_app
 
-        web.run_app(
-            make_app(cfg),
-            host=cfg.host,
-            port=cfg.port,
-            print=None,
-            handle_signals=True,
-            shutdown_timeout=15,
-        )
+        try:
+            web.run_app(
+                make_app(cfg),
+                host=cfg.host,
+                port=cfg.port,
+                print=None,
+                handle_signals=True,
+                shutdown_timeout=15,
+            )
+        except SetupError as exc:
+            logging.getLogger("ebsemu").error("cannot start: %s", exc)
+            return 1
     return 0
 
 

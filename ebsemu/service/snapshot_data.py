@@ -1,7 +1,11 @@
 """The data path between volumes and the snapshot block store.
 
 Reading, hashing and writing are blocking file work: it runs in worker threads, reading the next
-batch while the previous one is being stored.
+batch while the previous one is being stored. A worker thread cannot be interrupted, so when a
+job is cancelled (its snapshot deleted, the server shutting down) the coroutine waits for its
+threads to end before it lets go of what they use: the view is not closed under a reader, and a
+batch of manifest rows and blocks, once begun, is finished before the GC lock is released (else
+a sweep could delete blocks that a put still running then writes, left in the store for good).
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from backends.base import SnapshotSource
 from ebsemu.model import BLOCK_SIZE
@@ -19,6 +24,8 @@ from ebsemu.service.core import Core
 log = logging.getLogger(__name__)
 
 BATCH_BLOCKS = 64  # 32 MiB per batch
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,42 +50,69 @@ def _read_batch(blocks: Iterator[tuple[int, bytes]]) -> Batch:
     return batch
 
 
+async def _settle(task: asyncio.Future[T]) -> None:
+    """Wait for a task to end, whatever its outcome (an exception is marked retrieved)."""
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()
+
+
+async def _finish(task: asyncio.Future[T]) -> T:
+    """Await a task that must run to its end (a worker thread cannot be stopped anyway): if the
+    caller is cancelled meanwhile, wait for the task to end before the cancellation goes on."""
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await _settle(task)
+        raise
+
+
+def _in_thread(func: Callable[[], T]) -> asyncio.Future[T]:
+    return asyncio.ensure_future(asyncio.to_thread(func))
+
+
 async def capture(core: Core, snapshot_id: str) -> CaptureStats:
     """Stream the frozen view named ``snapshot_id`` into the block store and its manifest."""
-    source: SnapshotSource = await asyncio.to_thread(core.storage.open_view, snapshot_id)
+    source: SnapshotSource = await _finish(_in_thread(lambda: core.storage.open_view(snapshot_id)))
     stats = CaptureStats()
+    upcoming: asyncio.Future[Batch] | None = None
     try:
         total_blocks = max(1, source.size_bytes // BLOCK_SIZE)
         blocks = source.iter_blocks(0)
         reported = 0
-        batch = await asyncio.to_thread(_read_batch, blocks)
+        batch = await _finish(_in_thread(lambda: _read_batch(blocks)))
         while batch:
-            upcoming = asyncio.ensure_future(asyncio.to_thread(_read_batch, blocks))
-            try:
-                stats.new_blocks += await _store_batch(core, snapshot_id, batch)
-            except BaseException:
-                # The reader thread cannot be interrupted: let it end before the source closes.
-                await asyncio.gather(upcoming, return_exceptions=True)
-                raise
+            upcoming = _in_thread(lambda: _read_batch(blocks))
+            stats.new_blocks += await _store_batch(core, snapshot_id, batch)
             stats.blocks += len(batch)
             progress = min(99, batch[-1][0] * 100 // total_blocks)
             if progress > reported:
                 reported = progress
                 await core.store.set_snapshot_progress(snapshot_id, progress)
-            batch = await upcoming
-        await asyncio.to_thread(core.blocks.flush)
+            batch = await _finish(upcoming)
+        await _finish(_in_thread(core.blocks.flush))
     finally:
-        await asyncio.to_thread(source.close)
+        if upcoming is not None:
+            await _settle(upcoming)  # the reader must be done before the source closes
+        await _finish(_in_thread(source.close))
     return stats
 
 
 async def _store_batch(core: Core, snapshot_id: str, batch: Batch) -> int:
-    """Add manifest rows first, then the blocks, under the GC lock. Returns blocks written."""
-    async with core.block_gc_lock:
-        await core.store.add_manifest_rows(snapshot_id, [(i, digest) for i, digest, _ in batch])
+    """Add manifest rows first, then the blocks, under the GC lock. Returns blocks written.
+
+    A batch once begun is finished even if the job is cancelled meanwhile: the lock is held
+    until its last block is written, and its manifest transaction is never cut short."""
+
+    async def rows_then_blocks() -> int:
+        rows = [(index, digest) for index, digest, _ in batch]
+        await core.store.add_manifest_rows(snapshot_id, rows)
         return await asyncio.to_thread(
             lambda: sum(core.blocks.put(digest, data) for _, digest, data in batch)
         )
+
+    async with core.block_gc_lock:
+        return await _finish(asyncio.ensure_future(rows_then_blocks()))
 
 
 async def restore(core: Core, snapshot_id: str, volume_id: str) -> None:
@@ -90,7 +124,7 @@ async def restore(core: Core, snapshot_id: str, volume_id: str) -> None:
         for index, digest in manifest:
             yield index, core.blocks.get(digest)
 
-    await asyncio.to_thread(core.storage.write_blocks, volume_id, produce())
+    await _finish(_in_thread(lambda: core.storage.write_blocks(volume_id, produce())))
 
 
 async def sweep(core: Core, snapshot_id: str) -> int:
@@ -102,6 +136,6 @@ async def sweep(core: Core, snapshot_id: str) -> int:
             for digest in unreferenced:
                 core.blocks.delete(digest)
 
-        await asyncio.to_thread(delete_all)
+        await _finish(_in_thread(delete_all))
     log.info("snapshot %s: manifest dropped, %d blocks freed", snapshot_id, len(unreferenced))
     return len(unreferenced)

@@ -93,18 +93,24 @@ class SqliteBase:
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One transaction, committed when the block ends and rolled back if it raises
-        (raise ``Rollback`` to undo it quietly)."""
+        (raise ``Rollback`` to undo it quietly). A cancelled caller still rolls back: aiosqlite
+        runs statements in order on its thread, so a BEGIN already queued is always undone."""
         async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
             try:
+                await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
             except Rollback:
-                await self.db.execute("ROLLBACK")
+                await self._rollback()
                 return
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                await self._rollback()
                 raise
             await self.db.execute("COMMIT")
+
+    async def _rollback(self) -> None:
+        # OperationalError: the BEGIN never ran, so there is nothing to undo.
+        with contextlib.suppress(sqlite3.OperationalError):
+            await asyncio.shield(self.db.execute("ROLLBACK"))
 
     # ---- shared query helpers ------------------------------------------------------------
 
