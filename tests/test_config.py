@@ -1,0 +1,69 @@
+"""config.example.ini is the embedded default, written out, and documents every option."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ebsemu import config
+from hostcmds import load_templates
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.ini"
+
+
+def test_example_config_loads_to_the_embedded_default() -> None:
+    loaded = config.load(EXAMPLE)
+    default = config.Config()
+    assert dataclasses.replace(loaded, data_dir=default.data_dir) == default
+    assert loaded.data_dir == EXAMPLE.parent / "ebsemu-data"
+
+
+def test_every_config_option_is_documented_in_the_example() -> None:
+    text = EXAMPLE.read_text()
+    derived = {
+        "zones",
+        "storage_backend",
+        "storage_path",
+        "blockstore_path",
+        "hostcmds",
+        "vmm_hosts",
+    }
+    for option in {f.name for f in dataclasses.fields(config.Config)} - derived:
+        assert f"{option} =" in text, f"{option} is not documented in config.example.ini"
+    for section in ("[storage]", "path =", "[blockstore]", "[region ", "[vmm ", "[hostcmds "):
+        assert section in text
+
+
+def test_vmm_hosts_and_hostcmd_overrides_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "c.ini"
+    path.write_text(
+        "[region eu-west-1]\nzones = eu-west-1a, eu-west-1b\n"
+        "[vmm kvm1]\ndriver = qemu\nzone = eu-west-1b\nsocket_dir = /run/q\n"
+        "[hostcmds xen-xl]\nblockDetachCmd = xl block-detach <domUId> <domUDev> --force\n"
+    )
+    loaded = config.load(path)
+    assert loaded.default_region == "eu-west-1"
+    assert [(z.name, z.zone_id) for z in loaded.zones] == [
+        ("eu-west-1a", "euw1-az1"),
+        ("eu-west-1b", "euw1-az2"),
+    ]
+    assert loaded.vmm_hosts == (
+        config.VmmHost("kvm1", "qemu", "eu-west-1b", {"socket_dir": "/run/q"}),
+    )
+    templates = load_templates(loaded.hostcmds)
+    assert templates.render("xen-xl", "blockDetachCmd", domUId="7", domUDev="xvdf") == [
+        "xl",
+        "block-detach",
+        "7",
+        "xvdf",
+        "--force",
+    ]
+
+
+def test_a_vmm_host_without_a_zone_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.ini"
+    path.write_text("[vmm kvm1]\ndriver = qemu\n")
+    with pytest.raises(ValueError, match="zone"):
+        config.load(path)
