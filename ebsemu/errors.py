@@ -197,3 +197,35 @@ class InvalidAttachmentNotFound(ClientError):
 
 class AttachmentLimitExceeded(ClientError):
     code = "AttachmentLimitExceeded"
+
+
+class SignatureDoesNotMatch(ClientError):
+    code = "SignatureDoesNotMatch"
+    http_status = 403
+    default_message = (
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your AWS Secret Access Key and signing method. "
+        "Consult the service documentation for details."
+    )
+
+
+class IncompleteSignature(ClientError):
+    code = "IncompleteSignature"
+    default_message = "The request signature does not conform to AWS standards."
+
+
+class RequestExpired(ClientError):
+    code = "RequestExpired"
+    default_message = "Request has expired."
+
+
+class MissingAuthenticationToken(ClientError):
+    code = "MissingAuthenticationToken"
+    http_status = 403
+    default_message = "The request must contain valid credentials."
+
+
+class InvalidClientTokenId(ClientError):
+    code = "InvalidClientTokenId"
+    http_status = 403
+    default_message = "The security token included in the request is invalid."
