@@ -75,7 +75,7 @@ def build_services(core: Core) -> Services:
         config=core.config,
         volumes=volumes,
         snapshots=snapshots,
-        tags=TagService(core, volumes, snapshots),
+        tags=TagService(core, volumes, snapshots, instances),
         instances=instances,
         attachments=AttachmentService(core, volumes, instances),
     )

@@ -177,7 +177,8 @@ def test_create_tags_with_one_missing_resource_tags_none(ec2: Any, volume: str) 
 @pytest.mark.parametrize(
     ("resource", "code"),
     [
-        ("i-0123456789abcdef0", "InvalidID"),
+        ("i-0123456789abcdef0", "InvalidInstanceID.NotFound"),
+        ("ami-0123456789abcdef0", "InvalidID"),
         ("nonsense", "InvalidID"),
         ("vol-12", "InvalidVolumeID.Malformed"),
         ("snap-12", "InvalidSnapshotID.Malformed"),

@@ -38,6 +38,12 @@ def check_device(device: str) -> str:
     return device
 
 
+def vmm_device(device: str) -> str:
+    """The device name as the VMM drivers take it: EC2 also accepts Windows-style names
+    without /dev/ (xvdg), which the drivers know as /dev/xvdg."""
+    return device if device.startswith("/dev/") else f"/dev/{device}"
+
+
 class AttachmentService:
     def __init__(self, core: Core, volumes: VolumeService, instances: InstanceService) -> None:
         self._core = core
@@ -157,7 +163,7 @@ class AttachmentService:
                 raise BackendError(f"instance {instance_id} is gone")
             source = LocalSource(self._core.storage.device_path(volume_id))
             disk = await self._instances.vmm_of(instance).attach(
-                instance.domain, AttachSpec(volume_id, attachment.device, source)
+                instance.domain, AttachSpec(volume_id, vmm_device(attachment.device), source)
             )
         except (BackendError, OSError) as exc:
             log.error(

@@ -95,6 +95,14 @@ class InstanceService:
             )
         return instance
 
+    async def _exists(self, ctx: RequestContext, instance_id_: str) -> bool:
+        instance = await self._core.store.get_instance(instance_id_)
+        return (
+            instance is not None
+            and instance.owner_id == ctx.account_id
+            and instance.region == ctx.region
+        )
+
     def vmm_of(self, instance: Instance) -> VmmBackend:
         return self._core.vmms[instance.vmm]
 
@@ -124,7 +132,9 @@ class InstanceService:
         except UnknownFilterError as exc:
             raise listing.unknown_filter(str(exc)) from None
         if ids:
-            missing = sorted(set(ids) - {i.id for i in page.items})
+            # An id the filters leave out is no error; one that names no instance is.
+            found = {i.id for i in page.items}
+            missing = sorted([i for i in ids if i not in found and not await self._exists(ctx, i)])
             if missing:
                 raise errors.InvalidInstanceIDNotFound(
                     f"The instance IDs '{', '.join(missing)}' do not exist"

@@ -10,45 +10,57 @@ from ebsemu.model import TagRecord
 from ebsemu.service import listing, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.instances import InstanceService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.base import ListQuery, UnknownFilterError
 
 
 class TagService:
-    def __init__(self, core: Core, volumes: VolumeService, snapshots: SnapshotService) -> None:
+    def __init__(
+        self,
+        core: Core,
+        volumes: VolumeService,
+        snapshots: SnapshotService,
+        instances: InstanceService,
+    ) -> None:
         self._core = core
         self._volumes = volumes
         self._snapshots = snapshots
+        self._instances = instances
+
+    async def _resource(self, ctx: RequestContext, resource_id: str) -> tuple[str, dict[str, str]]:
+        """(resource type, current tags) of one of the caller's resources; NotFound otherwise."""
+        if resource_id.startswith("vol-"):
+            return "volume", (await self._volumes.get(ctx, resource_id)).tags
+        if resource_id.startswith("snap-"):
+            return "snapshot", (await self._snapshots.get(ctx, resource_id)).tags
+        if resource_id.startswith("i-"):
+            return "instance", (await self._instances.get(ctx, resource_id)).tags
+        raise errors.InvalidID(f"The ID '{resource_id[:64]}' is not valid")
 
     async def _resources(
         self, ctx: RequestContext, resource_ids: Sequence[str]
-    ) -> list[tuple[str, str]]:
-        """(id, resource type) for each id, each one the caller's; NotFound otherwise."""
-        resolved: list[tuple[str, str]] = []
-        for resource_id in dict.fromkeys(resource_ids):
-            if resource_id.startswith("vol-"):
-                await self._volumes.get(ctx, resource_id)
-                resolved.append((resource_id, "volume"))
-            elif resource_id.startswith("snap-"):
-                await self._snapshots.get(ctx, resource_id)
-                resolved.append((resource_id, "snapshot"))
-            else:
-                raise errors.InvalidID(f"The ID '{resource_id[:64]}' is not valid")
-        return resolved
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        """(id, resource type, current tags) for each id, each one the caller's."""
+        return [
+            (resource_id, *await self._resource(ctx, resource_id))
+            for resource_id in dict.fromkeys(resource_ids)
+        ]
 
     async def create(
         self, ctx: RequestContext, resource_ids: Sequence[str], tags: list[dict[str, str]]
     ) -> None:
         new = validation.tag_dict(tags)
         resources = await self._resources(ctx, resource_ids)
-        for resource_id, _ in resources:
-            existing = await self._current_keys(ctx, resource_id)
-            if len(existing | set(new)) > validation.MAX_TAGS:
+        for _, _, existing in resources:
+            if len(set(existing) | set(new)) > validation.MAX_TAGS:
                 raise errors.TagLimitExceeded(
                     f"The maximum number of tags per resource is {validation.MAX_TAGS}."
                 )
-        await self._core.store.set_tags(resources, ctx.account_id, new)
+        await self._core.store.set_tags(
+            [(rid, kind) for rid, kind, _ in resources], ctx.account_id, new
+        )
 
     async def delete(
         self, ctx: RequestContext, resource_ids: Sequence[str], tags: list[dict[str, str]] | None
@@ -61,7 +73,7 @@ class TagService:
                 raise errors.InvalidParameterValue("Tag key must be specified.")
             validation.check_not_reserved(key)  # EC2 keeps its own tags out of users' hands
             pairs.append((key, tag.get("Value")))
-        await self._core.store.delete_tags([rid for rid, _ in resources], pairs)
+        await self._core.store.delete_tags([rid for rid, _, _ in resources], pairs)
 
     async def describe(
         self,
@@ -84,8 +96,3 @@ class TagService:
             raise listing.unknown_filter(str(exc)) from None
         token = listing.encode_token("tag", page.last_seq) if page.last_seq else None
         return page.items, token
-
-    async def _current_keys(self, ctx: RequestContext, resource_id: str) -> set[str]:
-        if resource_id.startswith("vol-"):
-            return set((await self._volumes.get(ctx, resource_id)).tags)
-        return set((await self._snapshots.get(ctx, resource_id)).tags)

@@ -373,9 +373,9 @@ class SqliteStore(InstanceTables):
         where.append(
             "(t.resource_id IN (SELECT id FROM volumes WHERE region = ? AND state != "
             "'deleted') OR t.resource_id IN (SELECT id FROM snapshots WHERE region = ? "
-            "AND deleted = 0))"
+            "AND deleted = 0) OR t.resource_id IN (SELECT id FROM instances WHERE region = ?))"
         )
-        params += [query.region, query.region]
+        params += [query.region, query.region, query.region]
         rows = await self._page_rows(
             "SELECT t.rowid, t.resource_id, t.resource_type, t.key, t.value FROM tags t",
             where,

@@ -29,7 +29,8 @@ class InstanceTables(SqliteBase):
 
     async def sync_instances(self, vmm: str, seen: Sequence[Instance]) -> list[str]:
         """Record the domains a VMM host reports now. Returns the ids of instances that were
-        live and are gone from the report (now `terminated`)."""
+        live and are now gone from the report or reported `terminated` (a VM killed outright
+        leaves its QMP socket behind: still listed, but terminated)."""
         async with self._transaction() as db:
             async with db.execute(
                 "SELECT id FROM instances WHERE vmm = ? AND state != 'terminated'", (vmm,)
@@ -51,7 +52,8 @@ class InstanceTables(SqliteBase):
                         to_wire(instance.launch_time),
                     ),
                 )
-            gone = sorted(live_before - {instance.id for instance in seen})
+            live_now = {instance.id for instance in seen if instance.state != "terminated"}
+            gone = sorted(live_before - live_now)
             if gone:
                 await db.execute(
                     f"UPDATE instances SET state = 'terminated' "
