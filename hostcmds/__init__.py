@@ -13,6 +13,15 @@ from hostcmds.errors import (
 from hostcmds.local import LocalRunner
 from hostcmds.recording import RecordedCall, RecordingRunner, Reply, UnscriptedCommand
 from hostcmds.runner import CommandResult, CommandRunner
+from hostcmds.ssh import (
+    HostAuthFailed,
+    HostKeyRejected,
+    HostUnreachable,
+    SshHost,
+    SshRunner,
+    parse_ssh_url,
+    ssh_runner,
+)
 from hostcmds.templates import CommandTemplates, Template, load_templates, parse_template
 
 __all__ = [
@@ -22,16 +31,23 @@ __all__ = [
     "CommandRunner",
     "CommandTemplates",
     "CommandTimeout",
+    "HostAuthFailed",
     "HostCommandError",
+    "HostKeyRejected",
+    "HostUnreachable",
     "LocalRunner",
     "MissingValueError",
     "RecordedCall",
     "RecordingRunner",
     "Reply",
+    "SshHost",
+    "SshRunner",
     "Template",
     "TemplateError",
     "UnsafeValueError",
     "UnscriptedCommand",
     "load_templates",
+    "parse_ssh_url",
     "parse_template",
+    "ssh_runner",
 ]
