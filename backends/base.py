@@ -225,3 +225,61 @@ class VmmBackend(Protocol):
     async def notify_resize(self, domain: str, volume_id: str, size_bytes: int) -> None:
         """Tell the VMM that an attached volume grew to ``size_bytes``."""
         ...
+
+
+@dataclass(frozen=True)
+class Initiator:
+    """The host a volume is exported to, as the target sees it: its network address and/or its
+    iSCSI initiator name (IQN). At least one is given."""
+
+    address: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.address or self.name):
+            raise ValueError("an initiator needs an address or an initiator name")
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """A volume exported to one host: what backs it and how that host reaches it (``source``,
+    which goes into the AttachSpec). The caller keeps it (it may hold a CHAP secret: store it
+    where only the service can read it) and hands it back to ``ExportBackend.restore``."""
+
+    volume_id: str
+    device_path: str
+    initiator: Initiator
+    source: DiskSource
+
+
+@runtime_checkable
+class ExportBackend(Protocol):
+    """Makes a volume's device reachable from the host its VMM runs on (tgt over iSCSI, or
+    ``none`` when storage and VMM share a host)."""
+
+    async def check_setup(self) -> None:
+        """Raise SetupError with a clear message if this host cannot serve the exports."""
+        ...
+
+    async def export(self, volume_id: str, device_path: str, initiator: Initiator) -> ExportInfo:
+        """Export the volume's device to ``initiator`` only. Idempotent: exporting again to the
+        same initiator returns the same ExportInfo (same credentials). Whatever a failed first
+        export did is undone."""
+        ...
+
+    async def unexport(self, volume_id: str) -> None:
+        """Remove the export and its credentials. Idempotent: an absent export is not an
+        error."""
+        ...
+
+    async def list_exports(self) -> list[str]:
+        """Ids of every volume this backend holds an export (or a record of one) for; the
+        reconciler unexports those whose volume is not in use."""
+        ...
+
+    async def restore(self, exports: Iterable[ExportInfo]) -> list[str]:
+        """Put each recorded export back in effect exactly as recorded (same target, same
+        credentials), e.g. after the target daemon restarted. Exports not named are left alone;
+        an export already in effect as recorded is not touched. Returns the ids of the exports
+        that had to be re-applied."""
+        ...

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from backends.errors import BackendError, SetupError
 from backends.lvm_report import check_name
-from backends.vmm.options import Options
+from backends.options import Options
 
 THIN = "thin"
 LINEAR = "linear"

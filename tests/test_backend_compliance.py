@@ -8,12 +8,14 @@ from typing import Any
 import pytest
 
 from backends import base, registry
+from backends.export import EXPORTS
 from backends.vmm import VMMS
 
 CASES: list[tuple[type[Any], type[Any]]] = [
     *((base.StorageBackend, cls) for cls in registry.STORAGE.values()),
     *((base.BlockStore, cls) for cls in registry.BLOCK_STORES.values()),
     *((base.VmmBackend, cls) for cls in VMMS.values()),
+    *((base.ExportBackend, cls) for cls in EXPORTS.values()),
 ]
 
 

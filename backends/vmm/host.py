@@ -16,6 +16,7 @@ from typing import Any
 
 from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, LocalSource
 from backends.errors import SetupError
+from backends.options import Options
 from backends.vmm.errors import (
     AttachError,
     DetachError,
@@ -25,7 +26,6 @@ from backends.vmm.errors import (
     translates_command_errors,
 )
 from backends.vmm.naming import check_volume_id, device_parts, volume_id_in
-from backends.vmm.options import Options
 from hostcmds import (
     CommandError,
     CommandNotFound,

@@ -16,6 +16,7 @@ from typing import Literal
 
 from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, LocalSource
 from backends.errors import SetupError
+from backends.options import Options
 from backends.vmm.errors import (
     AttachError,
     DetachError,
@@ -33,7 +34,6 @@ from backends.vmm.naming import (
     device_parts,
     volume_id_from_serial,
 )
-from backends.vmm.options import Options
 from hostcmds import (
     CommandError,
     CommandNotFound,

@@ -4,12 +4,18 @@ Attach: ``blockdev-add`` (node ``ebs-<volume id>``) then ``device_add`` of a vir
 a free hot-plug port (or scsi-hd on a virtio-scsi bus), device id ``ebs.<volume id>.<device>`` so
 the attachment, and the device name it was made with, can be read back from ``query-block``.
 Detach: ``device_del``, wait for DEVICE_DELETED, then ``blockdev-del``.
+
+A volume exported over iSCSI (IscsiSource) opens through QEMU's iscsi block driver (libiscsi, no
+kernel initiator). Its CHAP secret goes to QEMU as a ``secret`` object (``ebs-<volume id>-chap``,
+added with ``object-add`` before ``blockdev-add`` and named by ``password-secret``; QEMU refuses
+a plain password); it is removed when the attach is rolled back and on detach.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -19,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, LocalSource
+from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, IscsiSource, LocalSource
 from backends.errors import SetupError
+from backends.options import Options
 from backends.vmm.errors import (
     AttachError,
     DetachError,
@@ -33,9 +40,9 @@ from backends.vmm.errors import (
     VmmError,
 )
 from backends.vmm.naming import check_volume_id, compact_serial, device_basename
-from backends.vmm.options import Options
 from backends.vmm.qmp import QmpClient, QmpConnectionError, QmpError, QmpTimeout
 from hostcmds import CommandRunner, CommandTemplates
+from hostcmds.runner import mask
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +74,21 @@ class QemuConfig:
     connect_timeout: float = 5.0
     command_timeout: float = 10.0
     detach_timeout: float = 30.0
+    initiator_name: str | None = None  # iSCSI initiator name; None: QEMU's default
 
 
 def node_name(volume_id: str) -> str:
     return f"ebs-{volume_id}"
+
+
+def secret_id(volume_id: str) -> str:
+    """The QOM id of the secret object holding the volume's CHAP secret."""
+    return f"ebs-{volume_id}-chap"
+
+
+def iscsi_url(portal: object, iqn: object, lun: object) -> str:
+    """Where an iSCSI disk is, without credentials (for logs and AttachedDisk.source)."""
+    return f"iscsi://{portal}/{iqn}/{lun}"
 
 
 def device_id(volume_id: str, device: str) -> str:
@@ -96,9 +114,29 @@ def attached_from_query_block(blocks: list[dict[str, Any]]) -> list[AttachedDisk
             continue
         handle = next(p for p in qdev.split("/") if DEVICE_ID.fullmatch(p))
         inserted = block.get("inserted") or {}
-        source = inserted.get("file")
-        disks.append(AttachedDisk(parsed[0], parsed[1], handle, str(source) if source else None))
+        disks.append(AttachedDisk(parsed[0], parsed[1], handle, _source_of(inserted.get("file"))))
     return disks
+
+
+def _source_of(filename: object) -> str | None:
+    """The host path a block node opened, or for an iSCSI node its credential-free URL (QEMU
+    names such a node ``json:{…}``, with the CHAP user and secret object id in it)."""
+    if not filename:
+        return None
+    text = str(filename)
+    if not text.startswith("json:"):
+        return text
+    try:
+        options: Any = json.loads(text.removeprefix("json:"))
+    except ValueError:
+        return None
+    while isinstance(options, dict):
+        if options.get("driver") == "iscsi":
+            return iscsi_url(options.get("portal"), options.get("target"), options.get("lun"))
+        if "filename" in options and options.get("driver") in ("file", "host_device"):
+            return str(options["filename"])
+        options = options.get("file")
+    return None
 
 
 class QemuVmm:
@@ -114,7 +152,7 @@ class QemuVmm:
     ) -> QemuVmm:
         opts = Options("vmm qemu", options)
         opts.refuse_unknown(
-            {"socket_dir", "bus", "scsi_bus", "ports"}
+            {"socket_dir", "bus", "scsi_bus", "ports", "initiator_name"}
             | {"connect_timeout", "command_timeout", "detach_timeout"}
         )
         bus: Literal["virtio", "scsi"] = (
@@ -129,6 +167,7 @@ class QemuVmm:
                 connect_timeout=opts.number("connect_timeout", 5.0),
                 command_timeout=opts.number("command_timeout", 10.0),
                 detach_timeout=opts.number("detach_timeout", 30.0),
+                initiator_name=options.get("initiator_name", "").strip() or None,
             )
         )
 
@@ -151,7 +190,9 @@ class QemuVmm:
     async def attach(self, domain: str, spec: AttachSpec) -> AttachedDisk:
         volume_id = check_volume_id(spec.volume_id)
         qdev_id = device_id(volume_id, spec.device)
-        source = _blockdev_file(spec)
+        source = self._blockdev_file(spec)
+        secret = _chap_secret(spec)
+        hidden = [secret] if secret else []
         node = node_name(volume_id)
         async with self._session(domain) as qmp:
             for disk in await self._attached(qmp):
@@ -164,27 +205,37 @@ class QemuVmm:
             if node in await self._node_names(qmp):
                 log.warning("%s: removing leftover block node %s", domain, node)
                 await self._delete_node(qmp, node)
+            await self._drop_secret(qmp, domain, volume_id)  # left by an interrupted attach
             device_args = await self._device_args(qmp, volume_id, qdev_id, node)
             try:
+                if secret:
+                    await self._execute(
+                        qmp,
+                        "object-add",
+                        {"qom-type": "secret", "id": secret_id(volume_id), "data": secret},
+                    )
                 await self._execute(
                     qmp,
                     "blockdev-add",
                     {"driver": "raw", "node-name": node, "discard": "unmap", "file": source},
                 )
-            except QmpError as exc:
-                raise AttachError(f"{domain}: cannot open {volume_id}: {exc}") from exc
-            except QmpTimeout as exc:  # the node may exist once QEMU gets to it
-                await self._roll_back(qmp, domain, node)
-                raise AttachError(f"{domain}: blockdev-add of {volume_id}: {exc}") from exc
+            except BaseException as exc:
+                # After a timeout the node may still appear once QEMU gets to it.
+                await self._roll_back(qmp, domain, volume_id, node=not isinstance(exc, QmpError))
+                if isinstance(exc, QmpError | QmpTimeout | QmpConnectionError):
+                    message = f"{domain}: cannot open {volume_id}: {exc}"
+                    raise AttachError(mask(message, hidden)) from exc
+                raise
             try:
                 await self._execute(qmp, "device_add", device_args)
             except BaseException as exc:
-                await self._roll_back(qmp, domain, node)
+                await self._roll_back(qmp, domain, volume_id)
                 if isinstance(exc, QmpError | QmpTimeout | QmpConnectionError):
-                    raise AttachError(f"{domain}: device_add of {volume_id}: {exc}") from exc
+                    message = f"{domain}: device_add of {volume_id}: {exc}"
+                    raise AttachError(mask(message, hidden)) from exc
                 raise
         log.info("%s: attached %s as %s (%s)", domain, volume_id, spec.device, qdev_id)
-        return AttachedDisk(volume_id, spec.device, qdev_id, str(source["filename"]))
+        return AttachedDisk(volume_id, spec.device, qdev_id, _describe(spec))
 
     async def detach(self, domain: str, volume_id: str, *, force: bool = False) -> None:
         check_volume_id(volume_id)
@@ -306,13 +357,26 @@ class QemuVmm:
         ]
         return sorted(ports, key=_natural_key)
 
-    async def _roll_back(self, qmp: QmpClient, domain: str, node: str) -> None:
+    async def _roll_back(
+        self, qmp: QmpClient, domain: str, volume_id: str, *, node: bool = True
+    ) -> None:
+        """Undo a partial attach: the block node (when it may exist) and the secret object."""
+        name = node_name(volume_id)
         try:
-            await self._delete_node(qmp, node)
+            if node:
+                await self._delete_node(qmp, name)
+                log.info("%s: rolled back block node %s", domain, name)
+            await self._drop_secret(qmp, domain, volume_id)
         except (VmmError, OSError) as exc:
-            log.error("%s: rollback could not remove block node %s: %s", domain, node, exc)
-        else:
-            log.info("%s: rolled back block node %s", domain, node)
+            log.error("%s: rollback of the attach of %s failed: %s", domain, volume_id, exc)
+
+    async def _drop_secret(self, qmp: QmpClient, domain: str, volume_id: str) -> None:
+        """Remove the volume's CHAP secret object, if QEMU holds one."""
+        secret = secret_id(volume_id)
+        objects = await self._execute(qmp, "qom-list", {"path": "/objects"})
+        if any(entry.get("name") == secret for entry in objects):
+            await self._execute(qmp, "object-del", {"id": secret})
+            log.info("%s: removed secret object %s", domain, secret)
 
     async def _detach(self, qmp: QmpClient, domain: str, volume_id: str) -> None:
         disk = next((d for d in await self._attached(qmp) if d.volume_id == volume_id), None)
@@ -340,6 +404,39 @@ class QemuVmm:
         if node in await self._node_names(qmp):
             await self._delete_node(qmp, node)
             log.info("%s: removed block node %s", domain, node)
+        await self._drop_secret(qmp, domain, volume_id)
+
+    def _blockdev_file(self, spec: AttachSpec) -> dict[str, Any]:
+        """The protocol-level blockdev for the volume's source."""
+        source = spec.source
+        if isinstance(source, IscsiSource):
+            return self._iscsi_blockdev(spec.volume_id, source)
+        if not isinstance(source, LocalSource):
+            raise UnsupportedSource(f"qemu driver cannot attach a {type(source).__name__} yet")
+        try:
+            mode = os.stat(source.path).st_mode
+        except OSError as exc:
+            raise AttachError(f"{spec.volume_id}: source {source.path}: {exc.strerror}") from exc
+        driver = "host_device" if stat.S_ISBLK(mode) else "file"
+        return {"driver": driver, "filename": source.path}
+
+    def _iscsi_blockdev(self, volume_id: str, source: IscsiSource) -> dict[str, Any]:
+        """QEMU's iscsi driver; CHAP through the secret object ``secret_id(volume_id)``."""
+        if bool(source.chap_user) != bool(source.chap_secret):
+            raise AttachError(f"{volume_id}: a CHAP user needs a secret and a secret a user")
+        options: dict[str, Any] = {
+            "driver": "iscsi",
+            "transport": "tcp",
+            "portal": source.portal,
+            "target": source.iqn,
+            "lun": source.lun,
+        }
+        if source.chap_user:
+            options["user"] = source.chap_user
+            options["password-secret"] = secret_id(volume_id)
+        if self._config.initiator_name:
+            options["initiator-name"] = self._config.initiator_name
+        return options
 
     async def _delete_node(self, qmp: QmpClient, node: str) -> None:
         """blockdev-del, retried while the node is still held by a device being unplugged."""
@@ -357,17 +454,18 @@ class QemuVmm:
             raise DetachTimeout(f"block node {node} still in use") from None
 
 
-def _blockdev_file(spec: AttachSpec) -> dict[str, Any]:
-    """The protocol-level blockdev for the volume's source."""
+def _chap_secret(spec: AttachSpec) -> str | None:
     source = spec.source
-    if not isinstance(source, LocalSource):
-        raise UnsupportedSource(f"qemu driver cannot attach a {type(source).__name__} yet")
-    try:
-        mode = os.stat(source.path).st_mode
-    except OSError as exc:
-        raise AttachError(f"{spec.volume_id}: source {source.path}: {exc.strerror}") from exc
-    driver = "host_device" if stat.S_ISBLK(mode) else "file"
-    return {"driver": driver, "filename": source.path}
+    return source.chap_secret if isinstance(source, IscsiSource) else None
+
+
+def _describe(spec: AttachSpec) -> str:
+    """What the attached disk opened, without credentials."""
+    source = spec.source
+    if isinstance(source, IscsiSource):
+        return iscsi_url(source.portal, source.iqn, source.lun)
+    assert isinstance(source, LocalSource)
+    return source.path
 
 
 def _natural_key(name: str) -> list[tuple[int, str]]:

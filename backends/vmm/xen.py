@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, LocalSource
 from backends.errors import SetupError
+from backends.options import Options
 from backends.vmm.errors import (
     AttachError,
     DetachError,
@@ -27,7 +28,6 @@ from backends.vmm.errors import (
     translates_command_errors,
 )
 from backends.vmm.naming import check_volume_id, device_basename, volume_id_in
-from backends.vmm.options import Options
 from hostcmds import (
     CommandError,
     CommandNotFound,
