@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
 
@@ -14,12 +16,18 @@ from backends import registry
 from backends.base import VmmBackend
 from backends.vmm import VMMS
 from ebsemu.api.actions import Services
-from ebsemu.api.handler import SERVICES_KEY, handle_ec2, handle_unknown
+from ebsemu.api.authn import Authenticator
+from ebsemu.api.handler import AUTH_KEY, LIMITER_KEY, SERVICES_KEY, handle_ec2, handle_unknown
+from ebsemu.api.ratelimit import RateLimiter
 from ebsemu.config import Config
+from ebsemu.credentials import endpoint_url, save_default_key
+from ebsemu.private_files import private_dir
+from ebsemu.service.accounts import AccountService, configured_key
 from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.core import Core
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
+from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
 from ebsemu.service.volumes import VolumeService
@@ -29,7 +37,6 @@ from hostcmds import LocalRunner, load_templates
 log = logging.getLogger(__name__)
 
 CORE_KEY: web.AppKey[Core] = web.AppKey("core", Core)
-MAX_BODY_BYTES = 1024 * 1024
 PURGE_INTERVAL_SECONDS = 5.0
 
 
@@ -78,6 +85,41 @@ def build_services(core: Core) -> Services:
         tags=TagService(core, volumes, snapshots, instances),
         instances=instances,
         attachments=AttachmentService(core, volumes, instances),
+        sharing=SharingService(core, snapshots.get),
+    )
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context when [server] tls_cert and tls_key are set (TLS 1.2+)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+async def _default_account(
+    config: Config,
+    accounts: AccountService,
+    environ: Mapping[str, str],
+    announce: Callable[[str], None],
+) -> None:
+    """The default account and its key; a generated key is shown once, on standard output
+    (never in the log), and kept in the data directory. AccountError for a bad key pair."""
+    generated = await accounts.ensure_default(config.account_id, configured_key(config, environ))
+    if generated is None:
+        return
+    path, snippet = save_default_key(config, generated)
+    log.warning("the generated key's secret is in %s (owner-only)", path)
+    announce(
+        "\nebsemu generated an access key for the default account; it is shown only now and\n"
+        f"kept in {path}. A ready AWS CLI / boto3 profile:\n\n{snippet}\n"
     )
 
 
@@ -93,18 +135,34 @@ async def _purge_deleted(core: Core) -> None:
             log.exception("purging deleted volumes failed")
 
 
-def make_app(config: Config) -> web.Application:
+def make_app(
+    config: Config,
+    *,
+    auth: bool = True,
+    environ: Mapping[str, str] | None = None,
+    announce: Callable[[str], None] = _print,
+) -> web.Application:
+    """The application. ``auth=False`` (`--no-auth`) takes every request as the default
+    account's, unsigned or not; ``environ`` may hold the default account's key pair."""
     core = build_core(config)
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    accounts = AccountService(core.store)
+    app = web.Application(client_max_size=config.max_request_bytes)
     app[CORE_KEY] = core
     app[SERVICES_KEY] = build_services(core)
+    app[AUTH_KEY] = Authenticator(accounts.key, default_account=config.account_id, enabled=auth)
+    app[LIMITER_KEY] = RateLimiter(config.requests_per_second, config.request_burst)
     app.router.add_route("POST", "/", handle_ec2)
     app.router.add_route("GET", "/", handle_ec2)
     app.router.add_route("*", "/{tail:.*}", handle_unknown)
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        await core.store.open()
+    async def start() -> None:
+        await _default_account(config, accounts, environ or {}, announce)
+        if not auth:
+            log.warning(
+                "authentication is OFF (--no-auth): every request, signed or not, acts as "
+                "account %s",
+                config.account_id,
+            )
         await core.storage.check_setup()
         for vmm in core.vmms.values():
             await vmm.check_setup()
@@ -113,9 +171,20 @@ def make_app(config: Config) -> web.Application:
         settled = await core.jobs.settle_stranded()
         if resumed or settled:
             log.info("resumed %d unfinished jobs, started %d missing ones", resumed, settled)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        private_dir(config.data_dir)
+        await core.store.open()
+        try:
+            await start()
+        except BaseException:
+            await core.jobs.close()
+            await core.store.close()  # its thread would keep a failed start from exiting
+            raise
         purger = asyncio.create_task(_purge_deleted(core))
         log.info(
-            "ebsemu serving EC2 on http://%s:%d/ (data in %s)",
+            "ebsemu serving EC2 on %s/ (listening on %s:%d, data in %s)",
+            endpoint_url(config),
             config.host,
             config.port,
             config.data_dir,

@@ -5,61 +5,85 @@ from __future__ import annotations
 import argparse
 import configparser
 import logging
+import os
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from backends.errors import SetupError
-from ebsemu import __version__, config
+from ebsemu import __version__, cli_accounts, config
+from ebsemu.api.access_log import AccessLogger
+from ebsemu.service.accounts import AccountError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ebsemu", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ebsemu {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="INI file (see config.example.ini)")
+    common.add_argument("--data-dir", type=Path, help="where volumes, blocks and metadata live")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the EC2/EBS API server")
-    serve.add_argument("--config", type=Path, help="INI file (see config.example.ini)")
+    serve = commands.add_parser("serve", parents=[common], help="run the EC2/EBS API server")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8788)")
-    serve.add_argument("--data-dir", type=Path, help="where volumes, blocks and metadata live")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="accept every request, signed or not, as the default account's (testing only)",
+    )
+    accounts = commands.add_parser(
+        "accounts", help="manage accounts and their access keys (create, list, add-key, …)"
+    )
+    common_accounts = argparse.ArgumentParser(add_help=False, parents=[common])
+    common_accounts.add_argument("--json", action="store_true", help="print JSON")
+    cli_accounts.add_commands(accounts, common_accounts)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    overrides: dict[str, object] = {"data_dir": args.data_dir}
     if args.command == "serve":
-        try:
-            cfg = config.load(
-                args.config,
-                host=args.host,
-                port=args.port,
-                data_dir=args.data_dir,
-                log_level=args.log_level,
-            )
-        except (OSError, ValueError, configparser.Error) as exc:
-            print(f"ebsemu: cannot read the configuration: {exc}", file=sys.stderr)
-            return 2
-        logging.basicConfig(
-            level=cfg.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        from ebsemu.app import make_app
+        overrides.update(host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        cfg = config.load(args.config, **overrides)
+    except (OSError, ValueError, configparser.Error) as exc:
+        print(f"ebsemu: cannot read the configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=cfg.log_level.upper() if args.command == "serve" else "WARNING",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "accounts":
+        return cli_accounts.run(args, cfg)
+    return _serve(cfg, no_auth=args.no_auth)
 
-        try:
-            web.run_app(
-                make_app(cfg),
-                host=cfg.host,
-                port=cfg.port,
-                print=None,
-                handle_signals=True,
-                shutdown_timeout=15,
-            )
-        except SetupError as exc:
-            logging.getLogger("ebsemu").error("cannot start: %s", exc)
-            return 1
+
+def _serve(cfg: config.Config, *, no_auth: bool) -> int:
+    from ebsemu.app import make_app, tls_context
+
+    try:
+        ssl_context = tls_context(cfg)
+    except (OSError, ValueError) as exc:
+        print(f"ebsemu: cannot load the TLS certificate and key: {exc}", file=sys.stderr)
+        return 2
+    try:
+        web.run_app(
+            make_app(cfg, auth=not no_auth, environ=os.environ),
+            host=cfg.host,
+            port=cfg.port,
+            ssl_context=ssl_context,
+            print=None,
+            handle_signals=True,
+            shutdown_timeout=15,
+            access_log_class=AccessLogger,
+        )
+    except (SetupError, AccountError) as exc:
+        logging.getLogger("ebsemu").error("cannot start: %s", exc)
+        return 1
     return 0
 
 

@@ -6,10 +6,12 @@ Every option is documented in config.example.ini at the top of the repository.
 from __future__ import annotations
 
 import configparser
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_ACCOUNT_ID = "000000000000"
+ACCOUNT_ID = re.compile(r"[0-9]{12}")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class VmmHost:
     driver: str
     zone: str
     options: dict[str, str] = field(default_factory=dict)
+    account_id: str | None = None  # who owns its instances; None: the default account
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,27 @@ class Config:
     hostcmds: dict[str, dict[str, str]] = field(default_factory=dict)
     vmm_hosts: tuple[VmmHost, ...] = ()
     max_attachments_per_instance: int = 26
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_request_bytes: int = 1024 * 1024
+    requests_per_second: float = 100.0
+    request_burst: int = 300
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not ACCOUNT_ID.fullmatch(self.account_id):
+            raise ValueError(f"account_id must be 12 digits, not {self.account_id!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.max_request_bytes < 1024:
+            raise ValueError("max_request_bytes must be at least 1024")
+        if self.requests_per_second < 0 or self.request_burst < 1:
+            raise ValueError("requests_per_second must be >= 0 and request_burst >= 1")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -103,11 +127,27 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
             values["data_dir"] = base / server["data_dir"]
         if "deleted_visible_seconds" in server:
             values["deleted_visible_seconds"] = server.getfloat("deleted_visible_seconds")
+        for key in ("tls_cert", "tls_key"):
+            if server.get(key):
+                values[key] = base / server[key]
     if parser.has_section("limits"):
         limits = parser["limits"]
-        for key in ("max_volumes", "max_snapshots", "max_attachments_per_instance"):
+        for key in (
+            "max_volumes",
+            "max_snapshots",
+            "max_attachments_per_instance",
+            "max_request_bytes",
+            "request_burst",
+        ):
             if key in limits:
                 values[key] = limits.getint(key)
+        if "requests_per_second" in limits:
+            values["requests_per_second"] = limits.getfloat("requests_per_second")
+    if parser.has_section("auth"):
+        auth = parser["auth"]
+        for key in ("access_key_id", "secret_access_key"):
+            if auth.get(key):
+                values[key] = auth[key]
     if parser.has_section("storage"):
         storage = parser["storage"]
         values["storage_backend"] = storage.get("backend", "file")
@@ -140,6 +180,9 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
 def _vmm_host(name: str, options: dict[str, str]) -> VmmHost:
     driver = options.pop("driver", "")
     zone = options.pop("zone", "")
+    account = options.pop("account", None)
     if not driver or not zone:
         raise ValueError(f"[vmm {name}] needs both driver = … and zone = …")
-    return VmmHost(name, driver, zone, options)
+    if account is not None and not ACCOUNT_ID.fullmatch(account):
+        raise ValueError(f"[vmm {name}] account must be a 12-digit account id")
+    return VmmHost(name, driver, zone, options, account)

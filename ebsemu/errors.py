@@ -229,3 +229,7 @@ class InvalidClientTokenId(ClientError):
     code = "InvalidClientTokenId"
     http_status = 403
     default_message = "The security token included in the request is invalid."
+
+
+class InvalidUserIDMalformed(ClientError):
+    code = "InvalidUserID.Malformed"

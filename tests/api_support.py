@@ -1,8 +1,12 @@
-"""Helpers for the API tests: unique names, fast waiters, polling, raw EC2 Query requests."""
+"""Helpers for the API tests: unique names, fast waiters, polling, raw (signed) EC2 Query
+requests."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -10,14 +14,18 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import xmltodict
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from tests.server import ZONE
+from tests.server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, ZONE
 
 T = TypeVar("T")
 
@@ -110,27 +118,107 @@ class RawResponse:
         return error["Code"], error["Message"]
 
 
+Params = Mapping[str, str] | list[tuple[str, str]]
+Key = tuple[str, str]
+DEFAULT_KEY: Key = (ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+
+
+def encode_params(params: Params | None) -> str:
+    """Form/query encoding as AWS canonicalizes it (`%20`, not `+`), so a SigV4 signature
+    over the query string matches what the server reads."""
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params or [])
+    return urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
+
+
+def sigv2_params(
+    params: Params | None,
+    *,
+    method: str,
+    url: str,
+    path: str = "/",
+    key: Key = DEFAULT_KEY,
+    signature_method: str = "HmacSHA256",
+    timestamp: datetime | None = None,
+) -> list[tuple[str, str]]:
+    """``params`` with SigV2's parameters and Signature added, as euca2ools 3.1 signs:
+    base64 HMAC of `METHOD\nhost\npath\n` and every parameter, sorted, AWS-encoded."""
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params or [])
+    moment = timestamp or datetime.now(UTC)
+    pairs += [
+        ("AWSAccessKeyId", key[0]),
+        ("SignatureVersion", "2"),
+        ("SignatureMethod", signature_method),
+        ("Timestamp", moment.strftime("%Y-%m-%dT%H:%M:%SZ")),
+    ]
+    ordered = sorted(pairs, key=lambda pair: pair[0].encode())
+    canonical = "&".join(
+        f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
+        for k, v in ordered
+    )
+    host = urllib.parse.urlsplit(url).netloc.lower()
+    to_sign = f"{method.upper()}\n{host}\n{path}\n{canonical}".encode()
+    digest = "sha256" if signature_method == "HmacSHA256" else "sha1"
+    signature = hmac.new(key[1].encode(), to_sign, digest).digest()
+    return [*pairs, ("Signature", base64.b64encode(signature).decode())]
+
+
+def sigv4_headers(
+    method: str,
+    target: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    key: Key = DEFAULT_KEY,
+    region: str = REGION,
+    service: str = "ec2",
+) -> dict[str, str]:
+    """``headers`` plus X-Amz-Date and Authorization from botocore's SigV4 signer, over
+    exactly this method, URL and body."""
+    request = AWSRequest(method=method, url=target, data=body, headers=dict(headers))
+    SigV4Auth(Credentials(*key), service, region).add_auth(request)
+    return dict(request.headers.items())
+
+
 def raw_request(
     url: str,
-    params: Mapping[str, str] | list[tuple[str, str]] | None = None,
+    params: Params | None = None,
     *,
     method: str = "POST",
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     path: str = "/",
+    auth: str | None = "v4",
+    key: Key = DEFAULT_KEY,
+    region: str = REGION,
+    context: ssl.SSLContext | None = None,
 ) -> RawResponse:
-    """One HTTP request to the server, unsigned; any status is returned, not raised."""
-    encoded = urllib.parse.urlencode(params or {})
+    """One HTTP request to the server; any status is returned, not raised.
+
+    Signed by default: ``auth="v4"`` signs the exact bytes sent with botocore's SigV4 signer
+    (``key``, ``region``, service ec2); ``"v2"`` / ``"v2-sha1"`` add SigV2 parameters
+    (HmacSHA256 / HmacSHA1); None sends it unsigned.
+    """
+    if auth in ("v2", "v2-sha1"):
+        signature_method = "HmacSHA1" if auth == "v2-sha1" else "HmacSHA256"
+        params = sigv2_params(
+            params, method=method, url=url, path=path, key=key, signature_method=signature_method
+        )
+    encoded = encode_params(params)
     target = url + path
     if method == "GET":
-        target += "?" + encoded
+        if encoded:
+            target += ("&" if "?" in target else "?") + encoded
     elif body is None:
         body = encoded.encode()
     all_headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
     all_headers.update(headers or {})
+    if auth == "v4":
+        all_headers = sigv4_headers(
+            method, target, body or b"", all_headers, key=key, region=region
+        )
     request = urllib.request.Request(target, data=body, method=method, headers=all_headers)
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
             return RawResponse(response.status, dict(response.headers), response.read())
     except urllib.error.HTTPError as error:
         with error:

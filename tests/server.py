@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,6 +20,10 @@ from botocore.config import Config as BotoConfig
 
 REGION = "us-east-1"
 ZONE = "us-east-1a"
+# The default account's key pair, given to every test server through its environment.
+ACCESS_KEY_ID = "AKIDEXAMPLE"
+SECRET_ACCESS_KEY = "secret"
+DEFAULT_ACCOUNT = "000000000000"
 
 
 def free_port() -> int:
@@ -27,19 +33,49 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """An `ebsemu serve` subprocess on a free loopback port with its own data directory."""
+    """An `ebsemu serve` subprocess on a free loopback port with its own data directory.
 
-    def __init__(self, data_dir: Path, config_text: str = "") -> None:
+    The default account's key pair comes from the environment (AKIDEXAMPLE / secret, as the
+    clients here sign); ``env`` adds to or overrides the environment (a None value removes
+    the variable), ``args`` are extra `serve` flags.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config_text: str = "",
+        *,
+        env: dict[str, str | None] | None = None,
+        args: tuple[str, ...] = (),
+        tls: bool = False,
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.config_path = data_dir.parent / f"{data_dir.name}.ini"
         self.config_path.write_text(config_text)
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.stdout_path = data_dir.parent / f"{data_dir.name}.stdout"
+        self.env = {
+            "EBSEMU_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "EBSEMU_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            **(env or {}),
+        }
+        self.args = args
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def process_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for name, value in self.env.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
 
     def start(self) -> None:
         argv = [
@@ -53,20 +89,26 @@ class ServerProcess:
             str(self.port),
             "--data-dir",
             str(self.data_dir),
+            *self.args,
         ]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        with self.log_path.open("ab") as log, self.stdout_path.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=log, env=self.process_env())
         deadline = time.monotonic() + 20
+        context = ssl._create_unverified_context() if self.tls else None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.proc = None
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                urllib.request.urlopen(f"{self.url}/?Action=DescribeRegions", timeout=1)
+                urllib.request.urlopen(
+                    f"{self.url}/?Action=DescribeRegions", timeout=1, context=context
+                )
                 return
             except urllib.error.HTTPError:
                 return  # any HTTP answer means it is serving
             except OSError:
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError("server did not start in 20 s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -85,14 +127,21 @@ class ServerProcess:
         self.stop()
         self.start()
 
-    def client(self, service: str = "ec2", **kwargs: Any) -> Any:
+    def client(
+        self,
+        service: str = "ec2",
+        *,
+        key: tuple[str, str] = (ACCESS_KEY_ID, SECRET_ACCESS_KEY),
+        **kwargs: Any,
+    ) -> Any:
+        """A boto3 client signing with ``key`` (access key id, secret)."""
         return boto3.client(
             service,
             endpoint_url=self.url,
             region_name=kwargs.pop("region_name", REGION),
-            aws_access_key_id="AKIDEXAMPLE",
-            aws_secret_access_key="secret",
-            config=BotoConfig(retries={"max_attempts": 2}),
+            aws_access_key_id=key[0],
+            aws_secret_access_key=key[1],
+            config=kwargs.pop("config", BotoConfig(retries={"max_attempts": 2})),
             **kwargs,
         )
 
@@ -101,23 +150,52 @@ class ServerProcess:
             "ec2",
             endpoint_url=self.url,
             region_name=REGION,
-            aws_access_key_id="AKIDEXAMPLE",
-            aws_secret_access_key="secret",
+            aws_access_key_id=ACCESS_KEY_ID,
+            aws_secret_access_key=SECRET_ACCESS_KEY,
         )
 
-    def cli_env(self) -> dict[str, str]:
+    def cli_env(self, key: tuple[str, str] = (ACCESS_KEY_ID, SECRET_ACCESS_KEY)) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            AWS_ACCESS_KEY_ID="AKIDEXAMPLE",
-            AWS_SECRET_ACCESS_KEY="secret",
+            AWS_ACCESS_KEY_ID=key[0],
+            AWS_SECRET_ACCESS_KEY=key[1],
             AWS_DEFAULT_REGION=REGION,
             AWS_PAGER="",
         )
         return env
+
+    def ebsemu(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run another `ebsemu` command (e.g. `accounts create`) on this server's data."""
+        argv = [
+            sys.executable,
+            "-m",
+            "ebsemu",
+            *args,
+            "--config",
+            str(self.config_path),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, env=self.process_env()
+        )
+
+    def new_account(self, account_id: str | None = None) -> tuple[str, tuple[str, str]]:
+        """A new account (through `ebsemu accounts create`): its id and key pair."""
+        extra = ("--account-id", account_id) if account_id else ()
+        done = self.ebsemu("accounts", "create", *extra, "--json")
+        if done.returncode != 0:
+            raise RuntimeError(f"accounts create failed: {done.stderr}")
+        created = json.loads(done.stdout)
+        return created["AccountId"], (created["AccessKeyId"], created["SecretAccessKey"])
 
 
 TEST_CONFIG = """\
 [server]
 deleted_visible_seconds = 2
 log_level = INFO
+
+[limits]
+requests_per_second = 5000
+request_burst = 10000
 """

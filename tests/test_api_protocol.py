@@ -1,6 +1,6 @@
 """The EC2 Query protocol on the wire: envelopes, element names, methods, signatures, errors.
 
-Requests here are built by hand (unsigned, SigV2-style, or signed by botocore's SigV4 signer)
+Requests here are built by hand (signed by botocore's SigV4 signer, SigV2-signed, or unsigned)
 and responses are read raw with xmltodict, so nothing is hidden by boto3's tolerance.
 """
 
@@ -244,23 +244,19 @@ def test_any_api_version_is_accepted(server: ServerProcess, version: str | None)
     success(raw_request(server.url, params), "DescribeAvailabilityZones")
 
 
-@pytest.mark.parametrize("method", ["HmacSHA256", "HmacSHA1"])
-def test_sigv2_style_request_is_served(server: ServerProcess, method: str) -> None:
-    params = {
-        "Action": "DescribeVolumes",
-        "Version": "2013-02-01",
-        "AWSAccessKeyId": "AKIDEXAMPLE",
-        "SignatureVersion": "2",
-        "SignatureMethod": method,
-        "Timestamp": "2024-01-02T03:04:05Z",
-        "Signature": "dGhpcyBpcyBub3QgY2hlY2tlZCB5ZXQ=",
-    }
-    success(raw_request(server.url, params), "DescribeVolumes")
-    success(raw_request(server.url, params, method="GET"), "DescribeVolumes")
+@pytest.mark.parametrize("auth", ["v2", "v2-sha1"])
+def test_sigv2_signed_request_is_served(server: ServerProcess, auth: str) -> None:
+    params = {"Action": "DescribeVolumes", "Version": "2013-02-01"}
+    success(raw_request(server.url, params, auth=auth), "DescribeVolumes")
+    success(raw_request(server.url, params, method="GET", auth=auth), "DescribeVolumes")
 
 
-def test_unsigned_request_is_served(server: ServerProcess) -> None:
-    success(raw_request(server.url, {"Action": "DescribeRegions"}), "DescribeRegions")
+def test_unsigned_request_is_refused_for_its_missing_access_key(server: ServerProcess) -> None:
+    response = raw_request(server.url, {"Action": "DescribeRegions"}, auth=None)
+    assert failure(response) == (
+        "MissingParameter",
+        "The request must contain the parameter AWSAccessKeyId",
+    )
 
 
 def sigv4_request(server: ServerProcess, region: str, params: dict[str, str]) -> RawResponse:
@@ -273,7 +269,7 @@ def sigv4_request(server: ServerProcess, region: str, params: dict[str, str]) ->
     SigV4Auth(Credentials("AKIDEXAMPLE", "secret"), "ec2", region).add_auth(request)
     prepared = request.prepare()
     body = prepared.body if isinstance(prepared.body, bytes) else str(prepared.body).encode()
-    return raw_request(server.url, body=body, headers=dict(prepared.headers))
+    return raw_request(server.url, body=body, headers=dict(prepared.headers), auth=None)
 
 
 def test_sigv4_request_for_the_configured_region_is_served(server: ServerProcess) -> None:

@@ -9,10 +9,11 @@ from typing import Any
 from ebsemu import errors
 from ebsemu.api import views
 from ebsemu.config import Config
-from ebsemu.service import validation, zones
+from ebsemu.service import sharing, validation, zones
 from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.context import RequestContext
 from ebsemu.service.instances import InstanceService
+from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
 from ebsemu.service.volumes import VolumeRequest, VolumeService
@@ -29,6 +30,7 @@ class Services:
     tags: TagService
     instances: InstanceService
     attachments: AttachmentService
+    sharing: SharingService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]
@@ -99,6 +101,28 @@ async def describe_snapshots(svc: Services, ctx: RequestContext, p: Params) -> R
         p.get("NextToken"),
     )
     return {"Snapshots": [views.snapshot_view(s) for s in snapshots], "NextToken": token}
+
+
+@action
+async def modify_snapshot_attribute(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    change = sharing.permission_change(p)
+    await svc.sharing.modify(ctx, p["SnapshotId"], change)
+    return {}
+
+
+@action
+async def describe_snapshot_attribute(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    attribute = p["Attribute"]
+    found = await svc.sharing.describe(ctx, p["SnapshotId"], attribute)
+    if attribute == sharing.PRODUCT_CODES:
+        return {"SnapshotId": p["SnapshotId"], "ProductCodes": found}
+    return {"SnapshotId": p["SnapshotId"], "CreateVolumePermissions": found}
+
+
+@action
+async def reset_snapshot_attribute(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    await svc.sharing.reset(ctx, p["SnapshotId"], p["Attribute"])
+    return {}
 
 
 @action

@@ -18,6 +18,7 @@ def tag_list(tags: dict[str, str]) -> list[dict[str, str]] | None:
 def volume_view(volume: Volume, *, attachments: bool = True) -> dict[str, Any]:
     view: dict[str, Any] = {
         "VolumeId": volume.id,
+        "OwnerId": volume.owner_id,
         "Size": volume.size_gib,
         "SnapshotId": volume.snapshot_id or "",  # EC2 always sends it; some clients rely on it
         "AvailabilityZone": volume.zone,

@@ -68,7 +68,7 @@ class InstanceService:
                 seen = [
                     Instance(
                         id=instance_id(host.name, d.name),
-                        owner_id=self._core.config.account_id,
+                        owner_id=host.account_id or self._core.config.account_id,
                         region=zone.region,
                         zone=zone.name,
                         vmm=host.name,

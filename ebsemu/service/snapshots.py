@@ -7,13 +7,14 @@ snapshot becomes `completed` (or `error` with a StatusMessage).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 from backends.errors import BackendError
 from ebsemu import errors
 from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_id, utcnow
-from ebsemu.service import listing, snapshot_data
+from ebsemu.service import listing, sharing, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.volumes import VolumeService
@@ -22,7 +23,6 @@ from ebsemu.store.base import ListQuery, UnknownFilterError
 log = logging.getLogger(__name__)
 
 SNAPSHOTTABLE = {VolumeState.AVAILABLE, VolumeState.IN_USE}
-NO_OWNER_ALIASES = {"amazon", "aws-marketplace", "aws-backup-vault"}
 
 
 class SnapshotService:
@@ -88,17 +88,36 @@ class SnapshotService:
             restoring = await self._core.store.volumes_restoring_from(snapshot_id)
             if restoring:
                 raise errors.InvalidSnapshotInUse(
-                    f"The snapshot {snapshot_id} is currently in use by {restoring[0]}"
+                    f"The snapshot {snapshot_id} is currently in use by "
+                    f"{await self._volume_name(ctx, restoring[0])}"
                 )
             if not await self._core.store.mark_snapshot_deleted(snapshot_id):
                 return  # deleted meanwhile by a concurrent request
+            await self._core.store.clear_snapshot_grantees(snapshot_id)
         await self._core.jobs.submit("delete_snapshot", snapshot_id)
 
     async def get(self, ctx: RequestContext, snapshot_id: str) -> Snapshot:
+        """The caller's own snapshot. One it can see without owning it (shared with it, or
+        public) is UnauthorizedOperation; one it cannot see, InvalidSnapshot.NotFound."""
+        snapshot = await self.visible(ctx, snapshot_id)
+        if snapshot.owner_id != ctx.account_id:
+            raise errors.UnauthorizedOperation(
+                f"You are not authorized to perform this operation on snapshot {snapshot_id}; "
+                "only its owner can."
+            )
+        return snapshot
+
+    async def visible(self, ctx: RequestContext, snapshot_id: str) -> Snapshot:
+        """A snapshot the caller may create volumes from (its own, shared with it, or public)
+        in the caller's region; InvalidSnapshot.NotFound for any other id."""
         listing.check_id("snap", snapshot_id)
         snapshot = await self._core.store.get_snapshot(snapshot_id)
-        if snapshot is None or snapshot.owner_id != ctx.account_id or snapshot.region != ctx.region:
-            raise errors.InvalidSnapshotNotFound(f"The snapshot '{snapshot_id}' does not exist.")
+        if snapshot is None or snapshot.region != ctx.region:
+            raise _not_found(snapshot_id)
+        if snapshot.owner_id != ctx.account_id:
+            grantees = await self._core.store.snapshot_grantees(snapshot_id)
+            if not sharing.may_restore(ctx.account_id, snapshot, grantees):
+                raise _not_found(snapshot_id)
         return snapshot
 
     async def describe(
@@ -115,27 +134,33 @@ class SnapshotService:
         limit = listing.page_size(
             max_results, low=5, high=1000, ids_given=bool(ids), ids_param="snapshotSet"
         )
-        owners = self._owners(ctx, owner_ids, restorable_by)
         query = ListQuery(
-            owner_ids=owners,
+            owner_ids=frozenset({ctx.account_id}),
             region=ctx.region,
             ids=ids,
             filters=listing.filters(raw_filters),
             after_seq=listing.decode_token("snap", next_token),
             limit=limit,
+            reach=sharing.reach(ctx.account_id, owner_ids, restorable_by),
+            viewer=ctx.account_id,
         )
         try:
             page = await self._core.store.list_snapshots(query)
         except UnknownFilterError as exc:
             raise listing.unknown_filter(str(exc)) from None
         if ids:
-            # An id the filters or owners leave out is no error; one that names no snapshot is.
+            # An id the filters or owners leave out is no error; one the caller cannot see is.
             found = {s.id for s in page.items}
             for snapshot_id in ids:
                 if snapshot_id not in found:
-                    await self.get(ctx, snapshot_id)
+                    await self.visible(ctx, snapshot_id)
         token = listing.encode_token("snap", page.last_seq) if page.last_seq else None
-        return page.items, token
+        # Tags belong to the account that put them on: the owner's are not shared.
+        shown = [
+            s if s.owner_id == ctx.account_id else dataclasses.replace(s, tags={})
+            for s in page.items
+        ]
+        return shown, token
 
     # ---- jobs ----------------------------------------------------------------------------
 
@@ -166,6 +191,7 @@ class SnapshotService:
         await self._core.storage.drop_view(snapshot_id)
         await snapshot_data.sweep(self._core, snapshot_id)
         await self._core.store.remove_snapshot(snapshot_id)
+        await self._core.store.clear_snapshot_grantees(snapshot_id)  # if a crash left any
         log.info("snapshot %s: deleted", snapshot_id)
 
     # ---- helpers -------------------------------------------------------------------------
@@ -175,19 +201,13 @@ class SnapshotService:
             snapshot_id, {SnapshotState.PENDING}, SnapshotState.ERROR, message
         )
 
-    @staticmethod
-    def _owners(
-        ctx: RequestContext, owner_ids: list[str], restorable_by: list[str]
-    ) -> frozenset[str]:
-        """Owners whose snapshots the caller may see, narrowed by Owner and RestorableBy.
+    async def _volume_name(self, ctx: RequestContext, volume_id: str) -> str:
+        """The volume's id if it is the caller's; another account's volume goes unnamed."""
+        volume = await self._core.store.get_volume(volume_id)
+        if volume is not None and volume.owner_id == ctx.account_id:
+            return volume_id
+        return "a volume being created from it"
 
-        Snapshots are visible to their owner only (no sharing yet): `self` and the caller's
-        account id name the caller; `amazon` and the other aliases own nothing here; `all`
-        in RestorableBy means public snapshots, of which there are none.
-        """
-        mine = frozenset({ctx.account_id})
-        if owner_ids and not {"self", ctx.account_id} & set(owner_ids):
-            return frozenset()
-        if restorable_by and not {"self", ctx.account_id} & set(restorable_by):
-            return frozenset()
-        return mine
+
+def _not_found(snapshot_id: str) -> errors.ApiError:
+    return errors.InvalidSnapshotNotFound(f"The snapshot '{snapshot_id}' does not exist.")

@@ -25,7 +25,7 @@ from ebsemu.model import (
     new_id,
     utcnow,
 )
-from ebsemu.service import listing, snapshot_data, validation
+from ebsemu.service import listing, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.store.base import ListQuery, UnknownFilterError
@@ -274,9 +274,17 @@ class VolumeService:
         )
 
     async def _snapshot_for_restore(self, ctx: RequestContext, snapshot_id: str) -> Snapshot:
+        """A snapshot the caller may create volumes from: its own, shared with it, or public."""
         listing.check_id("snap", snapshot_id)
-        snapshot = await self._core.store.get_snapshot(snapshot_id)
-        if snapshot is None or snapshot.owner_id != ctx.account_id or snapshot.region != ctx.region:
+        store = self._core.store
+        snapshot = await store.get_snapshot(snapshot_id)
+        allowed = snapshot is not None and (
+            snapshot.owner_id == ctx.account_id
+            or sharing.may_restore(
+                ctx.account_id, snapshot, await store.snapshot_grantees(snapshot_id)
+            )
+        )
+        if snapshot is None or snapshot.region != ctx.region or not allowed:
             raise errors.InvalidSnapshotNotFound(f"The snapshot '{snapshot_id}' does not exist.")
         if snapshot.state is not SnapshotState.COMPLETED:
             raise errors.IncorrectState(

@@ -37,8 +37,22 @@ class Filter:
 
 
 @dataclass(frozen=True)
+class Reach:
+    """Snapshots owned by one of ``owners`` (by anyone when None) that grant create-volume
+    permission to one of ``grantees`` (an account id or ``all``; no grant needed when None)."""
+
+    owners: frozenset[str] | None
+    grantees: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
 class ListQuery:
-    """What to list: one owner's resources in one region, by ids and filters, one page."""
+    """What to list: one owner's resources in one region, by ids and filters, one page.
+
+    For snapshots, ``reach`` (when not None) replaces ``owner_ids``: a snapshot is listed when
+    it matches any one of them. ``viewer`` is the account asking: tag filters match only the
+    tags it put on.
+    """
 
     owner_ids: frozenset[str]
     region: str
@@ -46,6 +60,8 @@ class ListQuery:
     filters: tuple[Filter, ...] = ()
     after_seq: int = 0
     limit: int | None = None
+    reach: tuple[Reach, ...] | None = None
+    viewer: str | None = None
 
 
 @dataclass
@@ -55,7 +71,35 @@ class Page(Generic[T]):
     missing_ids: list[str] = field(default_factory=list)
 
 
-class Store(Protocol):
+@dataclass(frozen=True)
+class AccountRecord:
+    """An account and the ids of its access keys (never the secrets)."""
+
+    id: str
+    name: str
+    created_at: float
+    access_key_ids: tuple[str, ...] = ()
+
+
+class AccountStore(Protocol):
+    async def insert_account(self, account_id: str, name: str) -> bool:
+        """Create the account; False if it exists already."""
+        ...
+
+    async def get_account(self, account_id: str) -> AccountRecord | None: ...
+    async def list_accounts(self) -> list[AccountRecord]: ...
+    async def put_access_key(self, account_id: str, access_key_id: str, secret: str) -> bool:
+        """Add the key to the account (or set its secret if the account holds it already);
+        False, changing nothing, when another account holds that key id."""
+        ...
+
+    async def delete_access_key(self, access_key_id: str) -> bool: ...
+    async def access_key(self, access_key_id: str) -> tuple[str, str] | None:
+        """(account id, secret) of an access key."""
+        ...
+
+
+class Store(AccountStore, Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -108,6 +152,19 @@ class Store(Protocol):
 
     async def count_snapshots(self, owner_id: str) -> int: ...
     async def volumes_restoring_from(self, snapshot_id: str) -> list[str]: ...
+
+    # create-volume permissions of snapshots
+    async def snapshot_grantees(self, snapshot_id: str) -> list[str]:
+        """Account ids and groups (``all``) that may create volumes from the snapshot."""
+        ...
+
+    async def change_snapshot_grantees(
+        self, snapshot_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> None:
+        """Grant ``add``, then revoke ``remove``, in one transaction."""
+        ...
+
+    async def clear_snapshot_grantees(self, snapshot_id: str) -> None: ...
 
     # manifests
     async def add_manifest_rows(

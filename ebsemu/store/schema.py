@@ -121,4 +121,26 @@ MIGRATIONS: list[str] = [
     CREATE INDEX instances_owner ON instances(owner_id, region);
     ALTER TABLE attachments ADD COLUMN handle TEXT;
     """,
+    # 4: accounts and their access keys; snapshots' create-volume permissions
+    """
+    CREATE TABLE accounts (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE access_keys (
+        access_key_id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        secret TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX access_keys_account ON access_keys(account_id);
+
+    CREATE TABLE snapshot_permissions (
+        snapshot_id TEXT NOT NULL,
+        grantee TEXT NOT NULL,  -- a 12-digit account id, or 'all' (public)
+        PRIMARY KEY (snapshot_id, grantee)
+    ) WITHOUT ROWID;
+    CREATE INDEX snapshot_permissions_grantee ON snapshot_permissions(grantee, snapshot_id);
+    """,
 ]

@@ -146,9 +146,17 @@ def filter_sql(
     *,
     related: Related | None = None,
     tags: bool = True,
+    tag_owner: str | None = None,
 ) -> list[str]:
-    """SQL conditions (ANDed) for ``filters``; appends bind values to ``params``."""
+    """SQL conditions (ANDed) for ``filters``; appends bind values to ``params``.
+
+    With ``tag_owner``, tag filters match only the tags that account put on (a snapshot
+    shared with it shows none of its owner's tags).
+    """
     conditions: list[str] = []
+    owned = ""
+    if tag_owner is not None:
+        owned = "t.owner_id = ? AND "
     for flt in filters:
         name = flt.name
         if name in columns:
@@ -157,14 +165,18 @@ def filter_sql(
             inner = _match(related.columns[name], flt.values, params)
             conditions.append(f"{id_column} IN ({related.source} WHERE {inner})")
         elif tags and name.startswith("tag:") and len(name) > 4:
-            params.append(name[4:])
+            params += [name[4:], *([tag_owner] if tag_owner is not None else [])]
             inner = _match("t.value", flt.values, params)
             conditions.append(
-                f"{id_column} IN (SELECT t.resource_id FROM tags t WHERE t.key = ? AND {inner})"
+                f"{id_column} IN (SELECT t.resource_id FROM tags t "
+                f"WHERE t.key = ? AND {owned}{inner})"
             )
         elif tags and name == "tag-key":
+            params += [tag_owner] if tag_owner is not None else []
             inner = _match("t.key", flt.values, params)
-            conditions.append(f"{id_column} IN (SELECT t.resource_id FROM tags t WHERE {inner})")
+            conditions.append(
+                f"{id_column} IN (SELECT t.resource_id FROM tags t WHERE {owned}{inner})"
+            )
         else:
             raise UnknownFilterError(name)
     return conditions

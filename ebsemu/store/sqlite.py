@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ebsemu.model import Snapshot, SnapshotState, TagRecord, Volume, VolumeState
+from ebsemu.private_files import private_database
 from ebsemu.store.base import TOKEN_RETENTION_SECONDS, ListQuery, Page
 from ebsemu.store.rows import SNAPSHOT_COLUMNS, VOLUME_COLUMNS, snapshot_from_row, volume_from_row
 from ebsemu.store.sql_filters import (
@@ -22,6 +23,7 @@ from ebsemu.store.sql_filters import (
     VOLUME_FILTERS,
     filter_sql,
 )
+from ebsemu.store.sqlite_accounts import AccountTables
 from ebsemu.store.sqlite_base import placeholders, prefixed
 from ebsemu.store.sqlite_instances import InstanceTables
 from ebsemu.timefmt import to_wire
@@ -29,7 +31,12 @@ from ebsemu.timefmt import to_wire
 log = logging.getLogger(__name__)
 
 
-class SqliteStore(InstanceTables):
+class SqliteStore(InstanceTables, AccountTables):
+    async def open(self) -> None:
+        """Open (creating and migrating) the database, readable by its owner only."""
+        private_database(self._path)
+        await super().open()
+
     # ---- volumes -------------------------------------------------------------------------
 
     async def insert_volume(self, volume: Volume) -> Volume:
@@ -199,8 +206,11 @@ class SqliteStore(InstanceTables):
 
     async def list_snapshots(self, query: ListQuery) -> Page[Snapshot]:
         params: list[object] = []
-        where = ["s.deleted = 0", *self._scope("s", query, params)]
-        where += filter_sql(query.filters, SNAPSHOT_FILTERS, "s.id", params)
+        if query.reach is None:
+            where = ["s.deleted = 0", *self._scope("s", query, params)]
+        else:
+            where = ["s.deleted = 0", *self._reach_scope(query, params)]
+        where += filter_sql(query.filters, SNAPSHOT_FILTERS, "s.id", params, tag_owner=query.viewer)
         rows = await self._page_rows(
             f"SELECT s.seq, {prefixed('s', SNAPSHOT_COLUMNS)} FROM snapshots s",
             where,
@@ -211,6 +221,30 @@ class SqliteStore(InstanceTables):
         page = self._paginate(rows, query, snapshot_from_row)
         page.items = await self._with_tags(page.items)
         return page
+
+    @staticmethod
+    def _reach_scope(query: ListQuery, params: list[object]) -> list[str]:
+        """Snapshots matching any of ``query.reach``, in the region, among the ids if given."""
+        assert query.reach is not None
+        terms: list[str] = []
+        for reach in query.reach:
+            parts: list[str] = []
+            if reach.owners is not None:
+                parts.append(f"s.owner_id IN ({placeholders(len(reach.owners))})")
+                params += sorted(reach.owners)
+            if reach.grantees is not None:
+                parts.append(
+                    "s.id IN (SELECT p.snapshot_id FROM snapshot_permissions p "
+                    f"WHERE p.grantee IN ({placeholders(len(reach.grantees))}))"
+                )
+                params += sorted(reach.grantees)
+            terms.append("(" + (" AND ".join(parts) or "1") + ")")
+        where = ["(" + (" OR ".join(terms) or "0") + ")", "s.region = ?"]
+        params.append(query.region)
+        if query.ids:
+            where.append(f"s.id IN ({placeholders(len(query.ids))})")
+            params += query.ids
+        return where
 
     async def transition_snapshot(
         self,

@@ -40,7 +40,8 @@ class InstanceTables(SqliteBase):
                 await db.execute(
                     f"INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (vmm, domain) DO UPDATE SET state = excluded.state, "
-                    "zone = excluded.zone, region = excluded.region",
+                    "zone = excluded.zone, region = excluded.region, "
+                    "owner_id = excluded.owner_id",
                     (
                         instance.id,
                         instance.owner_id,
