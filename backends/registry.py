@@ -1,13 +1,14 @@
-"""Explicit registries of the backends a configuration can name."""
+"""Explicit registries of the backends a configuration can name (classes, for the compliance
+test and for wiring; ebsemu.hosts builds them from the configuration)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
-from backends.base import BlockStore, StorageBackend
 from backends.blockstore import LocalBlockStore
 from backends.file import FileStorage
+from backends.lvm import LvmStorage
 
-STORAGE: dict[str, Callable[[Path], StorageBackend]] = {"file": FileStorage}
-BLOCK_STORES: dict[str, Callable[[Path], BlockStore]] = {"local": LocalBlockStore}
+STORAGE: dict[str, type[FileStorage] | type[LvmStorage]] = {
+    "file": FileStorage,
+    "lvm": LvmStorage,
+}
+BLOCK_STORES: dict[str, type[LocalBlockStore]] = {"local": LocalBlockStore}

@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from aiohttp import web
 
 from backends import registry
-from backends.base import VmmBackend
-from backends.vmm import VMMS
+from ebsemu import hosts
 from ebsemu.api.actions import Services
 from ebsemu.api.authn import Authenticator
 from ebsemu.api.handler import AUTH_KEY, LIMITER_KEY, SERVICES_KEY, handle_ec2, handle_unknown
@@ -25,6 +24,7 @@ from ebsemu.private_files import private_dir
 from ebsemu.service.accounts import AccountService, configured_key
 from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.core import Core
+from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
 from ebsemu.service.sharing import SharingService
@@ -32,7 +32,6 @@ from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.sqlite import SqliteStore
-from hostcmds import LocalRunner, load_templates
 
 log = logging.getLogger(__name__)
 
@@ -41,50 +40,34 @@ PURGE_INTERVAL_SECONDS = 5.0
 
 
 def build_core(config: Config) -> Core:
-    make_storage = registry.STORAGE.get(config.storage_backend)
-    if make_storage is None:
-        known = ", ".join(registry.STORAGE)
-        raise SystemExit(f"unknown storage backend {config.storage_backend!r}; known: {known}")
+    runner, templates = hosts.shared_tools(config)
+    export = hosts.build_export(config, runner, templates)
     store = SqliteStore(config.database)
     return Core(
-        vmms=build_vmms(config),
         config=config,
         store=store,
-        storage=make_storage(config.volumes_dir),
+        storage=hosts.build_storage(config, runner, templates),
         blocks=registry.BLOCK_STORES["local"](config.blocks_dir),
         jobs=Jobs(store),
+        vmms=hosts.build_vmms(config, runner, templates),
+        export=export,
+        initiators=hosts.initiators(config, export),
     )
-
-
-def build_vmms(config: Config) -> dict[str, VmmBackend]:
-    """One driver per configured VMM host, sharing the command templates and a local runner."""
-    templates = load_templates(config.hostcmds)
-    runner = LocalRunner()
-    vmms: dict[str, VmmBackend] = {}
-    zones = {zone.name for zone in config.zones}
-    for host in config.vmm_hosts:
-        factory = VMMS.get(host.driver)
-        if factory is None:
-            raise SystemExit(
-                f"[vmm {host.name}]: unknown driver {host.driver!r}; known: {', '.join(VMMS)}"
-            )
-        if host.zone not in zones:
-            raise SystemExit(f"[vmm {host.name}]: zone {host.zone!r} is not a configured zone")
-        vmms[host.name] = factory.from_options(host.options, runner=runner, templates=templates)
-    return vmms
 
 
 def build_services(core: Core) -> Services:
     volumes = VolumeService(core)
     snapshots = SnapshotService(core, volumes)
     instances = InstanceService(core)
+    exports = ExportService(core)
     return Services(
         config=core.config,
         volumes=volumes,
         snapshots=snapshots,
         tags=TagService(core, volumes, snapshots, instances),
         instances=instances,
-        attachments=AttachmentService(core, volumes, instances),
+        attachments=AttachmentService(core, volumes, instances, exports),
+        exports=exports,
         sharing=SharingService(core, snapshots.get),
     )
 
@@ -148,7 +131,8 @@ def make_app(
     accounts = AccountService(core.store)
     app = web.Application(client_max_size=config.max_request_bytes)
     app[CORE_KEY] = core
-    app[SERVICES_KEY] = build_services(core)
+    services = build_services(core)
+    app[SERVICES_KEY] = services
     app[AUTH_KEY] = Authenticator(accounts.key, default_account=config.account_id, enabled=auth)
     app[LIMITER_KEY] = RateLimiter(config.requests_per_second, config.request_burst)
     app.router.add_route("POST", "/", handle_ec2)
@@ -164,9 +148,12 @@ def make_app(
                 config.account_id,
             )
         await core.storage.check_setup()
+        if core.export is not None:
+            await core.export.check_setup()
         for vmm in core.vmms.values():
             await vmm.check_setup()
         await asyncio.to_thread(core.blocks.remove_temp_files)
+        await services.exports.reconcile()
         resumed = await core.jobs.resume()
         settled = await core.jobs.settle_stranded()
         if resumed or settled:

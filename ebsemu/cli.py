@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     common_accounts = argparse.ArgumentParser(add_help=False, parents=[common])
     common_accounts.add_argument("--json", action="store_true", help="print JSON")
     cli_accounts.add_commands(accounts, common_accounts)
+    commands.add_parser(
+        "check-host",
+        parents=[common],
+        help="check that every configured storage, export and VMM host is ready",
+    )
     return parser
 
 
@@ -59,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "accounts":
         return cli_accounts.run(args, cfg)
+    if args.command == "check-host":
+        from ebsemu import check_host
+
+        return check_host.run(cfg)
     return _serve(cfg, no_auth=args.no_auth)
 
 

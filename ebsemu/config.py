@@ -30,6 +30,10 @@ class VmmHost:
     zone: str
     options: dict[str, str] = field(default_factory=dict)
     account_id: str | None = None  # who owns its instances; None: the default account
+    url: str = "local"  # "local", or ssh://[user@]host[:port] to run its commands over SSH
+    ssh_options: dict[str, str] = field(default_factory=dict)  # key_file, known_hosts, host_key
+    initiator_address: str | None = None  # how an iSCSI target sees this host (tgt ACL)
+    initiator_name: str | None = None  # its iSCSI initiator IQN, when bound by name
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class Config:
     account_id: str = DEFAULT_ACCOUNT_ID
     storage_backend: str = "file"
     storage_path: Path | None = None
+    storage_options: dict[str, str] = field(default_factory=dict)  # backend-specific (lvm)
+    export_backend: str = "none"
+    export_options: dict[str, str] = field(default_factory=dict)
     blockstore_path: Path | None = None
     deleted_visible_seconds: float = 10.0
     max_volumes: int = 5000
@@ -153,6 +160,13 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
         values["storage_backend"] = storage.get("backend", "file")
         if "path" in storage:
             values["storage_path"] = base / storage["path"]
+        values["storage_options"] = {
+            key: value for key, value in storage.items() if key not in ("backend", "path")
+        }
+    if parser.has_section("export"):
+        export = dict(parser["export"])
+        values["export_backend"] = export.pop("backend", "none")
+        values["export_options"] = export
     if parser.has_section("blockstore") and "path" in parser["blockstore"]:
         values["blockstore_path"] = base / parser["blockstore"]["path"]
     zones: list[Zone] = []
@@ -185,4 +199,10 @@ def _vmm_host(name: str, options: dict[str, str]) -> VmmHost:
         raise ValueError(f"[vmm {name}] needs both driver = … and zone = …")
     if account is not None and not ACCOUNT_ID.fullmatch(account):
         raise ValueError(f"[vmm {name}] account must be a 12-digit account id")
-    return VmmHost(name, driver, zone, options, account)
+    url = options.pop("url", "local")
+    ssh_keys: tuple[str, ...] = ("key_file", "known_hosts", "host_key")
+    ssh_options = {key: options.pop(key) for key in ssh_keys if key in options}
+    address = options.pop("initiator_address", None)
+    # QEMU presents the initiator name itself (its driver option); other drivers do not see it.
+    iqn = options.get("initiator_name") if driver == "qemu" else options.pop("initiator_name", None)
+    return VmmHost(name, driver, zone, options, account, url, ssh_options, address, iqn)

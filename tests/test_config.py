@@ -26,13 +26,27 @@ def test_every_config_option_is_documented_in_the_example() -> None:
         "zones",
         "storage_backend",
         "storage_path",
+        "storage_options",
+        "export_options",
+        "export_backend",
         "blockstore_path",
         "hostcmds",
         "vmm_hosts",
     }
     for option in {f.name for f in dataclasses.fields(config.Config)} - derived:
         assert f"{option} =" in text, f"{option} is not documented in config.example.ini"
-    for section in ("[storage]", "path =", "[blockstore]", "[region ", "[vmm ", "[hostcmds "):
+    for section in (
+        "[storage]",
+        "path =",
+        "[blockstore]",
+        "[region ",
+        "[vmm ",
+        "[hostcmds ",
+        "[export]",
+        "record_dir",
+        "initiator_address",
+        "url = local",
+    ):
         assert section in text
 
 

@@ -12,6 +12,7 @@ from ebsemu.config import Config
 from ebsemu.service import sharing, validation, zones
 from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.context import RequestContext
+from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshots import SnapshotService
@@ -31,6 +32,7 @@ class Services:
     instances: InstanceService
     attachments: AttachmentService
     sharing: SharingService
+    exports: ExportService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]

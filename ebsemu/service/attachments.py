@@ -12,13 +12,14 @@ import logging
 import re
 from typing import Any
 
-from backends.base import AttachSpec, LocalSource
+from backends.base import AttachSpec
 from backends.errors import BackendError
 from backends.vmm.errors import DomainNotFound
 from ebsemu import errors
 from ebsemu.model import Attachment, AttachmentState, VolumeState, utcnow
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService, check_instance_id
 from ebsemu.service.volumes import VolumeService
 
@@ -45,10 +46,17 @@ def vmm_device(device: str) -> str:
 
 
 class AttachmentService:
-    def __init__(self, core: Core, volumes: VolumeService, instances: InstanceService) -> None:
+    def __init__(
+        self,
+        core: Core,
+        volumes: VolumeService,
+        instances: InstanceService,
+        exports: ExportService,
+    ) -> None:
         self._core = core
         self._volumes = volumes
         self._instances = instances
+        self._exports = exports
         core.jobs.register("attach_volume", self._run_attach)
         core.jobs.register("detach_volume", self._run_detach)
         instances.on_terminated = self._instance_terminated
@@ -161,7 +169,7 @@ class AttachmentService:
         try:
             if instance is None:
                 raise BackendError(f"instance {instance_id} is gone")
-            source = LocalSource(self._core.storage.device_path(volume_id))
+            source = await self._exports.source_for(volume_id, instance.vmm)
             disk = await self._instances.vmm_of(instance).attach(
                 instance.domain, AttachSpec(volume_id, vmm_device(attachment.device), source)
             )
@@ -169,6 +177,7 @@ class AttachmentService:
             log.error(
                 "volume %s: attach to %s failed, rolled back: %s", volume_id, instance_id, exc
             )
+            await self._exports.release(volume_id)
             await store.abort_attach(volume_id, instance_id)
             return
         await store.transition_attachment(
@@ -206,6 +215,7 @@ class AttachmentService:
                     volume_id, instance_id, {AttachmentState.DETACHING}, AttachmentState.BUSY
                 )
                 return
+        await self._exports.release(volume_id)
         await store.finish_detach(volume_id, instance_id)
         log.info("volume %s: detached from %s", volume_id, instance_id)
 
@@ -214,6 +224,7 @@ class AttachmentService:
         store = self._core.store
         attachments = (await store.attachments_of_instances([instance_id])).get(instance_id, [])
         for attachment in attachments:
+            await self._exports.release(attachment.volume_id)
             await store.finish_detach(attachment.volume_id, instance_id)
             if attachment.delete_on_termination and await store.transition_volume(
                 attachment.volume_id, {VolumeState.AVAILABLE}, VolumeState.DELETING

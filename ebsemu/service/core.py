@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from backends.base import BlockStore, StorageBackend, VmmBackend
+from backends.base import BlockStore, ExportBackend, Initiator, StorageBackend, VmmBackend
 from ebsemu import errors
 from ebsemu.config import Config, Zone
 from ebsemu.service.jobs import Jobs, ResourceLocks
@@ -20,6 +20,8 @@ class Core:
     blocks: BlockStore
     jobs: Jobs
     vmms: dict[str, VmmBackend] = field(default_factory=dict)  # by configured VMM host name
+    export: ExportBackend | None = None  # None: storage and VMMs share this host
+    initiators: dict[str, Initiator] = field(default_factory=dict)  # by VMM host name
     locks: ResourceLocks = field(default_factory=ResourceLocks)
     # Held while manifest rows are added with their blocks, and while unreferenced blocks are
     # swept, so a sweep never deletes a block a running snapshot has just counted on.

@@ -143,4 +143,11 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX snapshot_permissions_grantee ON snapshot_permissions(grantee, snapshot_id);
     """,
+    # 5: export records (target, CHAP credentials) of attached volumes, re-applied at start
+    """
+    CREATE TABLE exports (
+        volume_id TEXT PRIMARY KEY,
+        record TEXT NOT NULL
+    );
+    """,
 ]

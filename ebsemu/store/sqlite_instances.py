@@ -163,6 +163,25 @@ class InstanceTables(SqliteBase):
         )
         return changed == 1
 
+    # ---- export records ------------------------------------------------------------------
+
+    async def save_export(self, volume_id: str, record: str) -> None:
+        await self._write(
+            "INSERT INTO exports (volume_id, record) VALUES (?, ?) "
+            "ON CONFLICT (volume_id) DO UPDATE SET record = excluded.record",
+            (volume_id, record),
+        )
+
+    async def drop_export(self, volume_id: str) -> None:
+        await self._write("DELETE FROM exports WHERE volume_id = ?", (volume_id,))
+
+    async def exports(self) -> list[str]:
+        return [row[0] for row in await self._rows("SELECT record FROM exports")]
+
+    async def attached_volume_ids(self) -> set[str]:
+        rows = await self._rows("SELECT DISTINCT volume_id FROM attachments")
+        return {row[0] for row in rows}
+
     # ---- helpers -------------------------------------------------------------------------
 
     async def _attachments_by(self, column: str, ids: Sequence[str]) -> dict[str, list[Attachment]]:

@@ -1,0 +1,44 @@
+"""`ebsemu check-host`: is every configured host ready? One line per host and role, with what
+is missing and how to install it (each backend's own check_setup says so)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from backends.errors import SetupError
+from ebsemu import hosts
+from ebsemu.config import Config
+
+
+async def check(config: Config) -> list[tuple[str, str | None]]:
+    """(what was checked, None when ready or the problem) for every configured host role."""
+    runner, templates = hosts.shared_tools(config)
+    checks: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        (f"storage ({config.storage_backend})",
+         hosts.build_storage(config, runner, templates).check_setup),
+    ]  # fmt: skip
+    export = hosts.build_export(config, runner, templates)
+    if export is not None:
+        checks.append((f"export ({config.export_backend})", export.check_setup))
+    vmms = hosts.build_vmms(config, runner, templates)
+    for host in config.vmm_hosts:
+        checks.append((f"vmm {host.name} ({host.driver}, {host.url})", vmms[host.name].check_setup))
+    results: list[tuple[str, str | None]] = []
+    for name, probe in checks:
+        try:
+            await asyncio.wait_for(probe(), timeout=60)
+        except (SetupError, TimeoutError) as exc:
+            results.append((name, str(exc) or "timed out"))
+        else:
+            results.append((name, None))
+    return results
+
+
+def run(config: Config) -> int:
+    results = asyncio.run(check(config))
+    for name, problem in results:
+        print(
+            f"{'ok  ' if problem is None else 'FAIL'} {name}" + (f": {problem}" if problem else "")
+        )
+    return 0 if all(problem is None for _, problem in results) else 1
