@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CORE_KEY: web.AppKey[Core] = web.AppKey("core", Core)
 PURGE_INTERVAL_SECONDS = 5.0
+STATISTICS_EVERY_ROUNDS = 12  # one minute
 
 
 def build_core(config: Config) -> Core:
@@ -106,16 +107,21 @@ async def _default_account(
     )
 
 
-async def _purge_deleted(core: Core) -> None:
-    """Deleted volumes answer `deleted` for a short while, then InvalidVolume.NotFound."""
+async def _maintenance(core: Core) -> None:
+    """Deleted volumes answer `deleted` for a short while, then InvalidVolume.NotFound; the
+    query planner's statistics follow the tables as they grow."""
+    rounds = 0
     while True:
         await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        rounds += 1
         try:
             await core.store.purge_deleted_volumes(
                 time.time() - core.config.deleted_visible_seconds
             )
+            if rounds % STATISTICS_EVERY_ROUNDS == 0:
+                await core.store.refresh_statistics()
         except Exception:
-            log.exception("purging deleted volumes failed")
+            log.exception("store maintenance failed")
 
 
 def make_app(
@@ -168,7 +174,7 @@ def make_app(
             await core.jobs.close()
             await core.store.close()  # its thread would keep a failed start from exiting
             raise
-        purger = asyncio.create_task(_purge_deleted(core))
+        purger = asyncio.create_task(_maintenance(core))
         log.info(
             "ebsemu serving EC2 on %s/ (listening on %s:%d, data in %s)",
             endpoint_url(config),

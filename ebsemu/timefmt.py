@@ -6,9 +6,15 @@ from datetime import UTC, datetime
 
 
 def to_wire(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("a naive datetime has no place on the wire: give it a time zone")
     moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def from_wire(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """Inverse of ``to_wire`` (fromisoformat: several times faster than strptime)."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {text!r}")
+    return moment.astimezone(UTC)

@@ -102,6 +102,9 @@ class AccountStore(Protocol):
 class Store(AccountStore, Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+    async def refresh_statistics(self) -> None:
+        """Let the query planner see the tables' current shape (bounded work)."""
+        ...
 
     # volumes
     async def insert_volume(self, volume: Volume) -> Volume:

@@ -58,6 +58,14 @@ class SqliteBase:
         await self.db.execute("PRAGMA synchronous=FULL")
         await self.db.execute("PRAGMA foreign_keys=ON")
         await self._migrate()
+        await self.refresh_statistics()
+
+    async def refresh_statistics(self) -> None:
+        """Give the query planner table statistics (bounded work), so listing pages walk the
+        seq order and tag filters use their index instead of scanning and sorting."""
+        async with self._lock:
+            await self.db.execute("PRAGMA analysis_limit=1000")
+            await self.db.execute("ANALYZE")
 
     async def close(self) -> None:
         if self._db is not None:
