@@ -1,5 +1,10 @@
 """libvirt domains through virsh (commands from virsh.ini): attach-disk / detach-disk --live.
 
+An iSCSI volume becomes a network disk (libvirt's own iSCSI client, no host login): its CHAP
+secret is a libvirt secret of usage ``ebsemu-<volume id>`` with a UUID derived from the volume id,
+defined before attach-device and undefined on detach or a failed attach. The secret's XML, its
+value and the disk's XML reach virsh on stdin, never in argv or a file.
+
 Each volume's disk gets the user alias ``ua-ebs-<volume id>-<device>`` and the volume id as its
 serial, so ``virsh dumpxml`` tells which volume is attached under which device name.
 """
@@ -9,12 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, LocalSource
+from backends.base import (
+    AttachedDisk,
+    AttachSpec,
+    Domain,
+    DomainState,
+    IscsiSource,
+    LocalSource,
+)
 from backends.errors import SetupError
 from backends.options import Options
 from backends.vmm.errors import (
@@ -43,6 +56,7 @@ from hostcmds import (
     CommandTimeout,
     HostCommandError,
 )
+from hostcmds.runner import mask
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +69,13 @@ TEMPLATES = (
     "detachDiskCmd",
     "blockInfoCmd",
     "blockResizeCmd",
+    "attachDeviceCmd",
+    "secretDefineCmd",
+    "secretSetValueCmd",
+    "secretUndefineCmd",
 )
+STDIN = "/dev/stdin"
+SECRET_NAMESPACE = uuid.UUID("4c0a2f0e-8d47-5b8e-9a52-6562736d7500")
 ALIAS = re.compile(r"ua-ebs-(vol-[0-9a-f]+)-([a-z]+)")
 DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 POLL_INTERVAL = 0.2
@@ -90,6 +110,7 @@ class LibvirtDisk:
     source: str | None
     serial: str | None
     alias: str | None
+    network: bool = False
 
 
 def parse_domain_list(text: str) -> list[Domain]:
@@ -121,15 +142,79 @@ def parse_disks(domain_xml: str) -> list[LibvirtDisk]:
         source = disk.find("source")
         serial = disk.findtext("serial")
         alias = disk.find("alias")
+        network = disk.get("type") == "network" and source is not None
         disks.append(
             LibvirtDisk(
                 target=str(target.get("dev")),
-                source=(source.get("file") or source.get("dev")) if source is not None else None,
+                source=_source_text(source),
                 serial=serial.strip() if serial else None,
                 alias=alias.get("name") if alias is not None else None,
+                network=network,
             )
         )
     return disks
+
+
+def _source_text(source: ET.Element | None) -> str | None:
+    """A disk's host path, or for a network disk its URL (protocol://host:port/name)."""
+    if source is None:
+        return None
+    if source.get("protocol"):
+        host = source.find("host")
+        where = ""
+        if host is not None and host.get("name"):
+            where = str(host.get("name")) + (f":{host.get('port')}" if host.get("port") else "")
+        return f"{source.get('protocol')}://{where}/{source.get('name', '')}"
+    return source.get("file") or source.get("dev")
+
+
+def secret_usage(volume_id: str) -> str:
+    """The usage name of the libvirt secret that holds a volume's CHAP secret."""
+    return f"ebsemu-{volume_id}"
+
+
+def secret_uuid(volume_id: str) -> str:
+    """The UUID of that secret: derived from the volume id, so detach finds it again."""
+    return str(uuid.uuid5(SECRET_NAMESPACE, volume_id))
+
+
+def split_portal(portal: str) -> tuple[str, str]:
+    """ "10.0.0.5:3260" -> ("10.0.0.5", "3260"); "[fd00::5]:3260" -> ("fd00::5", "3260");
+    no port -> iSCSI's 3260."""
+    match = re.fullmatch(
+        r"\[(?P<v6>[^\]]+)\](?::(?P<p6>\d+))?|(?P<host>[^:]+)(?::(?P<port>\d+))?", portal
+    )
+    if not match:
+        raise AttachError(f"not an iSCSI portal: {portal!r}")
+    host = match.group("v6") or match.group("host")
+    return host, match.group("p6") or match.group("port") or "3260"
+
+
+def secret_xml(volume_id: str) -> str:
+    root = ET.Element("secret", ephemeral="no", private="yes")
+    ET.SubElement(root, "uuid").text = secret_uuid(volume_id)
+    ET.SubElement(root, "description").text = f"CHAP secret of {volume_id}"
+    usage = ET.SubElement(root, "usage", type="iscsi")
+    ET.SubElement(usage, "target").text = secret_usage(volume_id)
+    return ET.tostring(root, encoding="unicode")
+
+
+def iscsi_disk_xml(
+    volume_id: str, source: IscsiSource, *, target: str, bus: str, serial: str, alias: str
+) -> str:
+    """One <disk type='network'> for ``virsh attach-device`` (no secret value in it)."""
+    disk = ET.Element("disk", type="network", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="raw", discard="unmap")
+    src = ET.SubElement(disk, "source", protocol="iscsi", name=f"{source.iqn}/{source.lun}")
+    host, port = split_portal(source.portal)
+    ET.SubElement(src, "host", name=host, port=port)
+    if source.chap_user:
+        auth = ET.SubElement(src, "auth", username=source.chap_user)
+        ET.SubElement(auth, "secret", type="iscsi", usage=secret_usage(volume_id))
+    ET.SubElement(disk, "target", dev=target, bus=bus)
+    ET.SubElement(disk, "serial").text = serial
+    ET.SubElement(disk, "alias", name=alias)
+    return ET.tostring(disk, encoding="unicode")
 
 
 def attached_disk(disk: LibvirtDisk) -> AttachedDisk | None:
@@ -198,7 +283,7 @@ class LibvirtVmm:
     async def _attach(self, domain: str, spec: AttachSpec) -> AttachedDisk:
         volume_id = check_volume_id(spec.volume_id)
         prefix, letters = device_parts(spec.device)
-        if not isinstance(spec.source, LocalSource):
+        if not isinstance(spec.source, LocalSource | IscsiSource):
             raise UnsupportedSource(f"libvirt driver cannot attach a {type(spec.source).__name__}")
         virtio = self._config.bus == "virtio"
         target = ("vd" if virtio else "sd") + letters
@@ -211,16 +296,19 @@ class LibvirtVmm:
                 raise AttachError(f"{volume_id} is attached to {domain} as {found.device}")
             if disk.target == target:
                 raise DeviceInUse(f"{spec.device} ({target}) on {domain} is in use")
-        values = {
-            "domain": domain,
-            "source": spec.source.path,
-            "target": target,
-            "bus": self._config.bus,
-            "serial": compact_serial(volume_id) if virtio else volume_id,
-            "alias": alias,
-        }
+        serial = compact_serial(volume_id) if virtio else volume_id
+        if isinstance(spec.source, IscsiSource):
+            return await self._attach_iscsi(domain, spec, spec.source, target, serial, alias)
         try:
-            await self._run("attachDiskCmd", **values)
+            await self._run(
+                "attachDiskCmd",
+                domain=domain,
+                source=spec.source.path,
+                target=target,
+                bus=self._config.bus,
+                serial=serial,
+                alias=alias,
+            )
         except CommandTimeout as exc:
             await self._roll_back(domain, target)
             raise AttachError(f"{domain}: attach-disk of {volume_id} timed out") from exc
@@ -228,6 +316,47 @@ class LibvirtVmm:
             raise AttachError(f"{domain}: attach-disk of {volume_id}: {exc}") from exc
         log.info("%s: attached %s as %s (%s)", domain, volume_id, spec.device, target)
         return AttachedDisk(volume_id, spec.device, target, spec.source.path)
+
+    async def _attach_iscsi(
+        self,
+        domain: str,
+        spec: AttachSpec,
+        source: IscsiSource,
+        target: str,
+        serial: str,
+        alias: str,
+    ) -> AttachedDisk:
+        volume_id = spec.volume_id
+        if bool(source.chap_user) != bool(source.chap_secret):
+            raise AttachError(f"{volume_id}: a CHAP user needs a secret and a secret a user")
+        hidden = [source.chap_secret] if source.chap_secret else []
+        xml = iscsi_disk_xml(
+            volume_id, source, target=target, bus=self._config.bus, serial=serial, alias=alias
+        )
+        url = f"iscsi://{source.portal}/{source.iqn}/{source.lun}"
+        step = "secret-define"
+        try:
+            if source.chap_secret:
+                await self._run("secretDefineCmd", input=secret_xml(volume_id), xmlFile=STDIN)
+                step = "secret-set-value"
+                await self._run(
+                    "secretSetValueCmd",
+                    input=source.chap_secret,
+                    secrets=hidden,
+                    secretUuid=secret_uuid(volume_id),
+                    valueFile=STDIN,
+                )
+            step = "attach-device"
+            await self._run("attachDeviceCmd", input=xml, domain=domain, xmlFile=STDIN)
+        except (CommandError, CommandTimeout) as exc:
+            if step == "attach-device" and isinstance(exc, CommandTimeout):
+                await self._roll_back(domain, target)
+            if source.chap_secret:
+                await self._drop_secret(domain, volume_id)
+            message = f"{domain}: {step} for {volume_id}: {exc}"
+            raise AttachError(mask(message, hidden)) from exc
+        log.info("%s: attached %s as %s (%s, %s)", domain, volume_id, spec.device, target, url)
+        return AttachedDisk(volume_id, spec.device, target, url)
 
     @translates_command_errors
     async def detach(self, domain: str, volume_id: str, *, force: bool = False) -> None:
@@ -257,6 +386,8 @@ class LibvirtVmm:
                     await asyncio.sleep(POLL_INTERVAL)
         except TimeoutError:
             raise DetachTimeout(f"{domain}: {disk.handle} still attached") from None
+        if disk.source is not None and disk.source.startswith("iscsi://"):
+            await self._drop_secret(domain, volume_id)
         log.info("%s: detached %s (%s)", domain, volume_id, disk.handle)
 
     @translates_command_errors
@@ -279,11 +410,28 @@ class LibvirtVmm:
 
     # -- internals --------------------------------------------------------------------------
 
-    async def _run(self, key: str, **values: str) -> CommandResult:
+    async def _run(
+        self, key: str, *, input: str | None = None, secrets: list[str] | None = None, **values: str
+    ) -> CommandResult:
         if "domain" in values and not DOMAIN_NAME.fullmatch(values["domain"]):
             raise InvalidName(f"not a libvirt domain name: {values['domain']!r}")
         argv = self._templates.render(TOOL, key, {"uri": self._config.uri, **values})
-        return await self._runner.run(argv, timeout=self._config.command_timeout)
+        return await self._runner.run(
+            argv,
+            timeout=self._config.command_timeout,
+            input=input.encode() if input is not None else None,
+            secrets=secrets or [],
+        )
+
+    async def _drop_secret(self, domain: str, volume_id: str) -> None:
+        """Undefine the volume's CHAP secret; one that is not there is not an error."""
+        try:
+            await self._run("secretUndefineCmd", secretUuid=secret_uuid(volume_id))
+            log.info("%s: undefined the CHAP secret of %s", domain, volume_id)
+        except CommandError as exc:
+            log.info("%s: no CHAP secret of %s to undefine (%s)", domain, volume_id, exc)
+        except CommandTimeout as exc:
+            log.error("%s: undefining the CHAP secret of %s: %s", domain, volume_id, exc)
 
     async def _disks(self, domain: str) -> list[LibvirtDisk]:
         try:

@@ -4,6 +4,8 @@ section (xen-xl.ini, xen-xm.ini, or a user-defined one) — the commands are dat
 A volume attaches as ``phy:<dom0 device>``; ``block-list`` gives each virtual device's backend
 path and the backend's ``params`` (read with xenstore-read) names the dom0 device, which holds the
 volume id.
+An iSCSI volume is logged in to first (iscsi_login.py) and attached as its by-path device, whose
+name carries the target's IQN and so the volume id; detach logs out of the target again.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, LocalSource
+from backends.base import (
+    AttachedDisk,
+    AttachSpec,
+    Domain,
+    DomainState,
+    IscsiSource,
+    LocalSource,
+)
 from backends.errors import SetupError
 from backends.options import Options
 from backends.vmm.errors import (
@@ -27,6 +36,7 @@ from backends.vmm.errors import (
     VmmError,
     translates_command_errors,
 )
+from backends.vmm.iscsi_login import IscsiLogin, parse_by_path
 from backends.vmm.naming import check_volume_id, device_basename, volume_id_in
 from hostcmds import (
     CommandError,
@@ -185,6 +195,7 @@ class XenVmm:
         templates.require(self._config.profile, TEMPLATES)
         self._runner = runner
         self._templates = templates
+        self._iscsi = IscsiLogin(runner, templates, self._config.command_timeout)
 
     def _lock(self, domain: str) -> asyncio.Lock:
         return self._locks.setdefault(domain, asyncio.Lock())
@@ -223,7 +234,7 @@ class XenVmm:
         volume_id = check_volume_id(spec.volume_id)
         name = device_basename(spec.device)
         vdev = vdev_number(name)
-        if not isinstance(spec.source, LocalSource):
+        if not isinstance(spec.source, LocalSource | IscsiSource):
             raise UnsupportedSource(f"xen driver needs a dom0 block device, not {spec.source}")
         for disk in await self.list_attached(domain):
             same_device = disk.device is not None and vdev_number(disk.handle) == vdev
@@ -233,13 +244,19 @@ class XenVmm:
                 raise AttachError(f"{volume_id} is attached to {domain} as {disk.device}")
             if same_device:
                 raise DeviceInUse(f"{spec.device} on {domain} is in use by {disk.volume_id}")
-        path = spec.source.path
+        source = spec.source
+        if isinstance(source, IscsiSource):
+            path = await self._iscsi.login(volume_id, source)
+        else:
+            path = source.path
         try:
             await self._run("blockAttachCmd", domUId=domain, dom0Dev=path, domUDev=name)
         except CommandTimeout as exc:
             await self._roll_back(domain, name)
+            await self._log_out(source)
             raise AttachError(f"{domain}: block-attach of {volume_id} timed out") from exc
         except CommandError as exc:
+            await self._log_out(source)
             raise AttachError(f"{domain}: block-attach of {volume_id}: {exc}") from exc
         log.info("%s: attached %s (%s) as %s", domain, volume_id, path, name)
         return AttachedDisk(volume_id, f"/dev/{name}", name, path)
@@ -268,6 +285,9 @@ class XenVmm:
             except (CommandError, CommandTimeout) as exc:
                 raise DetachError(f"{domain}: block-detach of {volume_id}: {exc}") from exc
             log.info("%s: detached %s (vdev %s)", domain, volume_id, disk.handle)
+            node = parse_by_path(disk.source or "")
+            if node is not None:
+                await self._iscsi.logout(node.portal, node.iqn)
 
     @translates_command_errors
     async def list_attached(self, domain: str) -> list[AttachedDisk]:
@@ -305,6 +325,10 @@ class XenVmm:
     async def _run(self, key: str, **values: str) -> CommandResult:
         argv = self._templates.render(self._config.profile, key, values)
         return await self._runner.run(argv, timeout=self._config.command_timeout)
+
+    async def _log_out(self, source: LocalSource | IscsiSource) -> None:
+        if isinstance(source, IscsiSource):
+            await self._iscsi.release(source.portal, source.iqn)
 
     async def _roll_back(self, domain: str, name: str) -> None:
         try:
