@@ -21,3 +21,7 @@ class CorruptBlockError(BackendError):
 
 class MissingBlockError(BackendError):
     """A snapshot block the manifest names is not in the block store."""
+
+
+class DomainNotFound(BackendError):
+    """A VMM domain does not exist (or no longer runs); every VMM driver raises a subclass."""

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
+from backends import errors as backend_errors
 from backends.errors import BackendError
 from hostcmds import HostCommandError
 
@@ -14,7 +15,7 @@ class VmmError(BackendError):
     """A VMM operation failed."""
 
 
-class DomainNotFound(VmmError):
+class DomainNotFound(VmmError, backend_errors.DomainNotFound):
     """The domain does not exist (or no longer runs) on this VMM."""
 
 

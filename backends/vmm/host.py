@@ -6,7 +6,6 @@ A loop device is recognised as a volume's by the volume id in its backing file's
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ from backends.vmm.errors import (
     VmmError,
     translates_command_errors,
 )
+from backends.vmm.locks import DomainLocks
 from backends.vmm.naming import check_volume_id, device_parts, volume_id_in
 from hostcmds import (
     CommandError,
@@ -82,10 +82,7 @@ class HostVmm:
         self._runner = runner
         self._templates = templates
         self._config = config or HostConfig()
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def _lock(self, domain: str) -> asyncio.Lock:
-        return self._locks.setdefault(domain, asyncio.Lock())
+        self._lock = DomainLocks()
 
     @classmethod
     def from_options(

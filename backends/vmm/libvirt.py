@@ -41,6 +41,7 @@ from backends.vmm.errors import (
     VmmError,
     translates_command_errors,
 )
+from backends.vmm.locks import DomainLocks
 from backends.vmm.naming import (
     check_volume_id,
     compact_serial,
@@ -241,10 +242,7 @@ class LibvirtVmm:
         self._runner = runner
         self._templates = templates
         self._config = config or LibvirtConfig()
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def _lock(self, domain: str) -> asyncio.Lock:
-        return self._locks.setdefault(domain, asyncio.Lock())
+        self._lock = DomainLocks()
 
     @classmethod
     def from_options(

@@ -39,6 +39,7 @@ from backends.vmm.errors import (
     UnsupportedSource,
     VmmError,
 )
+from backends.vmm.locks import DomainLocks
 from backends.vmm.naming import check_volume_id, compact_serial, device_basename
 from backends.vmm.qmp import QmpClient, QmpConnectionError, QmpError, QmpTimeout
 from hostcmds import CommandRunner, CommandTemplates
@@ -144,7 +145,7 @@ class QemuVmm:
 
     def __init__(self, config: QemuConfig) -> None:
         self._config = config
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock = DomainLocks()
 
     @classmethod
     def from_options(
@@ -278,7 +279,7 @@ class QemuVmm:
         """One QMP connection, held under the domain's lock: QEMU serves one client at a time
         and attach must see a consistent set of free ports."""
         path = self.socket_path(domain)
-        async with self._locks.setdefault(domain, asyncio.Lock()):
+        async with self._lock(domain):
             if not path.is_socket():
                 raise DomainNotFound(f"no QMP socket for domain {domain} at {path}")
             try:

@@ -10,7 +10,6 @@ name carries the target's IQN and so the volume id; detach logs out of the targe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from backends.vmm.errors import (
     translates_command_errors,
 )
 from backends.vmm.iscsi_login import IscsiLogin, parse_by_path
+from backends.vmm.locks import DomainLocks
 from backends.vmm.naming import check_volume_id, device_basename, volume_id_in
 from hostcmds import (
     CommandError,
@@ -191,14 +191,11 @@ class XenVmm:
         self, runner: CommandRunner, templates: CommandTemplates, config: XenConfig | None = None
     ) -> None:
         self._config = config or XenConfig()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock = DomainLocks()
         templates.require(self._config.profile, TEMPLATES)
         self._runner = runner
         self._templates = templates
         self._iscsi = IscsiLogin(runner, templates, self._config.command_timeout)
-
-    def _lock(self, domain: str) -> asyncio.Lock:
-        return self._locks.setdefault(domain, asyncio.Lock())
 
     @classmethod
     def from_options(

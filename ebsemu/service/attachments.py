@@ -13,8 +13,7 @@ import re
 from typing import Any
 
 from backends.base import AttachSpec
-from backends.errors import BackendError
-from backends.vmm.errors import DomainNotFound
+from backends.errors import BackendError, DomainNotFound
 from ebsemu import errors
 from ebsemu.model import Attachment, AttachmentState, VolumeState, utcnow
 from ebsemu.service.context import RequestContext
