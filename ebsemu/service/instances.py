@@ -21,7 +21,7 @@ from ebsemu.model import Attachment, Instance, utcnow
 from ebsemu.service import listing
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
-from ebsemu.store.base import ListQuery, UnknownFilterError
+from ebsemu.store.base import ListQuery
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,7 @@ class InstanceService:
             after_seq=listing.decode_token("inst", next_token),
             limit=limit,
         )
-        try:
-            page = await self._core.store.list_instances(query)
-        except UnknownFilterError as exc:
-            raise listing.unknown_filter(str(exc)) from None
+        page = await listing.fetch_page(self._core.store.list_instances, query)
         if ids:
             # An id the filters leave out is no error; one that names no instance is.
             found = {i.id for i in page.items}
@@ -142,7 +139,7 @@ class InstanceService:
                     else f"The instance ID '{missing[0]}' does not exist"
                 )
         attachments = await self._core.store.attachments_of_instances([i.id for i in page.items])
-        token = listing.encode_token("inst", page.last_seq) if page.last_seq else None
+        token = listing.next_token("inst", page)
         return [(i, attachments.get(i.id, [])) for i in page.items], token
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from ebsemu import errors
-from ebsemu.store.base import Filter
+from ebsemu.store.base import Filter, ListQuery, Page, UnknownFilterError
 
 _ID = {
     "vol": re.compile(r"vol-(?:[0-9a-f]{8}|[0-9a-f]{17})"),
@@ -106,3 +107,21 @@ def match_filters(fields: Mapping[str, str], flts: Sequence[Filter]) -> bool:
         if flt.values and not any(wildcard_regex(v).fullmatch(value) for v in flt.values):
             return False
     return True
+
+
+T = TypeVar("T")
+
+
+async def fetch_page(
+    list_page: Callable[[ListQuery], Awaitable[Page[T]]], query: ListQuery
+) -> Page[T]:
+    """One page from the store, an unknown filter name answered as EC2 does."""
+    try:
+        return await list_page(query)
+    except UnknownFilterError as exc:
+        raise unknown_filter(str(exc)) from None
+
+
+def next_token(kind: str, page: Page[T]) -> str | None:
+    """The NextToken of a page: None on the last one."""
+    return encode_token(kind, page.last_seq) if page.last_seq else None

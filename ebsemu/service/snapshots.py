@@ -18,7 +18,7 @@ from ebsemu.service import listing, sharing, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.volumes import VolumeService
-from ebsemu.store.base import ListQuery, UnknownFilterError
+from ebsemu.store.base import ListQuery
 
 log = logging.getLogger(__name__)
 
@@ -144,17 +144,14 @@ class SnapshotService:
             reach=sharing.reach(ctx.account_id, owner_ids, restorable_by),
             viewer=ctx.account_id,
         )
-        try:
-            page = await self._core.store.list_snapshots(query)
-        except UnknownFilterError as exc:
-            raise listing.unknown_filter(str(exc)) from None
+        page = await listing.fetch_page(self._core.store.list_snapshots, query)
         if ids:
             # An id the filters or owners leave out is no error; one the caller cannot see is.
             found = {s.id for s in page.items}
             for snapshot_id in ids:
                 if snapshot_id not in found:
                     await self.visible(ctx, snapshot_id)
-        token = listing.encode_token("snap", page.last_seq) if page.last_seq else None
+        token = listing.next_token("snap", page)
         # Tags belong to the account that put them on: the owner's are not shared.
         shown = [
             s if s.owner_id == ctx.account_id else dataclasses.replace(s, tags={})

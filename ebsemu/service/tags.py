@@ -13,7 +13,7 @@ from ebsemu.service.core import Core
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.volumes import VolumeService
-from ebsemu.store.base import ListQuery, UnknownFilterError
+from ebsemu.store.base import ListQuery
 
 
 class TagService:
@@ -90,9 +90,6 @@ class TagService:
             after_seq=listing.decode_token("tag", next_token),
             limit=limit,
         )
-        try:
-            page = await self._core.store.list_tags(query)
-        except UnknownFilterError as exc:
-            raise listing.unknown_filter(str(exc)) from None
-        token = listing.encode_token("tag", page.last_seq) if page.last_seq else None
+        page = await listing.fetch_page(self._core.store.list_tags, query)
+        token = listing.next_token("tag", page)
         return page.items, token

@@ -28,7 +28,7 @@ from ebsemu.model import (
 from ebsemu.service import listing, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
-from ebsemu.store.base import ListQuery, UnknownFilterError
+from ebsemu.store.base import ListQuery
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,7 @@ class VolumeService:
             after_seq=listing.decode_token("vol", next_token),
             limit=limit,
         )
-        try:
-            page = await self._core.store.list_volumes(query)
-        except UnknownFilterError as exc:
-            raise listing.unknown_filter(str(exc)) from None
+        page = await listing.fetch_page(self._core.store.list_volumes, query)
         volumes = [v for v in page.items if self._visible(ctx, v)]
         if ids:
             # An id the filters leave out is no error; one that names no volume is.
@@ -152,7 +149,7 @@ class VolumeService:
                 noun = "volume" if len(missing) == 1 else "volumes"
                 verb = "does" if len(missing) == 1 else "do"
                 raise errors.InvalidVolumeNotFound(f"The {noun} {shown} {verb} not exist.")
-        token = listing.encode_token("vol", page.last_seq) if page.last_seq else None
+        token = listing.next_token("vol", page)
         return volumes, token
 
     # ---- jobs ----------------------------------------------------------------------------
