@@ -16,8 +16,8 @@ from backends.base import (
     AttachSpec,
     Domain,
     DomainState,
-    IscsiSource,
     LocalSource,
+    RbdSource,
     VmmBackend,
 )
 from backends.vmm import VMMS
@@ -131,9 +131,7 @@ def test_other_domains_and_sources_are_refused() -> None:
         run(vmm.detach("host", spec.volume_id))
     run(vmm.detach("host", spec.volume_id, force=True))
     with pytest.raises(UnsupportedSource):
-        run(
-            vmm.attach("storage1", AttachSpec(spec.volume_id, "/dev/sdf", IscsiSource("p", "i", 1)))
-        )
+        run(vmm.attach("storage1", AttachSpec(spec.volume_id, "/dev/sdf", RbdSource("rbd", "img"))))
     assert runner.calls == []
 
 

@@ -1,6 +1,6 @@
-"""iSCSI volume sources on the libvirt and Xen drivers at the argv level (recording runner): the
-exact virsh / iscsiadm / xl command lines for attach, detach and a failed attach, and the CHAP
-secret in no argv, log line or exception text."""
+"""iSCSI volume sources on the libvirt, Xen and host drivers at the argv level (recording
+runner): the exact virsh / iscsiadm / xl command lines for attach, detach and a failed attach,
+and the CHAP secret in no argv, log line or exception text."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 
 from backends.base import AttachSpec, IscsiSource
 from backends.vmm.errors import AttachError
+from backends.vmm.host import HostVmm
 from backends.vmm.iscsi_login import by_path_device, parse_by_path, parse_session_disks
 from backends.vmm.libvirt import LibvirtVmm, parse_disks, secret_uuid
 from backends.vmm.xen import XenConfig, XenVmm
-from hostcmds import RecordingRunner, Reply, load_templates
+from hostcmds import CommandNotFound, RecordingRunner, Reply, load_templates
 from tests.vmm_fixtures import run
 
 VOL = "vol-0123456789abcdef0"
@@ -208,6 +209,84 @@ def test_xen_iscsi_failed_login_is_undone_and_its_error_masks_the_secret(
     assert not any(argv[0] == "xl" and argv[1] == "block-attach" for argv in runner.argvs)
     assert SECRET not in str(failure.value) and "Authentication failure" in str(failure.value)
     assert_secret_hidden(runner, caplog)
+
+
+# -- host -------------------------------------------------------------------------------------
+
+SESSIONS = ["iscsiadm", "--mode", "session", "--print", "3"]
+LOSETUP_LIST = ["losetup", "--json", "--list"]
+SESSION_DETAIL = (
+    f"Target: {IQN} (non-flash)\n\tCurrent Portal: {PORTAL},1\n"
+    "\t\tscsi2 Channel 00 Id 0 Lun: 1\n\t\t\tAttached scsi disk sdb\t\tState: running\n"
+)
+NO_SESSIONS = Reply(returncode=21, stderr="iscsiadm: No active sessions.\n")
+
+
+def host(sessions: Reply = NO_SESSIONS) -> tuple[HostVmm, RecordingRunner]:
+    runner = RecordingRunner(
+        [(SESSIONS, sessions), (LOSETUP_LIST, Reply(stdout='{"loopdevices": []}'))],
+        default=Reply(),
+    )
+    return HostVmm(runner, load_templates()), runner
+
+
+def test_host_iscsi_attach_logs_in_with_chap_and_hands_over_the_by_path_device(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    vmm, runner = host()
+    disk = run(vmm.attach("host", AttachSpec(VOL, "/dev/sdf", SOURCE)))
+    assert runner.argvs == [SESSIONS, *LOGIN]
+    assert (disk.volume_id, disk.handle, disk.source) == (VOL, DEV, DEV)
+    assert_secret_hidden(runner, caplog)
+
+
+def test_host_iscsi_attach_of_a_logged_in_volume_logs_in_again_never() -> None:
+    vmm, runner = host(Reply(stdout=SESSION_DETAIL))
+    disk = run(vmm.attach("host", AttachSpec(VOL, "/dev/sdf", SOURCE)))
+    assert runner.argvs == [SESSIONS]
+    assert disk.handle == DEV
+
+
+def test_host_lists_iscsi_disks_beside_loop_devices_and_detach_logs_out() -> None:
+    vmm, runner = host(Reply(stdout=SESSION_DETAIL))
+    disks = run(vmm.list_attached("host"))
+    assert [(d.volume_id, d.handle) for d in disks] == [(VOL, DEV)]
+    run(vmm.detach("host", VOL))
+    assert runner.argvs[-4:] == [LOSETUP_LIST, SESSIONS, *LOGOUT]
+
+
+def test_host_iscsi_failed_login_is_undone_and_hides_the_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    vmm, runner = host()
+    runner.reply(iscsiadm_node("--login"), Reply(returncode=24, stderr="Authentication failure\n"))
+    with pytest.raises(AttachError) as failure:
+        run(vmm.attach("host", AttachSpec(VOL, "/dev/sdf", SOURCE)))
+    assert runner.argvs[-3:] == [iscsiadm_node("--login"), *LOGOUT]
+    assert SECRET not in str(failure.value)
+    assert_secret_hidden(runner, caplog)
+
+
+def test_host_iscsi_resize_rescans_the_target_instead_of_a_loop_device() -> None:
+    vmm, runner = host(Reply(stdout=SESSION_DETAIL))
+    run(vmm.notify_resize("host", VOL, 2 << 30))
+    assert runner.argvs[-1] == iscsiadm_node("--rescan")
+
+
+def test_host_without_open_iscsi_has_no_iscsi_disks() -> None:
+    def no_iscsiadm(argv: tuple[str, ...]) -> Reply | None:
+        if argv[0] == "iscsiadm":
+            raise CommandNotFound(argv, 127, "not installed")
+        return None
+
+    runner = RecordingRunner(
+        [(LOSETUP_LIST, Reply(stdout='{"loopdevices": []}'))], responder=no_iscsiadm, default=None
+    )
+    vmm = HostVmm(runner, load_templates())
+    assert run(vmm.list_attached("host")) == []
+    assert runner.argvs == [LOSETUP_LIST, SESSIONS]
 
 
 # -- parsing ----------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""The host itself as an instance: a volume attaches as a loop device on the host.
+"""The host itself as an instance: a volume attaches as a loop device over its file, or, when
+it is exported over iSCSI from a storage host, as the disk of an iSCSI login on this host.
 
-Commands come from losetup.ini, so the same driver serves a remote host through an SSH runner.
-A loop device is recognised as a volume's by the volume id in its backing file's path.
+Commands come from losetup.ini and iscsiadm.ini, so the same driver serves a remote host through
+an SSH runner. A loop device is recognised as a volume's by the volume id in its backing file's
+path, an iSCSI disk by the volume id in its target's IQN.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, LocalSource
+from backends.base import (
+    AttachedDisk,
+    AttachSpec,
+    Domain,
+    DomainState,
+    IscsiSource,
+    LocalSource,
+)
 from backends.errors import SetupError
 from backends.options import Options
 from backends.vmm.errors import (
@@ -24,6 +33,7 @@ from backends.vmm.errors import (
     VmmError,
     translates_command_errors,
 )
+from backends.vmm.iscsi_login import IscsiLogin, IscsiNode, by_path_device, parse_by_path
 from backends.vmm.locks import DomainLocks
 from backends.vmm.naming import check_volume_id, device_parts, volume_id_in
 from hostcmds import (
@@ -83,6 +93,7 @@ class HostVmm:
         self._templates = templates
         self._config = config or HostConfig()
         self._lock = DomainLocks()
+        self._iscsi = IscsiLogin(runner, templates, self._config.command_timeout)
 
     @classmethod
     def from_options(
@@ -117,6 +128,8 @@ class HostVmm:
         self._check_domain(domain)
         volume_id = check_volume_id(spec.volume_id)
         device_parts(spec.device)
+        if isinstance(spec.source, IscsiSource):
+            return await self._attach_iscsi(volume_id, spec.source)
         if not isinstance(spec.source, LocalSource):
             raise UnsupportedSource(f"host driver cannot attach a {type(spec.source).__name__}")
         path = spec.source.path
@@ -136,6 +149,15 @@ class HostVmm:
         log.info("attached %s as %s", volume_id, name)
         return AttachedDisk(volume_id, None, name, path)
 
+    async def _attach_iscsi(self, volume_id: str, source: IscsiSource) -> AttachedDisk:
+        for disk in await self._iscsi_disks():
+            if disk.volume_id == volume_id:
+                log.info("%s already logged in as %s", volume_id, disk.handle)
+                return disk
+        device = await self._iscsi.login(volume_id, source)
+        log.info("attached %s over iSCSI as %s", volume_id, device)
+        return AttachedDisk(volume_id, None, device, device)
+
     @translates_command_errors
     async def detach(self, domain: str, volume_id: str, *, force: bool = False) -> None:
         async with self._lock(domain):
@@ -152,6 +174,9 @@ class HostVmm:
         for loop in await self._loops():
             if volume_id_in(loop.back_file) == volume_id:
                 await self._detach_loop(loop)
+        for node in (await self._sessions()).values():
+            if volume_id_in(node.iqn) == volume_id:
+                await self._iscsi.logout(node.portal, node.iqn)
 
     @translates_command_errors
     async def list_attached(self, domain: str) -> list[AttachedDisk]:
@@ -161,16 +186,21 @@ class HostVmm:
             volume_id = volume_id_in(loop.back_file)
             if volume_id is not None:
                 disks.append(AttachedDisk(volume_id, None, loop.name, loop.back_file))
-        return disks
+        return disks + await self._iscsi_disks()
 
     @translates_command_errors
     async def notify_resize(self, domain: str, volume_id: str, size_bytes: int) -> None:
         check_volume_id(volume_id)
         for disk in await self.list_attached(domain):
-            if disk.volume_id == volume_id:
+            if disk.volume_id != volume_id:
+                continue
+            node = parse_by_path(disk.handle)
+            if node is None:
                 await self._run("resizeCmd", loopDev=disk.handle)
-                log.info("%s: %s capacity re-read (%d bytes)", disk.handle, volume_id, size_bytes)
-                return
+            else:
+                await self._iscsi.rescan(node.portal, node.iqn)
+            log.info("%s: %s capacity re-read (%d bytes)", disk.handle, volume_id, size_bytes)
+            return
         raise VmmError(f"{volume_id} is not attached to {domain}")
 
     # -- internals --------------------------------------------------------------------------
@@ -182,6 +212,22 @@ class HostVmm:
     async def _run(self, key: str, **values: str) -> CommandResult:
         argv = self._templates.render(TOOL, key, values)
         return await self._runner.run(argv, timeout=self._config.command_timeout)
+
+    async def _sessions(self) -> dict[str, IscsiNode]:
+        """The host's iSCSI disks; none where open-iscsi is not installed (no session can be)."""
+        try:
+            return await self._iscsi.session_disks()
+        except CommandNotFound:
+            return {}
+
+    async def _iscsi_disks(self) -> list[AttachedDisk]:
+        disks = []
+        for node in (await self._sessions()).values():
+            volume_id = volume_id_in(node.iqn)
+            if volume_id is not None:
+                device = by_path_device(IscsiSource(node.portal, node.iqn, node.lun))
+                disks.append(AttachedDisk(volume_id, None, device, device))
+        return disks
 
     async def _loops(self) -> list[LoopDevice]:
         return parse_losetup_json((await self._run("listCmd")).text)

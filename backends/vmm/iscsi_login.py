@@ -37,6 +37,7 @@ TEMPLATES = (
     "nodeDeleteCmd",
     "sessionDetailCmd",
     "deviceWaitCmd",
+    "rescanCmd",
 )
 BY_PATH = re.compile(r"/dev/disk/by-path/ip-(?P<portal>.+?)-iscsi-(?P<iqn>.+)-lun-(?P<lun>\d+)")
 NO_OBJECTS_FOUND = 21  # iscsiadm's exit status when there is no such session or node record
@@ -139,6 +140,10 @@ class IscsiLogin:
             await self.logout(portal, iqn)
         except (DetachError, HostCommandError) as exc:
             log.error("rollback of the iSCSI login to %s failed: %s", iqn, exc)
+
+    async def rescan(self, portal: str, iqn: str) -> None:
+        """Have the initiator re-read the target's LUN sizes (after the volume grew)."""
+        await self._run("rescanCmd", [], portal=portal, iqn=iqn)
 
     async def session_disks(self) -> dict[str, IscsiNode]:
         """The host disks of every iSCSI session; none when there is no session."""
