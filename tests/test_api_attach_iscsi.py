@@ -91,3 +91,40 @@ def test_attach_exports_over_iscsi_with_chap_and_guest_writes_land_in_the_volume
     with volume_segment(server.data_dir, volume_id).open("rb") as handle:
         assert handle.read(MIB) == b"\x3c" * MIB
     assert _recorded_chap_secret(server, volume_id) is None  # the record went with the export
+
+
+def test_exports_of_attached_volumes_come_back_after_tgtd_and_the_server_restart(
+    lab: tuple[ServerProcess, Tgtd, QemuVm],
+) -> None:
+    server, tgtd, vm = lab
+    ec2 = server.client()
+    [reservation] = ec2.describe_instances()["Reservations"]
+    instance_id = reservation["Instances"][0]["InstanceId"]
+    volume_id = new_volume(ec2)
+    ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device="/dev/sdf")
+    poll(lambda: _attached(ec2, volume_id))
+    secret = _recorded_chap_secret(server, volume_id)
+    accounts = tgtd.accounts()
+
+    tgtd.crash()  # a host reboot: tgtd comes back empty
+    tgtd.start()
+    assert f"org.ebsemu:{volume_id}" not in tgtd.show_targets()
+    server.stop()
+    server.start()
+
+    targets = tgtd.show_targets()
+    assert f"org.ebsemu:{volume_id}" in targets and "127.0.0.1" in targets
+    assert tgtd.accounts() == accounts  # the same CHAP user ...
+    assert _recorded_chap_secret(server, volume_id) == secret  # ... and secret as before
+    assert _attached(server.client(), volume_id)
+    # The VM's iSCSI session logs in again with its secret and its writes land in the volume.
+    # The first command after the new login reports the target's reset (a SCSI unit attention),
+    # which a guest's SCSI layer retries; so does this test, once.
+    [disk] = [b for b in run(qmp(vm, "query-block")) if b.get("qdev")]
+    write = f'qemu-io -d {disk["qdev"]} "write -P 0x5e 0 1M"'
+    out = run(qmp(vm, "human-monitor-command", {"command-line": write}))
+    if "UNIT_ATTENTION" in out:
+        out = run(qmp(vm, "human-monitor-command", {"command-line": write}))
+    assert out == "", out
+    with volume_segment(server.data_dir, volume_id).open("rb") as handle:
+        assert handle.read(MIB) == b"\x5e" * MIB
