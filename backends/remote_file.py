@@ -406,17 +406,14 @@ class RemoteFileStorage:
 
     async def _size(self, path: PurePosixPath) -> int | None:
         """The file's size, or None when it does not exist."""
-        result = await self._run("sizeCmd", path=str(path), check=False)
-        if result.returncode != 0:
-            if b"No such file" in result.stderr:
-                return None
-            raise CommandError(
-                result.argv, result.returncode, result.stderr.decode("utf-8", "replace")
-            )
+        result = await self._run("sizeCmd", dir=str(path.parent), name=path.name)
+        text = result.text.strip()
+        if not text:
+            return None
         try:
-            return int(result.text.strip())
+            return int(text)
         except ValueError:
-            raise BackendError(f"{path}: stat printed {result.text.strip()[:80]!r}") from None
+            raise BackendError(f"{path}: find printed {text[:80]!r} as its size") from None
 
     async def _list(self, directory: PurePosixPath, *, staging: bool = False) -> list[str]:
         names = (await self._run("listCmd", dir=str(directory))).text.split()
