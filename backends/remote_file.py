@@ -70,8 +70,9 @@ TEMPLATES = (
     "punchCmd",
 )
 OPTIONS = ("path", "command_timeout", "copy_timeout")
+MAP_TEMPLATE = "dataMapCmd"  # optional: without xfs_io, views are read whole
 TRANSFER_BLOCKS = 64  # 32 MiB per read or write command
-PACKAGES = {"find": "findutils", "fallocate": "util-linux"}  # the rest is coreutils
+PACKAGES = {"find": "findutils", "fallocate": "util-linux", "xfs_io": "xfsprogs"}  # or coreutils
 STAGING = ".tmp-"
 
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
@@ -99,6 +100,27 @@ def backend_error(exc: HostCommandError, doing: str) -> BackendError:
     return BackendError(f"{doing}: {exc}")
 
 
+def data_block_ranges(seek_map: str, size: int) -> list[tuple[int, int]]:
+    """[first, end) block ranges holding data, from ``xfs_io -c 'seek -a -r 0'`` output
+    (``DATA <offset>`` / ``HOLE <offset>`` lines, in offset order)."""
+    marks: list[tuple[str, int]] = []
+    for line in seek_map.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] in ("DATA", "HOLE") and words[1].isdigit():
+            marks.append((words[0], int(words[1])))
+    ranges: list[tuple[int, int]] = []
+    for number, (kind, offset) in enumerate(marks):
+        if kind != "DATA":
+            continue
+        end = marks[number + 1][1] if number + 1 < len(marks) else size
+        first, stop = offset // BLOCK_SIZE, -(-min(end, size) // BLOCK_SIZE)
+        if ranges and first <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], max(stop, ranges[-1][1]))
+        elif first < stop:
+            ranges.append((first, stop))
+    return ranges
+
+
 @dataclass(frozen=True)
 class RemoteFileConfig:
     """``path``: the backend's directory on the host (absolute). ``command_timeout``: the limit
@@ -116,10 +138,17 @@ class RemoteFileConfig:
 class RemoteFileView:
     """A frozen view read through the runner, ``TRANSFER_BLOCKS`` blocks per command."""
 
-    def __init__(self, storage: RemoteFileStorage, path: PurePosixPath, size_bytes: int) -> None:
+    def __init__(
+        self,
+        storage: RemoteFileStorage,
+        path: PurePosixPath,
+        size_bytes: int,
+        data_blocks: list[tuple[int, int]],
+    ) -> None:
         self._storage = storage
         self._path = path
         self._size = size_bytes
+        self._data_blocks = data_blocks  # [first, end) block ranges that may hold data
 
     @property
     def size_bytes(self) -> int:
@@ -128,15 +157,15 @@ class RemoteFileView:
     def iter_blocks(self, start_index: int = 0) -> Iterator[tuple[int, bytes]]:
         if start_index < 0:
             raise ValueError(f"negative block index {start_index}")
-        total = self._size // BLOCK_SIZE
-        for first in range(start_index, total, TRANSFER_BLOCKS):
-            count = min(TRANSFER_BLOCKS, total - first)
-            data = self._storage.read_blocks(self._path, first, count)
-            view = memoryview(data)
-            for offset in range(0, len(data), BLOCK_SIZE):
-                block = view[offset : offset + BLOCK_SIZE]
-                if block != _ZERO_BLOCK:
-                    yield first + offset // BLOCK_SIZE, bytes(block)
+        for range_first, range_end in self._data_blocks:
+            for first in range(max(range_first, start_index), range_end, TRANSFER_BLOCKS):
+                count = min(TRANSFER_BLOCKS, range_end - first)
+                data = self._storage.read_blocks(self._path, first, count)
+                view = memoryview(data)
+                for offset in range(0, len(data), BLOCK_SIZE):
+                    block = view[offset : offset + BLOCK_SIZE]
+                    if block != _ZERO_BLOCK:
+                        yield first + offset // BLOCK_SIZE, bytes(block)
 
     def close(self) -> None:
         pass  # nothing stays open between commands
@@ -156,6 +185,7 @@ class RemoteFileStorage:
         self._views = config.path / "views"
         self._free_bytes: int | None = None
         self._dirs_made = False
+        self._data_map = MAP_TEMPLATE in templates.keys(TOOL)
         self._bridge = LoopBridge("remote-file")
 
     @classmethod
@@ -296,7 +326,8 @@ class RemoteFileStorage:
         size = self._on_loop(lambda: self._size(path), f"cannot open view {view_id}")
         if size is None:
             raise BackendError(f"no view {view_id} at {path}")
-        return RemoteFileView(self, path, size)
+        blocks = self._on_loop(lambda: self._data_blocks(path, size), f"cannot map {path}")
+        return RemoteFileView(self, path, size, blocks)
 
     def read_blocks(self, path: PurePosixPath, first: int, count: int) -> bytes:
         """``count`` blocks of the file from block ``first`` (all of them present)."""
@@ -415,6 +446,24 @@ class RemoteFileStorage:
         except ValueError:
             raise BackendError(f"{path}: find printed {text[:80]!r} as its size") from None
 
+    async def _data_blocks(self, path: PurePosixPath, size: int) -> list[tuple[int, int]]:
+        """[first, end) block ranges of the file that hold data, from the host's data map;
+        the whole file when the host has no xfs_io."""
+        whole = [(0, size // BLOCK_SIZE)]
+        if not self._data_map:
+            return whole
+        try:
+            result = await self._run(MAP_TEMPLATE, path=str(path))
+        except CommandNotFound:
+            log.warning(
+                "xfs_io is not installed on the storage host at %s: snapshots read whole "
+                "volumes (apt-get install xfsprogs)",
+                self._config.path,
+            )
+            self._data_map = False
+            return whole
+        return data_block_ranges(result.text, size)
+
     async def _list(self, directory: PurePosixPath, *, staging: bool = False) -> list[str]:
         names = (await self._run("listCmd", dir=str(directory))).text.split()
         return sorted(
@@ -461,6 +510,7 @@ class RemoteFileStorage:
             await self._run("punchCmd", path=str(probe), offset=BLOCK_SIZE, length=BLOCK_SIZE)
             if await self._size(probe) != 2 * BLOCK_SIZE:
                 raise SetupError(f"{self._config.path}: punching a hole changed a file's size")
+            await self._data_blocks(copy, 2 * BLOCK_SIZE)  # warns once when xfs_io is missing
         finally:
             for path in (probe, copy):
                 await self._discard(path)
