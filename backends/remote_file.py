@@ -216,7 +216,7 @@ class RemoteFileStorage:
             await self._refresh_free()
         except CommandNotFound as exc:
             program = exc.argv[0] if exc.argv else "?"
-            package = PACKAGES.get(program, "coreutils")
+            package = PACKAGES.get(PurePosixPath(program).name, "coreutils")
             raise SetupError(
                 f"{program} is not installed on the storage host (apt-get install {package})"
             ) from exc
