@@ -68,12 +68,14 @@ def test_check_host_names_a_missing_tool_and_an_unreachable_storage_host(
         ZONES
         + _host("far", "us-east-1a", sshd, tmp_path / "far")
         + _host("gone", "us-east-1b", sshd, tmp_path / "gone", dead)
+        + f"[storage vg1]\nzone = us-east-1b\nbackend = lvm\nvg = ebsemu\nurl = {dead}\n"
+        + f"key_file = {sshd.client_key}\nknown_hosts = {sshd.known_hosts}\n"
         + "[hostcmds remote-file]\n"
         + "punchCmd = /opt/none/fallocate --punch-hole --offset <offset> --length <length>"
         + " <path>\n",
     )
     assert result.returncode == 1
-    far, gone = result.stdout.splitlines()
+    far, gone, vg1 = result.stdout.splitlines()
     assert far == (
         f"FAIL storage far (remote-file, {sshd.url}): /opt/none/fallocate is not installed on "
         "the storage host (apt-get install util-linux)"
@@ -81,3 +83,5 @@ def test_check_host_names_a_missing_tool_and_an_unreachable_storage_host(
     assert gone.startswith(f"FAIL storage gone (remote-file, {dead}): remote-file storage at ")
     assert "ssh " in gone
     assert not (tmp_path / "gone").exists()
+    assert vg1.startswith(f"FAIL storage vg1 (lvm, {dead}): ")  # lvm commands go over SSH too
+    assert f"ssh {sshd.user}@127.0.0.1:{dead.rsplit(':', 1)[1]}" in vg1

@@ -17,6 +17,7 @@ from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_i
 from ebsemu.service import listing, sharing, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.storage_hosts import until_reachable
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.base import ListQuery
 
@@ -174,7 +175,7 @@ class SnapshotService:
             log.error("snapshot %s: capture failed: %s", snapshot_id, exc)
             await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
             await snapshot_data.sweep(self._core, snapshot_id)
-            await storage.drop_view(snapshot_id)
+            await self._drop_view(snapshot.storage_host, snapshot_id)
             return
         if await store.complete_snapshot(snapshot_id, stats.blocks * BLOCK_SIZE):
             log.info(
@@ -183,19 +184,27 @@ class SnapshotService:
                 stats.blocks,
                 stats.new_blocks,
             )
-        await storage.drop_view(snapshot_id)
+        await self._drop_view(snapshot.storage_host, snapshot_id)
 
     async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:
         await self._core.jobs.cancel("capture_snapshot", snapshot_id)
         host = await self._core.store.snapshot_storage_host(snapshot_id)
         if host is not None:
-            await self._core.storage_hosts.backend(host).drop_view(snapshot_id)
+            await self._drop_view(host, snapshot_id)
         await snapshot_data.sweep(self._core, snapshot_id)
         await self._core.store.remove_snapshot(snapshot_id)
         await self._core.store.clear_snapshot_grantees(snapshot_id)  # if a crash left any
         log.info("snapshot %s: deleted", snapshot_id)
 
     # ---- helpers -------------------------------------------------------------------------
+
+    async def _drop_view(self, host: str, snapshot_id: str) -> None:
+        """Remove the snapshot's frozen view from its storage host, waiting for the host
+        while it cannot be reached (a view left behind would hold the host's space)."""
+        storage = self._core.storage_hosts.backend(host)
+        await until_reachable(
+            host, f"snapshot {snapshot_id}: its view", lambda: storage.drop_view(snapshot_id)
+        )
 
     async def _fail(self, snapshot_id: str, message: str) -> None:
         await self._core.store.transition_snapshot(

@@ -11,6 +11,7 @@ can take the volume: its job then finds out whether the host is back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,10 +24,38 @@ from hostcmds import HostUnreachable
 
 log = logging.getLogger(__name__)
 
+# Removing something from a storage host that cannot be reached is retried until the host
+# answers: nothing is reported gone while its bytes may still be on the host.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+
 
 def host_unreachable(exc: BackendError) -> bool:
     """True when the backend failed because its host could not be reached (SSH down)."""
     return isinstance(exc, HostUnavailable) or isinstance(exc.__cause__, HostUnreachable)
+
+
+async def until_reachable(host: str, what: str, call: Callable[[], Awaitable[None]]) -> None:
+    """Run ``call``; while it fails because storage host ``host`` cannot be reached, log why
+    and run it again after a growing pause (cancelling the job stops it; a recorded job
+    resumes at the next start). Any other failure is raised."""
+    delay = RETRY_FIRST_SECONDS
+    while True:
+        try:
+            await call()
+            return
+        except BackendError as exc:
+            if not host_unreachable(exc):
+                raise
+            log.warning(
+                "%s: storage host %s cannot be reached (%s); retrying in %g s",
+                what,
+                host,
+                exc,
+                delay,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ API calls answer at once; jobs carry out the work on the storage backend.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
@@ -31,16 +30,12 @@ from ebsemu.model import (
 from ebsemu.service import listing, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
-from ebsemu.service.storage_hosts import host_unreachable
+from ebsemu.service.storage_hosts import host_unreachable, until_reachable
 from ebsemu.store.base import ListQuery
 
 log = logging.getLogger(__name__)
 
 DELETABLE = {VolumeState.AVAILABLE, VolumeState.ERROR}
-# A delete whose storage host cannot be reached is retried, the volume staying `deleting`:
-# it is never reported deleted while its bytes may still be on the host.
-DELETE_RETRY_FIRST_SECONDS = 1.0
-DELETE_RETRY_MAX_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -214,24 +209,12 @@ class VolumeService:
         if volume is None or volume.state is not VolumeState.DELETING:
             return
         storage = self._core.storage_for(volume)
-        delay = DELETE_RETRY_FIRST_SECONDS
-        while True:
-            try:
-                await storage.delete(volume_id)
-                break
-            except BackendError as exc:
-                if not host_unreachable(exc):
-                    raise
-                log.warning(
-                    "volume %s: storage host %s cannot be reached (%s); the volume stays "
-                    "deleting until its bytes are removed, retrying in %g s",
-                    volume_id,
-                    volume.storage_host,
-                    exc,
-                    delay,
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, DELETE_RETRY_MAX_SECONDS)
+        # A volume stays `deleting` until its bytes are removed from the host.
+        await until_reachable(
+            volume.storage_host,
+            f"volume {volume_id}: stays deleting until its bytes are removed",
+            lambda: storage.delete(volume_id),
+        )
         await self._core.store.transition_volume(
             volume_id, {VolumeState.DELETING}, VolumeState.DELETED
         )
