@@ -22,7 +22,9 @@ class Core:
     blocks: BlockStore
     jobs: Jobs
     vmms: dict[str, VmmBackend] = field(default_factory=dict)  # by configured VMM host name
-    export: ExportBackend | None = None  # None: storage and VMMs share this host
+    # The [export] of the one [storage] section (None with named storage hosts or no export);
+    # the service exports each volume with its storage host's (storage_hosts entries).
+    export: ExportBackend | None = None
     initiators: dict[str, Initiator] = field(default_factory=dict)  # by VMM host name
     locks: ResourceLocks = field(default_factory=ResourceLocks)
     # Held while manifest rows are added with their blocks, and while unreferenced blocks are
