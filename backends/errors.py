@@ -25,3 +25,8 @@ class MissingBlockError(BackendError):
 
 class DomainNotFound(BackendError):
     """A VMM domain does not exist (or no longer runs); every VMM driver raises a subclass."""
+
+
+class HostUnavailable(BackendError):
+    """The backend's host could not be reached: the operation did not run, or its outcome is
+    unknown (the connection dropped while it ran)."""

@@ -6,9 +6,11 @@ from __future__ import annotations
 from backends.blockstore import LocalBlockStore
 from backends.file import FileStorage
 from backends.lvm import LvmStorage
+from backends.remote_file import RemoteFileStorage
 
-STORAGE: dict[str, type[FileStorage] | type[LvmStorage]] = {
+STORAGE: dict[str, type[FileStorage] | type[LvmStorage] | type[RemoteFileStorage]] = {
     "file": FileStorage,
     "lvm": LvmStorage,
+    "remote-file": RemoteFileStorage,
 }
 BLOCK_STORES: dict[str, type[LocalBlockStore]] = {"local": LocalBlockStore}

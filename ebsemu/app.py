@@ -47,12 +47,12 @@ def build_core(config: Config) -> Core:
     return Core(
         config=config,
         store=store,
-        storage=hosts.build_storage(config, runner, templates),
+        storage_hosts=hosts.build_storage_hosts(config, runner, templates, export),
         blocks=registry.BLOCK_STORES["local"](config.blocks_dir),
         jobs=Jobs(store),
         vmms=hosts.build_vmms(config, runner, templates),
         export=export,
-        initiators=hosts.initiators(config, export),
+        initiators=hosts.initiators(config),
     )
 
 
@@ -153,9 +153,8 @@ def make_app(
                 "account %s",
                 config.account_id,
             )
-        await core.storage.check_setup()
-        if core.export is not None:
-            await core.export.check_setup()
+        await core.storage_hosts.check_setup()
+        await core.storage_hosts.check_in_use(core.store)
         for vmm in core.vmms.values():
             await vmm.check_setup()
         await asyncio.to_thread(core.blocks.remove_temp_files)

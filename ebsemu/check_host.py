@@ -1,5 +1,6 @@
 """`ebsemu check-host`: is every configured host ready? One line per host and role, with what
-is missing and how to install it (each backend's own check_setup says so)."""
+is missing and how to install it (each backend's own check_setup says so). Each storage host is
+checked on the host itself, through its runner (local or SSH)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from ebsemu.config import Config
 async def check(config: Config) -> list[tuple[str, str | None]]:
     """(what was checked, None when ready or the problem) for every configured host role."""
     runner, templates = hosts.shared_tools(config)
-    checks: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-        (f"storage ({config.storage_backend})",
-         hosts.build_storage(config, runner, templates).check_setup),
-    ]  # fmt: skip
     export = hosts.build_export(config, runner, templates)
+    checks: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+    for entry in hosts.build_storage_hosts(config, runner, templates, export).entries:
+        name = f"storage ({entry.label})" if entry.zone is None else f"storage {entry.label}"
+        checks.append((name, entry.backend.check_setup))
+        if entry.export is not None and entry.export is not export:
+            checks.append((f"export on {entry.label}", entry.export.check_setup))
     if export is not None:
         checks.append((f"export ({config.export_backend})", export.check_setup))
     vmms = hosts.build_vmms(config, runner, templates)

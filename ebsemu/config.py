@@ -37,6 +37,26 @@ class VmmHost:
 
 
 @dataclass(frozen=True)
+class StorageHost:
+    """A host that holds volumes: its backend and options, zone, and how to reach it.
+
+    ``zone`` None serves every zone: the single ``[storage]`` section, named ``default``."""
+
+    name: str
+    zone: str | None
+    backend: str = "file"
+    url: str = "local"  # "local", or ssh://[user@]host[:port] to run its commands over SSH
+    path: Path | None = None  # the file backend's directory; None: under the data directory
+    options: dict[str, str] = field(default_factory=dict)  # the backend's own options
+    ssh_options: dict[str, str] = field(default_factory=dict)  # key_file, known_hosts, host_key
+    export_options: dict[str, str] = field(default_factory=dict)  # export_* keys, over [export]
+
+
+DEFAULT_STORAGE_HOST = "default"
+SSH_OPTIONS = ("key_file", "known_hosts", "host_key")
+
+
+@dataclass(frozen=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8788
@@ -56,6 +76,7 @@ class Config:
     max_snapshots: int = 100000
     hostcmds: dict[str, dict[str, str]] = field(default_factory=dict)
     vmm_hosts: tuple[VmmHost, ...] = ()
+    storage_hosts: tuple[StorageHost, ...] = ()  # [storage NAME] sections; () : [storage] only
     max_attachments_per_instance: int = 26
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -74,6 +95,7 @@ class Config:
             raise ValueError("max_request_bytes must be at least 1024")
         if self.requests_per_second < 0 or self.request_burst < 1:
             raise ValueError("requests_per_second must be >= 0 and request_burst >= 1")
+        _check_storage_hosts(self.storage_hosts, self.zones)
 
     @property
     def tls(self) -> bool:
@@ -88,6 +110,22 @@ class Config:
 
     def zones_in(self, region: str) -> tuple[Zone, ...]:
         return tuple(zone for zone in self.zones if zone.region == region)
+
+    @property
+    def storage_host_list(self) -> tuple[StorageHost, ...]:
+        """The storage hosts: the [storage NAME] sections, or else the one [storage] section,
+        a host named ``default`` serving every zone."""
+        if self.storage_hosts:
+            return self.storage_hosts
+        return (
+            StorageHost(
+                DEFAULT_STORAGE_HOST,
+                None,
+                self.storage_backend,
+                path=self.volumes_dir,
+                options=self.storage_options,
+            ),
+        )
 
     @property
     def volumes_dir(self) -> Path:
@@ -183,6 +221,15 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
         for section in parser.sections()
         if section.startswith("vmm ")
     )
+    storage_hosts = tuple(
+        _storage_host(section.split(None, 1)[1].strip(), dict(parser[section]), base)
+        for section in parser.sections()
+        if section.startswith("storage ")
+    )
+    if storage_hosts:
+        if parser.has_section("storage"):
+            raise ValueError("use either one [storage] section or [storage NAME] sections")
+        values["storage_hosts"] = storage_hosts
     values["hostcmds"] = {
         section.split(None, 1)[1].strip(): dict(parser[section])
         for section in parser.sections()
@@ -206,3 +253,48 @@ def _vmm_host(name: str, options: dict[str, str]) -> VmmHost:
     # QEMU presents the initiator name itself (its driver option); other drivers do not see it.
     iqn = options.get("initiator_name") if driver == "qemu" else options.pop("initiator_name", None)
     return VmmHost(name, driver, zone, options, account, url, ssh_options, address, iqn)
+
+
+def _storage_host(name: str, options: dict[str, str], base: Path) -> StorageHost:
+    zone = options.pop("zone", "").strip()
+    if not zone:
+        raise ValueError(f"[storage {name}] needs zone = …")
+    backend = options.pop("backend", "file").strip()
+    url = options.pop("url", "local").strip()
+    ssh_options = {key: options.pop(key) for key in SSH_OPTIONS if key in options}
+    export_options = {
+        key.removeprefix("export_"): options.pop(key)
+        for key in list(options)
+        if key.startswith("export_")
+    }
+    raw_path = options.pop("path", None)
+    path = base / raw_path if raw_path is not None and url == "local" else None
+    if raw_path is not None and url != "local":
+        options["path"] = raw_path  # a directory on the remote host, not relative to this file
+    return StorageHost(name, zone, backend, url, path, options, ssh_options, export_options)
+
+
+def _check_storage_hosts(hosts: tuple[StorageHost, ...], zones: tuple[Zone, ...]) -> None:
+    """Every name once, every host in a configured zone, every zone with a host."""
+    if not hosts:
+        return
+    names: set[str] = set()
+    zone_names = {zone.name for zone in zones}
+    for host in hosts:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", host.name):
+            raise ValueError(f"[storage {host.name}]: a storage host name is letters, digits, _.-")
+        if host.name in names:
+            raise ValueError(f"[storage {host.name}] is configured twice")
+        names.add(host.name)
+        if host.zone not in zone_names:
+            raise ValueError(
+                f"[storage {host.name}]: zone {host.zone!r} is not a configured zone "
+                f"({', '.join(sorted(zone_names))})"
+            )
+    served = {host.zone for host in hosts}
+    bare = [zone.name for zone in zones if zone.name not in served]
+    if bare:
+        raise ValueError(
+            f"zone(s) {', '.join(bare)} have no storage host: add a [storage NAME] section "
+            "with zone = … for each"
+        )

@@ -108,6 +108,7 @@ class Volume:
     tags: dict[str, str] = field(default_factory=dict)
     attachments: list[Attachment] = field(default_factory=list)
     seq: int = 0
+    storage_host: str = "default"  # the configured storage host holding its bytes
 
 
 @dataclass
@@ -128,6 +129,7 @@ class Snapshot:
     full_size_bytes: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     seq: int = 0
+    storage_host: str = "default"  # the storage host holding its frozen view while pending
 
 
 @dataclass(frozen=True)

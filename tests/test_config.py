@@ -32,6 +32,7 @@ def test_every_config_option_is_documented_in_the_example() -> None:
         "blockstore_path",
         "hostcmds",
         "vmm_hosts",
+        "storage_hosts",
     }
     for option in {f.name for f in dataclasses.fields(config.Config)} - derived:
         assert f"{option} =" in text, f"{option} is not documented in config.example.ini"
@@ -46,6 +47,8 @@ def test_every_config_option_is_documented_in_the_example() -> None:
         "record_dir",
         "initiator_address",
         "url = local",
+        "[storage NAME]",
+        "backend = remote-file",
     ):
         assert section in text
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from backends.base import BlockStore, ExportBackend, Initiator, StorageBackend, VmmBackend
 from ebsemu import errors
 from ebsemu.config import Config, Zone
+from ebsemu.model import Snapshot, Volume
 from ebsemu.service.jobs import Jobs, ResourceLocks
+from ebsemu.service.storage_hosts import StorageHosts
 from ebsemu.store.base import Store
 
 
@@ -16,16 +18,22 @@ from ebsemu.store.base import Store
 class Core:
     config: Config
     store: Store
-    storage: StorageBackend
+    storage_hosts: StorageHosts
     blocks: BlockStore
     jobs: Jobs
     vmms: dict[str, VmmBackend] = field(default_factory=dict)  # by configured VMM host name
-    export: ExportBackend | None = None  # None: storage and VMMs share this host
+    # The [export] of the one [storage] section (None with named storage hosts or no export);
+    # the service exports each volume with its storage host's (storage_hosts entries).
+    export: ExportBackend | None = None
     initiators: dict[str, Initiator] = field(default_factory=dict)  # by VMM host name
     locks: ResourceLocks = field(default_factory=ResourceLocks)
     # Held while manifest rows are added with their blocks, and while unreferenced blocks are
     # swept, so a sweep never deletes a block a running snapshot has just counted on.
     block_gc_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def storage_for(self, resource: Volume | Snapshot) -> StorageBackend:
+        """The backend of the storage host holding the volume (or the snapshot's frozen view)."""
+        return self.storage_hosts.backend(resource.storage_host)
 
     def zone(self, region: str, name: str | None, zone_id: str | None) -> Zone:
         for zone in self.config.zones_in(region):

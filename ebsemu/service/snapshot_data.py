@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from backends.base import SnapshotSource
+from backends.base import SnapshotSource, StorageBackend
 from ebsemu.model import BLOCK_SIZE
 from ebsemu.service.core import Core
 
@@ -71,9 +71,10 @@ def _in_thread(func: Callable[[], T]) -> asyncio.Future[T]:
     return asyncio.ensure_future(asyncio.to_thread(func))
 
 
-async def capture(core: Core, snapshot_id: str) -> CaptureStats:
-    """Stream the frozen view named ``snapshot_id`` into the block store and its manifest."""
-    source: SnapshotSource = await _finish(_in_thread(lambda: core.storage.open_view(snapshot_id)))
+async def capture(core: Core, snapshot_id: str, storage: StorageBackend) -> CaptureStats:
+    """Stream the frozen view named ``snapshot_id`` (on ``storage``, the host that froze it)
+    into the block store and its manifest."""
+    source: SnapshotSource = await _finish(_in_thread(lambda: storage.open_view(snapshot_id)))
     stats = CaptureStats()
     upcoming: asyncio.Future[Batch] | None = None
     try:
@@ -115,16 +116,17 @@ async def _store_batch(core: Core, snapshot_id: str, batch: Batch) -> int:
         return await _finish(asyncio.ensure_future(rows_then_blocks()))
 
 
-async def restore(core: Core, snapshot_id: str, volume_id: str) -> None:
-    """Write a snapshot's blocks into an existing, empty volume; holes stay holes. Every block
-    is verified against its digest as it is read back (CorruptBlockError otherwise)."""
+async def restore(core: Core, snapshot_id: str, volume_id: str, storage: StorageBackend) -> None:
+    """Write a snapshot's blocks into an existing, empty volume on ``storage`` (its host);
+    holes stay holes. Every block is verified against its digest as it is read back
+    (CorruptBlockError otherwise)."""
     manifest = await core.store.manifest(snapshot_id)
 
     def produce() -> Iterator[tuple[int, bytes]]:
         for index, digest in manifest:
             yield index, core.blocks.get(digest)
 
-    await _finish(_in_thread(lambda: core.storage.write_blocks(volume_id, produce())))
+    await _finish(_in_thread(lambda: storage.write_blocks(volume_id, produce())))
 
 
 async def sweep(core: Core, snapshot_id: str) -> int:

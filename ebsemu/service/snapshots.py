@@ -17,6 +17,7 @@ from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_i
 from ebsemu.service import listing, sharing, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.storage_hosts import until_reachable
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.base import ListQuery
 
@@ -59,6 +60,7 @@ class SnapshotService:
             encrypted=volume.encrypted,
             kms_key_id=volume.kms_key_id,
             tags=tags,
+            storage_host=volume.storage_host,  # where its view is frozen and read
         )
         async with self._core.locks.hold(volume_id):
             volume = await self._volumes.get(ctx, volume_id)
@@ -70,7 +72,7 @@ class SnapshotService:
             await self._core.store.insert_snapshot(snapshot)
             job_id = await self._core.jobs.record("capture_snapshot", snapshot.id)
             try:
-                await self._core.storage.freeze(volume_id, snapshot.id)
+                await self._core.storage_for(volume).freeze(volume_id, snapshot.id)
             except (BackendError, OSError) as exc:
                 log.error("snapshot %s of %s: freeze failed: %s", snapshot.id, volume_id, exc)
                 await self._core.jobs.fail(job_id, f"freeze failed: {exc}")
@@ -166,13 +168,14 @@ class SnapshotService:
         snapshot = await store.get_snapshot(snapshot_id)
         if snapshot is None or snapshot.state is not SnapshotState.PENDING:
             return
+        storage = self._core.storage_for(snapshot)
         try:
-            stats = await snapshot_data.capture(self._core, snapshot_id)
+            stats = await snapshot_data.capture(self._core, snapshot_id, storage)
         except (BackendError, OSError) as exc:
             log.error("snapshot %s: capture failed: %s", snapshot_id, exc)
             await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
             await snapshot_data.sweep(self._core, snapshot_id)
-            await self._core.storage.drop_view(snapshot_id)
+            await self._drop_view(snapshot.storage_host, snapshot_id)
             return
         if await store.complete_snapshot(snapshot_id, stats.blocks * BLOCK_SIZE):
             log.info(
@@ -181,17 +184,27 @@ class SnapshotService:
                 stats.blocks,
                 stats.new_blocks,
             )
-        await self._core.storage.drop_view(snapshot_id)
+        await self._drop_view(snapshot.storage_host, snapshot_id)
 
     async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:
         await self._core.jobs.cancel("capture_snapshot", snapshot_id)
-        await self._core.storage.drop_view(snapshot_id)
+        host = await self._core.store.snapshot_storage_host(snapshot_id)
+        if host is not None:
+            await self._drop_view(host, snapshot_id)
         await snapshot_data.sweep(self._core, snapshot_id)
         await self._core.store.remove_snapshot(snapshot_id)
         await self._core.store.clear_snapshot_grantees(snapshot_id)  # if a crash left any
         log.info("snapshot %s: deleted", snapshot_id)
 
     # ---- helpers -------------------------------------------------------------------------
+
+    async def _drop_view(self, host: str, snapshot_id: str) -> None:
+        """Remove the snapshot's frozen view from its storage host, waiting for the host
+        while it cannot be reached (a view left behind would hold the host's space)."""
+        storage = self._core.storage_hosts.backend(host)
+        await until_reachable(
+            host, f"snapshot {snapshot_id}: its view", lambda: storage.drop_view(snapshot_id)
+        )
 
     async def _fail(self, snapshot_id: str, message: str) -> None:
         await self._core.store.transition_snapshot(

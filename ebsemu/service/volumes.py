@@ -6,6 +6,7 @@ API calls answer at once; jobs carry out the work on the storage backend.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from backends.base import StorageBackend
 from backends.errors import BackendError, CapacityError
 from ebsemu import errors
 from ebsemu.model import (
@@ -28,6 +30,7 @@ from ebsemu.model import (
 from ebsemu.service import listing, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.storage_hosts import host_unreachable, until_reachable
 from ebsemu.store.base import ListQuery
 
 log = logging.getLogger(__name__)
@@ -76,17 +79,24 @@ class VolumeService:
             if await store.retired_token_volume(ctx.account_id, req.client_token) is not None:
                 raise _token_mismatch(req)  # its volume was deleted and purged
         volume = await self._validated(ctx, req)
+        hosts = self._core.storage_hosts
         if volume.snapshot_id is None:
+            volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, 0))
             stored = await store.insert_volume(volume)
         else:
             async with self._core.locks.hold(volume.snapshot_id):
-                await self._check_restorable(ctx, volume)
+                needed = await self._restore_bytes(ctx, volume.snapshot_id)
+                volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, needed))
                 stored = await store.insert_volume(volume)
         if stored.id != volume.id:  # a concurrent request with the same ClientToken won
             return self._idempotent(stored, req)
         await self._core.jobs.submit("create_volume", stored.id)
         log.info(
-            "volume %s: creating (%d GiB %s)", stored.id, stored.size_gib, stored.volume_type.value
+            "volume %s: creating (%d GiB %s) on storage host %s",
+            stored.id,
+            stored.size_gib,
+            stored.volume_type.value,
+            stored.storage_host,
         )
         return stored
 
@@ -158,17 +168,21 @@ class VolumeService:
         volume = await self._core.store.get_volume(volume_id)
         if volume is None or volume.state is not VolumeState.CREATING:
             return
-        storage = self._core.storage
+        storage = self._core.storage_for(volume)
         try:
             await storage.create(volume_id, volume.size_gib * GIB)
             if volume.snapshot_id is not None:
-                await snapshot_data.restore(self._core, volume.snapshot_id, volume_id)
+                await snapshot_data.restore(self._core, volume.snapshot_id, volume_id, storage)
         except (BackendError, OSError) as exc:
-            log.error("volume %s: creation failed: %s", volume_id, exc)
-            await storage.delete(volume_id)
-            reason = "insufficient capacity" if isinstance(exc, CapacityError) else "backend error"
+            log.error(
+                "volume %s: creation on storage host %s failed: %s",
+                volume_id,
+                volume.storage_host,
+                exc,
+            )
+            await self._remove_after_failed_create(volume, storage)
             await self._core.store.transition_volume(
-                volume_id, {VolumeState.CREATING}, VolumeState.ERROR, f"Creation failed: {reason}"
+                volume_id, {VolumeState.CREATING}, VolumeState.ERROR, _creation_failure(exc)
             )
             return
         await self._core.store.transition_volume(
@@ -176,8 +190,31 @@ class VolumeService:
         )
         log.info("volume %s: available", volume_id)
 
+    async def _remove_after_failed_create(self, volume: Volume, storage: StorageBackend) -> None:
+        """Remove what a failed create left. If that fails too (the host is down), the volume
+        still goes to `error`; DeleteVolume removes the rest once the host answers."""
+        try:
+            await storage.delete(volume.id)
+        except (BackendError, OSError) as exc:
+            log.error(
+                "volume %s: removing what the failed creation left on storage host %s failed "
+                "too (%s); DeleteVolume of the volume removes it once the host answers",
+                volume.id,
+                volume.storage_host,
+                exc,
+            )
+
     async def _run_delete(self, volume_id: str, payload: dict[str, Any]) -> None:
-        await self._core.storage.delete(volume_id)
+        volume = await self._core.store.get_volume(volume_id)
+        if volume is None or volume.state is not VolumeState.DELETING:
+            return
+        storage = self._core.storage_for(volume)
+        # A volume stays `deleting` until its bytes are removed from the host.
+        await until_reachable(
+            volume.storage_host,
+            f"volume {volume_id}: stays deleting until its bytes are removed",
+            lambda: storage.delete(volume_id),
+        )
         await self._core.store.transition_volume(
             volume_id, {VolumeState.DELETING}, VolumeState.DELETED
         )
@@ -290,20 +327,19 @@ class VolumeService:
             )
         return snapshot
 
-    async def _check_restorable(self, ctx: RequestContext, volume: Volume) -> None:
-        """Under the snapshot's lock: it still exists, and the backend can hold its data."""
-        assert volume.snapshot_id is not None
-        await self._snapshot_for_restore(ctx, volume.snapshot_id)
-        blocks = await self._core.store.manifest_block_count(volume.snapshot_id)
-        needed = blocks * BLOCK_SIZE
-        if needed > self._core.storage.free_bytes():
-            log.warning(
-                "refusing restore of %s: needs %d bytes, %d free",
-                volume.snapshot_id,
-                needed,
-                self._core.storage.free_bytes(),
-            )
-            raise errors.InsufficientVolumeCapacity()
+    async def _restore_bytes(self, ctx: RequestContext, snapshot_id: str) -> int:
+        """Under the snapshot's lock: it still exists; the bytes its data takes on a volume."""
+        await self._snapshot_for_restore(ctx, snapshot_id)
+        return await self._core.store.manifest_block_count(snapshot_id) * BLOCK_SIZE
+
+
+def _creation_failure(exc: BaseException) -> str:
+    """The volume's StateMessage for a failed creation (no host detail: that is logged)."""
+    if isinstance(exc, CapacityError):
+        return "Creation failed: insufficient capacity"
+    if isinstance(exc, BackendError) and host_unreachable(exc):
+        return "Creation failed: storage host unreachable"
+    return "Creation failed: backend error"
 
 
 def _token_mismatch(req: VolumeRequest) -> errors.ApiError:

@@ -156,6 +156,15 @@ class Store(AccountStore, Protocol):
     async def count_snapshots(self, owner_id: str) -> int: ...
     async def volumes_restoring_from(self, snapshot_id: str) -> list[str]: ...
 
+    # storage hosts
+    async def snapshot_storage_host(self, snapshot_id: str) -> str | None:
+        """The storage host holding a snapshot's frozen view (deleted snapshots included)."""
+        ...
+
+    async def storage_hosts_in_use(self) -> dict[str, list[str]]:
+        """Storage host -> ids of the volumes not deleted and snapshots not removed on it."""
+        ...
+
     # create-volume permissions of snapshots
     async def snapshot_grantees(self, snapshot_id: str) -> list[str]:
         """Account ids and groups (``all``) that may create volumes from the snapshot."""

@@ -20,12 +20,12 @@ from ebsemu.timefmt import from_wire
 VOLUME_COLUMNS = (
     "id, owner_id, region, zone, zone_id, size_gib, volume_type, iops, throughput, encrypted, "
     "kms_key_id, snapshot_id, multi_attach, state, state_message, create_time, updated_at, "
-    "client_token, request_digest"
+    "client_token, request_digest, storage_host"
 )
 
 SNAPSHOT_COLUMNS = (
     "id, owner_id, region, volume_id, volume_size_gib, state, progress, description, encrypted, "
-    "kms_key_id, state_message, start_time, completion_time, full_size_bytes"
+    "kms_key_id, state_message, start_time, completion_time, full_size_bytes, storage_host"
 )
 
 
@@ -51,6 +51,7 @@ def volume_from_row(row: Sequence[Any]) -> Volume:
         _updated,
         token,
         digest,
+        storage_host,
     ) = row
     return Volume(
         id=id_,
@@ -72,6 +73,7 @@ def volume_from_row(row: Sequence[Any]) -> Volume:
         request_digest=digest,
         state_message=message,
         seq=seq,
+        storage_host=storage_host,
     )
 
 
@@ -92,6 +94,7 @@ def snapshot_from_row(row: Sequence[Any]) -> Snapshot:
         start_time,
         completion_time,
         full_size,
+        storage_host,
     ) = row
     return Snapshot(
         id=id_,
@@ -109,6 +112,7 @@ def snapshot_from_row(row: Sequence[Any]) -> Snapshot:
         completion_time=from_wire(completion_time) if completion_time else None,
         full_size_bytes=full_size,
         seq=seq,
+        storage_host=storage_host,
     )
 
 

@@ -150,4 +150,9 @@ MIGRATIONS: list[str] = [
         record TEXT NOT NULL
     );
     """,
+    # 6: storage hosts: the host holding each volume, and each snapshot's frozen view
+    """
+    ALTER TABLE volumes ADD COLUMN storage_host TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE snapshots ADD COLUMN storage_host TEXT NOT NULL DEFAULT 'default';
+    """,
 ]

@@ -60,6 +60,7 @@ class SqliteStore(InstanceTables, AccountTables):
             time.time(),
             volume.client_token,
             volume.request_digest,
+            volume.storage_host,
         )
         statements: list[tuple[str, Sequence[Any]]] = [
             (
@@ -185,6 +186,7 @@ class SqliteStore(InstanceTables, AccountTables):
             to_wire(snapshot.start_time),
             to_wire(snapshot.completion_time) if snapshot.completion_time else None,
             snapshot.full_size_bytes,
+            snapshot.storage_host,
         )
         statements: list[tuple[str, Sequence[Any]]] = [
             (
@@ -294,6 +296,21 @@ class SqliteStore(InstanceTables, AccountTables):
                 ("DELETE FROM snapshots WHERE id = ?", (snapshot_id,)),
             ]
         )
+
+    async def snapshot_storage_host(self, snapshot_id: str) -> str | None:
+        rows = await self._rows("SELECT storage_host FROM snapshots WHERE id = ?", (snapshot_id,))
+        return str(rows[0][0]) if rows else None
+
+    async def storage_hosts_in_use(self) -> dict[str, list[str]]:
+        rows = await self._rows(
+            "SELECT storage_host, id FROM volumes WHERE state != 'deleted' "
+            "UNION ALL SELECT storage_host, id FROM snapshots WHERE state = 'pending' "
+            "ORDER BY 1, 2"
+        )
+        found: dict[str, list[str]] = {}
+        for host, resource_id in rows:
+            found.setdefault(str(host), []).append(str(resource_id))
+        return found
 
     async def count_snapshots(self, owner_id: str) -> int:
         rows = await self._rows(
