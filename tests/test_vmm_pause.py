@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.vmm.errors import DomainNotFound
+from backends.vmm.errors import DomainNotFound, VmmError
 from backends.vmm.host import HostVmm
 from backends.vmm.libvirt import LibvirtVmm
 from backends.vmm.qemu import QemuConfig, QemuVmm
@@ -123,6 +123,21 @@ def test_xen_pause_leaves_a_paused_domain_alone_and_refuses_an_unknown_one(tool:
     with pytest.raises(DomainNotFound):
         run(vmm.pause("ghost"))
     assert runner.argvs == [[tool, "list"], [tool, "list"]]
+
+
+def test_xen_profile_without_pause_templates_attaches_but_refuses_to_pause() -> None:
+    profile = {key: f"mytool {key}" for key in ("infoCmd", "listCmd", "blockListCmd")}
+    profile |= {
+        "blockAttachCmd": "mytool attach <domUId> <dom0Dev> <domUDev>",
+        "blockDetachCmd": "mytool detach <domUId> <domUDev>",
+        "blockForceDetachCmd": "mytool detach -f <domUId> <domUDev>",
+        "backendParamsCmd": "xenstore-read <bePath>/params",
+    }
+    runner = RecordingRunner([(["mytool", "listCmd"], Reply(stdout=XL_LIST))])
+    vmm = XenVmm(runner, load_templates({"xen-old": profile}), XenConfig(profile="xen-old"))
+    with pytest.raises(VmmError, match="no pauseCmd or unpauseCmd template"):
+        run(vmm.pause("web1"))
+    assert runner.argvs == []
 
 
 def test_xen_state_flags_are_read_per_domain() -> None:

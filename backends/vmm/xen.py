@@ -58,9 +58,9 @@ TEMPLATES = (
     "blockForceDetachCmd",
     "blockListCmd",
     "backendParamsCmd",
-    "pauseCmd",
-    "unpauseCmd",
 )
+# Needed by pause/resume only, so that a profile written before them still attaches volumes.
+PAUSE_TEMPLATES = ("pauseCmd", "unpauseCmd")
 DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 VDEV_NAME = re.compile(r"(xvd|sd|hd)([a-z]+)")
 
@@ -331,6 +331,12 @@ class XenVmm:
         """``xl pause``: the vCPUs are descheduled; requests already queued to blkback still
         complete, new ones are not issued."""
         _check_domain(domain)
+        missing = sorted(set(PAUSE_TEMPLATES) - set(self._templates.keys(self._config.profile)))
+        if missing:
+            raise VmmError(
+                f"{self._config.profile}: no {' or '.join(missing)} template; "
+                "add them to the profile to pause domains"
+            )
         async with self._lock(domain):
             flags = domain_flags((await self._run("listCmd")).text, domain)
             if flags is None:
