@@ -200,7 +200,28 @@ def test_copy_stores_no_new_block_and_survives_the_deletion_of_its_source(lab: L
             handle.seek(index * BLOCK)
             assert handle.read(BLOCK) == data
     lab.b.delete_volume(VolumeId=restored_id)
+    # The copy was the last to name them: deleting it frees the blocks.
     lab.b.delete_snapshot(SnapshotId=copy_id)
+    poll(
+        lambda: (
+            True
+            if not any(block_path(lab.server.data_dir, data).exists() for data in blocks.values())
+            else None
+        )
+    )
+
+
+def test_source_deleted_right_after_the_copy_request_leaves_the_copy_whole(lab: Lab) -> None:
+    blocks = {i * 13: os.urandom(BLOCK) for i in range(20)}
+    volume_id, source_id = lab.source(blocks)
+    copy_id = lab.a.copy_snapshot(SourceRegion=REGION, SourceSnapshotId=source_id)["SnapshotId"]
+    lab.a.delete_snapshot(SnapshotId=source_id)
+    wait_completed(lab.a, copy_id)
+    restored_id = new_volume(lab.a, SnapshotId=copy_id)
+    assert lab.digest(restored_id) == lab.digest(volume_id)
+    for vid in (restored_id, volume_id):
+        lab.a.delete_volume(VolumeId=vid)
+    lab.a.delete_snapshot(SnapshotId=copy_id)
 
 
 def test_copy_takes_its_tags_from_tag_specifications_not_from_the_source(lab: Lab) -> None:

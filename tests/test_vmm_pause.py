@@ -4,6 +4,7 @@ pause; and which volumes of an instance CreateSnapshots selects."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,14 +13,26 @@ import pytest
 
 from backends.vmm.errors import DomainNotFound, VmmError
 from backends.vmm.host import HostVmm
-from backends.vmm.libvirt import LibvirtVmm
+from backends.vmm.libvirt import LibvirtConfig, LibvirtVmm
 from backends.vmm.qemu import QemuConfig, QemuVmm
 from backends.vmm.xen import XenConfig, XenVmm, domain_flags
 from ebsemu import errors
 from ebsemu.model import Attachment, AttachmentState
 from ebsemu.service.multi_snapshots import select_volumes
-from hostcmds import RecordingRunner, Reply, load_templates
-from tests.vmm_fixtures import QemuVm, qmp, run, running_vm
+from hostcmds import LocalRunner, RecordingRunner, Reply, load_templates
+from tests.vmm_fixtures import (
+    HAVE_LIBVIRT,
+    HAVE_QEMU,
+    NEEDS_LIBVIRT,
+    NEEDS_QEMU,
+    QemuVm,
+    libvirt_domain,
+    qmp,
+    run,
+    running_libvirtd,
+    running_vm,
+    virsh,
+)
 
 URI = "qemu:///system"
 XL_LIST = (
@@ -98,6 +111,20 @@ def test_libvirt_pause_of_an_unknown_domain_is_domain_not_found() -> None:
     )
     with pytest.raises(DomainNotFound):
         run(LibvirtVmm(runner, load_templates()).pause("ghost"))
+
+
+@pytest.mark.skipif(not (HAVE_LIBVIRT and HAVE_QEMU), reason=f"{NEEDS_LIBVIRT}; {NEEDS_QEMU}")
+def test_libvirt_pause_and_resume_on_a_real_domain(tmp_path: Path) -> None:
+    with (
+        running_libvirtd(tmp_path) as uri,
+        libvirt_domain(tmp_path, f"ebs-test-pause-{os.getpid()}") as domain,
+    ):
+        vmm = LibvirtVmm(LocalRunner(), load_templates(), LibvirtConfig(uri=uri))
+        assert run(vmm.pause(domain)) is True
+        assert virsh("domstate", domain).strip() == "paused"
+        assert run(vmm.pause(domain)) is False
+        run(vmm.resume(domain))
+        assert virsh("domstate", domain).strip() == "running"
 
 
 # ---- Xen (argv) ---------------------------------------------------------------------------------
