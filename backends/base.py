@@ -226,6 +226,18 @@ class VmmBackend(Protocol):
         """Tell the VMM that an attached volume grew to ``size_bytes``."""
         ...
 
+    async def pause(self, domain: str) -> bool:
+        """Stop the domain's virtual CPUs, so that it issues no new I/O, for taking views of
+        several volumes at one instant (CreateSnapshots). Returns True when this call paused
+        the domain: ``resume`` must then follow, whatever happens meanwhile. Returns False when
+        nothing was paused: the domain was paused already (it stays so), or the VMM cannot
+        pause it (the host itself)."""
+        ...
+
+    async def resume(self, domain: str) -> None:
+        """Let a domain paused by ``pause`` run again. A running domain is not an error."""
+        ...
+
 
 @dataclass(frozen=True)
 class Initiator:

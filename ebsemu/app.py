@@ -27,7 +27,9 @@ from ebsemu.service.core import Core
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
+from ebsemu.service.multi_snapshots import MultiSnapshotService
 from ebsemu.service.sharing import SharingService
+from ebsemu.service.snapshot_copies import SnapshotCopyService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
 from ebsemu.service.volumes import VolumeService
@@ -70,6 +72,8 @@ def build_services(core: Core) -> Services:
         attachments=AttachmentService(core, volumes, instances, exports),
         exports=exports,
         sharing=SharingService(core, snapshots.get),
+        copies=SnapshotCopyService(core, snapshots),
+        multi_snapshots=MultiSnapshotService(core, volumes, instances),
     )
 
 

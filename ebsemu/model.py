@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 GIB = 1024**3
 BLOCK_SIZE = 512 * 1024  # EBS snapshot block size, bytes
+COPY_VOLUME_ID = "vol-ffffffff"  # the VolumeId EC2 gives a snapshot copy
 
 
 class VolumeState(enum.StrEnum):

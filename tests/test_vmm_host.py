@@ -164,6 +164,8 @@ def test_every_registered_vmm_matches_the_vmm_backend_protocol() -> None:
         "detach",
         "list_attached",
         "notify_resize",
+        "pause",
+        "resume",
     }
     assert set(VMMS) == {"qemu", "libvirt", "xen", "host"}
     for name, cls in VMMS.items():

@@ -203,6 +203,16 @@ class HostVmm:
             return
         raise VmmError(f"{volume_id} is not attached to {domain}")
 
+    async def pause(self, domain: str) -> bool:
+        """The host cannot be paused: views of its volumes are taken one after another, with
+        no common instant (see docs/consistency.md)."""
+        self._check_domain(domain)
+        log.warning("%s: cannot be paused; its volumes' views are not simultaneous", domain)
+        return False
+
+    async def resume(self, domain: str) -> None:
+        self._check_domain(domain)
+
     # -- internals --------------------------------------------------------------------------
 
     def _check_domain(self, domain: str) -> None:

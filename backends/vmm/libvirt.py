@@ -74,6 +74,9 @@ TEMPLATES = (
     "secretDefineCmd",
     "secretSetValueCmd",
     "secretUndefineCmd",
+    "domStateCmd",
+    "suspendCmd",
+    "resumeCmd",
 )
 STDIN = "/dev/stdin"
 SECRET_NAMESPACE = uuid.UUID("4c0a2f0e-8d47-5b8e-9a52-6562736d7500")
@@ -405,6 +408,30 @@ class LibvirtVmm:
             "blockResizeCmd", domain=domain, target=disk.handle, sizeBytes=str(size_bytes)
         )
         log.info("%s: %s resized to %d bytes", domain, volume_id, size_bytes)
+
+    @translates_command_errors
+    async def pause(self, domain: str) -> bool:
+        """``virsh suspend``: libvirt's QEMU driver stops the vCPUs and drains the disks' I/O
+        before it answers."""
+        async with self._lock(domain):
+            try:
+                state = (await self._run("domStateCmd", domain=domain)).text.strip()
+            except CommandError as exc:
+                if not any(d.name == domain for d in await self.list_domains()):
+                    raise DomainNotFound(f"no libvirt domain {domain}") from exc
+                raise
+            if state != "running":
+                log.info("%s: %s already, not paused", domain, state)
+                return False
+            await self._run("suspendCmd", domain=domain)
+        log.info("%s: paused (virsh suspend)", domain)
+        return True
+
+    @translates_command_errors
+    async def resume(self, domain: str) -> None:
+        async with self._lock(domain):
+            await self._run("resumeCmd", domain=domain)
+        log.info("%s: resumed (virsh resume)", domain)
 
     # -- internals --------------------------------------------------------------------------
 

@@ -267,6 +267,23 @@ class QemuVmm:
                 await self._execute(qmp, "block_resize", {"node-name": node, "size": size_bytes})
         log.info("%s: %s resized to %d bytes", domain, volume_id, size_bytes)
 
+    async def pause(self, domain: str) -> bool:
+        """QMP ``stop``: QEMU stops the vCPUs, then drains and flushes every block device
+        before it answers, so each write the guest issued has reached the volume's file."""
+        async with self._session(domain) as qmp:
+            status = await self._execute(qmp, "query-status")
+            if status.get("status") != "running":
+                log.info("%s: %s already, not paused", domain, status.get("status"))
+                return False
+            await self._execute(qmp, "stop")
+        log.info("%s: paused (stop)", domain)
+        return True
+
+    async def resume(self, domain: str) -> None:
+        async with self._session(domain) as qmp:
+            await self._execute(qmp, "cont")
+        log.info("%s: resumed (cont)", domain)
+
     # -- internals --------------------------------------------------------------------------
 
     def socket_path(self, domain: str) -> Path:

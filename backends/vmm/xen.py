@@ -59,6 +59,8 @@ TEMPLATES = (
     "blockListCmd",
     "backendParamsCmd",
 )
+# Needed by pause/resume only, so that a profile written before them still attaches volumes.
+PAUSE_TEMPLATES = ("pauseCmd", "unpauseCmd")
 DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 VDEV_NAME = re.compile(r"(xvd|sd|hd)([a-z]+)")
 
@@ -167,6 +169,15 @@ def domain_state(flags: str) -> DomainState:
     if any(flag in flags for flag in "spc"):
         return DomainState.STOPPED
     return DomainState.RUNNING
+
+
+def domain_flags(text: str, domain: str) -> str | None:
+    """The state flags of ``domain`` in ``xl list`` / ``xm list`` output; None if not listed."""
+    for line in text.splitlines():
+        fields = line.rsplit(None, 5)
+        if len(fields) == 6 and fields[1].isdigit() and fields[0].strip() == domain:
+            return fields[4]
+    return None
 
 
 def parse_domain_list(text: str) -> list[Domain]:
@@ -314,6 +325,35 @@ class XenVmm:
         if not any(d.volume_id == volume_id for d in await self.list_attached(domain)):
             raise VmmError(f"{volume_id} is not attached to {domain}")
         log.info("%s: %s grew to %d bytes; blkback propagates it", domain, volume_id, size_bytes)
+
+    @translates_command_errors
+    async def pause(self, domain: str) -> bool:
+        """``xl pause``: the vCPUs are descheduled; requests already queued to blkback still
+        complete, new ones are not issued."""
+        _check_domain(domain)
+        missing = sorted(set(PAUSE_TEMPLATES) - set(self._templates.keys(self._config.profile)))
+        if missing:
+            raise VmmError(
+                f"{self._config.profile}: no {' or '.join(missing)} template; "
+                "add them to the profile to pause domains"
+            )
+        async with self._lock(domain):
+            flags = domain_flags((await self._run("listCmd")).text, domain)
+            if flags is None:
+                raise DomainNotFound(f"no Xen domain {domain}")
+            if "p" in flags:
+                log.info("%s: paused already, not paused", domain)
+                return False
+            await self._run("pauseCmd", domUId=domain)
+        log.info("%s: paused (%s)", domain, self._config.profile)
+        return True
+
+    @translates_command_errors
+    async def resume(self, domain: str) -> None:
+        _check_domain(domain)
+        async with self._lock(domain):
+            await self._run("unpauseCmd", domUId=domain)
+        log.info("%s: resumed (%s)", domain, self._config.profile)
 
     async def _check_exists(self, domain: str) -> None:
         if not any(d.name == domain for d in await self.list_domains()):

@@ -14,7 +14,9 @@ from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.context import RequestContext
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
+from ebsemu.service.multi_snapshots import MultiSnapshotService
 from ebsemu.service.sharing import SharingService
+from ebsemu.service.snapshot_copies import SnapshotCopyService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
 from ebsemu.service.volumes import VolumeRequest, VolumeService
@@ -33,6 +35,8 @@ class Services:
     attachments: AttachmentService
     sharing: SharingService
     exports: ExportService
+    copies: SnapshotCopyService
+    multi_snapshots: MultiSnapshotService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]
@@ -210,3 +214,7 @@ async def modify_instance_attribute(svc: Services, ctx: RequestContext, p: Param
             ctx, p["InstanceId"], mapping["DeviceName"], ebs["DeleteOnTermination"]
         )
     return {}
+
+
+# Actions kept in modules of their own register themselves when imported.
+from ebsemu.api import actions_copies  # noqa: E402, F401  # CopySnapshot, CreateSnapshots

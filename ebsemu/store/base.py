@@ -136,6 +136,16 @@ class Store(AccountStore, Protocol):
 
     # snapshots
     async def insert_snapshot(self, snapshot: Snapshot) -> None: ...
+    async def insert_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        """Insert several snapshots (with their tags) in one transaction."""
+        ...
+
+    async def insert_snapshot_copy(self, snapshot: Snapshot, source_id: str) -> bool:
+        """Insert ``snapshot`` with a copy of the manifest of ``source_id`` (its block rows,
+        no block data), in one transaction. False, inserting nothing, unless the source is a
+        completed snapshot not being deleted."""
+        ...
+
     async def get_snapshot(self, snapshot_id: str) -> Snapshot | None: ...
     async def list_snapshots(self, query: ListQuery) -> Page[Snapshot]: ...
     async def transition_snapshot(

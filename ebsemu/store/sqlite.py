@@ -12,7 +12,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ebsemu.model import Snapshot, SnapshotState, TagRecord, Volume, VolumeState
+from ebsemu.model import (
+    COPY_VOLUME_ID,
+    Snapshot,
+    SnapshotState,
+    TagRecord,
+    Volume,
+    VolumeState,
+)
 from ebsemu.private_files import private_database
 from ebsemu.store.base import TOKEN_RETENTION_SECONDS, ListQuery, Page
 from ebsemu.store.rows import SNAPSHOT_COLUMNS, VOLUME_COLUMNS, snapshot_from_row, volume_from_row
@@ -24,7 +31,7 @@ from ebsemu.store.sql_filters import (
     filter_sql,
 )
 from ebsemu.store.sqlite_accounts import AccountTables
-from ebsemu.store.sqlite_base import placeholders, prefixed
+from ebsemu.store.sqlite_base import Rollback, placeholders, prefixed
 from ebsemu.store.sqlite_instances import InstanceTables
 from ebsemu.timefmt import to_wire
 
@@ -171,6 +178,32 @@ class SqliteStore(InstanceTables, AccountTables):
     # ---- snapshots -----------------------------------------------------------------------
 
     async def insert_snapshot(self, snapshot: Snapshot) -> None:
+        await self._many(self._snapshot_statements(snapshot))
+
+    async def insert_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        await self._many(
+            [statement for s in snapshots for statement in self._snapshot_statements(s)]
+        )
+
+    async def insert_snapshot_copy(self, snapshot: Snapshot, source_id: str) -> bool:
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT 1 FROM snapshots WHERE id = ? AND deleted = 0 AND state = 'completed'",
+                (source_id,),
+            ) as cur:
+                if await cur.fetchone() is None:
+                    raise Rollback()
+            for sql, params in self._snapshot_statements(snapshot):
+                await db.execute(sql, params)
+            await db.execute(
+                "INSERT INTO snapshot_blocks (snapshot_id, block_index, digest) "
+                "SELECT ?, block_index, digest FROM snapshot_blocks WHERE snapshot_id = ?",
+                (snapshot.id, source_id),
+            )
+            return True
+        return False
+
+    def _snapshot_statements(self, snapshot: Snapshot) -> list[tuple[str, Sequence[Any]]]:
         values = (
             snapshot.id,
             snapshot.owner_id,
@@ -197,7 +230,7 @@ class SqliteStore(InstanceTables, AccountTables):
         statements += self._tag_statements(
             [(snapshot.id, "snapshot")], snapshot.owner_id, snapshot.tags
         )
-        await self._many(statements)
+        return statements
 
     async def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
         rows = await self._rows(
@@ -468,7 +501,11 @@ class SqliteStore(InstanceTables, AccountTables):
             f"UNION ALL SELECT 'delete_volume', id, '{{}}' FROM volumes WHERE state = 'deleting' "
             f"AND id {no_job.format('delete_volume')} "
             "UNION ALL SELECT 'capture_snapshot', id, '{}' FROM snapshots "
-            f"WHERE state = 'pending' AND deleted = 0 AND id {no_job.format('capture_snapshot')} "
+            f"WHERE state = 'pending' AND deleted = 0 AND volume_id != '{COPY_VOLUME_ID}' "
+            f"AND id {no_job.format('capture_snapshot')} "
+            "UNION ALL SELECT 'copy_snapshot', id, '{}' FROM snapshots "
+            f"WHERE state = 'pending' AND deleted = 0 AND volume_id = '{COPY_VOLUME_ID}' "
+            f"AND id {no_job.format('copy_snapshot')} "
             "UNION ALL SELECT 'delete_snapshot', id, '{}' FROM snapshots "
             f"WHERE deleted = 1 AND id {no_job.format('delete_snapshot')} "
             "UNION ALL SELECT 'attach_volume', volume_id, json_object('instance_id', instance_id) "

@@ -1,0 +1,240 @@
+"""CreateSnapshots: one snapshot of each volume attached to an instance, at one instant.
+
+The instance's VMM pauses the guest (QEMU `stop`, `virsh suspend`, `xl pause`), every selected
+volume's point-in-time view is taken (the storage backend's freeze: a reflink clone or sparse
+copy with the file backend), and the guest resumes — always, even when a view fails. The views
+then hold the volumes as they were at one moment: crash-consistent across the volumes. A VMM
+that cannot pause (the host driver) gets views taken one after another, consistent per volume
+only (docs/consistency.md).
+
+All or nothing: if any view fails, the views already taken are dropped and no snapshot is
+created. Once every view exists, the snapshots are inserted in one transaction, `pending`, and
+the usual capture job streams each view into the block store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from backends.base import VmmBackend
+from backends.errors import BackendError
+from ebsemu import errors
+from ebsemu.model import Attachment, AttachmentState, Snapshot, SnapshotState, new_id, utcnow
+from ebsemu.service import listing, validation
+from ebsemu.service.attachments import ATTACHABLE_INSTANCE_STATES
+from ebsemu.service.context import RequestContext
+from ebsemu.service.core import Core
+from ebsemu.service.instances import InstanceService
+from ebsemu.service.snapshots import SNAPSHOTTABLE
+from ebsemu.service.volumes import VolumeService
+
+log = logging.getLogger(__name__)
+
+# Device names EC2 gives an instance's root volume; a volume attached there is the boot volume.
+ROOT_DEVICES = frozenset({"/dev/sda1", "/dev/sda", "/dev/xvda", "/dev/vda", "xvda"})
+MAX_EXCLUDED_VOLUMES = 40
+COPY_TAGS_SOURCES = ("volume",)
+SNAPSHOT_ATTACHMENT_STATES = {AttachmentState.ATTACHED, AttachmentState.BUSY}
+RESUME_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class InstanceSnapshotRequest:
+    instance_id: str
+    exclude_boot_volume: bool = False
+    exclude_volume_ids: tuple[str, ...] = ()
+    description: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    copy_tags_from: str | None = None
+    outpost_arn: str | None = None
+    location: str | None = None
+
+
+def check_request(req: InstanceSnapshotRequest) -> None:
+    if req.outpost_arn is not None:
+        raise errors.UnsupportedOperation(
+            "There are no Outposts here: omit OutpostArn to create the snapshots in the "
+            "instance's Region."
+        )
+    if req.location not in (None, "regional"):
+        raise errors.UnsupportedOperation(
+            "There are no Local Zones here: omit Location (or give regional)."
+        )
+    if req.description is not None and len(req.description) > 255:
+        raise errors.InvalidParameterValue("Description must be at most 255 characters.")
+    if req.copy_tags_from is not None and req.copy_tags_from not in COPY_TAGS_SOURCES:
+        raise errors.InvalidParameterValue(
+            f"Value ({req.copy_tags_from[:64]}) for parameter CopyTagsFromSource is invalid. "
+            f"Expected: {', '.join(COPY_TAGS_SOURCES)}."
+        )
+    if len(req.exclude_volume_ids) > MAX_EXCLUDED_VOLUMES:
+        raise errors.InvalidParameterValue(
+            f"At most {MAX_EXCLUDED_VOLUMES} volume IDs can be excluded, "
+            f"not {len(req.exclude_volume_ids)}."
+        )
+    listing.check_ids("vol", req.exclude_volume_ids)
+
+
+def select_volumes(
+    attachments: Sequence[Attachment], exclude_boot_volume: bool, excluded: Sequence[str]
+) -> list[Attachment]:
+    """The attachments to snapshot, in device order. Naming the boot volume among the
+    excluded data volumes is an error, as in EC2 (ExcludeBootVolume is the way)."""
+    for attachment in attachments:
+        if attachment.device in ROOT_DEVICES and attachment.volume_id in excluded:
+            raise errors.InvalidParameterValue(
+                f"The volume '{attachment.volume_id}' is the instance's root volume; "
+                "exclude it with ExcludeBootVolume, not ExcludeDataVolumeIds."
+            )
+    chosen = [
+        a
+        for a in attachments
+        if a.state in SNAPSHOT_ATTACHMENT_STATES
+        and a.volume_id not in excluded
+        and not (exclude_boot_volume and a.device in ROOT_DEVICES)
+    ]
+    return sorted(chosen, key=lambda a: a.device)
+
+
+class MultiSnapshotService:
+    def __init__(self, core: Core, volumes: VolumeService, instances: InstanceService) -> None:
+        self._core = core
+        self._volumes = volumes
+        self._instances = instances
+
+    async def create(self, ctx: RequestContext, req: InstanceSnapshotRequest) -> list[Snapshot]:
+        check_request(req)
+        instance = await self._instances.get(ctx, req.instance_id)
+        if instance.state not in ATTACHABLE_INSTANCE_STATES:
+            raise errors.IncorrectInstanceState(
+                f"The instance '{instance.id}' is not in a valid state for this operation."
+            )
+        store = self._core.store
+        current = (await store.attachments_of_instances([instance.id])).get(instance.id, [])
+        chosen = select_volumes(current, req.exclude_boot_volume, req.exclude_volume_ids)
+        if not chosen:
+            return []
+        limit = self._core.config.max_snapshots
+        if await store.count_snapshots(ctx.account_id) + len(chosen) > limit:
+            raise errors.SnapshotLimitExceeded(
+                f"You have reached the maximum of {limit} snapshots."
+            )
+        volume_ids = [a.volume_id for a in chosen]
+        async with contextlib.AsyncExitStack() as held:
+            for volume_id in sorted(volume_ids):
+                await held.enter_async_context(self._core.locks.hold(volume_id))
+            snapshots = await self._records(ctx, req, instance.id, volume_ids)
+            vmm = self._instances.vmm_of(instance)
+            await self._views_at_one_instant(vmm, instance.domain, snapshots)
+            try:
+                await store.insert_snapshots(snapshots)
+            except BaseException:
+                await self._drop_views(snapshots)
+                raise
+            job_ids = [await self._core.jobs.record("capture_snapshot", s.id) for s in snapshots]
+        for job_id, snapshot in zip(job_ids, snapshots, strict=True):
+            self._core.jobs.start(job_id, "capture_snapshot", snapshot.id)
+        log.info(
+            "instance %s: snapshots %s of %s, pending",
+            instance.id,
+            ", ".join(s.id for s in snapshots),
+            ", ".join(volume_ids),
+        )
+        return snapshots
+
+    async def _records(
+        self,
+        ctx: RequestContext,
+        req: InstanceSnapshotRequest,
+        instance_id: str,
+        volume_ids: list[str],
+    ) -> list[Snapshot]:
+        """The snapshots to insert, once every volume is checked (under the volumes' locks)."""
+        attached = (await self._core.store.attachments_of_instances([instance_id])).get(
+            instance_id, []
+        )
+        still = {a.volume_id for a in attached if a.state in SNAPSHOT_ATTACHMENT_STATES}
+        started = utcnow()
+        snapshots = []
+        for volume_id in volume_ids:
+            volume = await self._volumes.get(ctx, volume_id)
+            if volume.state not in SNAPSHOTTABLE or volume_id not in still:
+                raise errors.IncorrectState(
+                    f"The volume '{volume_id}' is no longer attached to '{instance_id}'; retry."
+                )
+            tags = dict(volume.tags) if req.copy_tags_from == "volume" else {}
+            tags.update(req.tags)
+            validation.check_tags(tags)
+            snapshots.append(
+                Snapshot(
+                    id=new_id("snap"),
+                    owner_id=ctx.account_id,
+                    region=ctx.region,
+                    volume_id=volume_id,
+                    volume_size_gib=volume.size_gib,
+                    state=SnapshotState.PENDING,
+                    start_time=started,
+                    description=req.description or "",
+                    encrypted=volume.encrypted,
+                    kms_key_id=volume.kms_key_id,
+                    tags=tags,
+                )
+            )
+        return snapshots
+
+    async def _views_at_one_instant(
+        self, vmm: VmmBackend, domain: str, snapshots: list[Snapshot]
+    ) -> None:
+        """Pause the domain, freeze every volume, resume it. On any failure the views taken
+        are dropped and InternalError is raised: nothing is left half made."""
+        try:
+            paused = await vmm.pause(domain)
+        except BackendError as exc:
+            log.error("domain %s: pause failed, no snapshot taken: %s", domain, exc)
+            raise errors.InternalError(
+                "The instance could not be paused for its snapshots; none was created."
+            ) from None
+        taken: list[Snapshot] = []
+        try:
+            for snapshot in snapshots:
+                await self._core.storage.freeze(snapshot.volume_id, snapshot.id)
+                taken.append(snapshot)
+        except BaseException as exc:
+            if paused:
+                await asyncio.shield(self._resume(vmm, domain))
+            await self._drop_views(taken)
+            if not isinstance(exc, BackendError | OSError):
+                raise
+            failed = snapshots[len(taken)].volume_id
+            log.error("domain %s: view of %s failed, views dropped: %s", domain, failed, exc)
+            raise errors.InternalError(
+                f"The volume '{failed}' could not be frozen; no snapshot was created."
+            ) from None
+        if paused:
+            await asyncio.shield(self._resume(vmm, domain))
+
+    async def _resume(self, vmm: VmmBackend, domain: str) -> None:
+        for attempt in range(1, RESUME_ATTEMPTS + 1):
+            try:
+                await vmm.resume(domain)
+                return
+            except BackendError as exc:
+                log.error(
+                    "domain %s: resume failed (attempt %d of %d): %s",
+                    domain,
+                    attempt,
+                    RESUME_ATTEMPTS,
+                    exc,
+                )
+        log.critical("domain %s stays paused: resume it by hand", domain)
+
+    async def _drop_views(self, snapshots: Sequence[Snapshot]) -> None:
+        for snapshot in snapshots:
+            try:
+                await self._core.storage.drop_view(snapshot.id)
+            except (BackendError, OSError) as exc:
+                log.error("view %s: could not be dropped: %s", snapshot.id, exc)
