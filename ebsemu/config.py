@@ -64,6 +64,7 @@ class Config:
     request_burst: int = 300
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
+    ebs_timeout_minute_seconds: float = 60.0  # a StartSnapshot Timeout minute (tests shorten it)
 
     def __post_init__(self) -> None:
         if not ACCOUNT_ID.fullmatch(self.account_id):
@@ -74,6 +75,8 @@ class Config:
             raise ValueError("max_request_bytes must be at least 1024")
         if self.requests_per_second < 0 or self.request_burst < 1:
             raise ValueError("requests_per_second must be >= 0 and request_burst >= 1")
+        if self.ebs_timeout_minute_seconds <= 0:
+            raise ValueError("[ebs] timeout_minute_seconds must be positive")
 
     @property
     def tls(self) -> bool:
@@ -150,6 +153,8 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
                 values[key] = limits.getint(key)
         if "requests_per_second" in limits:
             values["requests_per_second"] = limits.getfloat("requests_per_second")
+    if parser.has_section("ebs") and "timeout_minute_seconds" in parser["ebs"]:
+        values["ebs_timeout_minute_seconds"] = parser["ebs"].getfloat("timeout_minute_seconds")
     if parser.has_section("auth"):
         auth = parser["auth"]
         for key in ("access_key_id", "secret_access_key"):

@@ -20,3 +20,4 @@ class VerifiedRequest:
     service: str | None
     version: Literal[2, 4]
     payload_signed: bool = True
+    signed_headers: frozenset[str] = frozenset()  # SigV4's SignedHeaders, lowercase
