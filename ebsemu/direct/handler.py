@@ -35,7 +35,7 @@ _AS_REST_JSON: dict[str, Callable[[str], errors.ApiError]] = {
     "InvalidClientTokenId": errors.UnrecognizedClientException,
     "MissingAuthenticationToken": errors.MissingAuthenticationTokenException,
     "IncompleteSignature": errors.IncompleteSignatureException,
-    "AuthFailure": lambda message: errors.AccessDeniedException(message, "UNAUTHORIZED_ACCOUNT"),
+    "AuthFailure": errors.InvalidSignatureException,
     "RequestLimitExceeded": lambda message: errors.RequestThrottledException(
         message, "ACCOUNT_THROTTLED"
     ),
@@ -69,6 +69,11 @@ async def _body(request: web.Request) -> bytes:
         ) from None
 
 
+def _signed(request: web.Request) -> bool:
+    """Whether the request carries a SigV4 signature at all (header or presigned query)."""
+    return "Authorization" in request.headers or "X-Amz-Signature" in request.query
+
+
 def view(name: str) -> View:
     """The view of operation ``name``."""
     operation = codec.ebs_model().operation_model(name)
@@ -83,9 +88,10 @@ def view(name: str) -> View:
         account = "-"
         try:
             body = await _body(request)
-            caller = await request.app[DIRECT_AUTH_KEY].caller(
-                request, body, body_bound_by=bound_by
-            )
+            authenticator = request.app[DIRECT_AUTH_KEY]
+            if authenticator.enabled and not _signed(request):
+                raise errors.MissingAuthenticationTokenException()
+            caller = await authenticator.caller(request, body, body_bound_by=bound_by)
             account = f"{caller.account_id}:{caller.access_key_id or '-'}"
             if not request.app[LIMITER_KEY].allow(caller.access_key_id or ""):
                 raise errors.RequestLimitExceeded()
