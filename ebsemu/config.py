@@ -76,7 +76,7 @@ class Config:
         if self.requests_per_second < 0 or self.request_burst < 1:
             raise ValueError("requests_per_second must be >= 0 and request_burst >= 1")
         if self.ebs_timeout_minute_seconds <= 0:
-            raise ValueError("[ebs] timeout_minute_seconds must be positive")
+            raise ValueError("ebs_timeout_minute_seconds must be positive")
 
     @property
     def tls(self) -> bool:
@@ -135,8 +135,9 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
             values["port"] = server.getint("port")
         if "data_dir" in server:
             values["data_dir"] = base / server["data_dir"]
-        if "deleted_visible_seconds" in server:
-            values["deleted_visible_seconds"] = server.getfloat("deleted_visible_seconds")
+        for key in ("deleted_visible_seconds", "ebs_timeout_minute_seconds"):
+            if key in server:
+                values[key] = server.getfloat(key)
         for key in ("tls_cert", "tls_key"):
             if server.get(key):
                 values[key] = base / server[key]
@@ -153,8 +154,6 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
                 values[key] = limits.getint(key)
         if "requests_per_second" in limits:
             values["requests_per_second"] = limits.getfloat("requests_per_second")
-    if parser.has_section("ebs") and "timeout_minute_seconds" in parser["ebs"]:
-        values["ebs_timeout_minute_seconds"] = parser["ebs"].getfloat("timeout_minute_seconds")
     if parser.has_section("auth"):
         auth = parser["auth"]
         for key in ("access_key_id", "secret_access_key"):

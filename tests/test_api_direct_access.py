@@ -98,9 +98,8 @@ def test_paths_that_name_no_operation_are_json_errors(server: ServerProcess, ebs
 @pytest.fixture
 def quick_timeouts(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server whose StartSnapshot Timeout minute lasts 0.05 s (so 10 minutes is 0.5 s)."""
-    proc = ServerProcess(
-        tmp_path / "data", TEST_CONFIG + "\n[ebs]\ntimeout_minute_seconds = 0.05\n"
-    )
+    quick = "[server]\nebs_timeout_minute_seconds = 0.05\n"
+    proc = ServerProcess(tmp_path / "data", TEST_CONFIG.replace("[server]\n", quick))
     proc.start()
     yield proc
     proc.stop()
