@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.api_support import FAST, block_path, poll, raw_request
+from tests.api_support import FAST, block_path, poll, raw_request, sigv4_headers
 from tests.direct_support import BLOCK, checksum, put, random_blocks, refusal, upload
 from tests.server import TEST_CONFIG, ServerProcess
 
@@ -176,3 +178,60 @@ def test_aws_cli_writes_and_lists_a_snapshot(server: ServerProcess, tmp_path: Pa
         str(out),
     )  # fmt: skip
     assert (got["Checksum"], out.read_bytes()) == (checksum(data), data)
+
+
+def signed_put(
+    server: ServerProcess, path: str, data: bytes, headers: dict[str, str]
+) -> urllib.request.Request:
+    """A PUT of ``data`` signed for `ebs` with UNSIGNED-PAYLOAD over ``headers`` only."""
+    signed = sigv4_headers(
+        "PUT",
+        server.url + path,
+        data,
+        {**headers, "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"},
+        service="ebs",
+    )
+    return urllib.request.Request(server.url + path, data=data, method="PUT", headers=signed)
+
+
+def send(request: urllib.request.Request, extra: dict[str, str]) -> tuple[int, str]:
+    for name, value in extra.items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, ""
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers.get("x-amzn-ErrorType", "")
+
+
+def test_an_unsigned_block_is_taken_only_with_its_signed_checksum(
+    server: ServerProcess, ebs: Any
+) -> None:
+    snapshot_id = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    path = f"/snapshots/{snapshot_id}/blocks/0"
+    data = random_blocks([0])[0]
+    block_headers = {"x-amz-Data-Length": str(BLOCK), "x-amz-Checksum-Algorithm": "SHA256"}
+    # The checksum header added after signing: nothing signed binds the body.
+    unbound = signed_put(server, path, data, block_headers)
+    assert send(unbound, {"x-amz-Checksum": checksum(data)}) == (403, "InvalidSignatureException")
+    bound = signed_put(server, path, data, {**block_headers, "x-amz-Checksum": checksum(data)})
+    assert send(bound, {}) == (201, "")
+    ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=1)
+
+
+def test_a_pending_snapshot_survives_a_restart_and_is_completed_after_it(
+    fresh_server: ServerProcess,
+) -> None:
+    ebs = fresh_server.client("ebs")
+    blocks = random_blocks([0, 1])
+    snapshot_id = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    put(ebs, snapshot_id, 0, blocks[0])
+    fresh_server.restart()
+    ebs = fresh_server.client("ebs")
+    (snapshot,) = fresh_server.client().describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert snapshot["State"] == "pending"  # not taken for a capture to finish
+    put(ebs, snapshot_id, 1, blocks[1])
+    ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=2)
+    listed = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"]
+    assert [b["BlockIndex"] for b in listed] == [0, 1]
