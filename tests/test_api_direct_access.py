@@ -235,3 +235,46 @@ def test_a_pending_snapshot_survives_a_restart_and_is_completed_after_it(
     ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=2)
     listed = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"]
     assert [b["BlockIndex"] for b in listed] == [0, 1]
+
+
+MALFORMED = [
+    ("GET", "/snapshots/snap-0123abcd/blocks?startingBlockIndex=99999999999999999999", b""),
+    ("GET", "/snapshots/snap-0123abcd/blocks?startingBlockIndex=9999999999999999999", b""),
+    ("GET", "/snapshots/snap-0123abcd/blocks?maxResults=many", b""),
+    ("GET", "/snapshots/snap-0123abcd/blocks?pageToken=%25%25", b""),
+    ("GET", "/snapshots/snap-XYZ/blocks", b""),
+    ("GET", "/snapshots/snap-0123abcd/blocks/first?blockToken=AAAA", b""),
+    ("GET", "/snapshots/snap-0123abcd/blocks/0", b""),
+    ("GET", "/snapshots/snap-0123abcd/changedblocks?firstSnapshotId=vol-1", b""),
+    ("POST", "/snapshots", b"not json"),
+    ("POST", "/snapshots", b"\xff\xfe"),
+    ("POST", "/snapshots", b"[]"),
+    ("POST", "/snapshots", b"{}"),
+    ("POST", "/snapshots", b'{"VolumeSize": "1"}'),
+    ("POST", "/snapshots", b'{"VolumeSize": 1e400}'),
+    ("POST", "/snapshots", b'{"VolumeSize": 1, "Tags": "x"}'),
+    ("POST", "/snapshots", b'{"VolumeSize": 1, "Tags": [{"Key": 5}]}'),
+    ("POST", "/snapshots", b'{"VolumeSize": 1, "Tags": [7]}'),
+    ("POST", "/snapshots", b'{"VolumeSize": 1, "Timeout": 5}'),
+    ("POST", "/snapshots", b'{"VolumeSize": 1, "Description": ""}'),
+    ("POST", "/snapshots/completion/snap-0123abcd", b""),
+    ("PUT", "/snapshots/snap-0123abcd/blocks/0", b""),
+]
+
+
+@pytest.mark.parametrize(("method", "target", "body"), MALFORMED)
+def test_malformed_requests_get_a_rest_json_client_error(
+    server: ServerProcess, method: str, target: str, body: bytes
+) -> None:
+    url = server.url + target
+    headers = sigv4_headers(method, url, body, {}, service="ebs")
+    request = urllib.request.Request(url, data=body or None, method=method, headers=headers)
+    with pytest.raises(urllib.error.HTTPError) as caught, urllib.request.urlopen(request):
+        pass
+    with caught.value as error:
+        assert error.code in (400, 404)
+        assert error.headers["x-amzn-ErrorType"] in (
+            "ValidationException",
+            "ResourceNotFoundException",
+        )
+        assert json.loads(error.read())["Message"]

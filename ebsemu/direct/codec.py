@@ -25,6 +25,7 @@ API_VERSION = "2019-11-02"
 JSON = "application/json"
 BINARY = "application/octet-stream"
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
+_INT_RANGE = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 
 
 @cache
@@ -66,6 +67,9 @@ def _check_scalar(shape: Shape, wire: str, value: Any) -> Any:
     if kind in ("integer", "long"):
         if not isinstance(value, int) or isinstance(value, bool):
             raise _invalid(wire, "Member must be a number", value)
+        low, high = _INT_RANGE[kind]
+        if not low <= value <= high:
+            raise _invalid(wire, f"Member must be a {kind} from {low} to {high}", value)
         _bounded(wire, value, value, meta, "value")
     elif kind == "boolean":
         if not isinstance(value, bool):

@@ -128,6 +128,8 @@ def _check_tags(tags: tuple[tuple[str, str], ...]) -> None:
     if len(set(keys)) != len(keys):
         raise _validation("Tag keys must be unique.", "INVALID_TAG")
     for key in keys:
+        if not key:
+            raise _validation("A tag key must not be empty.", "INVALID_TAG")
         if key.lower().startswith("aws:"):
             raise _validation("Tag keys starting with 'aws:' are reserved.", "INVALID_TAG")
 
