@@ -35,6 +35,10 @@ def ebs_model() -> ServiceModel:
     return ServiceModel(data, service_name="ebs")
 
 
+class ResultShapeError(ValueError):
+    """A result holds a key its output shape lacks (a programming error, never sent)."""
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -171,8 +175,15 @@ def parse_request(
     return params
 
 
+def _unknown_keys(shape: StructureShape, value: Mapping[str, Any]) -> None:
+    unknown = set(value) - set(shape.members)
+    if unknown:
+        raise ResultShapeError(f"{shape.name} has no members {sorted(unknown)}")
+
+
 def _to_json(shape: Shape, value: Any) -> Any:
     if isinstance(shape, StructureShape):
+        _unknown_keys(shape, value)
         return {
             name: _to_json(member, value[name])
             for name, member in shape.members.items()
@@ -190,6 +201,7 @@ def serialize_response(operation: OperationModel, result: Mapping[str, Any]) -> 
     """The operation's success response: its status, header members, then body."""
     shape = operation.output_shape
     assert shape is not None
+    _unknown_keys(shape, result)
     status = int(operation.http.get("responseCode", 200))
     payload = shape.serialization.get("payload")
     headers: dict[str, str] = {}
