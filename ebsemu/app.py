@@ -20,6 +20,7 @@ from ebsemu.api.handler import AUTH_KEY, LIMITER_KEY, SERVICES_KEY, handle_ec2, 
 from ebsemu.api.ratelimit import RateLimiter
 from ebsemu.config import Config
 from ebsemu.credentials import endpoint_url, save_default_key
+from ebsemu.direct import routes as direct_routes
 from ebsemu.private_files import private_dir
 from ebsemu.service.accounts import AccountService, configured_key
 from ebsemu.service.attachments import AttachmentService
@@ -147,6 +148,13 @@ def make_app(
     app[LIMITER_KEY] = RateLimiter(config.requests_per_second, config.request_burst)
     app.router.add_route("POST", "/", handle_ec2)
     app.router.add_route("GET", "/", handle_ec2)
+    direct_routes.install(
+        app,
+        core,
+        accounts.key,
+        auth=auth,
+        minute_seconds=config.ebs_timeout_minute_seconds,
+    )
     app.router.add_route("*", "/{tail:.*}", handle_unknown)
 
     async def start() -> None:

@@ -85,6 +85,7 @@ class Config:
     request_burst: int = 300
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
+    ebs_timeout_minute_seconds: float = 60.0  # a StartSnapshot Timeout minute (tests shorten it)
 
     def __post_init__(self) -> None:
         if not ACCOUNT_ID.fullmatch(self.account_id):
@@ -96,6 +97,8 @@ class Config:
         if self.requests_per_second < 0 or self.request_burst < 1:
             raise ValueError("requests_per_second must be >= 0 and request_burst >= 1")
         _check_storage_hosts(self.storage_hosts, self.zones)
+        if self.ebs_timeout_minute_seconds <= 0:
+            raise ValueError("ebs_timeout_minute_seconds must be positive")
 
     @property
     def tls(self) -> bool:
@@ -170,8 +173,9 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
             values["port"] = server.getint("port")
         if "data_dir" in server:
             values["data_dir"] = base / server["data_dir"]
-        if "deleted_visible_seconds" in server:
-            values["deleted_visible_seconds"] = server.getfloat("deleted_visible_seconds")
+        for key in ("deleted_visible_seconds", "ebs_timeout_minute_seconds"):
+            if key in server:
+                values[key] = server.getfloat(key)
         for key in ("tls_cert", "tls_key"):
             if server.get(key):
                 values[key] = base / server[key]

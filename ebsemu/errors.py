@@ -233,3 +233,85 @@ class InvalidClientTokenId(ClientError):
 
 class InvalidUserIDMalformed(ClientError):
     code = "InvalidUserID.Malformed"
+
+
+# ---- the EBS direct API (rest-json): the code goes in x-amzn-ErrorType, Reason in the body ----
+
+
+class EbsError(ApiError):
+    """An error of the EBS direct API, with the model's optional ``Reason`` enum value."""
+
+    def __init__(self, message: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ValidationException(EbsError):
+    code = "ValidationException"
+    http_status = 400
+
+
+class ResourceNotFoundException(EbsError):
+    code = "ResourceNotFoundException"
+    http_status = 404
+
+
+class AccessDeniedException(EbsError):
+    code = "AccessDeniedException"
+    http_status = 403
+
+
+class ConflictException(EbsError):
+    code = "ConflictException"
+    http_status = 409
+    default_message = (
+        "The request uses the same client token as a previous, but non-identical request."
+    )
+
+
+class ConcurrentLimitExceededException(EbsError):
+    code = "ConcurrentLimitExceededException"
+    http_status = 400
+
+
+class RequestThrottledException(EbsError):
+    code = "RequestThrottledException"
+    http_status = 400
+
+
+class ServiceQuotaExceededException(EbsError):
+    code = "ServiceQuotaExceededException"
+    http_status = 402
+
+
+class InternalServerException(EbsError):
+    code = "InternalServerException"
+    http_status = 500
+    default_message = "An internal error has occurred."
+
+
+class InvalidSignatureException(EbsError):
+    code = "InvalidSignatureException"
+    http_status = 403
+
+
+class UnrecognizedClientException(EbsError):
+    code = "UnrecognizedClientException"
+    http_status = 403
+    default_message = "The security token included in the request is invalid."
+
+
+class MissingAuthenticationTokenException(EbsError):
+    code = "MissingAuthenticationTokenException"
+    http_status = 403
+    default_message = "Missing Authentication Token"
+
+
+class IncompleteSignatureException(EbsError):
+    code = "IncompleteSignatureException"
+    http_status = 400
+
+
+class UnknownOperationException(EbsError):
+    code = "UnknownOperationException"
+    http_status = 404

@@ -45,8 +45,13 @@ class Authenticator:
         self._services = tuple(services)
         self._clock = clock
 
-    async def caller(self, request: web.BaseRequest, body: bytes) -> Caller:
-        """The verified caller of ``request`` (whose body is ``body``), or the AWS error."""
+    async def caller(
+        self, request: web.BaseRequest, body: bytes, *, body_bound_by: Collection[str] = ()
+    ) -> Caller:
+        """The verified caller of ``request`` (whose body is ``body``), or the AWS error.
+
+        ``body_bound_by``: signed headers that bind an UNSIGNED-PAYLOAD body on their own
+        (the body's checksum, which the caller then checks against the body)."""
         if not self.enabled:
             region = signing_region(request.headers, dict(request.query))
             return Caller(self._default_account, None, region)
@@ -64,7 +69,8 @@ class Authenticator:
         found = await self._lookup(signed.access_key_id)
         verified = signed.verify(found[1] if found is not None else None)
         assert found is not None  # verify() refuses an unknown key
-        if not verified.payload_signed and body and not request.secure:
+        bound = bool(body_bound_by) and verified.signed_headers.issuperset(body_bound_by)
+        if not verified.payload_signed and body and not request.secure and not bound:
             # The parameters are in the body: unsigned, anyone on the path could change them.
             raise errors.AuthFailure(
                 "The request body must be signed; UNSIGNED-PAYLOAD is accepted over HTTPS only."

@@ -16,6 +16,7 @@ from ebsemu.model import (
     Volume,
     VolumeState,
 )
+from ebsemu.store.direct import DirectStore
 
 T = TypeVar("T")
 
@@ -99,7 +100,7 @@ class AccountStore(Protocol):
         ...
 
 
-class Store(AccountStore, Protocol):
+class Store(AccountStore, DirectStore, Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def refresh_statistics(self) -> None:

@@ -155,4 +155,33 @@ MIGRATIONS: list[str] = [
     ALTER TABLE volumes ADD COLUMN storage_host TEXT NOT NULL DEFAULT 'default';
     ALTER TABLE snapshots ADD COLUMN storage_host TEXT NOT NULL DEFAULT 'default';
     """,
+    # 7: EBS direct API: the snapshots it writes (parent, token, timeout), the blocks put into
+    # each one while it is pending, and the key that signs block and page tokens
+    """
+    CREATE TABLE direct_snapshots (
+        snapshot_id TEXT PRIMARY KEY,
+        owner_id TEXT NOT NULL,
+        parent_snapshot_id TEXT,
+        client_token TEXT,
+        request_digest TEXT NOT NULL,
+        timeout_minutes INTEGER NOT NULL,
+        last_activity REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX direct_snapshots_client_token ON direct_snapshots(owner_id, client_token)
+        WHERE client_token IS NOT NULL;
+    CREATE TABLE direct_written_blocks (
+        snapshot_id TEXT NOT NULL,
+        block_index INTEGER NOT NULL,
+        digest BLOB NOT NULL,
+        PRIMARY KEY (snapshot_id, block_index)
+    ) WITHOUT ROWID;
+    CREATE TABLE direct_keys (
+        name TEXT PRIMARY KEY,
+        secret BLOB NOT NULL
+    );
+    CREATE TRIGGER direct_snapshot_removed AFTER DELETE ON snapshots BEGIN
+        DELETE FROM direct_snapshots WHERE snapshot_id = OLD.id;
+        DELETE FROM direct_written_blocks WHERE snapshot_id = OLD.id;
+    END;
+    """,
 ]

@@ -32,13 +32,14 @@ from ebsemu.store.sql_filters import (
 )
 from ebsemu.store.sqlite_accounts import AccountTables
 from ebsemu.store.sqlite_base import Rollback, placeholders, prefixed
+from ebsemu.store.sqlite_direct import DirectTables
 from ebsemu.store.sqlite_instances import InstanceTables
 from ebsemu.timefmt import to_wire
 
 log = logging.getLogger(__name__)
 
 
-class SqliteStore(InstanceTables, AccountTables):
+class SqliteStore(InstanceTables, AccountTables, DirectTables):
     async def open(self) -> None:
         """Open (creating and migrating) the database, readable by its owner only."""
         private_database(self._path)
@@ -503,9 +504,12 @@ class SqliteStore(InstanceTables, AccountTables):
             "UNION ALL SELECT 'capture_snapshot', id, '{}' FROM snapshots "
             f"WHERE state = 'pending' AND deleted = 0 AND volume_id != '{COPY_VOLUME_ID}' "
             f"AND id {no_job.format('capture_snapshot')} "
+            # A snapshot written through the EBS direct API has no volume to capture or copy.
+            "AND id NOT IN (SELECT snapshot_id FROM direct_snapshots) "
             "UNION ALL SELECT 'copy_snapshot', id, '{}' FROM snapshots "
             f"WHERE state = 'pending' AND deleted = 0 AND volume_id = '{COPY_VOLUME_ID}' "
             f"AND id {no_job.format('copy_snapshot')} "
+            "AND id NOT IN (SELECT snapshot_id FROM direct_snapshots) "
             "UNION ALL SELECT 'delete_snapshot', id, '{}' FROM snapshots "
             f"WHERE deleted = 1 AND id {no_job.format('delete_snapshot')} "
             "UNION ALL SELECT 'attach_volume', volume_id, json_object('instance_id', instance_id) "

@@ -74,6 +74,7 @@ class SigV4Request:
     canonical_request: str
     signature: str
     payload_signed: bool
+    signed_headers: frozenset[str] = frozenset()
 
     @property
     def access_key_id(self) -> str:
@@ -92,7 +93,12 @@ class SigV4Request:
         if secret is None or not matches:
             raise failures.not_validated()
         return VerifiedRequest(
-            self.access_key_id, self.scope.region, self.scope.service, 4, self.payload_signed
+            self.access_key_id,
+            self.scope.region,
+            self.scope.service,
+            4,
+            self.payload_signed,
+            self.signed_headers,
         )
 
 
@@ -143,7 +149,9 @@ def _build(parts: HttpParts, query: Sequence[Pair], claim: Claim, amz_date: str)
             payload_hash,
         )
     )
-    return SigV4Request(claim.scope, amz_date, canonical, claim.signature, payload_signed)
+    return SigV4Request(
+        claim.scope, amz_date, canonical, claim.signature, payload_signed, frozenset(names)
+    )
 
 
 def _header_date(headers: Mapping[str, str]) -> tuple[str, datetime]:

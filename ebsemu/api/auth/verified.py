@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -20,3 +20,5 @@ class VerifiedRequest:
     service: str | None
     version: Literal[2, 4]
     payload_signed: bool = True
+    # SigV4's SignedHeaders (lowercase); detail of how it was signed, left out of equality
+    signed_headers: frozenset[str] = field(default=frozenset(), compare=False)

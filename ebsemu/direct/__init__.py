@@ -1,0 +1,1 @@
+"""The EBS direct API (service `ebs`, rest-json): snapshots read and written block by block."""
