@@ -30,6 +30,7 @@ from ebsemu.service.jobs import Jobs
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
+from ebsemu.service.volume_status import VolumeStatusService
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.sqlite import SqliteStore
 
@@ -70,6 +71,7 @@ def build_services(core: Core) -> Services:
         attachments=AttachmentService(core, volumes, instances, exports),
         exports=exports,
         sharing=SharingService(core, snapshots.get),
+        volume_status=VolumeStatusService(core, volumes),
     )
 
 

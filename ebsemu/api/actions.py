@@ -17,6 +17,7 @@ from ebsemu.service.instances import InstanceService
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
+from ebsemu.service.volume_status import VolumeStatusService
 from ebsemu.service.volumes import VolumeRequest, VolumeService
 
 Params = dict[str, Any]
@@ -33,6 +34,7 @@ class Services:
     attachments: AttachmentService
     sharing: SharingService
     exports: ExportService
+    volume_status: VolumeStatusService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]

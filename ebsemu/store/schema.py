@@ -150,4 +150,19 @@ MIGRATIONS: list[str] = [
         record TEXT NOT NULL
     );
     """,
+    # volume attributes and status: autoEnableIO, and the I/O incident of an impaired volume
+    """
+    CREATE TABLE volume_io (
+        volume_id TEXT PRIMARY KEY,
+        auto_enable_io INTEGER NOT NULL DEFAULT 0,
+        io_disabled INTEGER NOT NULL DEFAULT 0,
+        event_id TEXT,
+        event_description TEXT,
+        event_since TEXT
+    );
+    CREATE TRIGGER volume_io_purged AFTER DELETE ON volumes
+    BEGIN
+        DELETE FROM volume_io WHERE volume_id = OLD.id;
+    END;
+    """,
 ]
