@@ -140,7 +140,6 @@ class Inventory:
     volumes: dict[str, int]  # by state
     snapshots: dict[str, int]  # by state
     jobs: dict[tuple[str, str], int]  # by (kind, state)
-    blocks: int  # distinct blocks the snapshot manifests reference
 
 
 class InventoryStore(Protocol):

@@ -14,10 +14,8 @@ class InventoryTables(SqliteBase):
             "SELECT state, COUNT(*) FROM snapshots WHERE deleted = 0 GROUP BY state"
         )
         jobs = await self._rows("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state")
-        blocks = await self._rows("SELECT COUNT(DISTINCT digest) FROM snapshot_blocks")
         return Inventory(
             volumes={str(state): int(count) for state, count in volumes},
             snapshots={str(state): int(count) for state, count in snapshots},
             jobs={(str(kind), str(state)): int(count) for kind, state, count in jobs},
-            blocks=int(blocks[0][0]),
         )
