@@ -62,4 +62,4 @@ def configure(level: str, log_format: str = "text", stream: TextIO | None = None
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler])

@@ -264,10 +264,11 @@ def test_a_backing_file_of_the_wrong_size_impairs_the_volume(lab: Lab) -> None:
     assert [e["Description"] for e in item["Events"]] == [STORAGE_LOST]
 
 
-def test_volumes_not_yet_created_have_insufficient_data(tmp_path: Path) -> None:
-    """A creating (or error) volume is not checked: its status is insufficient-data."""
+def test_volumes_not_created_or_busy_have_insufficient_data(tmp_path: Path) -> None:
+    """A creating or error volume is not checked, nor one a job is working on: its status
+    is insufficient-data. Once the job is done, the check runs again."""
 
-    async def scenario() -> list[tuple[str, str, str]]:
+    async def scenario() -> list[list[tuple[str, str, str]]]:
         config = Config(data_dir=tmp_path)
         store = SqliteStore(config.database)
         await store.open()
@@ -284,6 +285,7 @@ def test_volumes_not_yet_created_have_insufficient_data(tmp_path: Path) -> None:
             for state, vtype in (
                 (VolumeState.CREATING, VolumeType.GP2),
                 (VolumeState.ERROR, VolumeType.IO2),
+                (VolumeState.AVAILABLE, VolumeType.GP3),
             ):
                 volume = Volume(
                     id=new_id("vol"),
@@ -296,15 +298,41 @@ def test_volumes_not_yet_created_have_insufficient_data(tmp_path: Path) -> None:
                     create_time=utcnow(),
                 )
                 volumes.append(await store.insert_volume(volume))
-            found = await service.statuses(volumes)
-            return [(s.status, s.io_enabled, s.io_performance) for s in found]
+            await core.storage.create(volumes[2].id, GIB)
+            release = asyncio.Event()
+
+            async def work(resource_id: str, payload: dict[str, Any]) -> None:
+                await release.wait()
+
+            core.jobs.register("test_work", work)
+            await core.jobs.submit("test_work", volumes[2].id)
+            seen = [
+                [
+                    (s.status, s.io_enabled, s.io_performance)
+                    for s in await service.statuses(volumes)
+                ]
+            ]
+            release.set()
+            await core.jobs.idle()
+            seen.append(
+                [
+                    (s.status, s.io_enabled, s.io_performance)
+                    for s in await service.statuses(volumes)
+                ]
+            )
+            return seen
         finally:
             await store.close()
 
-    assert asyncio.run(scenario()) == [
-        ("insufficient-data", "insufficient-data", "not-applicable"),
+    busy, done = asyncio.run(scenario())
+    insufficient = ("insufficient-data", "insufficient-data", "not-applicable")
+    assert busy == [
+        insufficient,
         ("insufficient-data", "insufficient-data", "insufficient-data"),
+        insufficient,
     ]
+    assert done[:2] == busy[:2]
+    assert done[2] == ("ok", "passed", "not-applicable")
 
 
 # ---- filters and pages ---------------------------------------------------------------------

@@ -3,8 +3,9 @@
 A volume's status comes from real checks, made when DescribeVolumeStatus lists it:
 - storage: the storage backend still holds the volume, with its size (``health``);
 - export: an attached volume served through an export backend (tgt) is still served by it.
-`creating`, `deleting` and `error` volumes, and volumes whose backend could not be asked, are
-`insufficient-data` (AWS: the status does not reflect a volume's error state).
+`creating`, `deleting` and `error` volumes, volumes a job is working on (attaching, detaching,
+changing), and volumes whose backend could not be asked are `insufficient-data` (AWS: the
+status does not reflect a volume's error state).
 
 AWS's I/O semantics, as modelled here:
 - A failed check opens an I/O incident: the event `potential-data-inconsistency` (id `evol-…`,
@@ -231,14 +232,15 @@ class VolumeStatusService:
     async def statuses(self, volumes: Sequence[Volume]) -> list[VolumeStatus]:
         """Check the volumes (one backend call per role for all of them) and settle each one's
         I/O incident; their statuses, in order."""
-        checked = [v for v in volumes if v.state in CHECKED]
+        jobs = self._core.jobs
+        checked = [v for v in volumes if v.state in CHECKED and not jobs.busy(v.id)]
         unknown: set[str] = set()
         storage = await self._storage_problems(checked, unknown)
         exported = await self._export_problems(checked, unknown)
         records = await self._core.store.volume_io([v.id for v in checked])
         out: list[VolumeStatus] = []
         for volume in volumes:
-            if volume.state not in CHECKED or volume.id in unknown:
+            if volume.id not in records or volume.id in unknown:
                 out.append(_insufficient(volume))
                 continue
             problem = None
