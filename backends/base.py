@@ -8,7 +8,7 @@ service runs them in worker threads, never on the event loop.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -80,6 +80,13 @@ class StorageBackend(Protocol):
 
     def device_path(self, volume_id: str) -> str:
         """Path of the volume as one block device or raw file, for export and attach."""
+        ...
+
+    async def health(self, sizes: Mapping[str, int]) -> dict[str, str]:
+        """Check that each volume's storage exists with its size (``sizes``: volume id ->
+        bytes). Returns what is wrong with each volume that fails, by id; a healthy volume is
+        left out. One call checks many volumes (one listing of the host, not one per volume).
+        """
         ...
 
 
@@ -294,4 +301,10 @@ class ExportBackend(Protocol):
         credentials), e.g. after the target daemon restarted. Exports not named are left alone;
         an export already in effect as recorded is not touched. Returns the ids of the exports
         that had to be re-applied."""
+        ...
+
+    async def health(self, volume_ids: Sequence[str]) -> dict[str, str]:
+        """Check that each volume's export is in effect (the target serves the volume's device
+        and admits its initiator). Returns what is wrong with each export that fails, by volume
+        id; a healthy one is left out."""
         ...

@@ -37,7 +37,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -267,6 +267,9 @@ class FileStorage:
     async def list_views(self) -> list[str]:
         return await asyncio.to_thread(self._list, self._views)
 
+    async def health(self, sizes: Mapping[str, int]) -> dict[str, str]:
+        return await asyncio.to_thread(self._health, dict(sizes))
+
     # -- data path (blocking) --
 
     def open_view(self, view_id: str) -> FileView:
@@ -480,6 +483,38 @@ class FileStorage:
             "+".join(sorted(methods)),
             time.monotonic() - began,
         )
+
+    def _health(self, sizes: dict[str, int]) -> dict[str, str]:
+        problems: dict[str, str] = {}
+        for volume_id, size_bytes in sizes.items():
+            problem = self._problem(volume_id, size_bytes)
+            if problem is not None:
+                problems[volume_id] = problem
+        return problems
+
+    def _problem(self, volume_id: str, size_bytes: int) -> str | None:
+        """What is wrong with the volume's files, or None: its layout records ``size_bytes``
+        and every segment file is there with its length."""
+        directory = self._volumes / _check_id(volume_id)
+        try:
+            layout = _read_layout(directory)
+        except (BackendError, OSError) as exc:
+            return f"its layout description is unreadable: {exc}"
+        if layout is None:
+            return "its backing files are missing"
+        if layout.size_bytes != size_bytes:
+            return f"its backing files hold {layout.size_bytes} bytes, not {size_bytes}"
+        for index in range(layout.segment_count):
+            name = segment_name(index)
+            try:
+                length = os.stat(directory / name).st_size
+            except OSError:
+                return f"its backing file {name} is missing"
+            if length != layout.segment_size(index):
+                return (
+                    f"its backing file {name} is {length} bytes, not {layout.segment_size(index)}"
+                )
+        return None
 
     @staticmethod
     def _remove(parent: Path, name: str) -> None:

@@ -294,6 +294,20 @@ class LvmStorage:
         log.info("extended volume %s from %d to %d bytes", volume_id, lv.size_bytes, target)
 
     @translates_command_errors
+    async def health(self, sizes: Mapping[str, int]) -> dict[str, str]:
+        lvs = await self._lvs()
+        problems: dict[str, str] = {}
+        for volume_id, size_bytes in sizes.items():
+            lv = _volume(lvs, _check_id(volume_id))
+            if lv is None:
+                problems[volume_id] = f"its logical volume {self._config.vg}/{volume_id} is missing"
+            elif lv.size_bytes < size_bytes:
+                problems[volume_id] = (
+                    f"its logical volume holds {lv.size_bytes} bytes, not {size_bytes}"
+                )
+        return problems
+
+    @translates_command_errors
     async def list_volumes(self) -> list[str]:
         return sorted({lv.volume_id for lv in await self._lvs() if lv.volume_id is not None})
 

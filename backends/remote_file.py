@@ -279,6 +279,19 @@ class RemoteFileStorage:
         except HostCommandError as exc:
             raise backend_error(exc, "cannot list volumes") from exc
 
+    async def health(self, sizes: Mapping[str, int]) -> dict[str, str]:
+        problems: dict[str, str] = {}
+        try:
+            for volume_id, size_bytes in sizes.items():
+                found = await self._size(self._volumes / _check_id(volume_id))
+                if found is None:
+                    problems[volume_id] = "its backing file is missing"
+                elif found != size_bytes:
+                    problems[volume_id] = f"its backing file is {found} bytes, not {size_bytes}"
+        except HostCommandError as exc:
+            raise backend_error(exc, "cannot check volumes") from exc
+        return problems
+
     async def freeze(self, volume_id: str, view_id: str) -> None:
         source = self._volumes / _check_id(volume_id)
         path = self._views / _check_id(view_id)

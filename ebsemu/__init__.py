@@ -1,3 +1,8 @@
 """ebsemu: a self-hosted, EBS-compatible block storage service."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("ebsemu")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

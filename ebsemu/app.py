@@ -17,7 +17,9 @@ from ebsemu import hosts
 from ebsemu.api.actions import Services
 from ebsemu.api.authn import Authenticator
 from ebsemu.api.handler import AUTH_KEY, LIMITER_KEY, SERVICES_KEY, handle_ec2, handle_unknown
+from ebsemu.api.metrics import METRICS_KEY, Metrics, handle_metrics, observe_requests
 from ebsemu.api.ratelimit import RateLimiter
+from ebsemu.api.request_context import request_context
 from ebsemu.config import Config
 from ebsemu.credentials import endpoint_url, save_default_key
 from ebsemu.direct import routes as direct_routes
@@ -33,6 +35,7 @@ from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshot_copies import SnapshotCopyService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
+from ebsemu.service.volume_status import VolumeStatusService
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.sqlite import SqliteStore
 
@@ -75,6 +78,7 @@ def build_services(core: Core) -> Services:
         sharing=SharingService(core, snapshots.get),
         copies=SnapshotCopyService(core, snapshots),
         multi_snapshots=MultiSnapshotService(core, volumes, instances),
+        volume_status=VolumeStatusService(core, volumes),
     )
 
 
@@ -140,8 +144,11 @@ def make_app(
     account's, unsigned or not; ``environ`` may hold the default account's key pair."""
     core = build_core(config)
     accounts = AccountService(core.store)
-    app = web.Application(client_max_size=config.max_request_bytes)
+    app = web.Application(
+        client_max_size=config.max_request_bytes, middlewares=[request_context, observe_requests]
+    )
     app[CORE_KEY] = core
+    app[METRICS_KEY] = Metrics(core)
     services = build_services(core)
     app[SERVICES_KEY] = services
     app[AUTH_KEY] = Authenticator(accounts.key, default_account=config.account_id, enabled=auth)
@@ -155,6 +162,8 @@ def make_app(
         auth=auth,
         minute_seconds=config.ebs_timeout_minute_seconds,
     )
+    if config.metrics:
+        app.router.add_route("GET", "/metrics", handle_metrics)
     app.router.add_route("*", "/{tail:.*}", handle_unknown)
 
     async def start() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from backends.errors import SetupError
-from ebsemu import __version__, cli_accounts, config
+from ebsemu import __version__, cli_accounts, config, logs
 from ebsemu.api.access_log import AccessLogger
 from ebsemu.service.accounts import AccountError
 
@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8788)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument(
+        "--log-format", choices=logs.FORMATS, help="text (default) or json: one object a line"
+    )
     serve.add_argument(
         "--no-auth",
         action="store_true",
@@ -51,17 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides: dict[str, object] = {"data_dir": args.data_dir}
     if args.command == "serve":
-        overrides.update(host=args.host, port=args.port, log_level=args.log_level)
+        overrides.update(
+            host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format
+        )
     try:
         cfg = config.load(args.config, **overrides)
     except (OSError, ValueError, configparser.Error) as exc:
         print(f"ebsemu: cannot read the configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.log_level.upper() if args.command == "serve" else "WARNING",
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if args.command == "serve":
+        logs.configure(cfg.log_level.upper(), cfg.log_format)
+    else:
+        logs.configure("WARNING")
     if args.command == "accounts":
         return cli_accounts.run(args, cfg)
     if args.command == "check-host":

@@ -62,6 +62,8 @@ class Config:
     port: int = 8788
     data_dir: Path = Path("ebsemu-data")
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one JSON object per line)
+    metrics: bool = True  # GET /metrics (Prometheus text format, no authentication)
     default_region: str = "us-east-1"
     zones: tuple[Zone, ...] = (Zone("us-east-1a", "use1-az1", "us-east-1"),)
     account_id: str = DEFAULT_ACCOUNT_ID
@@ -99,6 +101,8 @@ class Config:
         _check_storage_hosts(self.storage_hosts, self.zones)
         if self.ebs_timeout_minute_seconds <= 0:
             raise ValueError("ebs_timeout_minute_seconds must be positive")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
 
     @property
     def tls(self) -> bool:
@@ -166,11 +170,13 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
     values: dict[str, object] = {}
     if parser.has_section("server"):
         server = parser["server"]
-        for key in ("host", "log_level", "default_region", "account_id"):
+        for key in ("host", "log_level", "log_format", "default_region", "account_id"):
             if key in server:
                 values[key] = server[key]
         if "port" in server:
             values["port"] = server.getint("port")
+        if "metrics" in server:
+            values["metrics"] = server.getboolean("metrics")
         if "data_dir" in server:
             values["data_dir"] = base / server["data_dir"]
         for key in ("deleted_visible_seconds", "ebs_timeout_minute_seconds"):

@@ -3,7 +3,7 @@ block device directly and nothing is exported."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from backends.base import ExportInfo, Initiator, LocalSource
 from backends.export.records import check_volume_id
@@ -36,3 +36,6 @@ class NoExport:
 
     async def restore(self, exports: Iterable[ExportInfo]) -> list[str]:
         return []
+
+    async def health(self, volume_ids: Sequence[str]) -> dict[str, str]:
+        return {}

@@ -34,7 +34,7 @@ import ipaddress
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,6 +300,20 @@ class TgtExport:
             raise ExportError(f"could not restore the exports of {', '.join(failed)}")
         return repaired
 
+    async def health(self, volume_ids: Sequence[str]) -> dict[str, str]:
+        try:
+            targets = await self._targets()
+        except HostCommandError as exc:
+            raise ExportError(f"cannot list tgtd targets: {exc}") from exc
+        problems: dict[str, str] = {}
+        for volume_id in volume_ids:
+            record = await asyncio.to_thread(self._records.load, check_volume_id(volume_id))
+            iqn = record.iqn if record is not None else self.target_iqn(volume_id)
+            problem = _export_problem(record, targets.get(iqn))
+            if problem is not None:
+                problems[volume_id] = problem
+        return problems
+
     # -- internals ---------------------------------------------------------------------------
 
     def _info(self, record: TargetRecord) -> ExportInfo:
@@ -481,6 +495,22 @@ class TgtExport:
         argv = self._templates.render(TOOL, key, values, controlPort=self._config.control_port)
         hidden = [str(values["chapSecret"])] if "chapSecret" in values else []
         return await self._runner.run(argv, timeout=self._config.command_timeout, secrets=hidden)
+
+
+def _export_problem(record: TargetRecord | None, live: LiveTarget | None) -> str | None:
+    """What keeps a recorded export from serving its volume, or None."""
+    if record is None:
+        return "it has no export record"
+    if live is None:
+        return f"its iSCSI target {record.iqn} is gone from tgtd"
+    lun = live.luns.get(record.lun)
+    if lun is None or lun.path != record.backing_store:
+        return f"its iSCSI target {record.iqn} does not serve the volume as LUN {record.lun}"
+    if record.chap_user not in live.accounts:
+        return f"its iSCSI target {record.iqn} lost its CHAP account"
+    if not (live.addresses or live.names):
+        return f"its iSCSI target {record.iqn} admits no initiator"
+    return None
 
 
 def _free_tid(targets: Mapping[str, LiveTarget]) -> int:

@@ -2,13 +2,16 @@
 
 aiohttp's default line holds the whole request line, and a query string can carry a presigned
 URL's signature or SigV2's Signature parameter: anyone reading the log could replay the
-request while it is valid. This line has the method, the path and the outcome only.
+request while it is valid. This line has the method, the path and the outcome only (and the
+request's id, as every log line of the request has).
 """
 
 from __future__ import annotations
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
+
+from ebsemu.api.request_context import REQUEST_ID_KEY
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -21,4 +24,5 @@ class AccessLogger(AbstractAccessLogger):
             response.status,
             response.body_length,
             time,
+            extra={"request_id": request.get(REQUEST_ID_KEY)},
         )

@@ -19,6 +19,7 @@ from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshot_copies import SnapshotCopyService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
+from ebsemu.service.volume_status import VolumeStatusService
 from ebsemu.service.volumes import VolumeRequest, VolumeService
 
 Params = dict[str, Any]
@@ -37,6 +38,7 @@ class Services:
     exports: ExportService
     copies: SnapshotCopyService
     multi_snapshots: MultiSnapshotService
+    volume_status: VolumeStatusService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]

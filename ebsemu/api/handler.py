@@ -7,17 +7,19 @@ caller's request rate, then the action and its parameters.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterable
 
 from aiohttp import web
 from yarl import URL
 
 from ebsemu import errors
+from ebsemu.api import actions_status  # noqa: F401  (registers its actions)
 from ebsemu.api.actions import ACTIONS, Services
 from ebsemu.api.authn import Authenticator, Caller
 from ebsemu.api.codec import ec2_model, parse_query, serialize_error, serialize_response
+from ebsemu.api.metrics import set_outcome
 from ebsemu.api.ratelimit import RateLimiter
+from ebsemu.api.request_context import request_id as request_id_of
 from ebsemu.service.context import RequestContext
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ async def _authenticated(request: web.Request, body: bytes) -> Caller:
 
 
 async def handle_ec2(request: web.Request) -> web.Response:
-    request_id = str(uuid.uuid4())
+    request_id = request_id_of(request)
     services = request.app[SERVICES_KEY]
     action = "-"
     account = "-"
@@ -109,11 +111,14 @@ async def handle_ec2(request: web.Request) -> web.Response:
             exc.code,
             exc.message,
         )
+        set_outcome(request, action, exc.code)
         return error_response(exc, request_id)
     except Exception:
         log.exception("request %s %s %s -> 500 InternalError", request_id, account, action[:64])
+        set_outcome(request, action, errors.InternalError.code)
         return error_response(errors.InternalError(), request_id)
     log.debug("request %s %s %s -> 200", request_id, account, action)
+    set_outcome(request, action, "OK")
     return web.Response(body=answer, content_type=XML)
 
 
@@ -121,5 +126,5 @@ async def handle_unknown(request: web.Request) -> web.Response:
     """Any other method or path: an EC2-style error, never aiohttp's plain-text page."""
     return error_response(
         errors.InvalidRequest(f"No EC2 API at {request.method} {request.path[:128]}"),
-        str(uuid.uuid4()),
+        request_id_of(request),
     )

@@ -63,6 +63,10 @@ class Jobs:
     def is_running(self, kind: str, resource_id: str) -> bool:
         return (kind, resource_id) in self._running
 
+    def busy(self, resource_id: str) -> bool:
+        """Whether a job of any kind runs for the resource now."""
+        return any(running == resource_id for _, running in self._running)
+
     async def cancel(self, kind: str, resource_id: str) -> None:
         """Cancel a job of ``kind`` running for a resource, if any, and wait for it to end."""
         task = self._running.get((kind, resource_id))

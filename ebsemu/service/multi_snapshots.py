@@ -182,6 +182,7 @@ class MultiSnapshotService:
                     encrypted=volume.encrypted,
                     kms_key_id=volume.kms_key_id,
                     tags=tags,
+                    storage_host=volume.storage_host,  # where its view is frozen and read
                 )
             )
         return snapshots
@@ -201,7 +202,7 @@ class MultiSnapshotService:
         taken: list[Snapshot] = []
         try:
             for snapshot in snapshots:
-                await self._core.storage.freeze(snapshot.volume_id, snapshot.id)
+                await self._core.storage_for(snapshot).freeze(snapshot.volume_id, snapshot.id)
                 taken.append(snapshot)
         except BaseException as exc:
             if paused:
@@ -235,6 +236,6 @@ class MultiSnapshotService:
     async def _drop_views(self, snapshots: Sequence[Snapshot]) -> None:
         for snapshot in snapshots:
             try:
-                await self._core.storage.drop_view(snapshot.id)
+                await self._core.storage_for(snapshot).drop_view(snapshot.id)
             except (BackendError, OSError) as exc:
                 log.error("view %s: could not be dropped: %s", snapshot.id, exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 from ebsemu.model import (
@@ -100,7 +101,53 @@ class AccountStore(Protocol):
         ...
 
 
-class Store(AccountStore, DirectStore, Protocol):
+@dataclass(frozen=True)
+class VolumeIo:
+    """A volume's autoEnableIO attribute and its open I/O incident, if any: the event
+    DescribeVolumeStatus reports, and whether I/O stays disabled until EnableVolumeIO."""
+
+    auto_enable_io: bool = False
+    io_disabled: bool = False
+    event_id: str | None = None
+    event_description: str | None = None
+    event_since: datetime | None = None
+
+
+class VolumeIoStore(Protocol):
+    async def volume_io(self, volume_ids: Sequence[str]) -> dict[str, VolumeIo]:
+        """Each volume's record (the default one for a volume that has none)."""
+        ...
+
+    async def set_auto_enable_io(self, volume_id: str, value: bool) -> None: ...
+    async def open_io_incident(
+        self, volume_id: str, event_id: str, description: str, since: datetime
+    ) -> VolumeIo:
+        """Record an incident unless one is open; I/O is disabled with it unless the volume's
+        autoEnableIO is set. Returns the record as it is now."""
+        ...
+
+    async def close_io_incident(self, volume_id: str) -> None:
+        """Forget the open incident, unless I/O is disabled (then EnableVolumeIO must come
+        first)."""
+        ...
+
+    async def enable_volume_io(self, volume_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the store holds, counted (for /metrics)."""
+
+    volumes: dict[str, int]  # by state
+    snapshots: dict[str, int]  # by state
+    jobs: dict[tuple[str, str], int]  # by (kind, state)
+
+
+class InventoryStore(Protocol):
+    async def inventory(self) -> Inventory: ...
+
+
+class Store(AccountStore, DirectStore, VolumeIoStore, InventoryStore, Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def refresh_statistics(self) -> None:

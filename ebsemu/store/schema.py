@@ -184,4 +184,19 @@ MIGRATIONS: list[str] = [
         DELETE FROM direct_written_blocks WHERE snapshot_id = OLD.id;
     END;
     """,
+    # 8: volume attributes and status: autoEnableIO, and the I/O incident of an impaired volume
+    """
+    CREATE TABLE volume_io (
+        volume_id TEXT PRIMARY KEY,
+        auto_enable_io INTEGER NOT NULL DEFAULT 0,
+        io_disabled INTEGER NOT NULL DEFAULT 0,
+        event_id TEXT,
+        event_description TEXT,
+        event_since TEXT
+    );
+    CREATE TRIGGER volume_io_purged AFTER DELETE ON volumes
+    BEGIN
+        DELETE FROM volume_io WHERE volume_id = OLD.id;
+    END;
+    """,
 ]

@@ -34,12 +34,14 @@ from ebsemu.store.sqlite_accounts import AccountTables
 from ebsemu.store.sqlite_base import Rollback, placeholders, prefixed
 from ebsemu.store.sqlite_direct import DirectTables
 from ebsemu.store.sqlite_instances import InstanceTables
+from ebsemu.store.sqlite_inventory import InventoryTables
+from ebsemu.store.sqlite_volume_io import VolumeIoTables
 from ebsemu.timefmt import to_wire
 
 log = logging.getLogger(__name__)
 
 
-class SqliteStore(InstanceTables, AccountTables, DirectTables):
+class SqliteStore(InstanceTables, AccountTables, DirectTables, VolumeIoTables, InventoryTables):
     async def open(self) -> None:
         """Open (creating and migrating) the database, readable by its owner only."""
         private_database(self._path)

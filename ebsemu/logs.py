@@ -1,0 +1,65 @@
+"""Log set-up: every line emitted while a request is handled (and by the jobs it starts)
+carries its RequestId, in text or as one JSON object per line.
+
+The request id lives in a context variable that the API sets per request; asyncio copies the
+context into the tasks a request creates, so a job's lines carry the id of the request that
+started it. A Filter on the handler copies it onto each record as ``request_id``. Messages are
+written as the code formats them: nothing here adds request parameters, so what the code keeps
+out of its messages (secrets) stays out of the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import TextIO
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("ebsemu_request_id", default=None)
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
+
+
+class RequestIdFilter(logging.Filter):
+    """Sets ``request_id`` (the current request's, unless the caller gave one) and
+    ``request_tag`` (`` [id]``, or empty outside a request) on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        record.request_id = request_id
+        record.request_tag = f" [{request_id}]" if request_id else ""
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id (inside a request),
+    exception (with a traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, UTC)
+        entry: dict[str, str] = {
+            "time": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str, log_format: str = "text", stream: TextIO | None = None) -> None:
+    """Send every logger's records to ``stream`` (standard error) at ``level``."""
+    if log_format not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {log_format!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+    logging.basicConfig(level=level, handlers=[handler])
