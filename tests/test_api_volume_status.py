@@ -21,6 +21,7 @@ from ebsemu.config import Config
 from ebsemu.model import GIB, Volume, VolumeState, VolumeType, new_id, utcnow
 from ebsemu.service.core import Core
 from ebsemu.service.jobs import Jobs
+from ebsemu.service.storage_hosts import StorageHostEntry, StorageHosts
 from ebsemu.service.volume_status import EXPORT_LOST, STORAGE_LOST, VolumeStatusService
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.sqlite import SqliteStore
@@ -276,7 +277,9 @@ def test_volumes_not_created_or_busy_have_insufficient_data(tmp_path: Path) -> N
             core = Core(
                 config=config,
                 store=store,
-                storage=FileStorage(config.volumes_dir),
+                storage_hosts=StorageHosts(
+                    [StorageHostEntry("default", None, FileStorage(config.volumes_dir), "file")]
+                ),
                 blocks=LocalBlockStore(config.blocks_dir),
                 jobs=Jobs(store),
             )
@@ -298,7 +301,7 @@ def test_volumes_not_created_or_busy_have_insufficient_data(tmp_path: Path) -> N
                     create_time=utcnow(),
                 )
                 volumes.append(await store.insert_volume(volume))
-            await core.storage.create(volumes[2].id, GIB)
+            await core.storage_for(volumes[2]).create(volumes[2].id, GIB)
             release = asyncio.Event()
 
             async def work(resource_id: str, payload: dict[str, Any]) -> None:

@@ -200,7 +200,12 @@ class SnapshotService:
 
     async def _drop_view(self, host: str, snapshot_id: str) -> None:
         """Remove the snapshot's frozen view from its storage host, waiting for the host
-        while it cannot be reached (a view left behind would hold the host's space)."""
+        while it cannot be reached (a view left behind would hold the host's space). Copies
+        and snapshots written through the EBS direct API never had a view: their host may be
+        one that is not configured."""
+        if host not in self._core.storage_hosts.names():
+            log.debug("snapshot %s: no view on storage host %s", snapshot_id, host)
+            return
         storage = self._core.storage_hosts.backend(host)
         await until_reachable(
             host, f"snapshot {snapshot_id}: its view", lambda: storage.drop_view(snapshot_id)

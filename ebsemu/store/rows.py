@@ -15,7 +15,7 @@ from ebsemu.model import (
     VolumeState,
     VolumeType,
 )
-from ebsemu.timefmt import from_wire
+from ebsemu.timefmt import from_wire, to_wire
 
 VOLUME_COLUMNS = (
     "id, owner_id, region, zone, zone_id, size_gib, volume_type, iops, throughput, encrypted, "
@@ -27,6 +27,27 @@ SNAPSHOT_COLUMNS = (
     "id, owner_id, region, volume_id, volume_size_gib, state, progress, description, encrypted, "
     "kms_key_id, state_message, start_time, completion_time, full_size_bytes, storage_host"
 )
+
+
+def snapshot_values(snapshot: Snapshot) -> tuple[Any, ...]:
+    """The snapshot's values in SNAPSHOT_COLUMNS order, for an INSERT."""
+    return (
+        snapshot.id,
+        snapshot.owner_id,
+        snapshot.region,
+        snapshot.volume_id,
+        snapshot.volume_size_gib,
+        snapshot.state.value,
+        snapshot.progress,
+        snapshot.description,
+        int(snapshot.encrypted),
+        snapshot.kms_key_id,
+        snapshot.state_message,
+        to_wire(snapshot.start_time),
+        to_wire(snapshot.completion_time) if snapshot.completion_time else None,
+        snapshot.full_size_bytes,
+        snapshot.storage_host,
+    )
 
 
 def volume_from_row(row: Sequence[Any]) -> Volume:

@@ -22,7 +22,13 @@ from ebsemu.model import (
 )
 from ebsemu.private_files import private_database
 from ebsemu.store.base import TOKEN_RETENTION_SECONDS, ListQuery, Page
-from ebsemu.store.rows import SNAPSHOT_COLUMNS, VOLUME_COLUMNS, snapshot_from_row, volume_from_row
+from ebsemu.store.rows import (
+    SNAPSHOT_COLUMNS,
+    VOLUME_COLUMNS,
+    snapshot_from_row,
+    snapshot_values,
+    volume_from_row,
+)
 from ebsemu.store.sql_filters import (
     SNAPSHOT_FILTERS,
     TAG_FILTERS,
@@ -207,23 +213,7 @@ class SqliteStore(InstanceTables, AccountTables, DirectTables, VolumeIoTables, I
         return False
 
     def _snapshot_statements(self, snapshot: Snapshot) -> list[tuple[str, Sequence[Any]]]:
-        values = (
-            snapshot.id,
-            snapshot.owner_id,
-            snapshot.region,
-            snapshot.volume_id,
-            snapshot.volume_size_gib,
-            snapshot.state.value,
-            snapshot.progress,
-            snapshot.description,
-            int(snapshot.encrypted),
-            snapshot.kms_key_id,
-            snapshot.state_message,
-            to_wire(snapshot.start_time),
-            to_wire(snapshot.completion_time) if snapshot.completion_time else None,
-            snapshot.full_size_bytes,
-            snapshot.storage_host,
-        )
+        values = snapshot_values(snapshot)
         statements: list[tuple[str, Sequence[Any]]] = [
             (
                 f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) VALUES ({placeholders(len(values))})",

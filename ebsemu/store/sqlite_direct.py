@@ -6,11 +6,10 @@ import hashlib
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from ebsemu.model import BLOCK_SIZE, Snapshot, utcnow
 from ebsemu.store.direct import ChangedRow, DirectMeta
-from ebsemu.store.rows import SNAPSHOT_COLUMNS
+from ebsemu.store.rows import SNAPSHOT_COLUMNS, snapshot_values
 from ebsemu.store.sqlite_base import SqliteBase, placeholders
 from ebsemu.timefmt import to_wire
 
@@ -19,25 +18,6 @@ _META_COLUMNS = (
     "snapshot_id, owner_id, parent_snapshot_id, client_token, request_digest, "
     "timeout_minutes, last_activity"
 )
-
-
-def _snapshot_row(snapshot: Snapshot) -> tuple[Any, ...]:
-    return (
-        snapshot.id,
-        snapshot.owner_id,
-        snapshot.region,
-        snapshot.volume_id,
-        snapshot.volume_size_gib,
-        snapshot.state.value,
-        snapshot.progress,
-        snapshot.description,
-        int(snapshot.encrypted),
-        snapshot.kms_key_id,
-        snapshot.state_message,
-        to_wire(snapshot.start_time),
-        None,
-        None,
-    )
 
 
 class DirectTables(SqliteBase):
@@ -53,7 +33,7 @@ class DirectTables(SqliteBase):
         return bytes(row[0])
 
     async def start_direct_snapshot(self, snapshot: Snapshot, meta: DirectMeta) -> str:
-        values = _snapshot_row(snapshot)
+        values = snapshot_values(snapshot)
         try:
             async with self._transaction() as db:
                 await db.execute(
