@@ -180,8 +180,8 @@ class VolumeStatusService:
     ) -> None:
         listing.check_id("vol", volume_id)
         value = (auto_enable_io or {}).get("Value")
-        if value is None:
-            raise errors.MissingParameter("The request must contain the parameter autoEnableIO")
+        if value is None:  # what EC2 answers a request without AutoEnableIO.Value
+            raise errors.InvalidRequest("The request received was invalid.")
         await self._volumes.get(ctx, volume_id)
         await self._core.store.set_auto_enable_io(volume_id, bool(value))
         log.info("volume %s: autoEnableIO %s", volume_id, "on" if value else "off")
