@@ -115,7 +115,7 @@ def test_an_unknown_attribute_is_invalid_parameter_value(lab: Lab) -> None:
     assert message == "Value (size) for parameter attribute is invalid. Unknown attribute."
 
 
-def test_a_missing_attribute_or_value_is_missing_parameter(lab: Lab) -> None:
+def test_a_missing_attribute_or_auto_enable_io_value_is_refused(lab: Lab) -> None:
     volume_id = new_volume(lab.ec2)
     answer = raw_request(
         lab.server.url,
@@ -128,14 +128,38 @@ def test_a_missing_attribute_or_value_is_missing_parameter(lab: Lab) -> None:
         {"Action": "ModifyVolumeAttribute", "Version": "2016-11-15", "VolumeId": volume_id},
     )
     assert answer.status == 400
-    assert answer.error() == (
-        "MissingParameter",
-        "The request must contain the parameter autoEnableIO",
-    )
+    assert answer.error() == ("InvalidRequest", "The request received was invalid.")
     code, _, status = aws_error(
         lab.ec2.modify_volume_attribute, VolumeId=volume_id, AutoEnableIO={}
     )
-    assert (code, status) == ("MissingParameter", 400)
+    assert (code, status) == ("InvalidRequest", 400)
+
+
+DRY_RUN_CALLS: list[tuple[str, dict[str, Any]]] = [
+    ("describe_volume_attribute", {"Attribute": "autoEnableIO"}),
+    ("modify_volume_attribute", {"AutoEnableIO": {"Value": True}}),
+    ("enable_volume_io", {}),
+    ("describe_volume_status", {}),
+]
+
+
+@pytest.mark.parametrize(("operation", "extra"), DRY_RUN_CALLS, ids=[c[0] for c in DRY_RUN_CALLS])
+def test_dry_run_answers_dry_run_operation_and_changes_nothing(
+    lab: Lab, operation: str, extra: dict[str, Any]
+) -> None:
+    volume_id = new_volume(lab.ec2)
+    ids = {"VolumeIds": [volume_id]} if operation == "describe_volume_status" else {}
+    target = {} if ids else {"VolumeId": volume_id}
+    code, message, status = aws_error(
+        getattr(lab.ec2, operation), DryRun=True, **target, **ids, **extra
+    )
+    assert (code, message, status) == (
+        "DryRunOperation",
+        "Request would have succeeded, but DryRun flag is set.",
+        412,
+    )
+    got = lab.ec2.describe_volume_attribute(VolumeId=volume_id, Attribute="autoEnableIO")
+    assert got["AutoEnableIO"] == {"Value": False}
 
 
 CALLS: list[tuple[str, dict[str, Any]]] = [

@@ -218,5 +218,6 @@ async def modify_instance_attribute(svc: Services, ctx: RequestContext, p: Param
     return {}
 
 
-# Actions kept in modules of their own register themselves when imported.
+# Actions kept in modules of their own register themselves when imported (after `action`).
 from ebsemu.api import actions_copies  # noqa: E402, F401  # CopySnapshot, CreateSnapshots
+from ebsemu.api import actions_status  # noqa: E402, F401  # volume attributes and status

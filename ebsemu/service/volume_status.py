@@ -26,6 +26,7 @@ AWS's I/O semantics, as modelled here:
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ def filter_fields(item: VolumeStatus) -> dict[str, list[str]]:
         "event.description": [event.description] if event else [],
         "event.event-id": [event.event_id] if event else [],
         "event.event-type": [EVENT_TYPE] if event else [],
-        "event.not-after": [],
+        "event.not-after": [],  # an open incident has no end yet
         "event.not-before": [to_wire(event.since)] if event else [],
         "volume-status.details-name": ["io-enabled", "io-performance"],
         "volume-status.details-status": [item.io_enabled, item.io_performance],
@@ -135,12 +136,24 @@ def filter_fields(item: VolumeStatus) -> dict[str, list[str]]:
     }
 
 
-def matches(item: VolumeStatus, filters: Sequence[Filter]) -> bool:
-    fields = filter_fields(item)
+Compiled = tuple[tuple[str, tuple[re.Pattern[str], ...]], ...]
+
+
+def compile_filters(filters: Sequence[Filter]) -> Compiled:
+    """The filters' patterns, compiled once per request; an unknown name is refused."""
     for flt in filters:
-        patterns = [listing.wildcard_regex(value) for value in flt.values]
-        values = fields[flt.name]
-        if patterns and not any(p.fullmatch(v) for p in patterns for v in values):
+        if flt.name not in FILTERS:
+            raise listing.unknown_filter(flt.name)
+    return tuple(
+        (flt.name, tuple(listing.wildcard_regex(value) for value in flt.values)) for flt in filters
+    )
+
+
+def matches(item: VolumeStatus, filters: Compiled) -> bool:
+    """Values of one filter are ORed, filters ANDed; a filter without values matches all."""
+    fields = filter_fields(item)
+    for name, patterns in filters:
+        if patterns and not any(p.fullmatch(v) for p in patterns for v in fields[name]):
             return False
     return True
 
@@ -167,8 +180,8 @@ class VolumeStatusService:
     ) -> None:
         listing.check_id("vol", volume_id)
         value = (auto_enable_io or {}).get("Value")
-        if value is None:
-            raise errors.MissingParameter("The request must contain the parameter autoEnableIO")
+        if value is None:  # what EC2 answers a request without AutoEnableIO.Value
+            raise errors.InvalidRequest("The request received was invalid.")
         await self._volumes.get(ctx, volume_id)
         await self._core.store.set_auto_enable_io(volume_id, bool(value))
         log.info("volume %s: autoEnableIO %s", volume_id, "on" if value else "off")
@@ -192,10 +205,7 @@ class VolumeStatusService:
         limit = listing.page_size(
             max_results, low=PAGE_LOW, high=PAGE_HIGH, ids_given=bool(ids), ids_param="volumeSet"
         )
-        filters = listing.filters(raw_filters)
-        for flt in filters:
-            if flt.name not in FILTERS:
-                raise listing.unknown_filter(flt.name)
+        filters = compile_filters(listing.filters(raw_filters))
         after = listing.decode_token(TOKEN_KIND, next_token)
         found: list[VolumeStatus] = []
         seen: set[str] = set()
