@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from backends.errors import BackendError, CapacityError, HostUnavailable, SetupError
 from backends.loop_bridge import LoopBridge
 from backends.options import Options
+from backends.remote_file_view import TRANSFER_BLOCKS, RemoteFileView, data_block_ranges
 from ebsemu.model import BLOCK_SIZE
 from hostcmds import (
     CommandError,
@@ -71,7 +72,6 @@ TEMPLATES = (
 )
 OPTIONS = ("path", "command_timeout", "copy_timeout")
 MAP_TEMPLATE = "dataMapCmd"  # optional: without xfs_io, views are read whole
-TRANSFER_BLOCKS = 64  # 32 MiB per read or write command
 PACKAGES = {"find": "findutils", "fallocate": "util-linux", "xfs_io": "xfsprogs"}  # or coreutils
 STAGING = ".tmp-"
 
@@ -100,27 +100,6 @@ def backend_error(exc: HostCommandError, doing: str) -> BackendError:
     return BackendError(f"{doing}: {exc}")
 
 
-def data_block_ranges(seek_map: str, size: int) -> list[tuple[int, int]]:
-    """[first, end) block ranges holding data, from ``xfs_io -c 'seek -a -r 0'`` output
-    (``DATA <offset>`` / ``HOLE <offset>`` lines, in offset order)."""
-    marks: list[tuple[str, int]] = []
-    for line in seek_map.splitlines():
-        words = line.split()
-        if len(words) == 2 and words[0] in ("DATA", "HOLE") and words[1].isdigit():
-            marks.append((words[0], int(words[1])))
-    ranges: list[tuple[int, int]] = []
-    for number, (kind, offset) in enumerate(marks):
-        if kind != "DATA":
-            continue
-        end = marks[number + 1][1] if number + 1 < len(marks) else size
-        first, stop = offset // BLOCK_SIZE, -(-min(end, size) // BLOCK_SIZE)
-        if ranges and first <= ranges[-1][1]:
-            ranges[-1] = (ranges[-1][0], max(stop, ranges[-1][1]))
-        elif first < stop:
-            ranges.append((first, stop))
-    return ranges
-
-
 @dataclass(frozen=True)
 class RemoteFileConfig:
     """``path``: the backend's directory on the host (absolute). ``command_timeout``: the limit
@@ -133,42 +112,6 @@ class RemoteFileConfig:
     def __post_init__(self) -> None:
         if not self.path.is_absolute() or ".." in self.path.parts:
             raise SetupError(f"remote-file path {str(self.path)!r} must be an absolute path")
-
-
-class RemoteFileView:
-    """A frozen view read through the runner, ``TRANSFER_BLOCKS`` blocks per command."""
-
-    def __init__(
-        self,
-        storage: RemoteFileStorage,
-        path: PurePosixPath,
-        size_bytes: int,
-        data_blocks: list[tuple[int, int]],
-    ) -> None:
-        self._storage = storage
-        self._path = path
-        self._size = size_bytes
-        self._data_blocks = data_blocks  # [first, end) block ranges that may hold data
-
-    @property
-    def size_bytes(self) -> int:
-        return self._size
-
-    def iter_blocks(self, start_index: int = 0) -> Iterator[tuple[int, bytes]]:
-        if start_index < 0:
-            raise ValueError(f"negative block index {start_index}")
-        for range_first, range_end in self._data_blocks:
-            for first in range(max(range_first, start_index), range_end, TRANSFER_BLOCKS):
-                count = min(TRANSFER_BLOCKS, range_end - first)
-                data = self._storage.read_blocks(self._path, first, count)
-                view = memoryview(data)
-                for offset in range(0, len(data), BLOCK_SIZE):
-                    block = view[offset : offset + BLOCK_SIZE]
-                    if block != _ZERO_BLOCK:
-                        yield first + offset // BLOCK_SIZE, bytes(block)
-
-    def close(self) -> None:
-        pass  # nothing stays open between commands
 
 
 class RemoteFileStorage:
@@ -340,7 +283,9 @@ class RemoteFileStorage:
         if size is None:
             raise BackendError(f"no view {view_id} at {path}")
         blocks = self._on_loop(lambda: self._data_blocks(path, size), f"cannot map {path}")
-        return RemoteFileView(self, path, size, blocks)
+        return RemoteFileView(
+            lambda first, count: self.read_blocks(path, first, count), size, blocks
+        )
 
     def read_blocks(self, path: PurePosixPath, first: int, count: int) -> bytes:
         """``count`` blocks of the file from block ``first`` (all of them present)."""

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from backends.errors import BackendError, SetupError
-from backends.remote_file import RemoteFileStorage, data_block_ranges
+from backends.remote_file import RemoteFileStorage
+from backends.remote_file_view import data_block_ranges
 from hostcmds import LocalRunner, load_templates
 
 BLOCK = 512 * 1024

@@ -91,6 +91,10 @@ def test_a_remote_storage_hosts_volume_is_exported_from_that_host(lab: Lab) -> N
     )  # fmt: skip
     assert out == "", out
 
+    lab.server.restart()  # start-up reconciliation keeps the attached volume's export
+    assert f"org.ebsemu:{volume_id}" in lab.tgtd.show_targets()
+    assert "export without an attachment" not in lab.server.log_path.read_text()
+
     ec2.detach_volume(VolumeId=volume_id)
     ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
     assert f"org.ebsemu:{volume_id}" not in lab.tgtd.show_targets()
