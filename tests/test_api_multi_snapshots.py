@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,3 +387,36 @@ def test_unknown_instances_outposts_bad_options_and_dry_run_are_refused(lab: Lab
     assert watcher.names == []
     found = lab.ec2.describe_snapshots(Filters=[{"Name": "tag:run", "Values": [run]}])
     assert found["Snapshots"] == []
+
+
+def test_aws_cli_create_snapshots_with_exclusions_and_copied_tags(lab: Lab) -> None:
+    left_out = lab.volumes["/dev/sdh"]
+    argv = [
+        str(Path(sys.executable).with_name("aws")),
+        "ec2",
+        "create-snapshots",
+        "--instance-specification",
+        f"InstanceId={lab.iid},ExcludeBootVolume=true,ExcludeDataVolumeIds={left_out}",
+        "--copy-tags-from-source",
+        "volume",
+        "--description",
+        "cli set",
+        "--endpoint-url",
+        lab.server.url,
+        "--output",
+        "json",
+    ]
+    done = subprocess.run(
+        argv, env=lab.server.cli_env(), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    snapshots = json.loads(done.stdout)["Snapshots"]
+    assert sorted(s["VolumeId"] for s in snapshots) == sorted(
+        [lab.volumes["/dev/sdf"], lab.volumes["/dev/sdg"]]
+    )
+    assert {s["Description"] for s in snapshots} == {"cli set"}
+    assert {t["Value"] for s in snapshots for t in s["Tags"]} == {"data-sdf", "data-sdg"}
+    ids = [s["SnapshotId"] for s in snapshots]
+    lab.ec2.get_waiter("snapshot_completed").wait(SnapshotIds=ids, WaiterConfig=FAST)
+    for snapshot_id in ids:
+        lab.ec2.delete_snapshot(SnapshotId=snapshot_id)

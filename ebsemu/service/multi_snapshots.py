@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -199,6 +200,7 @@ class MultiSnapshotService:
             raise errors.InternalError(
                 "The instance could not be paused for its snapshots; none was created."
             ) from None
+        began = time.monotonic()
         taken: list[Snapshot] = []
         try:
             for snapshot in snapshots:
@@ -217,6 +219,13 @@ class MultiSnapshotService:
             ) from None
         if paused:
             await asyncio.shield(self._resume(vmm, domain))
+        log.info(
+            "domain %s: %d views taken in %.3f s, %s",
+            domain,
+            len(taken),
+            time.monotonic() - began,
+            "paused meanwhile" if paused else "not paused",
+        )
 
     async def _resume(self, vmm: VmmBackend, domain: str) -> None:
         for attempt in range(1, RESUME_ATTEMPTS + 1):

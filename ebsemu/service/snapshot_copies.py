@@ -106,24 +106,15 @@ class SnapshotCopyService:
             volume_size_gib=source.volume_size_gib,
             state=SnapshotState.PENDING,
             start_time=utcnow(),
-            description=(
-                req.description
-                if req.description is not None
-                else f"[Copied {source.id} from {source.region}]"
-                + (f" {source.description}" if source.description else "")
-            )[:255],
+            description=_description(req.description, source),
             encrypted=False,
             tags=dict(req.tags or {}),
         )
-        # The source's lock: a DeleteSnapshot of it waits until the copy names its blocks.
+        # Under the source's lock, checked again: a DeleteSnapshot or a revoked permission that
+        # came meanwhile is seen, and neither can come until the copy names the source's blocks.
         async with self._core.locks.hold(source.id):
+            _check_source(await self._snapshots.visible(source_ctx, source.id))
             if not await store.insert_snapshot_copy(snapshot, source.id):
-                current = await store.get_snapshot(source.id)
-                if current is None:
-                    raise errors.InvalidSnapshotNotFound(
-                        f"The snapshot '{source.id}' does not exist."
-                    )
-                _check_source(current)
                 raise errors.IncorrectState(f"The snapshot '{source.id}' changed state; retry.")
             job_id = await self._core.jobs.record("copy_snapshot", snapshot.id)
         self._core.jobs.start(job_id, "copy_snapshot", snapshot.id)
@@ -173,6 +164,15 @@ class SnapshotCopyService:
     def _absent(self, digests: list[bytes]) -> list[bytes]:
         """The digests the block store does not hold (blocking)."""
         return [digest for digest in digests if not self._core.blocks.contains(digest)]
+
+
+def _description(given: str | None, source: Snapshot) -> str:
+    """The copy's description: the one given, else EC2's ``[Copied snap-… from region]``
+    followed by the source's own."""
+    if given is not None:
+        return given
+    text = f"[Copied {source.id} from {source.region}]"
+    return (f"{text} {source.description}" if source.description else text)[:255]
 
 
 def _check_source(source: Snapshot) -> None:
