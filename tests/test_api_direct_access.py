@@ -15,11 +15,15 @@ from typing import Any
 import pytest
 from botocore.config import Config as BotoConfig
 
+from tests import test_api_transport
 from tests.api_support import FAST, block_path, poll, raw_request, sigv4_headers
 from tests.direct_support import BLOCK, checksum, put, random_blocks, refusal, upload
 from tests.server import TEST_CONFIG, ServerProcess
 
 AWS = Path(sys.executable).with_name("aws")
+# The HTTPS server and its certificate, shared with the transport tests.
+certificate = test_api_transport.certificate
+tls_server = test_api_transport.tls_server
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +317,14 @@ def test_past_its_request_rate_a_key_is_throttled(throttled: ServerProcess) -> N
         400,
         "ACCOUNT_THROTTLED",
     )
+
+
+def test_over_https_boto3_sends_the_block_unsigned_and_it_is_taken(
+    tls_server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    ebs = tls_server.client("ebs", verify=str(certificate[0]))
+    blocks = random_blocks([0])
+    snapshot_id = upload(ebs, blocks)
+    token = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"][0]["BlockToken"]
+    got = ebs.get_snapshot_block(SnapshotId=snapshot_id, BlockIndex=0, BlockToken=token)
+    assert got["BlockData"].read() == blocks[0]
