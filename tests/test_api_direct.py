@@ -364,3 +364,40 @@ def test_restored_volume_of_a_direct_snapshot_has_its_size(ec2: Any, ebs: Any) -
     ec2.delete_volume(VolumeId=volume_id)
     ec2.get_waiter("volume_deleted").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
     ec2.delete_snapshot(SnapshotId=snapshot_id)
+
+
+def test_blocks_a_child_inherited_outlive_the_deleted_parent(
+    server: ServerProcess, ec2: Any, ebs: Any
+) -> None:
+    blocks = random_blocks([0, 1])
+    parent = upload(ebs, blocks)
+    child = ebs.start_snapshot(VolumeSize=1, ParentSnapshotId=parent)["SnapshotId"]
+    replaced = random_blocks([1])
+    put(ebs, child, 1, replaced[1])
+    ebs.complete_snapshot(SnapshotId=child, ChangedBlocksCount=1)
+    ec2.delete_snapshot(SnapshotId=parent)
+    dropped = block_path(server.data_dir, blocks[1])  # only the parent held it
+    poll(lambda: True if not dropped.exists() else None)
+    assert block_path(server.data_dir, blocks[0]).exists()
+    listed = ebs.list_snapshot_blocks(SnapshotId=child)["Blocks"]
+    got = {
+        b["BlockIndex"]: ebs.get_snapshot_block(
+            SnapshotId=child, BlockIndex=b["BlockIndex"], BlockToken=b["BlockToken"]
+        )["BlockData"].read()
+        for b in listed
+    }
+    assert got == {0: blocks[0], 1: replaced[1]}
+    ec2.delete_snapshot(SnapshotId=child)
+
+
+def test_a_pending_snapshot_deleted_by_ec2_takes_no_more_blocks(
+    server: ServerProcess, ec2: Any, ebs: Any
+) -> None:
+    blocks = random_blocks([0, 1])
+    snapshot_id = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    put(ebs, snapshot_id, 0, blocks[0])
+    ec2.delete_snapshot(SnapshotId=snapshot_id)
+    poll(lambda: True if not block_path(server.data_dir, blocks[0]).exists() else None)
+    late = refusal(put, ebs, snapshot_id, 1, blocks[1])
+    assert (late.code, late.status) == ("ResourceNotFoundException", 404)
+    assert not block_path(server.data_dir, blocks[1]).exists()

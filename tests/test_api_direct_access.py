@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.config import Config as BotoConfig
 
+from tests import test_api_transport
 from tests.api_support import FAST, block_path, poll, raw_request, sigv4_headers
 from tests.direct_support import BLOCK, checksum, put, random_blocks, refusal, upload
 from tests.server import TEST_CONFIG, ServerProcess
 
 AWS = Path(sys.executable).with_name("aws")
+# The HTTPS server and its certificate, shared with the transport tests.
+certificate = test_api_transport.certificate
+tls_server = test_api_transport.tls_server
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +283,48 @@ def test_malformed_requests_get_a_rest_json_client_error(
             "ResourceNotFoundException",
         )
         assert json.loads(error.read())["Message"]
+
+
+def test_a_corrupt_stored_block_is_an_internal_server_exception_not_bad_data(
+    server: ServerProcess, ebs: Any
+) -> None:
+    data = random_blocks([0])[0]
+    snapshot_id = upload(ebs, {0: data})
+    block_path(server.data_dir, data).write_bytes(bytes(BLOCK))  # damage the stored block
+    token = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"][0]["BlockToken"]
+    broken = refusal(ebs.get_snapshot_block, SnapshotId=snapshot_id, BlockIndex=0, BlockToken=token)
+    assert (broken.code, broken.status) == ("InternalServerException", 500)
+
+
+@pytest.fixture
+def throttled(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server allowing each key two requests, then one a minute."""
+    limits = "[limits]\nrequests_per_second = 0.016\nrequest_burst = 2\n"
+    text = TEST_CONFIG.split("[limits]")[0] + limits
+    proc = ServerProcess(tmp_path / "data", text)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_past_its_request_rate_a_key_is_throttled(throttled: ServerProcess) -> None:
+    ebs = throttled.client("ebs", config=BotoConfig(retries={"total_max_attempts": 1}))
+    ebs.start_snapshot(VolumeSize=1)
+    ebs.start_snapshot(VolumeSize=1)
+    slowed = refusal(ebs.start_snapshot, VolumeSize=1)
+    assert (slowed.code, slowed.status, slowed.reason) == (
+        "RequestThrottledException",
+        400,
+        "ACCOUNT_THROTTLED",
+    )
+
+
+def test_over_https_boto3_sends_the_block_unsigned_and_it_is_taken(
+    tls_server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    ebs = tls_server.client("ebs", verify=str(certificate[0]))
+    blocks = random_blocks([0])
+    snapshot_id = upload(ebs, blocks)
+    token = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"][0]["BlockToken"]
+    got = ebs.get_snapshot_block(SnapshotId=snapshot_id, BlockIndex=0, BlockToken=token)
+    assert got["BlockData"].read() == blocks[0]

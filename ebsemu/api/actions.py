@@ -219,5 +219,5 @@ async def modify_instance_attribute(svc: Services, ctx: RequestContext, p: Param
 
 
 # Actions kept in modules of their own register themselves when imported (after `action`).
-from ebsemu.api import actions_copies  # noqa: E402, F401  # CopySnapshot, CreateSnapshots
-from ebsemu.api import actions_status  # noqa: E402, F401  # volume attributes and status
+# CopySnapshot, CreateSnapshots; volume attributes and status:
+from ebsemu.api import actions_copies, actions_status  # noqa: E402, F401

@@ -6,13 +6,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ebsemu.direct.service import (
-    SHA256,
-    BlockPage,
-    BlockPut,
-    DirectService,
-    StartRequest,
-)
+from ebsemu.direct.access import SHA256
+from ebsemu.direct.reader import BlockPage
+from ebsemu.direct.service import DirectService
+from ebsemu.direct.writer import BlockPut, StartRequest
 from ebsemu.model import BLOCK_SIZE
 from ebsemu.service.context import RequestContext
 
@@ -48,7 +45,7 @@ async def start_snapshot(svc: DirectService, ctx: RequestContext, p: Params) -> 
         kms_key_arn=p.get("KmsKeyArn"),
         timeout_minutes=p.get("Timeout"),
     )
-    snapshot, meta = await svc.start(ctx, request)
+    snapshot, meta = await svc.writer.start(ctx, request)
     return {
         "Description": snapshot.description or None,
         "SnapshotId": snapshot.id,
@@ -72,13 +69,13 @@ async def put_snapshot_block(svc: DirectService, ctx: RequestContext, p: Params)
         checksum=p["Checksum"],
         progress=p.get("Progress"),
     )
-    checksum = await svc.put_block(ctx, p["SnapshotId"], put)
+    checksum = await svc.writer.put_block(ctx, p["SnapshotId"], put)
     return {"Checksum": checksum, "ChecksumAlgorithm": SHA256}
 
 
 @operation
 async def complete_snapshot(svc: DirectService, ctx: RequestContext, p: Params) -> Result:
-    state = await svc.complete(
+    state = await svc.writer.complete(
         ctx,
         p["SnapshotId"],
         p["ChangedBlocksCount"],
@@ -91,7 +88,7 @@ async def complete_snapshot(svc: DirectService, ctx: RequestContext, p: Params) 
 
 @operation
 async def list_snapshot_blocks(svc: DirectService, ctx: RequestContext, p: Params) -> Result:
-    blocks, page = await svc.list_blocks(
+    blocks, page = await svc.reader.list_blocks(
         ctx, p["SnapshotId"], p.get("MaxResults"), p.get("NextToken"), p.get("StartingBlockIndex")
     )
     return {
@@ -102,7 +99,7 @@ async def list_snapshot_blocks(svc: DirectService, ctx: RequestContext, p: Param
 
 @operation
 async def list_changed_blocks(svc: DirectService, ctx: RequestContext, p: Params) -> Result:
-    changed, page = await svc.list_changed(
+    changed, page = await svc.reader.list_changed(
         ctx,
         p.get("FirstSnapshotId"),
         p["SecondSnapshotId"],
@@ -125,7 +122,7 @@ async def list_changed_blocks(svc: DirectService, ctx: RequestContext, p: Params
 
 @operation
 async def get_snapshot_block(svc: DirectService, ctx: RequestContext, p: Params) -> Result:
-    block = await svc.get_block(ctx, p["SnapshotId"], p["BlockIndex"], p["BlockToken"])
+    block = await svc.reader.get_block(ctx, p["SnapshotId"], p["BlockIndex"], p["BlockToken"])
     return {
         "DataLength": len(block.data),
         "BlockData": block.data,

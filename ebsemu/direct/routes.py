@@ -59,10 +59,10 @@ class _Expiry:
                 await self._task
 
     async def _loop(self) -> None:
-        period = min(MAX_EXPIRY_PERIOD, self._service.minute_seconds)
+        period = min(MAX_EXPIRY_PERIOD, self._service.writer.minute_seconds)
         while True:
             try:
-                await self._service.expire_overdue()
+                await self._service.writer.expire_overdue()
             except Exception:
                 log.exception("timing out EBS direct API snapshots failed")
             await asyncio.sleep(period)

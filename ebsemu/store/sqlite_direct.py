@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import time
 from collections.abc import Sequence
 
-from ebsemu.model import BLOCK_SIZE, Snapshot, utcnow
-from ebsemu.store.direct import ChangedRow, DirectMeta
+from ebsemu.model import Snapshot, utcnow
+from ebsemu.store.direct import ZERO_DIGEST, ChangedRow, DirectMeta
 from ebsemu.store.rows import SNAPSHOT_COLUMNS, snapshot_values
 from ebsemu.store.sqlite_base import SqliteBase, placeholders
 from ebsemu.timefmt import to_wire
 
-ZERO_DIGEST = hashlib.sha256(bytes(BLOCK_SIZE)).digest()
 _META_COLUMNS = (
     "snapshot_id, owner_id, parent_snapshot_id, client_token, request_digest, "
     "timeout_minutes, last_activity"
