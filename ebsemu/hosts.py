@@ -6,6 +6,7 @@ from __future__ import annotations
 from backends.base import ExportBackend, Initiator, StorageBackend, VmmBackend
 from backends.export import EXPORTS
 from backends.file import FileStorage
+from backends.luks import LuksFormatter
 from backends.lvm import LvmStorage
 from backends.vmm import VMMS
 from ebsemu.config import Config
@@ -34,7 +35,7 @@ def build_storage(
     config: Config, runner: CommandRunner, templates: CommandTemplates
 ) -> StorageBackend:
     if config.storage_backend == "file":
-        return FileStorage(config.volumes_dir)
+        return FileStorage(config.volumes_dir, luks_formatter=LuksFormatter(runner, templates))
     if config.storage_backend == "lvm":
         return LvmStorage.from_options(config.storage_options, runner=runner, templates=templates)
     raise ConfigError(f"[storage] backend = {config.storage_backend!r}: use file or lvm")

@@ -25,13 +25,14 @@ from ebsemu.store.sql_filters import (
 )
 from ebsemu.store.sqlite_accounts import AccountTables
 from ebsemu.store.sqlite_base import placeholders, prefixed
+from ebsemu.store.sqlite_encryption import EncryptionTables
 from ebsemu.store.sqlite_instances import InstanceTables
 from ebsemu.timefmt import to_wire
 
 log = logging.getLogger(__name__)
 
 
-class SqliteStore(InstanceTables, AccountTables):
+class SqliteStore(InstanceTables, AccountTables, EncryptionTables):
     async def open(self) -> None:
         """Open (creating and migrating) the database, readable by its owner only."""
         private_database(self._path)
