@@ -285,32 +285,28 @@ class FileStorage:
         final = self._volumes / _check_id(volume_id)
         _check_size(size_bytes)
         layout = Layout(luks.file_bytes(size_bytes), luks.file_bytes(size_bytes))
-        if await asyncio.to_thread(self._keep_existing, final, layout.size_bytes):
+        staging = await asyncio.to_thread(self._stage, final, layout)
+        if staging is None:
             return
-        staging = self._staging(self._volumes, "tmp", volume_id)
+        segment = staging / segment_name(0)
         try:
-            self._volumes.mkdir(parents=True, exist_ok=True)
-            staging.mkdir()
-            segment = staging / segment_name(0)
             if passphrase is None:
-                sparse.make_sparse(segment, layout.size_bytes)
+                await asyncio.to_thread(sparse.make_sparse, segment, layout.size_bytes)
             else:
                 await self._luks.format(segment, size_bytes, passphrase)
-            sparse.write_json_atomic(staging / META_NAME, layout.to_json(encryption=LUKS))
-            os.rename(staging, final)
-        except (OSError, BackendError) as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(exc, OSError) and exc.errno in _NO_SPACE | {errno.EFBIG}:
-                raise CapacityError(f"cannot create volume {volume_id}: {exc}") from exc
-            if isinstance(exc, BackendError):
-                raise
-            raise BackendError(f"cannot create volume {volume_id}: {exc}") from exc
-        sparse.fsync_dir(self._volumes)
+            await asyncio.to_thread(self._commit, staging, final, layout)
+        except BaseException as exc:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+            if isinstance(exc, OSError):
+                if exc.errno in _NO_SPACE | {errno.EFBIG}:
+                    raise CapacityError(f"cannot create volume {volume_id}: {exc}") from exc
+                raise BackendError(f"cannot create volume {volume_id}: {exc}") from exc
+            raise
         logger.info(
             "created volume %s: %s, encrypted at rest (LUKS%s)",
             volume_id,
             format_bytes(size_bytes),
-            "" if passphrase is not None else ", to be restored",
+            "" if passphrase is not None else ", for a restore",
         )
 
     async def create(self, volume_id: str, size_bytes: int) -> None:
@@ -468,6 +464,33 @@ class FileStorage:
             format_bytes(size_bytes),
             layout.segment_count,
         )
+
+    def _stage(self, final: Path, layout: Layout) -> Path | None:
+        """A new staging directory for the volume ``final``; None if it exists already with
+        that layout's size (BackendError with another)."""
+        if self._keep_existing(final, layout.size_bytes):
+            return None
+        staging = self._staging(self._volumes, "tmp", final.name)
+        try:
+            self._volumes.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+        except OSError as exc:
+            raise BackendError(f"cannot create volume {final.name}: {exc}") from exc
+        return staging
+
+    def _commit(self, staging: Path, final: Path, layout: Layout) -> None:
+        """Describe the staged encrypted volume and move it in place, durably."""
+        sparse.write_json_atomic(staging / META_NAME, layout.to_json(encryption=LUKS))
+        try:
+            os.rename(staging, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and self._keep_existing(
+                final, layout.size_bytes
+            ):
+                shutil.rmtree(staging, ignore_errors=True)
+                return  # created concurrently
+            raise
+        sparse.fsync_dir(self._volumes)
 
     def _keep_existing(self, final: Path, size_bytes: int) -> bool:
         """True if the volume exists with this size; BackendError if it exists otherwise."""

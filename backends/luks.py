@@ -21,6 +21,7 @@ does not notice.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import struct
@@ -109,7 +110,7 @@ class LuksFormatter:
             raise BackendError(f"cannot format {path.name} as LUKS: {exc}") from exc
         finally:
             key_file.unlink(missing_ok=True)
-        check_image(path, size_bytes)
+        await asyncio.to_thread(check_image, path, size_bytes)
 
 
 def check_image(path: Path, size_bytes: int) -> None:
