@@ -233,3 +233,7 @@ class InvalidClientTokenId(ClientError):
 
 class InvalidUserIDMalformed(ClientError):
     code = "InvalidUserID.Malformed"
+
+
+class OperationNotPermitted(ClientError):
+    code = "OperationNotPermitted"

@@ -311,6 +311,41 @@ def test_an_encrypted_volume_from_an_unencrypted_snapshot_is_refused_saying_why(
     assert "DisableEbsEncryptionByDefault" in message
 
 
+def test_encrypted_snapshots_share_only_under_a_customer_key_and_never_publicly(
+    regions_server: ServerProcess, account: tuple[str, Any]
+) -> None:
+    _, ec2 = account
+    friend_id, friend_key = regions_server.new_account()
+    managed = new_snapshot(ec2, new_volume(ec2, Size=1, Encrypted=True))
+    code, message, _ = aws_error(
+        ec2.modify_snapshot_attribute,
+        SnapshotId=managed,
+        Attribute="createVolumePermission",
+        OperationType="add",
+        UserIds=[friend_id],
+    )
+    assert code == "OperationNotPermitted" and "default key" in message
+    custom = new_snapshot(ec2, new_volume(ec2, Size=1, Encrypted=True, KmsKeyId="alias/shared"))
+    code, _, _ = aws_error(
+        ec2.modify_snapshot_attribute,
+        SnapshotId=custom,
+        Attribute="createVolumePermission",
+        OperationType="add",
+        GroupNames=["all"],
+    )
+    assert code == "OperationNotPermitted"
+    ec2.modify_snapshot_attribute(
+        SnapshotId=custom,
+        Attribute="createVolumePermission",
+        OperationType="add",
+        UserIds=[friend_id],
+    )
+    friend = client_of(regions_server, friend_key)
+    restored = friend.create_volume(AvailabilityZone=ZONE, SnapshotId=custom)
+    assert restored["Encrypted"] is True
+    assert wait_state(friend, restored["VolumeId"])["Encrypted"] is True
+
+
 # ---- a store that cannot encrypt -----------------------------------------------------------
 
 

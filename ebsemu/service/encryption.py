@@ -207,3 +207,16 @@ class EncryptionService:
             return await asyncio.to_thread(self._vault.passphrase, wrapped)
         except KeyVaultError as exc:
             raise BackendError(f"{resource_id}: {exc}") from exc
+
+
+def check_shareable(snapshot: Snapshot, grantees: list[str]) -> None:
+    """EC2 shares an encrypted snapshot with accounts only under a customer key, and never with
+    everyone."""
+    if not (snapshot.encrypted and grantees):
+        return
+    if "all" in grantees:
+        raise errors.OperationNotPermitted("Encrypted snapshots cannot be made public.")
+    if snapshot.kms_key_id == kms_keys.default_key_arn(snapshot.owner_id, snapshot.region):
+        raise errors.OperationNotPermitted(
+            "Encrypted snapshots with EBS default key cannot be shared"
+        )
