@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from backends import luks
-from backends.base import AttachSpec, EncryptingStorage, LocalSource, LuksKey
+from backends.base import AttachSpec, EncryptingStorage, LocalSource, LuksKey, LuksOpener
 from backends.errors import BackendError
 from backends.file import FileStorage
 from backends.luks import LuksFormatter
+from backends.lvm import LvmStorage
+from backends.vmm import VMMS
 from backends.vmm.errors import AttachError
 from backends.vmm.qemu import QemuConfig, QemuVmm
 from ebsemu import errors
@@ -26,12 +28,30 @@ from ebsemu.keyvault import KeyVault, KeyVaultError
 from ebsemu.model import BLOCK_SIZE
 from ebsemu.service import kms_keys
 from hostcmds import LocalRunner, RecordingRunner, Reply, load_templates
+from tests import test_backend_compliance as compliance
 from tests.vmm_fixtures import QemuVm, new_volume_id, qmp, run, running_vm
 
 MIB = 1024 * 1024
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 KEY = "1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+# ---- the optional roles ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("protocol", "cls"), [(EncryptingStorage, FileStorage), (LuksOpener, QemuVmm)]
+)
+def test_backends_that_encrypt_or_open_luks_implement_those_roles(
+    protocol: type[Any], cls: type[Any]
+) -> None:
+    compliance.test_backend_implements_protocol_with_matching_signatures(protocol, cls)
+
+
+def test_only_the_qemu_driver_opens_luks() -> None:
+    assert [name for name, cls in VMMS.items() if hasattr(cls, "opens_luks")] == ["qemu"]
+    assert not any(hasattr(cls, "create_encrypted") for cls in [LvmStorage])
 
 
 # ---- KMS key identifiers ---------------------------------------------------------------------
