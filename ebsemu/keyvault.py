@@ -11,6 +11,7 @@ the master key is ever logged.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import secrets
 import threading
@@ -20,6 +21,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ebsemu.private_files import private_dir, write_private
+
+log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -69,6 +72,11 @@ class KeyVault:
             private_dir(self._path.parent)
             key = secrets.token_bytes(KEY_BYTES)
             write_private(self._path, base64.b64encode(key).decode("ascii") + "\n")
+            log.warning(
+                "created the master key file %s: encrypted volumes and snapshots cannot be "
+                "opened without it; keep it (and back it up apart from the database)",
+                self._path,
+            )
             return key
         except (OSError, UnicodeDecodeError) as exc:
             raise KeyVaultError(f"cannot read the master key file {self._path}: {exc}") from exc

@@ -309,3 +309,16 @@ def test_a_vmm_that_cannot_open_luks_is_refused_the_volume(lab: Lab) -> None:
     assert (code, status) == ("UnsupportedOperation", 400)
     assert "encrypted" in message and volume_id in message
     assert wait_volume(lab, volume_id)["Attachments"] == []
+
+
+def test_an_encrypted_volume_opens_again_after_a_server_restart(lab: Lab) -> None:
+    volume_id = lab.ec2.create_volume(AvailabilityZone=ZONE, Size=1, Encrypted=True)["VolumeId"]
+    wait_volume(lab, volume_id)
+    qdev_id = attach(lab, volume_id)
+    write_through_vm(lab, qdev_id, "write -P 0x5a 64M 1M")
+    detach(lab, volume_id)
+    lab.server.restart()
+    lab.ec2 = lab.server.client()
+    attach(lab, volume_id, "/dev/sdh")
+    assert reads_through_vm(lab, volume_id, "read -P 0x5a 64M 1M")
+    detach(lab, volume_id)
