@@ -91,6 +91,24 @@ class StorageBackend(Protocol):
 
 
 @runtime_checkable
+class EncryptingStorage(Protocol):
+    """A storage backend that can keep volumes encrypted at rest (LUKS images, see
+    backends/luks.py). Its other methods see such a volume's file as it is: ciphertext."""
+
+    def encryption_unavailable(self) -> str | None:
+        """None when ``create_encrypted`` works on this host; otherwise why it does not."""
+        ...
+
+    async def create_encrypted(
+        self, volume_id: str, size_bytes: int, passphrase: str | None
+    ) -> None:
+        """Create a volume of ``size_bytes`` as a LUKS image whose key slot opens with
+        ``passphrase``. With None, leave its file all zeros, for a restore that writes a whole
+        image (header included) into it. Idempotent as ``create``."""
+        ...
+
+
+@runtime_checkable
 class BlockStore(Protocol):
     """Snapshot blocks addressed by SHA-256, stored once (blocking methods)."""
 
@@ -178,13 +196,24 @@ DiskSource = LocalSource | IscsiSource | RbdSource
 
 
 @dataclass(frozen=True)
+class LuksKey:
+    """How to open a volume kept encrypted at rest as a LUKS image (see backends/luks.py): the
+    passphrase of its key slot (ASCII text) and the length of the image (header + ciphertext); the
+    source may be longer (zero padding), which a reader must not show."""
+
+    passphrase: str = field(repr=False)
+    image_bytes: int
+
+
+@dataclass(frozen=True)
 class AttachSpec:
-    """What to attach: the volume, the device name asked for (/dev/sdf, /dev/xvdf), and where
-    its bytes are."""
+    """What to attach: the volume, the device name asked for (/dev/sdf, /dev/xvdf), where its
+    bytes are, and for a volume encrypted at rest the key to open it with."""
 
     volume_id: str
     device: str
     source: DiskSource
+    luks: LuksKey | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +273,15 @@ class VmmBackend(Protocol):
     async def resume(self, domain: str) -> None:
         """Let a domain paused by ``pause`` run again. A running domain is not an error."""
         ...
+
+
+@runtime_checkable
+class LuksOpener(Protocol):
+    """A VMM that opens LUKS-encrypted volumes itself (``AttachSpec.luks``): the guest sees the
+    plaintext, the host and the export path only ciphertext. A VMM that is not one must not
+    be handed an encrypted volume."""
+
+    def opens_luks(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,11 @@ itself and a data directory moved to another filesystem keeps working.
 Export and attach need one file: a volume that spans several segments can be snapshotted and
 restored but not attached. Put the data directory on XFS or btrfs to attach volumes of any size.
 
+An encrypted volume (``create_encrypted``) is one file holding a LUKS image made by qemu-img
+(header, then ciphertext; see backends/luks.py), zero-padded to whole blocks, and its
+``volume.json`` says ``"encryption": "luks"``. Everything else here treats that file as any
+other: views, snapshots and restores carry its ciphertext, header included.
+
 Freezing a volume for a snapshot clones each segment with a reflink (FICLONE) where the
 filesystem supports it (XFS with reflink=1, btrfs): instant and no extra space until the volume
 is written again. Elsewhere (ext4, tmpfs) it copies the data extents only, so holes stay holes.
@@ -43,7 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from backends import sparse
+from backends import luks, sparse
 from backends.errors import BackendError, CapacityError, SetupError
 from ebsemu.model import BLOCK_SIZE
 
@@ -52,6 +57,7 @@ logger = logging.getLogger(__name__)
 MAX_SEGMENT_BYTES = 64 * 1024**4  # 64 TiB: the largest EBS volume
 LAYOUT_VERSION = 1
 META_NAME = "volume.json"
+LUKS = "luks"
 
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -165,6 +171,14 @@ def _read_layout(directory: Path) -> Layout | None:
     return Layout.from_json(data, path)
 
 
+def _is_luks(directory: Path) -> bool:
+    try:
+        data = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("encryption") == LUKS
+
+
 class FileView:
     """A frozen view opened for reading; yields its data blocks without reading its holes."""
 
@@ -233,18 +247,67 @@ class FileStorage:
     it applies to volumes created afterwards, existing ones keep what they recorded.
     """
 
-    def __init__(self, root: Path, segment_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        segment_bytes: int | None = None,
+        *,
+        luks_formatter: luks.LuksFormatter | None = None,
+    ) -> None:
         if segment_bytes is not None:
             _check_segment_bytes(segment_bytes)
         self._root = root
         self._volumes = root / "volumes"
         self._views = root / "views"
         self._segment_bytes = segment_bytes
+        self._luks = luks_formatter
+        self._luks_unavailable: str | None = (
+            "no LUKS formatter is configured" if luks_formatter is None else "not checked yet"
+        )
 
     # -- control path (coroutines; the file work runs in worker threads) --
 
     async def check_setup(self) -> None:
         await asyncio.to_thread(self._check_setup)
+        if self._luks is not None:
+            self._luks_unavailable = await self._luks.unavailable()
+            if self._luks_unavailable is not None:
+                logger.warning("encryption at rest unavailable: %s", self._luks_unavailable)
+
+    def encryption_unavailable(self) -> str | None:
+        return self._luks_unavailable
+
+    async def create_encrypted(
+        self, volume_id: str, size_bytes: int, passphrase: str | None
+    ) -> None:
+        if self._luks is None or self._luks_unavailable is not None:
+            raise BackendError(f"cannot encrypt {volume_id}: {self._luks_unavailable}")
+        final = self._volumes / _check_id(volume_id)
+        _check_size(size_bytes)
+        layout = Layout(luks.file_bytes(size_bytes), luks.file_bytes(size_bytes))
+        staging = await asyncio.to_thread(self._stage, final, layout)
+        if staging is None:
+            return
+        segment = staging / segment_name(0)
+        try:
+            if passphrase is None:
+                await asyncio.to_thread(sparse.make_sparse, segment, layout.size_bytes)
+            else:
+                await self._luks.format(segment, size_bytes, passphrase)
+            await asyncio.to_thread(self._commit, staging, final, layout)
+        except BaseException as exc:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+            if isinstance(exc, OSError):
+                if exc.errno in _NO_SPACE | {errno.EFBIG}:
+                    raise CapacityError(f"cannot create volume {volume_id}: {exc}") from exc
+                raise BackendError(f"cannot create volume {volume_id}: {exc}") from exc
+            raise
+        logger.info(
+            "created volume %s: %s, encrypted at rest (LUKS%s)",
+            volume_id,
+            format_bytes(size_bytes),
+            "" if passphrase is not None else ", for a restore",
+        )
 
     async def create(self, volume_id: str, size_bytes: int) -> None:
         await asyncio.to_thread(self._create, volume_id, size_bytes)
@@ -405,6 +468,33 @@ class FileStorage:
             layout.segment_count,
         )
 
+    def _stage(self, final: Path, layout: Layout) -> Path | None:
+        """A new staging directory for the volume ``final``; None if it exists already with
+        that layout's size (BackendError with another)."""
+        if self._keep_existing(final, layout.size_bytes):
+            return None
+        staging = self._staging(self._volumes, "tmp", final.name)
+        try:
+            self._volumes.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+        except OSError as exc:
+            raise BackendError(f"cannot create volume {final.name}: {exc}") from exc
+        return staging
+
+    def _commit(self, staging: Path, final: Path, layout: Layout) -> None:
+        """Describe the staged encrypted volume and move it in place, durably."""
+        sparse.write_json_atomic(staging / META_NAME, layout.to_json(encryption=LUKS))
+        try:
+            os.rename(staging, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and self._keep_existing(
+                final, layout.size_bytes
+            ):
+                shutil.rmtree(staging, ignore_errors=True)
+                return  # created concurrently
+            raise
+        sparse.fsync_dir(self._volumes)
+
     def _keep_existing(self, final: Path, size_bytes: int) -> bool:
         """True if the volume exists with this size; BackendError if it exists otherwise."""
         if not final.exists():
@@ -423,6 +513,8 @@ class FileStorage:
         directory = self._volumes / _check_id(volume_id)
         old = self._layout_of(directory, "volume")
         _check_size(size_bytes)
+        if _is_luks(directory):
+            raise BackendError(f"volume {volume_id} is encrypted; growing it is not supported")
         if size_bytes < old.size_bytes:
             raise BackendError(
                 f"volume {volume_id} has {old.size_bytes} bytes; cannot shrink to {size_bytes}"

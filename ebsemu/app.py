@@ -23,10 +23,12 @@ from ebsemu.api.request_context import request_context
 from ebsemu.config import Config
 from ebsemu.credentials import endpoint_url, save_default_key
 from ebsemu.direct import routes as direct_routes
+from ebsemu.keyvault import KeyVault
 from ebsemu.private_files import private_dir
 from ebsemu.service.accounts import AccountService, configured_key
 from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.core import Core
+from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
@@ -62,9 +64,13 @@ def build_core(config: Config) -> Core:
     )
 
 
+MASTER_KEY_FILE = "master.key"
+
+
 def build_services(core: Core) -> Services:
-    volumes = VolumeService(core)
-    snapshots = SnapshotService(core, volumes)
+    encryption = EncryptionService(core, KeyVault(core.config.data_dir / MASTER_KEY_FILE))
+    volumes = VolumeService(core, encryption)
+    snapshots = SnapshotService(core, volumes, encryption)
     instances = InstanceService(core)
     exports = ExportService(core)
     return Services(
@@ -73,8 +79,9 @@ def build_services(core: Core) -> Services:
         snapshots=snapshots,
         tags=TagService(core, volumes, snapshots, instances),
         instances=instances,
-        attachments=AttachmentService(core, volumes, instances, exports),
+        attachments=AttachmentService(core, volumes, instances, exports, encryption),
         exports=exports,
+        encryption=encryption,
         sharing=SharingService(core, snapshots.get),
         copies=SnapshotCopyService(core, snapshots),
         multi_snapshots=MultiSnapshotService(core, volumes, instances),

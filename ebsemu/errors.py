@@ -235,6 +235,10 @@ class InvalidUserIDMalformed(ClientError):
     code = "InvalidUserID.Malformed"
 
 
+class OperationNotPermitted(ClientError):
+    code = "OperationNotPermitted"
+
+
 # ---- the EBS direct API (rest-json): the code goes in x-amzn-ErrorType, Reason in the body ----
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from backends.base import ExportBackend, Initiator, StorageBackend, VmmBackend
 from backends.export import EXPORTS
 from backends.file import FileStorage
+from backends.luks import LuksFormatter
 from backends.lvm import LvmStorage
 from backends.remote_file import RemoteFileStorage
 from backends.vmm import VMMS
@@ -48,7 +49,10 @@ def build_storage(
                 f"{where}: backend = file works on this host only; use backend = remote-file "
                 "for a file backend on an ssh:// host"
             )
-        return FileStorage(host.path or config.data_dir / "storage-hosts" / host.name)
+        return FileStorage(
+            host.path or config.data_dir / "storage-hosts" / host.name,
+            luks_formatter=LuksFormatter(runner, templates),
+        )
     if host.backend == "lvm":
         return LvmStorage.from_options(host.options, runner=runner, templates=templates)
     if host.backend == "remote-file":

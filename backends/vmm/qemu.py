@@ -9,6 +9,11 @@ A volume exported over iSCSI (IscsiSource) opens through QEMU's iscsi block driv
 kernel initiator). Its CHAP secret goes to QEMU as a ``secret`` object (``ebs-<volume id>-chap``,
 added with ``object-add`` before ``blockdev-add`` and named by ``password-secret``; QEMU refuses
 a plain password); it is removed when the attach is rolled back and on detach.
+
+A volume encrypted at rest (``AttachSpec.luks``) opens through QEMU's ``luks`` block driver over
+a ``raw`` node limited to the LUKS image's length (the file is zero-padded beyond it), its
+passphrase in a second secret object (``ebs-<volume id>-luks``), removed in the same places. The
+guest sees the plaintext; the file, and an iSCSI export of it, hold only ciphertext.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, IscsiSource, LocalSource
+from backends.base import (
+    AttachedDisk,
+    AttachSpec,
+    Domain,
+    DomainState,
+    IscsiSource,
+    LocalSource,
+    LuksKey,
+)
 from backends.errors import SetupError
 from backends.options import Options
 from backends.vmm.errors import (
@@ -85,6 +98,25 @@ def node_name(volume_id: str) -> str:
 def secret_id(volume_id: str) -> str:
     """The QOM id of the secret object holding the volume's CHAP secret."""
     return f"ebs-{volume_id}-chap"
+
+
+def luks_secret_id(volume_id: str) -> str:
+    """The QOM id of the secret object holding the volume's LUKS passphrase."""
+    return f"ebs-{volume_id}-luks"
+
+
+def format_blockdev(
+    volume_id: str, node: str, file: dict[str, Any], key: LuksKey | None
+) -> dict[str, Any]:
+    """The format-level blockdev: raw, or luks over a raw node cut to the LUKS image."""
+    if key is None:
+        return {"driver": "raw", "node-name": node, "discard": "unmap", "file": file}
+    return {
+        "driver": "luks",
+        "node-name": node,
+        "key-secret": luks_secret_id(volume_id),
+        "file": {"driver": "raw", "size": key.image_bytes, "file": file},
+    }
 
 
 def iscsi_url(portal: object, iqn: object, lun: object) -> str:
@@ -172,6 +204,9 @@ class QemuVmm:
             )
         )
 
+    def opens_luks(self) -> bool:
+        return True
+
     # -- VmmBackend ------------------------------------------------------------------------
 
     async def check_setup(self) -> None:
@@ -193,7 +228,7 @@ class QemuVmm:
         qdev_id = device_id(volume_id, spec.device)
         source = self._blockdev_file(spec)
         secret = _chap_secret(spec)
-        hidden = [secret] if secret else []
+        hidden = [s for s in (secret, spec.luks.passphrase if spec.luks else None) if s]
         node = node_name(volume_id)
         async with self._session(domain) as qmp:
             for disk in await self._attached(qmp):
@@ -215,10 +250,18 @@ class QemuVmm:
                         "object-add",
                         {"qom-type": "secret", "id": secret_id(volume_id), "data": secret},
                     )
+                if spec.luks:
+                    await self._execute(
+                        qmp,
+                        "object-add",
+                        {
+                            "qom-type": "secret",
+                            "id": luks_secret_id(volume_id),
+                            "data": spec.luks.passphrase,
+                        },
+                    )
                 await self._execute(
-                    qmp,
-                    "blockdev-add",
-                    {"driver": "raw", "node-name": node, "discard": "unmap", "file": source},
+                    qmp, "blockdev-add", format_blockdev(volume_id, node, source, spec.luks)
                 )
             except BaseException as exc:
                 # After a timeout the node may still appear once QEMU gets to it.
@@ -389,12 +432,13 @@ class QemuVmm:
             log.error("%s: rollback of the attach of %s failed: %s", domain, volume_id, exc)
 
     async def _drop_secret(self, qmp: QmpClient, domain: str, volume_id: str) -> None:
-        """Remove the volume's CHAP secret object, if QEMU holds one."""
-        secret = secret_id(volume_id)
+        """Remove the volume's CHAP and LUKS secret objects, if QEMU holds them."""
         objects = await self._execute(qmp, "qom-list", {"path": "/objects"})
-        if any(entry.get("name") == secret for entry in objects):
-            await self._execute(qmp, "object-del", {"id": secret})
-            log.info("%s: removed secret object %s", domain, secret)
+        names = {entry.get("name") for entry in objects}
+        for secret in (secret_id(volume_id), luks_secret_id(volume_id)):
+            if secret in names:
+                await self._execute(qmp, "object-del", {"id": secret})
+                log.info("%s: removed secret object %s", domain, secret)
 
     async def _detach(self, qmp: QmpClient, domain: str, volume_id: str) -> None:
         disk = next((d for d in await self._attached(qmp) if d.volume_id == volume_id), None)

@@ -12,6 +12,7 @@ from ebsemu.config import Config
 from ebsemu.service import sharing, validation, zones
 from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.context import RequestContext
+from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.multi_snapshots import MultiSnapshotService
@@ -39,6 +40,7 @@ class Services:
     copies: SnapshotCopyService
     multi_snapshots: MultiSnapshotService
     volume_status: VolumeStatusService
+    encryption: EncryptionService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]

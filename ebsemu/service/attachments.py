@@ -18,6 +18,7 @@ from ebsemu import errors
 from ebsemu.model import Attachment, AttachmentState, VolumeState, utcnow
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService, check_instance_id
 from ebsemu.service.volumes import VolumeService
@@ -51,11 +52,13 @@ class AttachmentService:
         volumes: VolumeService,
         instances: InstanceService,
         exports: ExportService,
+        encryption: EncryptionService,
     ) -> None:
         self._core = core
         self._volumes = volumes
         self._instances = instances
         self._exports = exports
+        self._encryption = encryption
         core.jobs.register("attach_volume", self._run_attach)
         core.jobs.register("detach_volume", self._run_detach)
         instances.on_terminated = self._instance_terminated
@@ -75,6 +78,7 @@ class AttachmentService:
                 f"The volume '{volume_id}' is not in the same availability zone as instance "
                 f"'{instance_id}'"
             )
+        self._encryption.check_vmm(volume, self._instances.vmm_of(instance), instance_id)
         store = self._core.store
         async with self._core.locks.hold(volume_id), self._core.locks.hold(instance_id):
             volume = await self._volumes.get(ctx, volume_id)
@@ -165,13 +169,23 @@ class AttachmentService:
         instance = await store.get_instance(instance_id)
         if attachment is None or attachment.state is not AttachmentState.ATTACHING:
             return
+        volume = await store.get_volume(volume_id)
         try:
-            if instance is None:
-                raise BackendError(f"instance {instance_id} is gone")
+            if instance is None or volume is None:
+                raise BackendError(f"instance {instance_id} or volume {volume_id} is gone")
+            vmm = self._instances.vmm_of(instance)
+            try:
+                self._encryption.check_vmm(volume, vmm, instance_id)
+            except errors.ApiError as exc:
+                raise BackendError(exc.message) from exc
             source = await self._exports.source_for(volume_id, instance.vmm)
-            disk = await self._instances.vmm_of(instance).attach(
-                instance.domain, AttachSpec(volume_id, vmm_device(attachment.device), source)
+            spec = AttachSpec(
+                volume_id,
+                vmm_device(attachment.device),
+                source,
+                luks=await self._encryption.luks_key(volume),
             )
+            disk = await vmm.attach(instance.domain, spec)
         except (BackendError, OSError) as exc:
             log.error(
                 "volume %s: attach to %s failed, rolled back: %s", volume_id, instance_id, exc

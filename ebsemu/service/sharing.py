@@ -14,6 +14,7 @@ from typing import Any
 
 from ebsemu import errors
 from ebsemu.model import Snapshot
+from ebsemu.service import encryption
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.store.base import Reach
@@ -182,6 +183,7 @@ class SharingService:
         async with self._core.locks.hold(snapshot_id):
             snapshot = await self._owned(ctx, snapshot_id)
             add = [grantee for grantee in change.add if grantee != snapshot.owner_id]
+            encryption.check_shareable(snapshot, add)
             await self._core.store.change_snapshot_grantees(snapshot_id, add, change.remove)
 
     async def describe(

@@ -17,6 +17,7 @@ from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_i
 from ebsemu.service import listing, sharing, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.storage_hosts import until_reachable
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.base import ListQuery
@@ -27,9 +28,10 @@ SNAPSHOTTABLE = {VolumeState.AVAILABLE, VolumeState.IN_USE}
 
 
 class SnapshotService:
-    def __init__(self, core: Core, volumes: VolumeService) -> None:
+    def __init__(self, core: Core, volumes: VolumeService, encryption: EncryptionService) -> None:
         self._core = core
         self._volumes = volumes
+        self._encryption = encryption
         core.jobs.register("capture_snapshot", self._run_capture)
         core.jobs.register("delete_snapshot", self._run_delete)
 
@@ -69,6 +71,7 @@ class SnapshotService:
                     f"The volume '{volume_id}' is '{volume.state.value}'; "
                     "only an available or in-use volume can be snapshotted."
                 )
+            await self._encryption.keep_snapshot_key(volume, snapshot.id)
             await self._core.store.insert_snapshot(snapshot)
             job_id = await self._core.jobs.record("capture_snapshot", snapshot.id)
             try:
@@ -193,6 +196,7 @@ class SnapshotService:
             await self._drop_view(host, snapshot_id)
         await snapshot_data.sweep(self._core, snapshot_id)
         await self._core.store.remove_snapshot(snapshot_id)
+        await self._encryption.drop_key(snapshot_id)
         await self._core.store.clear_snapshot_grantees(snapshot_id)  # if a crash left any
         log.info("snapshot %s: deleted", snapshot_id)
 

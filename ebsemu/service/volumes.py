@@ -30,6 +30,7 @@ from ebsemu.model import (
 from ebsemu.service import listing, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.storage_hosts import host_unreachable, until_reachable
 from ebsemu.store.base import ListQuery
 
@@ -61,8 +62,9 @@ class VolumeRequest:
 
 
 class VolumeService:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, encryption: EncryptionService) -> None:
         self._core = core
+        self._encryption = encryption
         core.jobs.register("create_volume", self._run_create)
         core.jobs.register("delete_volume", self._run_delete)
 
@@ -82,13 +84,16 @@ class VolumeService:
         hosts = self._core.storage_hosts
         if volume.snapshot_id is None:
             volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, 0))
+            await self._encryption.prepare_key(volume)
             stored = await store.insert_volume(volume)
         else:
             async with self._core.locks.hold(volume.snapshot_id):
                 needed = await self._restore_bytes(ctx, volume.snapshot_id)
                 volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, needed))
+                await self._encryption.prepare_key(volume)
                 stored = await store.insert_volume(volume)
         if stored.id != volume.id:  # a concurrent request with the same ClientToken won
+            await self._encryption.drop_key(volume.id)
             return self._idempotent(stored, req)
         await self._core.jobs.submit("create_volume", stored.id)
         log.info(
@@ -170,7 +175,10 @@ class VolumeService:
             return
         storage = self._core.storage_for(volume)
         try:
-            await storage.create(volume_id, volume.size_gib * GIB)
+            if volume.encrypted:
+                await self._encryption.create_storage(volume)
+            else:
+                await storage.create(volume_id, volume.size_gib * GIB)
             if volume.snapshot_id is not None:
                 await snapshot_data.restore(self._core, volume.snapshot_id, volume_id, storage)
         except (BackendError, OSError) as exc:
@@ -215,6 +223,7 @@ class VolumeService:
             f"volume {volume_id}: stays deleting until its bytes are removed",
             lambda: storage.delete(volume_id),
         )
+        await self._encryption.drop_key(volume_id)
         await self._core.store.transition_volume(
             volume_id, {VolumeState.DELETING}, VolumeState.DELETED
         )
@@ -260,10 +269,9 @@ class VolumeService:
                 f"Multi-Attach is not supported for {vtype.value} volumes."
             )
         size = req.size_gib
-        encrypted = bool(req.encrypted)
+        snapshot = None
         if req.snapshot_id is not None:
             snapshot = await self._snapshot_for_restore(ctx, req.snapshot_id)
-            encrypted = encrypted or snapshot.encrypted
             if size is None:
                 size = snapshot.volume_size_gib
             elif size < snapshot.volume_size_gib:
@@ -277,11 +285,9 @@ class VolumeService:
             )
         validation.check_size(vtype, size)
         iops, throughput = validation.performance(vtype, size, req.iops, req.throughput)
-        if encrypted:
-            raise errors.UnsupportedOperation(
-                "Encryption at rest is not available on this volume store; "
-                "create the volume with Encrypted=false."
-            )
+        encryption = await self._encryption.for_new_volume(
+            ctx, zone.name, req.encrypted, req.kms_key_id, snapshot
+        )
         if await store.count_volumes(ctx.account_id) >= self._core.config.max_volumes:
             raise errors.VolumeLimitExceeded(
                 f"You have reached the maximum of {self._core.config.max_volumes} volumes."
@@ -298,8 +304,8 @@ class VolumeService:
             create_time=utcnow(),
             iops=iops,
             throughput=throughput,
-            encrypted=encrypted,
-            kms_key_id=req.kms_key_id,
+            encrypted=encryption.encrypted,
+            kms_key_id=encryption.kms_key_id,
             snapshot_id=req.snapshot_id,
             multi_attach=req.multi_attach,
             client_token=req.client_token,

@@ -199,4 +199,18 @@ MIGRATIONS: list[str] = [
         DELETE FROM volume_io WHERE volume_id = OLD.id;
     END;
     """,
+    # 9: EBS encryption: per account and region settings; encrypted resources' wrapped data keys
+    """
+    CREATE TABLE ebs_encryption_settings (
+        account_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        by_default INTEGER NOT NULL DEFAULT 0,
+        kms_key_id TEXT,  -- a key ARN; NULL: the AWS managed key alias/aws/ebs
+        PRIMARY KEY (account_id, region)
+    ) WITHOUT ROWID;
+    CREATE TABLE data_keys (
+        resource_id TEXT PRIMARY KEY,  -- an encrypted volume or snapshot
+        wrapped_key TEXT NOT NULL      -- its data key, wrapped by the master key
+    ) WITHOUT ROWID;
+    """,
 ]

@@ -39,6 +39,7 @@ from ebsemu.store.sql_filters import (
 from ebsemu.store.sqlite_accounts import AccountTables
 from ebsemu.store.sqlite_base import Rollback, placeholders, prefixed
 from ebsemu.store.sqlite_direct import DirectTables
+from ebsemu.store.sqlite_encryption import EncryptionTables
 from ebsemu.store.sqlite_instances import InstanceTables
 from ebsemu.store.sqlite_inventory import InventoryTables
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
@@ -47,7 +48,9 @@ from ebsemu.timefmt import to_wire
 log = logging.getLogger(__name__)
 
 
-class SqliteStore(InstanceTables, AccountTables, DirectTables, VolumeIoTables, InventoryTables):
+class SqliteStore(
+    InstanceTables, AccountTables, DirectTables, VolumeIoTables, InventoryTables, EncryptionTables
+):
     async def open(self) -> None:
         """Open (creating and migrating) the database, readable by its owner only."""
         private_database(self._path)
