@@ -44,8 +44,11 @@ class StorageBackend(Protocol):
         """Remove the volume and free its space. Idempotent: an absent volume is not an error."""
         ...
 
-    async def extend(self, volume_id: str, size_bytes: int) -> None:
-        """Grow the volume to ``size_bytes``; the new space reads as zeros."""
+    async def extend(self, volume_id: str, size_bytes: int, *, one_device: bool = False) -> None:
+        """Grow the volume to ``size_bytes``; the new space reads as zeros. With ``one_device``
+        (the volume is attached: a VMM has its file or device open), a size the volume could
+        not keep being reached at as one file or device is refused with CapacityError, and
+        nothing changes."""
         ...
 
     async def list_volumes(self) -> list[str]:

@@ -27,6 +27,7 @@ from ebsemu.service.core import Core
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
+from ebsemu.service.modifications import ModificationService
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
@@ -70,6 +71,7 @@ def build_services(core: Core) -> Services:
         attachments=AttachmentService(core, volumes, instances, exports),
         exports=exports,
         sharing=SharingService(core, snapshots.get),
+        modifications=ModificationService(core, volumes, instances),
     )
 
 

@@ -14,6 +14,7 @@ from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.context import RequestContext
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
+from ebsemu.service.modifications import ModificationService
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
@@ -33,6 +34,7 @@ class Services:
     attachments: AttachmentService
     sharing: SharingService
     exports: ExportService
+    modifications: ModificationService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]

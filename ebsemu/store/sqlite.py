@@ -26,12 +26,13 @@ from ebsemu.store.sql_filters import (
 from ebsemu.store.sqlite_accounts import AccountTables
 from ebsemu.store.sqlite_base import placeholders, prefixed
 from ebsemu.store.sqlite_instances import InstanceTables
+from ebsemu.store.sqlite_modifications import ModificationTables
 from ebsemu.timefmt import to_wire
 
 log = logging.getLogger(__name__)
 
 
-class SqliteStore(InstanceTables, AccountTables):
+class SqliteStore(InstanceTables, AccountTables, ModificationTables):
     async def open(self) -> None:
         """Open (creating and migrating) the database, readable by its owner only."""
         private_database(self._path)
@@ -162,6 +163,7 @@ class SqliteStore(InstanceTables, AccountTables):
                     (now, *ids),
                 ),
                 (f"DELETE FROM tags WHERE resource_id IN ({marks})", ids),
+                (f"DELETE FROM volume_modifications WHERE volume_id IN ({marks})", ids),
                 (f"DELETE FROM volumes WHERE id IN ({marks})", ids),
             ]
         await self._many(statements)
@@ -459,7 +461,10 @@ class SqliteStore(InstanceTables, AccountTables):
             f"AND volume_id {no_job.format('attach_volume')} "
             "UNION ALL SELECT 'detach_volume', volume_id, json_object('instance_id', instance_id) "
             f"FROM attachments WHERE state = 'detaching' "
-            f"AND volume_id {no_job.format('detach_volume')}"
+            f"AND volume_id {no_job.format('detach_volume')} "
+            "UNION ALL SELECT 'modify_volume', volume_id, '{}' FROM volume_modifications "
+            f"WHERE state IN ('modifying', 'optimizing') "
+            f"AND volume_id {no_job.format('modify_volume')}"
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
