@@ -280,6 +280,12 @@ class ExportBackend(Protocol):
         reconciler unexports those whose volume is not in use."""
         ...
 
+    async def refresh_size(self, volume_id: str) -> None:
+        """Make the export present the volume's current size, after the storage grew it, so
+        an initiator that re-reads the capacity sees the new one. Idempotent: an absent
+        export is not an error."""
+        ...
+
     async def restore(self, exports: Iterable[ExportInfo]) -> list[str]:
         """Put each recorded export back in effect exactly as recorded (same target, same
         credentials), e.g. after the target daemon restarted. Exports not named are left alone;

@@ -257,7 +257,7 @@ class ModificationService:
                 return
             log.info("volume %s: optimizing at %s", volume_id, target)
         if grows:
-            await self._notify_vmms(volume_id, target.size_gib * GIB)
+            await self._propagate(volume_id, target.size_gib * GIB)
         await self._optimize(modification)
         if await store.finish_modification(volume_id, ModificationState.COMPLETED, utcnow(), None):
             log.info("volume %s: modification completed", volume_id)
@@ -270,14 +270,19 @@ class ModificationService:
             volume_id, size_gib * GIB, one_device=bool(volume.attachments)
         )
 
-    async def _notify_vmms(self, volume_id: str, size_bytes: int) -> None:
-        """Tell the VMM of each attachment that the volume grew. The storage holds the new size
-        already, so a VMM that cannot be told is logged, not undone: the guest sees the new
-        size at its next attach or rescan."""
+    async def _propagate(self, volume_id: str, size_bytes: int) -> None:
+        """Make the export (if any) present the new size, then tell the VMM of each attachment.
+        The storage holds the new size already, so a host that cannot be told is logged, not
+        undone: the guest sees the new size at its next attach or rescan."""
         store = self._core.store
         volume = await store.get_volume(volume_id)
-        if volume is None:
+        if volume is None or not volume.attachments:
             return
+        if self._core.export is not None:
+            try:
+                await self._core.export.refresh_size(volume_id)
+            except BackendError as exc:
+                log.warning("volume %s: the export still shows the old size: %s", volume_id, exc)
         for attachment in volume.attachments:
             if attachment.state is not AttachmentState.ATTACHED:
                 continue
