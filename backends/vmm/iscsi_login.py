@@ -37,6 +37,7 @@ TEMPLATES = (
     "nodeDeleteCmd",
     "sessionDetailCmd",
     "deviceWaitCmd",
+    "rescanCmd",
 )
 BY_PATH = re.compile(r"/dev/disk/by-path/ip-(?P<portal>.+?)-iscsi-(?P<iqn>.+)-lun-(?P<lun>\d+)")
 NO_OBJECTS_FOUND = 21  # iscsiadm's exit status when there is no such session or node record
@@ -132,6 +133,12 @@ class IscsiLogin:
             except CommandTimeout as exc:
                 raise DetachError(f"iSCSI {iqn} at {portal}: {exc}") from exc
         log.info("logged out of %s at %s", iqn, portal)
+
+    async def rescan(self, portal: str, iqn: str) -> None:
+        """Have the host's SCSI layer re-read the capacity of the target's LUNs (after the
+        target grew one)."""
+        await self._run("rescanCmd", [], portal=portal, iqn=iqn)
+        log.info("rescanned %s at %s", iqn, portal)
 
     async def release(self, portal: str, iqn: str) -> None:
         """Logout for a rollback: failures are logged, not raised."""
