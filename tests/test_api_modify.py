@@ -466,3 +466,31 @@ def test_cli_modify_volume_and_describe_volumes_modifications(quick: ServerProce
         check=False,
     )  # fmt: skip
     assert "(InvalidVolume.NotFound)" in missing.stderr
+
+
+# ---- restart -------------------------------------------------------------------------------
+
+
+def test_a_modification_interrupted_by_a_restart_is_resumed_and_completes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("modify-restart") / "data",
+        _config(modification_cooldown_seconds=0, modification_optimizing_seconds=3600),
+    )
+    proc.start()
+    try:
+        ec2 = proc.client()
+        volume_id = new_volume(ec2, Size=1)
+        ec2.modify_volume(VolumeId=volume_id, Size=2)
+        poll(lambda: modification(ec2, volume_id)["ModificationState"] == "optimizing" or None)
+        proc.stop()
+        proc.config_path.write_text(_config(modification_cooldown_seconds=0))
+        proc.start()
+        done = wait_finished(proc.client(), volume_id)
+        assert done["ModificationState"] == "completed"
+        assert volume(proc.client(), volume_id)["Size"] == 2
+        assert volume_segment(proc.data_dir, volume_id).stat().st_size == 2 * GIB
+        assert "resuming job" in proc.log_path.read_text()
+    finally:
+        proc.stop()
