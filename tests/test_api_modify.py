@@ -245,7 +245,10 @@ def test_a_modification_within_the_cooldown_is_refused(server: ServerProcess) ->
     assert wait_finished(ec2, volume_id)["ModificationState"] == "completed"
     code, message, status = aws_error(ec2.modify_volume, VolumeId=volume_id, Size=3)
     assert (code, status) == ("VolumeModificationRateExceeded", 400)
-    assert "Wait at least 6 hours" in message
+    assert message == (
+        "You've reached the maximum modification rate per volume limit. "
+        "Wait at least 6 hours between modifications per EBS volume."
+    )
     assert volume(ec2, volume_id)["Size"] == 2
 
 

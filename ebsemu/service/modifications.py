@@ -225,9 +225,12 @@ class ModificationService:
                 f"Volume {volume_id} cannot be modified in modification state "
                 f"{previous.state.value.upper()}"
             )
-        cooldown = timedelta(seconds=self._core.config.modification_cooldown_seconds)
-        if utcnow() < previous.start_time + cooldown:
-            raise errors.VolumeModificationRateExceeded()
+        seconds = self._core.config.modification_cooldown_seconds
+        if utcnow() < previous.start_time + timedelta(seconds=seconds):
+            raise errors.VolumeModificationRateExceeded(
+                "You've reached the maximum modification rate per volume limit. "
+                f"Wait at least {_period(seconds)} between modifications per EBS volume."
+            )
 
     # ---- the job -------------------------------------------------------------------------
 
@@ -263,12 +266,15 @@ class ModificationService:
             log.info("volume %s: modification completed", volume_id)
 
     async def _grow(self, volume_id: str, size_gib: int) -> None:
-        volume = await self._core.store.get_volume(volume_id)
-        if volume is None or volume.state not in MODIFIABLE:
-            raise BackendError(f"volume {volume_id} is no longer available or in use")
-        await self._core.storage.extend(
-            volume_id, size_gib * GIB, one_device=bool(volume.attachments)
-        )
+        """Grow the storage under the volume's lock, so no attach or delete begins meanwhile:
+        an attached volume (or one being attached) must stay one file or device."""
+        async with self._core.locks.hold(volume_id):
+            volume = await self._core.store.get_volume(volume_id)
+            if volume is None or volume.state not in MODIFIABLE:
+                raise BackendError(f"volume {volume_id} is no longer available or in use")
+            await self._core.storage.extend(
+                volume_id, size_gib * GIB, one_device=bool(volume.attachments)
+            )
 
     async def _propagate(self, volume_id: str, size_bytes: int) -> None:
         """Make the export (if any) present the new size, then tell the VMM of each attachment.
@@ -316,3 +322,12 @@ class ModificationService:
                 modification.volume_id, min(progress, 99)
             )
             await asyncio.sleep(min(step, left))
+
+
+def _period(seconds: float) -> str:
+    """6 hours, 90 minutes, 45 seconds: the cooldown as AWS's message words it."""
+    for unit, length in (("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= length and seconds % length == 0:
+            count = int(seconds // length)
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds:g} seconds"
