@@ -303,6 +303,8 @@ def listed(quick: ServerProcess) -> dict[str, str]:
         ("original-throughput", "125", {"grown", "tuned"}),
         ("target-multi-attach-enabled", "false", {"grown", "retyped", "tuned"}),
         ("original-multi-attach-enabled", "true", set()),
+        ("targetMultiAttachEnabled", "false", {"grown", "retyped", "tuned"}),  # as documented
+        ("originalMultiAttachEnabled", "false", {"grown", "retyped", "tuned"}),
         ("modification-state", "completed", {"grown", "retyped", "tuned"}),
         ("modification-state", "optimizing", set()),
     ],
