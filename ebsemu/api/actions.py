@@ -212,3 +212,7 @@ async def modify_instance_attribute(svc: Services, ctx: RequestContext, p: Param
             ctx, p["InstanceId"], mapping["DeviceName"], ebs["DeleteOnTermination"]
         )
     return {}
+
+
+# Actions kept in modules of their own register themselves when imported.
+from ebsemu.api import actions_modify  # noqa: E402, F401

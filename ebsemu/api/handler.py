@@ -14,7 +14,6 @@ from aiohttp import web
 from yarl import URL
 
 from ebsemu import errors
-from ebsemu.api import actions_modify  # noqa: F401  # registers its actions
 from ebsemu.api.actions import ACTIONS, Services
 from ebsemu.api.authn import Authenticator, Caller
 from ebsemu.api.codec import ec2_model, parse_query, serialize_error, serialize_response
