@@ -16,7 +16,8 @@ from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
-from ebsemu.service.modifications import ModificationService, ModifyRequest
+from ebsemu.service.modification_rules import ModifyRequest
+from ebsemu.service.modifications import ModificationService
 from ebsemu.service.volumes import VolumeRequest, VolumeService
 from ebsemu.store.sqlite import SqliteStore
 from hostcmds import load_templates

@@ -7,7 +7,7 @@ from typing import Any
 from ebsemu.api.actions import Params, Result, Services, action
 from ebsemu.modification import ModificationState, VolumeModification
 from ebsemu.service.context import RequestContext
-from ebsemu.service.modifications import ModifyRequest
+from ebsemu.service.modification_rules import ModifyRequest
 
 
 def modification_view(modification: VolumeModification) -> dict[str, Any]:
