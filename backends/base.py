@@ -44,8 +44,11 @@ class StorageBackend(Protocol):
         """Remove the volume and free its space. Idempotent: an absent volume is not an error."""
         ...
 
-    async def extend(self, volume_id: str, size_bytes: int) -> None:
-        """Grow the volume to ``size_bytes``; the new space reads as zeros."""
+    async def extend(self, volume_id: str, size_bytes: int, *, one_device: bool = False) -> None:
+        """Grow the volume to ``size_bytes``; the new space reads as zeros. With ``one_device``
+        (the volume is attached: a VMM has its file or device open), a size the volume could
+        not keep being reached at as one file or device is refused with CapacityError, and
+        nothing changes."""
         ...
 
     async def list_volumes(self) -> list[str]:
@@ -332,6 +335,12 @@ class ExportBackend(Protocol):
     async def list_exports(self) -> list[str]:
         """Ids of every volume this backend holds an export (or a record of one) for; the
         reconciler unexports those whose volume is not in use."""
+        ...
+
+    async def refresh_size(self, volume_id: str) -> None:
+        """Make the export present the volume's current size, after the storage grew it, so
+        an initiator that re-reads the capacity sees the new one. Idempotent: an absent
+        export is not an error."""
         ...
 
     async def restore(self, exports: Iterable[ExportInfo]) -> list[str]:

@@ -315,8 +315,8 @@ class FileStorage:
     async def delete(self, volume_id: str) -> None:
         await asyncio.to_thread(self._remove, self._volumes, _check_id(volume_id))
 
-    async def extend(self, volume_id: str, size_bytes: int) -> None:
-        await asyncio.to_thread(self._extend, volume_id, size_bytes)
+    async def extend(self, volume_id: str, size_bytes: int, *, one_device: bool = False) -> None:
+        await asyncio.to_thread(self._extend, volume_id, size_bytes, one_device)
 
     async def list_volumes(self) -> list[str]:
         return await asyncio.to_thread(self._list, self._volumes)
@@ -509,7 +509,7 @@ class FileStorage:
         logger.info("volume %s already exists with that size", final.name)
         return True
 
-    def _extend(self, volume_id: str, size_bytes: int) -> None:
+    def _extend(self, volume_id: str, size_bytes: int, one_device: bool = False) -> None:
         directory = self._volumes / _check_id(volume_id)
         old = self._layout_of(directory, "volume")
         _check_size(size_bytes)
@@ -522,6 +522,12 @@ class FileStorage:
         if size_bytes == old.size_bytes:
             return
         new = Layout(size_bytes, old.segment_bytes)
+        if one_device and new.segment_count > 1:
+            raise CapacityError(
+                f"cannot extend attached volume {volume_id} to {format_bytes(size_bytes)}: the "
+                f"data filesystem holds at most {format_bytes(old.segment_bytes)} per file, and "
+                "an attached volume must stay one file (put the data directory on XFS or btrfs)"
+            )
         try:
             for index in range(old.segment_count - 1, new.segment_count):
                 sparse.make_sparse(directory / segment_name(index), new.segment_size(index))

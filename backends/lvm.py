@@ -264,7 +264,8 @@ class LvmStorage:
         log.info("deleted volume %s", volume_id)
 
     @translates_command_errors
-    async def extend(self, volume_id: str, size_bytes: int) -> None:
+    async def extend(self, volume_id: str, size_bytes: int, *, one_device: bool = False) -> None:
+        # An LV is one device at any size: ``one_device`` needs nothing more.
         name = _check_id(volume_id)
         _check_size(size_bytes)
         lv = await self._require_volume(volume_id)

@@ -200,7 +200,8 @@ class RemoteFileStorage:
             raise backend_error(exc, f"cannot delete volume {volume_id}") from exc
         log.info("removed volume %s at %s", volume_id, path)
 
-    async def extend(self, volume_id: str, size_bytes: int) -> None:
+    async def extend(self, volume_id: str, size_bytes: int, *, one_device: bool = False) -> None:
+        # A remote-file volume is always one file: ``one_device`` asks for nothing more.
         path = self._volumes / _check_id(volume_id)
         _check_size(size_bytes)
         try:

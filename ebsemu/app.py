@@ -32,6 +32,7 @@ from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
+from ebsemu.service.modifications import ModificationService
 from ebsemu.service.multi_snapshots import MultiSnapshotService
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshot_copies import SnapshotCopyService
@@ -86,6 +87,7 @@ def build_services(core: Core) -> Services:
         copies=SnapshotCopyService(core, snapshots),
         multi_snapshots=MultiSnapshotService(core, volumes, instances),
         volume_status=VolumeStatusService(core, volumes),
+        modifications=ModificationService(core, volumes, instances),
     )
 
 

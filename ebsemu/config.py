@@ -80,6 +80,10 @@ class Config:
     vmm_hosts: tuple[VmmHost, ...] = ()
     storage_hosts: tuple[StorageHost, ...] = ()  # [storage NAME] sections; () : [storage] only
     max_attachments_per_instance: int = 26
+    # ModifyVolume: AWS refuses a new modification of a volume within 6 hours of the last one;
+    # the optimizing phase's length models how long AWS takes to settle the new performance.
+    modification_cooldown_seconds: float = 6 * 3600.0
+    modification_optimizing_seconds: float = 0.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_request_bytes: int = 1024 * 1024
@@ -103,6 +107,8 @@ class Config:
             raise ValueError("ebs_timeout_minute_seconds must be positive")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if self.modification_cooldown_seconds < 0 or self.modification_optimizing_seconds < 0:
+            raise ValueError("modification_*_seconds must be >= 0")
 
     @property
     def tls(self) -> bool:
@@ -198,6 +204,9 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
                 values[key] = limits.getint(key)
         if "requests_per_second" in limits:
             values["requests_per_second"] = limits.getfloat("requests_per_second")
+        for key in ("modification_cooldown_seconds", "modification_optimizing_seconds"):
+            if key in limits:
+                values[key] = limits.getfloat(key)
     if parser.has_section("auth"):
         auth = parser["auth"]
         for key in ("access_key_id", "secret_access_key"):

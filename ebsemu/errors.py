@@ -235,6 +235,22 @@ class InvalidUserIDMalformed(ClientError):
     code = "InvalidUserID.Malformed"
 
 
+class IncorrectModificationState(ClientError):
+    code = "IncorrectModificationState"
+
+
+class VolumeModificationRateExceeded(ClientError):
+    code = "VolumeModificationRateExceeded"
+    default_message = (
+        "You've reached the maximum modification rate per volume limit. "
+        "Wait at least 6 hours between modifications per EBS volume."
+    )
+
+
+class InvalidVolumeModificationNotFound(ClientError):
+    code = "InvalidVolumeModification.NotFound"
+
+
 class OperationNotPermitted(ClientError):
     code = "OperationNotPermitted"
 

@@ -105,16 +105,17 @@ class LoopVg:
 
 
 @contextlib.contextmanager
-def loop_volume_group(tmp_path: Path) -> Iterator[LoopVg]:
-    """A 256 MiB volume group (64 extents of 4 MiB) on a loop device over a sparse file in
-    ``tmp_path``; removed afterwards. Skips the test where LVM or loop devices are missing."""
+def loop_volume_group(tmp_path: Path, size: int = 256 * MIB) -> Iterator[LoopVg]:
+    """A volume group of ``size`` (256 MiB: 64 extents of 4 MiB) on a loop device over a
+    sparse file in ``tmp_path``; removed afterwards. Skips the test where LVM or loop devices
+    are missing."""
     if not lvm_available():
         pytest.skip(NEEDS_LVM)
     if not loop_available():
         pytest.skip(NEEDS_LOOP)
     image = tmp_path / "pv.img"
     with image.open("wb") as handle:
-        handle.truncate(256 * MIB + 4 * MIB)  # room for the PV label and metadata area
+        handle.truncate(size + 4 * MIB)  # room for the PV label and metadata area
     device = subprocess.run(
         ["losetup", "--find", "--show", str(image)],
         capture_output=True,

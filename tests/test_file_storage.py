@@ -199,6 +199,25 @@ def test_extend_grows_the_last_segment_then_adds_segments(tmp_path: Path) -> Non
         asyncio.run(storage.extend("vol-a", 4 * MIB))
 
 
+def test_an_attached_volume_is_not_extended_past_one_segment_file(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path, segment_bytes=4 * MIB)
+    asyncio.run(storage.create("vol-a", 2 * MIB))
+    data = _random_block()
+    storage.write_blocks("vol-a", [(1, data)])
+
+    asyncio.run(storage.extend("vol-a", 4 * MIB, one_device=True))  # still one file
+    assert storage.device_path("vol-a").endswith("seg-0000")
+    with pytest.raises(CapacityError, match="must stay one file"):
+        asyncio.run(storage.extend("vol-a", 5 * MIB, one_device=True))
+    assert [p.stat().st_size for p in _segments(tmp_path, "volumes", "vol-a")] == [4 * MIB]
+    meta = json.loads((tmp_path / "volumes" / "vol-a" / "volume.json").read_text())
+    assert meta["size_bytes"] == 4 * MIB
+    assert _blocks_by_reading_everything(tmp_path, "volumes", "vol-a") == {1: data}
+
+    asyncio.run(storage.extend("vol-a", 5 * MIB))  # detached, it may span two files
+    assert [p.stat().st_size for p in _segments(tmp_path, "volumes", "vol-a")] == [4 * MIB, MIB]
+
+
 def test_freeze_is_point_in_time(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path)
     asyncio.run(storage.create("vol-a", 8 * MIB))

@@ -34,6 +34,9 @@ class NoExport:
     async def list_exports(self) -> list[str]:
         return []
 
+    async def refresh_size(self, volume_id: str) -> None:
+        check_volume_id(volume_id)  # the VMM opens the file or device itself: nothing to do
+
     async def restore(self, exports: Iterable[ExportInfo]) -> list[str]:
         return []
 

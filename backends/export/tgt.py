@@ -64,6 +64,9 @@ TEMPLATES = (
     "forceDeleteTargetCmd",
     "newLunCmd",
     "deleteLunCmd",
+    "lunOfflineCmd",
+    "lunReopenCmd",
+    "lunOnlineCmd",
     "bindAddressCmd",
     "unbindAddressCmd",
     "bindInitiatorNameCmd",
@@ -267,6 +270,33 @@ class TgtExport:
         }
         recorded = await asyncio.to_thread(self._records.volume_ids)
         return sorted(live | set(recorded))
+
+    async def refresh_size(self, volume_id: str) -> None:
+        """tgtd reads a LUN's size when it opens the backing store: take the LUN offline, give
+        it its path again (which reopens the store and reads the size), put it back online.
+        Initiators' commands meanwhile get "not ready" and are retried."""
+        check_volume_id(volume_id)
+        async with self._lock:
+            record = await asyncio.to_thread(self._records.load, volume_id)
+            if record is None:
+                return
+            try:
+                live = (await self._targets()).get(record.iqn)
+                if live is None or record.lun not in live.luns:
+                    return  # not in effect: restore re-applies it, at the current size
+                await self._run("lunOfflineCmd", tid=live.tid, lun=record.lun)
+                try:
+                    await self._run(
+                        "lunReopenCmd",
+                        tid=live.tid,
+                        lun=record.lun,
+                        backingStore=record.backing_store,
+                    )
+                finally:
+                    await self._run("lunOnlineCmd", tid=live.tid, lun=record.lun)
+            except HostCommandError as exc:
+                raise ExportError(f"size refresh of {volume_id}: {exc}") from exc
+        log.info("%s LUN %d reopened at its new size", record.iqn, record.lun)
 
     async def restore(self, exports: Iterable[ExportInfo]) -> list[str]:
         records = [self._record_of(info) for info in exports]

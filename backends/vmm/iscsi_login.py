@@ -134,16 +134,18 @@ class IscsiLogin:
                 raise DetachError(f"iSCSI {iqn} at {portal}: {exc}") from exc
         log.info("logged out of %s at %s", iqn, portal)
 
+    async def rescan(self, portal: str, iqn: str) -> None:
+        """Have the host's SCSI layer re-read the capacity of the target's LUNs (after the
+        target grew one)."""
+        await self._run("rescanCmd", [], portal=portal, iqn=iqn)
+        log.info("rescanned %s at %s", iqn, portal)
+
     async def release(self, portal: str, iqn: str) -> None:
         """Logout for a rollback: failures are logged, not raised."""
         try:
             await self.logout(portal, iqn)
         except (DetachError, HostCommandError) as exc:
             log.error("rollback of the iSCSI login to %s failed: %s", iqn, exc)
-
-    async def rescan(self, portal: str, iqn: str) -> None:
-        """Have the initiator re-read the target's LUN sizes (after the volume grew)."""
-        await self._run("rescanCmd", [], portal=portal, iqn=iqn)
 
     async def session_disks(self) -> dict[str, IscsiNode]:
         """The host disks of every iSCSI session; none when there is no session."""

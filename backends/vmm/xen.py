@@ -321,9 +321,16 @@ class XenVmm:
 
     @translates_command_errors
     async def notify_resize(self, domain: str, volume_id: str, size_bytes: int) -> None:
-        # blkback re-reads the size of its physical device and tells the frontend itself.
-        if not any(d.volume_id == volume_id for d in await self.list_attached(domain)):
+        # There is no xl (or xm) command for it: dom0's blkback notices that its physical
+        # device grew, writes the new size to xenstore and the guest's blkfront takes it. Only
+        # the device in dom0 must grow: an LV does by itself, an iSCSI disk once dom0's SCSI
+        # layer re-reads the LUN's capacity (iscsiadm rescan).
+        disk = next((d for d in await self.list_attached(domain) if d.volume_id == volume_id), None)
+        if disk is None:
             raise VmmError(f"{volume_id} is not attached to {domain}")
+        node = parse_by_path(disk.source or "")
+        if node is not None:
+            await self._iscsi.rescan(node.portal, node.iqn)
         log.info("%s: %s grew to %d bytes; blkback propagates it", domain, volume_id, size_bytes)
 
     @translates_command_errors

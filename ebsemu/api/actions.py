@@ -15,6 +15,7 @@ from ebsemu.service.context import RequestContext
 from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
+from ebsemu.service.modifications import ModificationService
 from ebsemu.service.multi_snapshots import MultiSnapshotService
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshot_copies import SnapshotCopyService
@@ -41,6 +42,7 @@ class Services:
     multi_snapshots: MultiSnapshotService
     volume_status: VolumeStatusService
     encryption: EncryptionService
+    modifications: ModificationService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]
@@ -221,5 +223,5 @@ async def modify_instance_attribute(svc: Services, ctx: RequestContext, p: Param
 
 
 # Actions kept in modules of their own register themselves when imported (after `action`).
-# CopySnapshot, CreateSnapshots; volume attributes and status:
-from ebsemu.api import actions_copies, actions_status  # noqa: E402, F401
+# CopySnapshot, CreateSnapshots; ModifyVolume; volume attributes and status:
+from ebsemu.api import actions_copies, actions_modify, actions_status  # noqa: E402, F401

@@ -17,6 +17,7 @@ from ebsemu.model import (
     Volume,
     VolumeState,
 )
+from ebsemu.modification import ModificationState, VolumeModification, VolumeSettings
 from ebsemu.store.direct import DirectStore
 
 T = TypeVar("T")
@@ -167,7 +168,35 @@ class EncryptionStore(Protocol):
     async def drop_data_key(self, resource_id: str) -> None: ...
 
 
-class Store(AccountStore, DirectStore, VolumeIoStore, InventoryStore, EncryptionStore, Protocol):
+class ModificationStore(Protocol):
+    async def begin_modification(self, modification: VolumeModification) -> bool:
+        """Record a new modification, replacing the volume's previous one; False, changing
+        nothing, while that one is still active (modifying or optimizing)."""
+        ...
+
+    async def get_modification(self, volume_id: str) -> VolumeModification | None: ...
+    async def list_modifications(self, query: ListQuery) -> Page[VolumeModification]: ...
+    async def set_modification_progress(self, volume_id: str, progress: int) -> None: ...
+    async def apply_modification(
+        self, volume_id: str, target: VolumeSettings, progress: int
+    ) -> bool:
+        """modifying -> optimizing and the volume takes ``target``, atomically."""
+        ...
+
+    async def finish_modification(
+        self, volume_id: str, state: ModificationState, end_time: datetime, message: str | None
+    ) -> bool: ...
+
+
+class Store(
+    AccountStore,
+    DirectStore,
+    VolumeIoStore,
+    InventoryStore,
+    EncryptionStore,
+    ModificationStore,
+    Protocol,
+):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def refresh_statistics(self) -> None:

@@ -213,4 +213,29 @@ MIGRATIONS: list[str] = [
         wrapped_key TEXT NOT NULL      -- its data key, wrapped by the master key
     ) WITHOUT ROWID;
     """,
+    # 10: volume modifications (ModifyVolume): the latest one of each volume
+    """
+    CREATE TABLE volume_modifications (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        volume_id TEXT NOT NULL UNIQUE,
+        owner_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        state TEXT NOT NULL,
+        status_message TEXT,
+        progress INTEGER NOT NULL DEFAULT 0,
+        start_time TEXT NOT NULL,
+        end_time TEXT,
+        original_size INTEGER NOT NULL,
+        original_volume_type TEXT NOT NULL,
+        original_iops INTEGER,
+        original_throughput INTEGER,
+        original_multi_attach INTEGER NOT NULL,
+        target_size INTEGER NOT NULL,
+        target_volume_type TEXT NOT NULL,
+        target_iops INTEGER,
+        target_throughput INTEGER,
+        target_multi_attach INTEGER NOT NULL
+    );
+    CREATE INDEX volume_modifications_owner ON volume_modifications(owner_id, region, state);
+    """,
 ]

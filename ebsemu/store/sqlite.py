@@ -42,6 +42,7 @@ from ebsemu.store.sqlite_direct import DirectTables
 from ebsemu.store.sqlite_encryption import EncryptionTables
 from ebsemu.store.sqlite_instances import InstanceTables
 from ebsemu.store.sqlite_inventory import InventoryTables
+from ebsemu.store.sqlite_modifications import ModificationTables
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
 from ebsemu.timefmt import to_wire
 
@@ -49,7 +50,13 @@ log = logging.getLogger(__name__)
 
 
 class SqliteStore(
-    InstanceTables, AccountTables, DirectTables, VolumeIoTables, InventoryTables, EncryptionTables
+    InstanceTables,
+    AccountTables,
+    DirectTables,
+    VolumeIoTables,
+    InventoryTables,
+    EncryptionTables,
+    ModificationTables,
 ):
     async def open(self) -> None:
         """Open (creating and migrating) the database, readable by its owner only."""
@@ -182,6 +189,7 @@ class SqliteStore(
                     (now, *ids),
                 ),
                 (f"DELETE FROM tags WHERE resource_id IN ({marks})", ids),
+                (f"DELETE FROM volume_modifications WHERE volume_id IN ({marks})", ids),
                 (f"DELETE FROM volumes WHERE id IN ({marks})", ids),
             ]
         await self._many(statements)
@@ -512,7 +520,10 @@ class SqliteStore(
             f"AND volume_id {no_job.format('attach_volume')} "
             "UNION ALL SELECT 'detach_volume', volume_id, json_object('instance_id', instance_id) "
             f"FROM attachments WHERE state = 'detaching' "
-            f"AND volume_id {no_job.format('detach_volume')}"
+            f"AND volume_id {no_job.format('detach_volume')} "
+            "UNION ALL SELECT 'modify_volume', volume_id, '{}' FROM volume_modifications "
+            f"WHERE state IN ('modifying', 'optimizing') "
+            f"AND volume_id {no_job.format('modify_volume')}"
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
