@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The format shows no source line, thread or process: skip collecting them for each
+    # record (the logging documentation's "Optimization" settings).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     if args.command == "accounts":
         return cli_accounts.run(args, cfg)
     if args.command == "check-host":
