@@ -17,13 +17,12 @@ def evaluate(report: Report) -> list[TargetResult]:
     levels = sorted({r.volumes for r in report.rows if r.volumes is not None})
     small = levels[0] if levels else None
     for client, floor in (("boto3", 3.0), ("raw", 10.0)):
-        results.append(_speedup(report.find(client, create.workload(8)), floor))
-        results.append(_speedup(report.find(client, describe.BY_ID_C8, small), floor))
-    for row in (
-        report.find("raw", create.workload(8)),
-        report.find("raw", describe.BY_ID_C8, small),
-    ):
-        results.append(_cpu(row))
+        for workload in (create.workload(8), describe.BY_ID_C8):
+            row = report.find(client, workload, None if workload.startswith("Create") else small)
+            results.append(_speedup(row, floor, f"{workload} ({client})"))
+    for workload in (create.workload(8), describe.BY_ID_C8):
+        row = report.find("raw", workload, None if workload.startswith("Create") else small)
+        results.append(_cpu(row, f"{workload} (raw)"))
     if len(levels) >= 2:
         for workload in (describe.BY_ID, describe.BY_TAG):
             results.append(_growth(report, workload, levels[0], levels[-1]))
@@ -42,16 +41,16 @@ def _label(row: Row | None, fallback: str) -> str:
     return f"{row.workload} ({row.client}{where})"
 
 
-def _speedup(row: Row | None, floor: float) -> TargetResult:
-    name = f"{_label(row, 'a c=8 row')}: ebsemu/moto calls/s"
+def _speedup(row: Row | None, floor: float, fallback: str) -> TargetResult:
+    name = f"{_label(row, fallback)}: ebsemu/moto calls/s"
     ratio = row.ratio() if row else None
     if ratio is None:
         return TargetResult(name, "-", f"≥ {floor:g}x", None)
     return TargetResult(name, f"{ratio:.2f}x", f"≥ {floor:g}x", ratio >= floor)
 
 
-def _cpu(row: Row | None) -> TargetResult:
-    name = f"{_label(row, 'a raw c=8 row')}: ebsemu CPU per call"
+def _cpu(row: Row | None, fallback: str) -> TargetResult:
+    name = f"{_label(row, fallback)}: ebsemu CPU per call"
     stats = row.stats.get("ebsemu") if row else None
     if stats is None or not stats.calls:
         return TargetResult(name, "-", f"≤ {CPU_MS_LIMIT:g} ms", None)

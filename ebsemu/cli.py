@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(cfg.log_level.upper(), cfg.log_format)
     else:
         logs.configure("WARNING")
+    # The log formats show no source line, thread or process: skip collecting them for each
+    # record (the logging documentation's "Optimization" settings).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     if args.command == "accounts":
         return cli_accounts.run(args, cfg)
     if args.command == "check-host":

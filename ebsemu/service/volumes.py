@@ -6,6 +6,7 @@ API calls answer at once; jobs carry out the work on the storage backend.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -65,6 +66,7 @@ class VolumeService:
     def __init__(self, core: Core, encryption: EncryptionService) -> None:
         self._core = core
         self._encryption = encryption
+        self._created: dict[str, Volume] = {}  # just inserted, until its create job starts
         core.jobs.register("create_volume", self._run_create)
         core.jobs.register("delete_volume", self._run_delete)
 
@@ -75,27 +77,32 @@ class VolumeService:
         if req.client_token is not None:
             if len(req.client_token) > 64:
                 raise errors.InvalidParameterValue("ClientToken must be at most 64 characters.")
-            existing = await store.find_volume_by_token(ctx.account_id, req.client_token)
+            # Both reads together: the store answers reads queued at once in one round trip.
+            existing, retired = await asyncio.gather(
+                store.find_volume_by_token(ctx.account_id, req.client_token),
+                store.retired_token_volume(ctx.account_id, req.client_token),
+            )
             if existing is not None:
                 return self._idempotent(existing, req)
-            if await store.retired_token_volume(ctx.account_id, req.client_token) is not None:
+            if retired is not None:
                 raise _token_mismatch(req)  # its volume was deleted and purged
         volume = await self._validated(ctx, req)
         hosts = self._core.storage_hosts
         if volume.snapshot_id is None:
             volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, 0))
             await self._encryption.prepare_key(volume)
-            stored = await store.insert_volume(volume)
+            stored, job_id = await store.insert_volume_with_job(volume, "create_volume")
         else:
             async with self._core.locks.hold(volume.snapshot_id):
                 needed = await self._restore_bytes(ctx, volume.snapshot_id)
                 volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, needed))
                 await self._encryption.prepare_key(volume)
-                stored = await store.insert_volume(volume)
-        if stored.id != volume.id:  # a concurrent request with the same ClientToken won
+                stored, job_id = await store.insert_volume_with_job(volume, "create_volume")
+        if job_id is None:  # a concurrent request with the same ClientToken won
             await self._encryption.drop_key(volume.id)
             return self._idempotent(stored, req)
-        await self._core.jobs.submit("create_volume", stored.id)
+        self._created[stored.id] = stored  # the job starts from it instead of reading it again
+        self._core.jobs.start(job_id, "create_volume", stored.id)
         log.info(
             "volume %s: creating (%d GiB %s) on storage host %s",
             stored.id,
@@ -170,7 +177,7 @@ class VolumeService:
     # ---- jobs ----------------------------------------------------------------------------
 
     async def _run_create(self, volume_id: str, payload: dict[str, Any]) -> None:
-        volume = await self._core.store.get_volume(volume_id)
+        volume = self._created.pop(volume_id, None) or await self._core.store.get_volume(volume_id)
         if volume is None or volume.state is not VolumeState.CREATING:
             return
         storage = self._core.storage_for(volume)

@@ -208,6 +208,13 @@ class Store(
         """Insert; on a ClientToken already used by the owner, return that volume instead."""
         ...
 
+    async def insert_volume_with_job(
+        self, volume: Volume, kind: str | None, payload: str = "{}"
+    ) -> tuple[Volume, int | None]:
+        """``insert_volume`` and the intent record of job ``kind`` in one transaction; the job
+        id is None when a ClientToken already used returned an existing volume."""
+        ...
+
     async def get_volume(self, volume_id: str) -> Volume | None: ...
     async def list_volumes(self, query: ListQuery) -> Page[Volume]: ...
     async def transition_volume(

@@ -10,6 +10,9 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from ebsemu.model import (
@@ -37,14 +40,14 @@ from ebsemu.store.sql_filters import (
     filter_sql,
 )
 from ebsemu.store.sqlite_accounts import AccountTables
-from ebsemu.store.sqlite_base import Rollback, placeholders, prefixed
+from ebsemu.store.sqlite_base import Rollback, fetch, placeholders, prefixed
 from ebsemu.store.sqlite_direct import DirectTables
 from ebsemu.store.sqlite_encryption import EncryptionTables
-from ebsemu.store.sqlite_instances import InstanceTables
+from ebsemu.store.sqlite_instances import InstanceTables, complete_volumes
 from ebsemu.store.sqlite_inventory import InventoryTables
 from ebsemu.store.sqlite_modifications import ModificationTables
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
-from ebsemu.timefmt import to_wire
+from ebsemu.timefmt import from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,10 @@ class SqliteStore(
     EncryptionTables,
     ModificationTables,
 ):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._volume_counts: dict[str, int] = {}  # owner id -> volumes not deleted
+
     async def open(self) -> None:
         """Open (creating and migrating) the database, readable by its owner only."""
         private_database(self._path)
@@ -66,60 +73,26 @@ class SqliteStore(
     # ---- volumes -------------------------------------------------------------------------
 
     async def insert_volume(self, volume: Volume) -> Volume:
-        values = (
-            volume.id,
-            volume.owner_id,
-            volume.region,
-            volume.zone,
-            volume.zone_id,
-            volume.size_gib,
-            volume.volume_type.value,
-            volume.iops,
-            volume.throughput,
-            int(volume.encrypted),
-            volume.kms_key_id,
-            volume.snapshot_id,
-            int(volume.multi_attach),
-            volume.state.value,
-            volume.state_message,
-            to_wire(volume.create_time),
-            time.time(),
-            volume.client_token,
-            volume.request_digest,
-            volume.storage_host,
-        )
-        statements: list[tuple[str, Sequence[Any]]] = [
-            (
-                f"INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES ({placeholders(len(values))})",
-                values,
-            )
-        ]
-        statements += self._tag_statements([(volume.id, "volume")], volume.owner_id, volume.tags)
-        try:
-            await self._many(statements)
-        except sqlite3.IntegrityError:
-            if volume.client_token is None:
-                raise
-            existing = await self.find_volume_by_token(volume.owner_id, volume.client_token)
-            if existing is None:
-                raise
-            return existing
-        stored = await self.get_volume(volume.id)
-        assert stored is not None
+        stored, _ = await self.insert_volume_with_job(volume, None)
         return stored
 
+    async def insert_volume_with_job(
+        self, volume: Volume, kind: str | None, payload: str = "{}"
+    ) -> tuple[Volume, int | None]:
+        """Insert the volume and the intent record of its job ``kind`` (if any) in one
+        transaction. On a ClientToken the owner already used, return that volume and no job."""
+        job = (kind, payload) if kind is not None else None
+        stored, job_id = await self._commit(partial(_insert_volume, volume=volume, job=job))
+        # Counted as the caller resumes, in commit order (see count_volumes).
+        if stored.id == volume.id and volume.owner_id in self._volume_counts:
+            self._volume_counts[volume.owner_id] += 1
+        return stored, job_id
+
     async def find_volume_by_token(self, owner_id: str, token: str) -> Volume | None:
-        rows = await self._rows(
-            f"SELECT seq, {VOLUME_COLUMNS} FROM volumes WHERE owner_id = ? AND client_token = ?",
-            (owner_id, token),
-        )
-        return (await self._complete_volumes([volume_from_row(rows[0])]))[0] if rows else None
+        return await self._read(partial(_volume_by_token, owner_id=owner_id, token=token))
 
     async def get_volume(self, volume_id: str) -> Volume | None:
-        rows = await self._rows(
-            f"SELECT seq, {VOLUME_COLUMNS} FROM volumes WHERE id = ?", (volume_id,)
-        )
-        return (await self._complete_volumes([volume_from_row(rows[0])]))[0] if rows else None
+        return await self._read(partial(_volume_by_id, volume_id=volume_id))
 
     async def list_volumes(self, query: ListQuery) -> Page[Volume]:
         params: list[object] = []
@@ -127,16 +100,21 @@ class SqliteStore(
         where += filter_sql(
             query.filters, VOLUME_FILTERS, "v.id", params, related=VOLUME_ATTACHMENTS
         )
-        rows = await self._page_rows(
+        sql = self._page_sql(
             f"SELECT v.seq, {prefixed('v', VOLUME_COLUMNS)} FROM volumes v",
             where,
             params,
             query,
             "v.seq",
         )
-        page = self._paginate(rows, query, volume_from_row)
-        page.items = await self._complete_volumes(page.items)
-        return page
+
+        def work(conn: sqlite3.Connection) -> Page[Volume]:
+            page: Page[Volume] = self._paginate(fetch(conn, sql, params), query, volume_from_row)
+            if page.items:
+                complete_volumes(conn, page.items)
+            return page
+
+        return await self._read(work)
 
     async def transition_volume(
         self,
@@ -146,18 +124,34 @@ class SqliteStore(
         message: str | None = None,
     ) -> bool:
         states = [s.value for s in expected]
-        changed = await self._write(
+        sql = (
             f"UPDATE volumes SET state = ?, state_message = ?, updated_at = ? "
-            f"WHERE id = ? AND state IN ({placeholders(len(states))})",
-            (new.value, message, time.time(), volume_id, *states),
+            f"WHERE id = ? AND state IN ({placeholders(len(states))}) RETURNING owner_id"
         )
-        return changed == 1
+        params = (new.value, message, time.time(), volume_id, *states)
+        leaving = VolumeState.DELETED not in expected and new is VolumeState.DELETED
+
+        rows = await self._commit(partial(fetch, sql=sql, params=params))
+        if rows and leaving and rows[0][0] in self._volume_counts:
+            self._volume_counts[rows[0][0]] -= 1
+        return bool(rows)
 
     async def count_volumes(self, owner_id: str) -> int:
-        rows = await self._rows(
-            "SELECT COUNT(*) FROM volumes WHERE owner_id = ? AND state != 'deleted'", (owner_id,)
-        )
-        return int(rows[0][0])
+        """Volumes of the owner not deleted: counted once by the writer, then kept up to date
+        by the store's own inserts and transitions as their callers resume. Callers of one
+        batch resume in the batch's order, so the first count and the changes around it
+        agree."""
+        count = self._volume_counts.get(owner_id)
+        if count is None:
+            rows = await self._commit(
+                partial(
+                    fetch,
+                    sql="SELECT COUNT(*) FROM volumes WHERE owner_id = ? AND state != 'deleted'",
+                    params=(owner_id,),
+                )
+            )
+            count = self._volume_counts.setdefault(owner_id, int(rows[0][0]))
+        return count
 
     async def retired_token_volume(self, owner_id: str, token: str) -> str | None:
         rows = await self._rows(
@@ -476,17 +470,9 @@ class SqliteStore(
     # ---- jobs ----------------------------------------------------------------------------
 
     async def start_job(self, kind: str, resource_id: str, payload: str = "{}") -> int:
-        now = time.time()
-        async with self._lock:
-            cur = await self.db.execute(
-                "INSERT INTO jobs (kind, resource_id, state, payload, created_at, updated_at) "
-                "VALUES (?, ?, 'running', ?, ?, ?)",
-                (kind, resource_id, payload, now, now),
-            )
-            job_id = cur.lastrowid
-            await cur.close()
-        assert job_id is not None
-        return job_id
+        return await self._commit(
+            partial(_insert_job, kind=kind, payload=payload, resource_id=resource_id)
+        )
 
     async def finish_job(self, job_id: int, error: str | None = None) -> None:
         await self._write(
@@ -532,3 +518,85 @@ class SqliteStore(
             "SELECT id, kind, resource_id, payload FROM jobs WHERE state = 'running' ORDER BY id"
         )
         return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+
+def _insert_job(conn: sqlite3.Connection, kind: str, payload: str, resource_id: str) -> int:
+    now = time.time()
+    job_id = conn.execute(
+        "INSERT INTO jobs (kind, resource_id, state, payload, created_at, updated_at) "
+        "VALUES (?, ?, 'running', ?, ?, ?)",
+        (kind, resource_id, payload, now, now),
+    ).lastrowid
+    assert job_id is not None
+    return job_id
+
+
+def _one_volume(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> Volume | None:
+    rows = fetch(conn, f"SELECT seq, {VOLUME_COLUMNS} FROM volumes WHERE {where}", params)
+    if not rows:
+        return None
+    volume = volume_from_row(rows[0])
+    complete_volumes(conn, [volume])
+    return volume
+
+
+def _volume_by_id(conn: sqlite3.Connection, volume_id: str) -> Volume | None:
+    return _one_volume(conn, "id = ?", (volume_id,))
+
+
+def _volume_by_token(conn: sqlite3.Connection, owner_id: str, token: str) -> Volume | None:
+    return _one_volume(conn, "owner_id = ? AND client_token = ?", (owner_id, token))
+
+
+def _insert_volume(
+    conn: sqlite3.Connection, volume: Volume, job: tuple[str, str] | None
+) -> tuple[Volume, int | None]:
+    create_time = to_wire(volume.create_time)
+    values = (
+        volume.id,
+        volume.owner_id,
+        volume.region,
+        volume.zone,
+        volume.zone_id,
+        volume.size_gib,
+        volume.volume_type.value,
+        volume.iops,
+        volume.throughput,
+        int(volume.encrypted),
+        volume.kms_key_id,
+        volume.snapshot_id,
+        int(volume.multi_attach),
+        volume.state.value,
+        volume.state_message,
+        create_time,
+        time.time(),
+        volume.client_token,
+        volume.request_digest,
+        volume.storage_host,
+    )
+    try:
+        seq = conn.execute(
+            f"INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES ({placeholders(len(values))})",
+            values,
+        ).lastrowid
+        assert seq is not None
+    except sqlite3.IntegrityError:
+        if volume.client_token is None:
+            raise
+        existing = _volume_by_token(conn, volume.owner_id, volume.client_token)
+        if existing is None:
+            raise
+        return existing, None
+    for sql, params in SqliteStore._tag_statements(
+        [(volume.id, "volume")], volume.owner_id, volume.tags
+    ):
+        conn.execute(sql, params)
+    job_id = _insert_job(conn, *job, volume.id) if job is not None else None
+    stored = replace(
+        volume,
+        seq=seq,
+        create_time=from_wire(create_time),
+        tags=dict(volume.tags),
+        attachments=[],
+    )
+    return stored, job_id

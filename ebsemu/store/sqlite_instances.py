@@ -3,7 +3,9 @@ in one transaction, so a volume is `in-use` exactly while it has an attachment."
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
+from functools import partial
 
 from ebsemu.model import Attachment, AttachmentState, Instance, Volume
 from ebsemu.store.base import ListQuery, Page
@@ -14,7 +16,14 @@ from ebsemu.store.rows import (
     instance_from_row,
 )
 from ebsemu.store.sql_filters import INSTANCE_DEVICES, INSTANCE_FILTERS, filter_sql
-from ebsemu.store.sqlite_base import Rollback, SqliteBase, placeholders, prefixed
+from ebsemu.store.sqlite_base import (
+    Rollback,
+    SqliteBase,
+    fetch,
+    placeholders,
+    prefixed,
+    tags_into,
+)
 from ebsemu.timefmt import to_wire
 
 _RELEASE_VOLUME = (
@@ -185,25 +194,39 @@ class InstanceTables(SqliteBase):
     # ---- helpers -------------------------------------------------------------------------
 
     async def _attachments_by(self, column: str, ids: Sequence[str]) -> dict[str, list[Attachment]]:
-        found: dict[str, list[Attachment]] = {}
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start : start + 500])
-            rows = await self._rows(
-                f"SELECT {ATTACHMENT_COLUMNS} FROM attachments "
-                f"WHERE {column} IN ({placeholders(len(chunk))}) ORDER BY attach_time",
-                chunk,
-            )
-            for row in rows:
-                attachment = attachment_from_row(row)
-                key = attachment.instance_id if column == "instance_id" else attachment.volume_id
-                found.setdefault(key, []).append(attachment)
-        return found
+        return await self._read(partial(attachments_by, column=column, ids=ids))
 
     async def _complete_volumes(self, volumes: list[Volume]) -> list[Volume]:
         """Volumes with their tags and attachments loaded."""
-        volumes = await self._with_tags(volumes)
         if volumes:
-            attachments = await self._attachments_by("volume_id", [v.id for v in volumes])
-            for volume in volumes:
-                volume.attachments = attachments.get(volume.id, [])
+            await self._read(partial(complete_volumes, volumes=volumes))
         return volumes
+
+
+def attachments_by(
+    conn: sqlite3.Connection, column: str, ids: Sequence[str]
+) -> dict[str, list[Attachment]]:
+    found: dict[str, list[Attachment]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        rows = fetch(
+            conn,
+            f"SELECT {ATTACHMENT_COLUMNS} FROM attachments "
+            f"WHERE {column} IN ({placeholders(len(chunk))}) ORDER BY attach_time",
+            chunk,
+        )
+        for row in rows:
+            attachment = attachment_from_row(row)
+            key = attachment.instance_id if column == "instance_id" else attachment.volume_id
+            found.setdefault(key, []).append(attachment)
+    return found
+
+
+def complete_volumes(conn: sqlite3.Connection, volumes: Sequence[Volume]) -> None:
+    """Load the tags and attachments of ``volumes`` into them (the attachments table is
+    looked at only when it holds any row)."""
+    tags_into(conn, volumes)
+    if fetch(conn, "SELECT 1 FROM attachments LIMIT 1"):
+        attachments = attachments_by(conn, "volume_id", [v.id for v in volumes])
+        for volume in volumes:
+            volume.attachments = attachments.get(volume.id, [])

@@ -9,6 +9,7 @@ judged on what it meant, exactly as the handler will read it.
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Iterable, Mapping
 
@@ -73,6 +74,7 @@ def remove_dot_segments(path: str) -> str:
     return first + "/".join(kept) + last
 
 
+@functools.lru_cache(maxsize=256)  # nearly always "/"
 def canonical_uri(raw_path: str) -> str:
     """SigV4 for every service but S3: the normalized path, encoded once more."""
     return urllib.parse.quote(to_bytes(remove_dot_segments(raw_path)), safe="/~")

@@ -8,6 +8,7 @@ was signed but need not be one the server knows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -61,10 +62,16 @@ def _hmac(key: bytes, message: str) -> bytes:
 
 
 def signature(secret: str, scope: Scope, string_to_sign: str) -> str:
-    key = _hmac(to_bytes("AWS4" + secret), scope.date)
-    for part in (scope.region, scope.service, TERMINATOR):
-        key = _hmac(key, part)
+    key = signing_key(secret, scope.date, scope.region, scope.service)
     return hmac.new(key, to_bytes(string_to_sign), hashlib.sha256).hexdigest()
+
+
+@functools.lru_cache(maxsize=256)  # one key per secret, day, region and service
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    key = _hmac(to_bytes("AWS4" + secret), date)
+    for part in (region, service, TERMINATOR):
+        key = _hmac(key, part)
+    return key
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ a scope EC2 would not accept (terminator, service) is AuthFailure, as EC2 answer
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -68,7 +69,12 @@ def parse_scope(credential: str, services: Collection[str]) -> Scope:
 
 
 def signed_header_names(text: str) -> list[str]:
-    names = text.split(";")
+    return list(_signed_header_names(text))
+
+
+@functools.lru_cache(maxsize=256)  # a client sends the same list every time
+def _signed_header_names(text: str) -> tuple[str, ...]:
+    names = tuple(text.split(";"))
     if any(not _HEADER_NAME.fullmatch(name) for name in names) or len(set(names)) != len(names):
         raise failures.malformed(
             "SignedHeaders must be distinct lowercase header names separated by ';'."

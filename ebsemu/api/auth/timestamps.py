@@ -17,8 +17,16 @@ def parse_amz_date(text: str) -> datetime | None:
     """SigV4's ISO 8601 basic format, `20240102T030405Z`, and nothing looser."""
     if not _AMZ_DATE_SHAPE.fullmatch(text):
         return None
-    try:
-        return datetime.strptime(text, AMZ_DATE).replace(tzinfo=UTC)
+    try:  # the fields by position: the shape is fixed, and strptime costs ten times more
+        return datetime(
+            int(text[0:4]),
+            int(text[4:6]),
+            int(text[6:8]),
+            int(text[9:11]),
+            int(text[11:13]),
+            int(text[13:15]),
+            tzinfo=UTC,
+        )
     except ValueError:
         return None
 
