@@ -30,7 +30,18 @@ from hostcmds.templates import shipped_sources
 from tests.vmm_fixtures import run
 
 SECRET = "s3cretCHAPpass"
-SHIPPED = {"xen-xl", "xen-xm", "virsh", "losetup", "iscsiadm", "tgt", "lvm", "rbd", "qemu-img"}
+SHIPPED = {
+    "xen-xl",
+    "xen-xm",
+    "virsh",
+    "losetup",
+    "iscsiadm",
+    "tgt",
+    "lvm",
+    "rbd",
+    "qemu-img",
+    "remote-file",
+}
 
 
 # -- templates --------------------------------------------------------------------------------
