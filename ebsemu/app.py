@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from aiohttp import web
 
 from backends import registry
+from backends.errors import SetupError
 from ebsemu import hosts
 from ebsemu.api.actions import Services
 from ebsemu.api.authn import Authenticator
@@ -21,12 +22,14 @@ from ebsemu.api.ratelimit import RateLimiter
 from ebsemu.config import Config
 from ebsemu.credentials import endpoint_url, save_default_key
 from ebsemu.private_files import private_dir
+from ebsemu.runlock import DataDirBusy, DataDirLock
 from ebsemu.service.accounts import AccountService, configured_key
 from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.core import Core
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
+from ebsemu.service.reconcile import Reconciler
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
@@ -159,20 +162,24 @@ def make_app(
         for vmm in core.vmms.values():
             await vmm.check_setup()
         await asyncio.to_thread(core.blocks.remove_temp_files)
-        await services.exports.reconcile()
-        resumed = await core.jobs.resume()
-        settled = await core.jobs.settle_stranded()
-        if resumed or settled:
-            log.info("resumed %d unfinished jobs, started %d missing ones", resumed, settled)
+        report = await Reconciler(core, services.exports).run(apply=True)
+        if report.findings:
+            log.info("start-up reconciliation settled %d finding(s)", len(report.findings))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         private_dir(config.data_dir)
+        data_lock = DataDirLock(config.data_dir)
+        try:
+            data_lock.acquire()
+        except DataDirBusy as exc:
+            raise SetupError(f"{exc}: is a server already running on this data?") from None
         await core.store.open()
         try:
             await start()
         except BaseException:
             await core.jobs.close()
             await core.store.close()  # its thread would keep a failed start from exiting
+            data_lock.release()
             raise
         purger = asyncio.create_task(_maintenance(core))
         log.info(
@@ -188,6 +195,7 @@ def make_app(
             await purger
         await core.jobs.close()
         await core.store.close()
+        data_lock.release()
 
     app.cleanup_ctx.append(lifecycle)
     return app

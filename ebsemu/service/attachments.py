@@ -14,7 +14,7 @@ from typing import Any
 
 from backends.base import AttachSpec
 from backends.errors import BackendError, DomainNotFound
-from ebsemu import errors
+from ebsemu import errors, faults
 from ebsemu.model import Attachment, AttachmentState, VolumeState, utcnow
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
@@ -169,6 +169,7 @@ class AttachmentService:
             if instance is None:
                 raise BackendError(f"instance {instance_id} is gone")
             source = await self._exports.source_for(volume_id, instance.vmm)
+            await faults.reach("attach.exported")
             disk = await self._instances.vmm_of(instance).attach(
                 instance.domain, AttachSpec(volume_id, vmm_device(attachment.device), source)
             )
@@ -179,6 +180,7 @@ class AttachmentService:
             await self._exports.release(volume_id)
             await store.abort_attach(volume_id, instance_id)
             return
+        await faults.reach("attach.attached")
         await store.transition_attachment(
             volume_id,
             instance_id,
@@ -214,6 +216,7 @@ class AttachmentService:
                     volume_id, instance_id, {AttachmentState.DETACHING}, AttachmentState.BUSY
                 )
                 return
+        await faults.reach("detach.detached")
         await self._exports.release(volume_id)
         await store.finish_detach(volume_id, instance_id)
         log.info("volume %s: detached from %s", volume_id, instance_id)

@@ -42,12 +42,13 @@ class ExportService:
         await self._core.export.unexport(volume_id)
         await self._core.store.drop_export(volume_id)
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> list[str]:
         """At start-up: re-apply the export of every attached volume exactly as recorded, and
-        remove exports (and records) of volumes no longer attached."""
+        remove exports (and records) of volumes no longer attached. Returns the ids of the
+        exports that had to be re-applied."""
         export = self._core.export
         if export is None:
-            return
+            return []
         store = self._core.store
         attached = await store.attached_volume_ids()
         records = [export_from_dict(json.loads(text)) for text in await store.exports()]
@@ -61,3 +62,4 @@ class ExportService:
         reapplied = await export.restore([r for r in records if r.volume_id in attached])
         if reapplied:
             log.info("re-applied %d exports: %s", len(reapplied), ", ".join(reapplied))
+        return reapplied

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from backends.errors import BackendError
-from ebsemu import errors
+from ebsemu import errors, faults
 from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_id, utcnow
 from ebsemu.service import listing, sharing, snapshot_data
 from ebsemu.service.context import RequestContext
@@ -78,6 +78,7 @@ class SnapshotService:
                 failed = await self._core.store.get_snapshot(snapshot.id)
                 assert failed is not None
                 return failed
+        await faults.reach("snapshot.frozen")
         self._core.jobs.start(job_id, "capture_snapshot", snapshot.id)
         log.info("snapshot %s of %s: pending", snapshot.id, volume_id)
         return snapshot
@@ -165,6 +166,8 @@ class SnapshotService:
         store = self._core.store
         snapshot = await store.get_snapshot(snapshot_id)
         if snapshot is None or snapshot.state is not SnapshotState.PENDING:
+            # Resumed after a crash that came once the state was settled: only the view is left.
+            await self._core.storage.drop_view(snapshot_id)
             return
         try:
             stats = await snapshot_data.capture(self._core, snapshot_id)
@@ -174,6 +177,7 @@ class SnapshotService:
             await snapshot_data.sweep(self._core, snapshot_id)
             await self._core.storage.drop_view(snapshot_id)
             return
+        await faults.reach("snapshot.captured")
         if await store.complete_snapshot(snapshot_id, stats.blocks * BLOCK_SIZE):
             log.info(
                 "snapshot %s: completed, %d blocks, %d new",
@@ -181,12 +185,14 @@ class SnapshotService:
                 stats.blocks,
                 stats.new_blocks,
             )
+            await faults.reach("snapshot.completed")
         await self._core.storage.drop_view(snapshot_id)
 
     async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:
         await self._core.jobs.cancel("capture_snapshot", snapshot_id)
         await self._core.storage.drop_view(snapshot_id)
         await snapshot_data.sweep(self._core, snapshot_id)
+        await faults.reach("delete_snapshot.swept")
         await self._core.store.remove_snapshot(snapshot_id)
         await self._core.store.clear_snapshot_grantees(snapshot_id)  # if a crash left any
         log.info("snapshot %s: deleted", snapshot_id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.errors import BackendError, CapacityError
-from ebsemu import errors
+from ebsemu import errors, faults
 from ebsemu.model import (
     BLOCK_SIZE,
     GIB,
@@ -161,8 +161,10 @@ class VolumeService:
         storage = self._core.storage
         try:
             await storage.create(volume_id, volume.size_gib * GIB)
+            await faults.reach("create_volume.allocated")
             if volume.snapshot_id is not None:
                 await snapshot_data.restore(self._core, volume.snapshot_id, volume_id)
+                await faults.reach("create_volume.restored")
         except (BackendError, OSError) as exc:
             log.error("volume %s: creation failed: %s", volume_id, exc)
             await storage.delete(volume_id)
@@ -178,6 +180,7 @@ class VolumeService:
 
     async def _run_delete(self, volume_id: str, payload: dict[str, Any]) -> None:
         await self._core.storage.delete(volume_id)
+        await faults.reach("delete_volume.removed")
         await self._core.store.transition_volume(
             volume_id, {VolumeState.DELETING}, VolumeState.DELETED
         )
