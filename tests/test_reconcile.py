@@ -76,7 +76,7 @@ def test_dry_run_reports_orphans_without_touching_them_and_a_real_run_removes_on
     assert (storage / "volumes" / "not-ours").exists()
     assert (storage / "volumes" / volume_id).exists()
 
-    code, report = _reconcile(fresh_server)
+    _, report = _reconcile(fresh_server)
     assert report["Findings"] == []
     fresh_server.start()
     [snapshot] = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
@@ -115,7 +115,7 @@ def test_a_completed_snapshot_whose_block_is_lost_becomes_error_with_a_message(
     fresh_server.stop()
     _block_path(fresh_server.data_dir, data).unlink()
 
-    code, report = _reconcile(fresh_server)
+    _, report = _reconcile(fresh_server)
     assert _kinds(report)["missing-blocks"] == {snapshot_id}
     fresh_server.start()
     [snapshot] = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
@@ -133,7 +133,7 @@ def test_an_offline_run_finishes_a_deletion_a_crash_left_half_done(
         db.execute("UPDATE volumes SET state = 'deleting' WHERE id = ?", (volume_id,))
         db.execute("DELETE FROM jobs")
 
-    code, report = _reconcile(fresh_server, "--dry-run")
+    _, report = _reconcile(fresh_server, "--dry-run")
     assert _kinds(report)["stranded"] == {volume_id}
     assert _query(fresh_server, "SELECT state FROM volumes WHERE id = ?", volume_id) == [
         ("deleting",)
