@@ -468,8 +468,8 @@ def op_delete_volume(h: Harness) -> None:
 
 def op_delete_snapshot(h: Harness) -> None:
     snapshot_id = h.rng.choice(sorted(h.snapshots))
-    h.snapshots.pop(snapshot_id)
     h.call("delete_snapshot", SnapshotId=snapshot_id)
+    h.snapshots.pop(snapshot_id)  # only now: if the call is cut short, the model keeps it
 
 
 OPS: dict[str, Callable[[Harness], None]] = {
