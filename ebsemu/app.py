@@ -29,7 +29,7 @@ from ebsemu.service.core import Core
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
-from ebsemu.service.reconcile import Reconciler
+from ebsemu.service.reconcile import Reconciler, drop_stale_views
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
@@ -112,7 +112,8 @@ async def _default_account(
 
 async def _maintenance(core: Core) -> None:
     """Deleted volumes answer `deleted` for a short while, then InvalidVolume.NotFound; the
-    query planner's statistics follow the tables as they grow."""
+    query planner's statistics follow the tables as they grow; frozen views a failed drop
+    left behind are dropped again."""
     rounds = 0
     while True:
         await asyncio.sleep(PURGE_INTERVAL_SECONDS)
@@ -123,6 +124,7 @@ async def _maintenance(core: Core) -> None:
             )
             if rounds % STATISTICS_EVERY_ROUNDS == 0:
                 await core.store.refresh_statistics()
+                await drop_stale_views(core)
         except Exception:
             log.exception("store maintenance failed")
 

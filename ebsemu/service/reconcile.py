@@ -72,6 +72,36 @@ class Report:
         return {"Applied": self.applied, "Findings": [asdict(f) for f in self.findings]}
 
 
+async def stale_views(core: Core) -> list[tuple[str, str]]:
+    """(view id, why) of each frozen view whose snapshot is no longer pending. Safe while the
+    server runs: a snapshot's record is `pending` from before its view is frozen until after
+    its capture ends."""
+    states = await core.store.snapshot_states()
+    stale: list[tuple[str, str]] = []
+    for view_id in sorted(await core.storage.list_views()):
+        if not view_id.startswith("snap-"):
+            continue
+        state = states.get(view_id)
+        if state is None or state[0] != SnapshotState.PENDING.value or state[1]:
+            stale.append((view_id, "no record" if state is None else f"snapshot {state[0]}"))
+    return stale
+
+
+async def drop_stale_views(core: Core) -> list[str]:
+    """Drop every stale frozen view (see ``stale_views``); the ids dropped. A view the backend
+    still fails to drop is logged and tried again next time."""
+    dropped: list[str] = []
+    for view_id, why in await stale_views(core):
+        try:
+            await core.storage.drop_view(view_id)
+        except (BackendError, OSError) as exc:
+            log.warning("view %s (%s): dropping it failed again: %s", view_id, why, exc)
+            continue
+        log.info("dropped stale view %s (%s)", view_id, why)
+        dropped.append(view_id)
+    return dropped
+
+
 class Reconciler:
     """``run(apply=False)`` only reports; ``run(apply=True)`` also acts. Call it when no job
     runs and no request is served (start-up, or an offline CLI run)."""
@@ -120,16 +150,10 @@ class Reconciler:
                 report.add("missing-storage", volume_id, "report only (volume is attached)")
 
     async def _views(self, report: Report, apply: bool) -> None:
-        states = await self._core.store.snapshot_states()
-        for view_id in sorted(await self._core.storage.list_views()):
-            if not view_id.startswith("snap-"):
-                continue
-            state = states.get(view_id)
-            if state is None or state[0] != SnapshotState.PENDING.value or state[1]:
-                why = "no record" if state is None else f"snapshot {state[0]}"
-                report.add("orphan-view", view_id, f"drop frozen view ({why})")
-                if apply:
-                    await self._core.storage.drop_view(view_id)
+        for view_id, why in await stale_views(self._core):
+            report.add("orphan-view", view_id, f"drop frozen view ({why})")
+            if apply:
+                await self._core.storage.drop_view(view_id)
 
     async def _error_manifests(self, report: Report, apply: bool) -> None:
         states = await self._core.store.snapshot_states()

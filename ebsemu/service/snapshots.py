@@ -167,7 +167,7 @@ class SnapshotService:
         snapshot = await store.get_snapshot(snapshot_id)
         if snapshot is None or snapshot.state is not SnapshotState.PENDING:
             # Resumed after a crash that came once the state was settled: only the view is left.
-            await self._core.storage.drop_view(snapshot_id)
+            await self._drop_view(snapshot_id)
             return
         try:
             stats = await snapshot_data.capture(self._core, snapshot_id)
@@ -175,7 +175,7 @@ class SnapshotService:
             log.error("snapshot %s: capture failed: %s", snapshot_id, exc)
             await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
             await snapshot_data.sweep(self._core, snapshot_id)
-            await self._core.storage.drop_view(snapshot_id)
+            await self._drop_view(snapshot_id)
             return
         await faults.reach("snapshot.captured")
         if await store.complete_snapshot(snapshot_id, stats.blocks * BLOCK_SIZE):
@@ -186,7 +186,7 @@ class SnapshotService:
                 stats.new_blocks,
             )
             await faults.reach("snapshot.completed")
-        await self._core.storage.drop_view(snapshot_id)
+        await self._drop_view(snapshot_id)
 
     async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:
         await self._core.jobs.cancel("capture_snapshot", snapshot_id)
@@ -198,6 +198,16 @@ class SnapshotService:
         log.info("snapshot %s: deleted", snapshot_id)
 
     # ---- helpers -------------------------------------------------------------------------
+
+    async def _drop_view(self, snapshot_id: str) -> None:
+        """Drop a settled snapshot's frozen view; if the backend fails, the view is left to
+        the periodic sweep (ebsemu.service.reconcile.drop_stale_views)."""
+        try:
+            await self._core.storage.drop_view(snapshot_id)
+        except (BackendError, OSError) as exc:
+            log.warning(
+                "snapshot %s: dropping its view failed, left for the sweep: %s", snapshot_id, exc
+            )
 
     async def _fail(self, snapshot_id: str, message: str) -> None:
         await self._core.store.transition_snapshot(

@@ -179,7 +179,17 @@ class VolumeService:
         log.info("volume %s: available", volume_id)
 
     async def _run_delete(self, volume_id: str, payload: dict[str, Any]) -> None:
-        await self._core.storage.delete(volume_id)
+        try:
+            await self._core.storage.delete(volume_id)
+        except (BackendError, OSError) as exc:
+            log.error("volume %s: deletion failed: %s", volume_id, exc)
+            await self._core.store.transition_volume(
+                volume_id,
+                {VolumeState.DELETING},
+                VolumeState.ERROR,
+                "Deletion failed: backend error; delete the volume again",
+            )
+            return
         await faults.reach("delete_volume.removed")
         await self._core.store.transition_volume(
             volume_id, {VolumeState.DELETING}, VolumeState.DELETED
