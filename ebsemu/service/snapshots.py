@@ -17,6 +17,7 @@ from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_i
 from ebsemu.service import listing, sharing, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.base import ListQuery
 
@@ -163,30 +164,45 @@ class SnapshotService:
     # ---- jobs ----------------------------------------------------------------------------
 
     async def _run_capture(self, snapshot_id: str, payload: dict[str, Any]) -> None:
+        """Steps (the view was frozen in the request): capture the view into the block store
+        and the manifest (undo: sweep them) -> mark completed -> drop the view. A failure
+        leaves the snapshot `error` with a StatusMessage, its blocks swept, its view dropped."""
         store = self._core.store
         snapshot = await store.get_snapshot(snapshot_id)
         if snapshot is None or snapshot.state is not SnapshotState.PENDING:
             # Resumed after a crash that came once the state was settled: only the view is left.
             await self._drop_view(snapshot_id)
             return
-        try:
+
+        async def capture() -> None:
             stats = await snapshot_data.capture(self._core, snapshot_id)
-        except (BackendError, OSError) as exc:
-            log.error("snapshot %s: capture failed: %s", snapshot_id, exc)
-            await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
-            await snapshot_data.sweep(self._core, snapshot_id)
-            await self._drop_view(snapshot_id)
-            return
-        await faults.reach("snapshot.captured")
-        if await store.complete_snapshot(snapshot_id, stats.blocks * BLOCK_SIZE):
             log.info(
-                "snapshot %s: completed, %d blocks, %d new",
+                "snapshot %s: captured %d blocks, %d new",
                 snapshot_id,
                 stats.blocks,
                 stats.new_blocks,
             )
-            await faults.reach("snapshot.completed")
-        await self._drop_view(snapshot_id)
+            await faults.reach("snapshot.captured")
+
+        async def sweep() -> None:
+            await snapshot_data.sweep(self._core, snapshot_id)
+
+        async def mark_completed() -> None:
+            blocks = await store.manifest_block_count(snapshot_id)
+            if await store.complete_snapshot(snapshot_id, blocks * BLOCK_SIZE):
+                log.info("snapshot %s: completed, %d blocks", snapshot_id, blocks)
+                await faults.reach("snapshot.completed")
+
+        async def failed(exc: Exception | None) -> None:
+            await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
+            await self._drop_view(snapshot_id)
+
+        plan = [
+            Step("capture", capture, undo=sweep),
+            Step("mark-completed", mark_completed),
+            Step("drop-view", lambda: self._drop_view(snapshot_id)),
+        ]
+        await run_steps(store, f"snapshot {snapshot_id}", plan, failed)
 
     async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:
         await self._core.jobs.cancel("capture_snapshot", snapshot_id)

@@ -28,6 +28,7 @@ from ebsemu.model import (
 from ebsemu.service import listing, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.steps import Step, run_steps
 from ebsemu.store.base import ListQuery
 
 log = logging.getLogger(__name__)
@@ -155,28 +156,39 @@ class VolumeService:
     # ---- jobs ----------------------------------------------------------------------------
 
     async def _run_create(self, volume_id: str, payload: dict[str, Any]) -> None:
-        volume = await self._core.store.get_volume(volume_id)
+        """Steps: allocate storage (undo: delete it) -> restore the snapshot's data, if any
+        -> mark the volume available. A failure leaves it `error`, its storage deleted."""
+        store = self._core.store
+        volume = await store.get_volume(volume_id)
         if volume is None or volume.state is not VolumeState.CREATING:
             return
         storage = self._core.storage
-        try:
+        snapshot_id = volume.snapshot_id
+
+        async def allocate() -> None:
             await storage.create(volume_id, volume.size_gib * GIB)
             await faults.reach("create_volume.allocated")
-            if volume.snapshot_id is not None:
-                await snapshot_data.restore(self._core, volume.snapshot_id, volume_id)
-                await faults.reach("create_volume.restored")
-        except (BackendError, OSError) as exc:
-            log.error("volume %s: creation failed: %s", volume_id, exc)
-            await storage.delete(volume_id)
+
+        async def restore() -> None:
+            assert snapshot_id is not None
+            await snapshot_data.restore(self._core, snapshot_id, volume_id)
+            await faults.reach("create_volume.restored")
+
+        async def mark_available() -> None:
+            await store.transition_volume(volume_id, {VolumeState.CREATING}, VolumeState.AVAILABLE)
+            log.info("volume %s: available", volume_id)
+
+        async def failed(exc: Exception | None) -> None:
             reason = "insufficient capacity" if isinstance(exc, CapacityError) else "backend error"
-            await self._core.store.transition_volume(
+            await store.transition_volume(
                 volume_id, {VolumeState.CREATING}, VolumeState.ERROR, f"Creation failed: {reason}"
             )
-            return
-        await self._core.store.transition_volume(
-            volume_id, {VolumeState.CREATING}, VolumeState.AVAILABLE
-        )
-        log.info("volume %s: available", volume_id)
+
+        plan = [Step("allocate", allocate, undo=lambda: storage.delete(volume_id))]
+        if snapshot_id is not None:
+            plan.append(Step("restore", restore))
+        plan.append(Step("mark-available", mark_available))
+        await run_steps(store, f"create_volume {volume_id}", plan, failed)
 
     async def _run_delete(self, volume_id: str, payload: dict[str, Any]) -> None:
         try:

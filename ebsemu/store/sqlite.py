@@ -27,12 +27,13 @@ from ebsemu.store.sqlite_accounts import AccountTables
 from ebsemu.store.sqlite_base import placeholders, prefixed
 from ebsemu.store.sqlite_instances import InstanceTables
 from ebsemu.store.sqlite_inventory import InventoryTables
+from ebsemu.store.sqlite_steps import StepTables
 from ebsemu.timefmt import to_wire
 
 log = logging.getLogger(__name__)
 
 
-class SqliteStore(InstanceTables, AccountTables, InventoryTables):
+class SqliteStore(InstanceTables, AccountTables, InventoryTables, StepTables):
     async def open(self) -> None:
         """Open (creating and migrating) the database, readable by its owner only."""
         private_database(self._path)
