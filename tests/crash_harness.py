@@ -42,6 +42,7 @@ BLOCK = 512 * 1024
 VOLUME_GIB = 1
 VOLUME_BLOCKS = VOLUME_GIB * 1024 * 1024 * 1024 // BLOCK
 SETTLE_SECONDS = 30.0
+START_TIMEOUT_SECONDS = 120.0
 MAX_OPS_PER_ROUND = 40
 STABLE_VOLUME = {"available", "in-use", "error"}
 STABLE_SNAPSHOT = {"completed", "error"}
@@ -102,6 +103,7 @@ class Harness:
     def __init__(self, work: Path, seed: int) -> None:
         self.rng = random.Random(seed)
         self.server = ServerProcess(work / "data", TEST_CONFIG)
+        self.server.start_timeout = START_TIMEOUT_SECONDS
         self.tally = Tally()
         self.volumes: dict[str, Content] = {}  # what each live volume must hold
         self.snapshots: dict[str, Content] = {}  # what each completed snapshot must restore
