@@ -12,14 +12,15 @@ import logging
 import re
 from typing import Any
 
-from backends.base import AttachSpec
+from backends.base import AttachSpec, VmmBackend
 from backends.errors import BackendError, DomainNotFound
 from ebsemu import errors, faults
-from ebsemu.model import Attachment, AttachmentState, VolumeState, utcnow
+from ebsemu.model import Attachment, AttachmentState, Instance, VolumeState, utcnow
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService, check_instance_id
+from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.volumes import VolumeService
 
 log = logging.getLogger(__name__)
@@ -159,36 +160,62 @@ class AttachmentService:
     # ---- jobs ----------------------------------------------------------------------------
 
     async def _run_attach(self, volume_id: str, payload: dict[str, Any]) -> None:
+        """Steps: export the volume to the VMM host (undo: unexport) -> attach it in the VMM
+        (undo: forced detach) -> mark the attachment attached. A failure removes the
+        attachment and the volume is `available` again."""
         instance_id = payload["instance_id"]
         store = self._core.store
         attachment = await store.get_attachment(volume_id, instance_id)
         instance = await store.get_instance(instance_id)
         if attachment is None or attachment.state is not AttachmentState.ATTACHING:
             return
-        try:
+        device = vmm_device(attachment.device)
+        handles: list[str] = []
+
+        def where() -> tuple[Instance, VmmBackend]:
             if instance is None:
                 raise BackendError(f"instance {instance_id} is gone")
-            source = await self._exports.source_for(volume_id, instance.vmm)
+            return instance, self._instances.vmm_of(instance)
+
+        async def export() -> None:
+            await self._exports.source_for(volume_id, where()[0].vmm)
             await faults.reach("attach.exported")
-            disk = await self._instances.vmm_of(instance).attach(
-                instance.domain, AttachSpec(volume_id, vmm_device(attachment.device), source)
+
+        async def vmm_attach() -> None:
+            found, vmm = where()
+            source = await self._exports.source_for(volume_id, found.vmm)  # same export again
+            disk = await vmm.attach(found.domain, AttachSpec(volume_id, device, source))
+            handles.append(disk.handle)
+            await faults.reach("attach.attached")
+
+        async def vmm_detach() -> None:
+            found, vmm = where()
+            await vmm.detach(found.domain, volume_id, force=True)
+
+        async def mark_attached() -> None:
+            if not handles:  # attached before a restart: ask the VMM for its handle
+                found, vmm = where()
+                disks = await vmm.list_attached(found.domain)
+                handles.extend(d.handle for d in disks if d.volume_id == volume_id)
+            await store.transition_attachment(
+                volume_id,
+                instance_id,
+                {AttachmentState.ATTACHING},
+                AttachmentState.ATTACHED,
+                handle=handles[0] if handles else None,
             )
-        except (BackendError, OSError) as exc:
-            log.error(
-                "volume %s: attach to %s failed, rolled back: %s", volume_id, instance_id, exc
-            )
-            await self._exports.release(volume_id)
+            log.info("volume %s: attached to %s (%s)", volume_id, instance_id, handles[:1])
+
+        async def failed(exc: Exception | None) -> None:
+            log.error("volume %s: attach to %s rolled back: %s", volume_id, instance_id, exc)
             await store.abort_attach(volume_id, instance_id)
-            return
-        await faults.reach("attach.attached")
-        await store.transition_attachment(
-            volume_id,
-            instance_id,
-            {AttachmentState.ATTACHING},
-            AttachmentState.ATTACHED,
-            handle=disk.handle,
-        )
-        log.info("volume %s: attached to %s (%s)", volume_id, instance_id, disk.handle)
+
+        plan = [
+            Step("export", export, undo=lambda: self._exports.release(volume_id)),
+            Step("vmm-attach", vmm_attach, undo=vmm_detach),
+            Step("mark-attached", mark_attached),
+        ]
+        await run_steps(store, f"attach {volume_id} to {instance_id}", plan, failed)
 
     async def _run_detach(self, volume_id: str, payload: dict[str, Any]) -> None:
         instance_id = payload["instance_id"]
