@@ -85,4 +85,4 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if busy:
             print("note: a server is running; this report may race with its work")
         print("\n".join(report.lines()))
-    return 0
+    return 1 if report.count("backend-error") else 0

@@ -4,13 +4,14 @@ settled into a state EC2 allows and that the store and the disks agree.
 
 `python -m tests.crash_harness --rounds 200` runs a long campaign; tests/test_crash.py runs a
 short one. The work is create, write (bytes put into an available volume's file, as a guest
-would), snapshot, restore, delete volume and delete snapshot on the file backend. After each
-restart it asserts:
+would), snapshot, restore, delete volume and delete snapshot on the file backend, and attach
+and detach to a diskless QEMU VM that keeps running across the server's restarts (when QEMU is
+installed). After each restart it asserts:
 
 - every resource reaches a stable state within SETTLE_SECONDS (nothing creating, deleting,
   pending) and no job stays unfinished;
 - no volume directory, frozen view or block exists without its record, and every available
-  volume and completed snapshot has its data;
+  volume and completed snapshot has its data; the VM holds exactly the attached volumes;
 - every available volume holds exactly the bytes written to it (or restored into it), and every
   restore of a completed snapshot is byte-identical to the volume when it was snapshotted.
 """
@@ -18,6 +19,7 @@ restart it asserts:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import random
@@ -36,7 +38,9 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ebsemu import faults
+from ebsemu.service.instances import instance_id
 from tests.server import TEST_CONFIG, ZONE, ServerProcess
+from tests.vmm_fixtures import HAVE_QEMU, QemuVm, qmp, run, running_vm
 
 BLOCK = 512 * 1024
 VOLUME_GIB = 1
@@ -48,6 +52,16 @@ STABLE_VOLUME = {"available", "in-use", "error"}
 STABLE_SNAPSHOT = {"completed", "error"}
 # Steps the file backend without a VMM reaches (attach and detach need an instance).
 STORAGE_STEPS = tuple(s for s in faults.STEPS if not s.startswith(("attach.", "detach.")))
+VMM = "crash-kvm"
+DOMAIN = "crashvm"
+DEVICES = tuple(f"/dev/sd{c}" for c in "fghijklm")
+VM_CONFIG = """
+[vmm crash-kvm]
+driver = qemu
+zone = {zone}
+socket_dir = {sockets}
+detach_timeout = 10
+"""
 CLIENT_CONFIG = BotoConfig(
     retries={"max_attempts": 1}, connect_timeout=2, read_timeout=60, max_pool_connections=4
 )
@@ -100,9 +114,18 @@ class Tally:
 
 
 class Harness:
-    def __init__(self, work: Path, seed: int) -> None:
+    """``vm``: a diskless QEMU VM (running for the whole campaign, across server restarts)
+    that volumes are attached to and detached from, or None."""
+
+    def __init__(self, work: Path, seed: int, vm: QemuVm | None = None) -> None:
         self.rng = random.Random(seed)
-        self.server = ServerProcess(work / "data", TEST_CONFIG)
+        config = TEST_CONFIG
+        if vm is not None:
+            config += VM_CONFIG.format(zone=ZONE, sockets=vm.socket.parent)
+        self.vm = vm
+        self.instance = instance_id(VMM, DOMAIN)
+        self.attached: dict[str, str] = {}  # volume id -> device, as the server last said
+        self.server = ServerProcess(work / "data", config)
         self.server.start_timeout = START_TIMEOUT_SECONDS
         self.tally = Tally()
         self.volumes: dict[str, Content] = {}  # what each live volume must hold
@@ -272,6 +295,12 @@ class Harness:
                 for s in self.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
             }
             stuck = [i for i, v in volumes.items() if v["State"] in ("creating", "deleting")]
+            stuck += [
+                f"{i}/{a['State']}"
+                for i, v in volumes.items()
+                for a in v.get("Attachments", [])
+                if a["State"] != "attached"
+            ]
             stuck += [i for i, s in snapshots.items() if s["State"] == "pending"]
             if not stuck and not self._running_jobs():
                 return volumes, snapshots
@@ -318,6 +347,14 @@ class Harness:
         for volume_id in list(self.volumes):
             if volumes.get(volume_id, {}).get("State") not in STABLE_VOLUME:
                 self.volumes.pop(volume_id)  # an interrupted DeleteVolume went through
+        # An interrupted attach or detach may have gone either way: the server's word is kept,
+        # and checked against what the VM holds.
+        self.attached = {
+            volume_id: attachment["Device"]
+            for volume_id, volume in volumes.items()
+            for attachment in volume.get("Attachments", [])
+            if volume_id in self.volumes
+        }
 
     def _count_error(self, resource_id: str) -> None:
         if resource_id not in self._errors_seen:
@@ -366,11 +403,34 @@ class Harness:
         stale = {s for s in with_manifest if snapshot_states.get(s) != "completed"}
         if stale:
             problems.append(f"manifest rows of snapshots not completed: {sorted(stale)}")
+        if self.vm is not None:
+            in_vm = self.disks_in_vm()
+            if in_vm != set(self.attached):
+                problems.append(
+                    f"VM holds {sorted(in_vm)} but the attachments are {sorted(self.attached)}"
+                )
         for volume_id, content in self.volumes.items():
-            if states.get(volume_id) == "available":
+            if states.get(volume_id) in ("available", "in-use"):
                 self.tally.volumes_verified += 1
                 if not self.matches(volume_id, content):
                     problems.append(f"volume {volume_id} does not hold the bytes it should")
+
+    def disks_in_vm(self) -> set[str]:
+        """The ebsemu volumes the VM's QEMU holds a block device for."""
+        assert self.vm is not None
+        blocks = run(qmp(self.vm, "query-block"))
+        found: set[str] = set()
+        for block in blocks:
+            text = repr(block)
+            found |= {v for v in self._known_volume_ids() if v in text}
+        return found
+
+    def _known_volume_ids(self) -> set[str]:
+        db = self._db()
+        try:
+            return {r[0] for r in db.execute("SELECT id FROM volumes")}
+        finally:
+            db.close()
 
     def _running_jobs(self) -> int:
         db = self._db()
@@ -463,9 +523,35 @@ def op_restore(h: Harness) -> None:
 
 
 def op_delete_volume(h: Harness) -> None:
-    volume_id = h.rng.choice(sorted(h.volumes))
+    volume_id = h.rng.choice(sorted(set(h.volumes) - set(h.attached)))
     h.call("delete_volume", VolumeId=volume_id)
     h.volumes.pop(volume_id)
+
+
+def op_attach(h: Harness) -> None:
+    volume_id = h.rng.choice(sorted(set(h.volumes) - set(h.attached)))
+    if h._state(volume_id) != "available":
+        return
+    device = h.rng.choice(sorted(set(DEVICES) - set(h.attached.values())))
+    h.call("attach_volume", VolumeId=volume_id, InstanceId=h.instance, Device=device)
+
+    def settled() -> bool:
+        volume = h.call("describe_volumes", VolumeIds=[volume_id])["Volumes"][0]
+        return all(a["State"] != "attaching" for a in volume["Attachments"])
+
+    h.wait_for(settled, f"attach of {volume_id}")
+    volume = h.call("describe_volumes", VolumeIds=[volume_id])["Volumes"][0]
+    if volume["Attachments"]:
+        h.attached[volume_id] = device
+    else:
+        h.tally.inconsistencies.append(f"attach of {volume_id} failed without a crash")
+
+
+def op_detach(h: Harness) -> None:
+    volume_id = h.rng.choice(sorted(h.attached))
+    h.call("detach_volume", VolumeId=volume_id)
+    h.wait_for(lambda: h._state(volume_id) == "available", f"detach of {volume_id}")
+    h.attached.pop(volume_id)
 
 
 def op_delete_snapshot(h: Harness) -> None:
@@ -481,6 +567,8 @@ OPS: dict[str, Callable[[Harness], None]] = {
     "restore": op_restore,
     "delete_volume": op_delete_volume,
     "delete_snapshot": op_delete_snapshot,
+    "attach": op_attach,
+    "detach": op_detach,
 }
 
 _OPS_FOR_STEP: dict[str, tuple[str, ...]] = {
@@ -492,26 +580,50 @@ _OPS_FOR_STEP: dict[str, tuple[str, ...]] = {
     "snapshot.completed": ("snapshot", "write"),
     "delete_volume.removed": ("delete_volume", "create"),
     "delete_snapshot.swept": ("delete_snapshot", "snapshot", "write"),
+    "attach.exported": ("attach", "create", "detach"),
+    "attach.attached": ("attach", "create", "detach"),
+    "detach.detached": ("detach", "attach", "create"),
 }
 
 
 def _possible(h: Harness, name: str) -> bool:
-    if name in ("write", "snapshot", "delete_volume"):
+    if name == "attach":
+        return (
+            h.vm is not None
+            and bool(set(h.volumes) - set(h.attached))
+            and (len(h.attached) < len(DEVICES))
+        )
+    if name == "detach":
+        return bool(h.attached)
+    if name == "delete_volume":
+        return bool(set(h.volumes) - set(h.attached))
+    if name in ("write", "snapshot"):
         return bool(h.volumes)
     if name in ("restore", "delete_snapshot"):
         return bool(h.snapshots) and len(h.volumes) < 12
     return len(h.volumes) < 12
 
 
-def campaign(work: Path, *, rounds: int, seed: int) -> Harness:
-    """Every storage fault step once, then ``rounds`` random kills, then verify every snapshot."""
-    harness = Harness(work, seed)
-    for step in STORAGE_STEPS:
-        harness.round_at_step(step)
-    for _ in range(rounds):
-        harness.round_random()
-    harness.verify_all_snapshots()
+def campaign(work: Path, *, rounds: int, seed: int, vm: bool = True) -> Harness:
+    """Every fault step once (attach and detach ones with a QEMU VM, when ``vm`` and QEMU is
+    here), then ``rounds`` random kills, then verify that every snapshot restores."""
+    with contextlib.ExitStack() as stack:
+        machine = None
+        if vm and HAVE_QEMU:
+            sockets = work / "qmp"
+            sockets.mkdir(parents=True, exist_ok=True)
+            machine = stack.enter_context(running_vm(sockets, DOMAIN, ports=len(DEVICES)))
+        harness = Harness(work, seed, machine)
+        for step in steps_for(harness):
+            harness.round_at_step(step)
+        for _ in range(rounds):
+            harness.round_random()
+        harness.verify_all_snapshots()
     return harness
+
+
+def steps_for(harness: Harness) -> tuple[str, ...]:
+    return faults.STEPS if harness.vm is not None else STORAGE_STEPS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -519,9 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=50, help="random-kill rounds")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--journal", action="store_true", help="print the operations run")
+    parser.add_argument("--no-vm", action="store_true", help="no QEMU VM: no attach/detach")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ebsemu-crash-") as work:
-        harness = campaign(Path(work), rounds=args.rounds, seed=args.seed)
+        harness = campaign(Path(work), rounds=args.rounds, seed=args.seed, vm=not args.no_vm)
     tally = harness.tally
     if tally.inconsistencies and args.journal:
         print("\n".join(harness.journal))

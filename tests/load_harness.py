@@ -261,6 +261,8 @@ def double_attaches(lab: Lab, result: LoadResult, shared: list[str]) -> list[str
     for vm in lab.vms:
         holders.update(disks_in_vm(vm, shared))
     found += [f"{v}: in {n} VMs" for v, n in holders.items() if n > 1]
+    if set(holders) != set(per_volume):
+        found.append(f"VMs hold {sorted(holders)}, the store attaches {sorted(per_volume)}")
     return found
 
 

@@ -112,12 +112,20 @@ class Reconciler:
 
     async def run(self, *, apply: bool) -> Report:
         report = Report(applied=apply)
-        await self._storage(report, apply)
-        await self._views(report, apply)
-        await self._error_manifests(report, apply)
-        await self._blocks(report, apply)
-        await self._exports_(report, apply)
-        await self._vmm_disks(report, apply)
+        sections = [
+            ("storage", self._storage),
+            ("views", self._views),
+            ("manifests", self._error_manifests),
+            ("blocks", self._blocks),
+            ("exports", self._exports_),
+            ("vmm", self._vmm_disks),
+        ]
+        for name, section in sections:
+            try:
+                await section(report, apply)
+            except (BackendError, OSError) as exc:
+                # One backend that cannot answer does not keep the others from being settled.
+                report.add("backend-error", name, f"skipped: {exc}")
         await self._jobs(report, apply)
         return report
 
