@@ -1,6 +1,7 @@
 """`ebsemu reconcile`: the store against the file storage and the block store — a dry run
-reports and changes nothing, a real run removes only what ebsemu owns and settles the rest; a
-running server holds the data directory against both a second server and a real run."""
+reports and changes nothing, a real run removes only what ebsemu owns and settles the rest
+(a VM's disk no attachment records is detached); a running server holds the data directory
+against both a second server and a real run."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from tests.api_support import new_snapshot, new_volume
-from tests.server import TEST_CONFIG, ServerProcess
+import pytest
+
+from ebsemu.service.instances import instance_id
+from tests.api_support import FAST, new_snapshot, new_volume, poll
+from tests.server import TEST_CONFIG, ZONE, ServerProcess
+from tests.vmm_fixtures import HAVE_QEMU, NEEDS_QEMU, qmp, run, running_vm
 
 ORPHAN_VOLUME = "vol-0123456789abcdef0"
 ORPHAN_VIEW = "snap-0123456789abcdef0"
@@ -144,3 +149,45 @@ def test_an_offline_run_finishes_a_deletion_a_crash_left_half_done(
         ("deleted",)
     ]
     assert not (fresh_server.data_dir / "storage" / "volumes" / volume_id).exists()
+
+
+@pytest.mark.skipif(not HAVE_QEMU, reason=NEEDS_QEMU)
+def test_a_disk_in_a_vm_that_no_attachment_records_is_detached_by_reconcile(
+    tmp_path: Path,
+) -> None:
+    sockets = tmp_path / "qmp"
+    sockets.mkdir()
+    config = TEST_CONFIG + (
+        f"\n[vmm rec-kvm]\ndriver = qemu\nzone = {ZONE}\nsocket_dir = {sockets}\n"
+        "detach_timeout = 10\n"
+    )
+    with running_vm(sockets, "recvm", ports=2) as vm:
+        server = ServerProcess(tmp_path / "data", config)
+        server.start()
+        try:
+            ec2 = server.client()
+            volume_id = new_volume(ec2)
+            ec2.attach_volume(
+                VolumeId=volume_id, InstanceId=instance_id("rec-kvm", "recvm"), Device="/dev/sdf"
+            )
+            ec2.get_waiter("volume_in_use").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+            poll(lambda: True if _attached(ec2, volume_id) else None)
+            assert volume_id in json.dumps(run(qmp(vm, "query-block")))
+        finally:
+            server.stop()
+        with sqlite3.connect(server.data_dir / "ebsemu.sqlite3") as db:  # the record is lost
+            db.execute("DELETE FROM attachments WHERE volume_id = ?", (volume_id,))
+            db.execute("UPDATE volumes SET state = 'available' WHERE id = ?", (volume_id,))
+
+        _, report = _reconcile(server, "--dry-run")
+        orphan = f"{instance_id('rec-kvm', 'recvm')}/{volume_id}"
+        assert _kinds(report)["orphan-disk"] == {orphan}
+        assert volume_id in json.dumps(run(qmp(vm, "query-block")))
+        _, report = _reconcile(server)
+        assert _kinds(report)["orphan-disk"] == {orphan}
+        assert volume_id not in json.dumps(run(qmp(vm, "query-block")))
+
+
+def _attached(ec2: Any, volume_id: str) -> bool:
+    [volume] = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+    return [a["State"] for a in volume["Attachments"]] == ["attached"]
