@@ -204,7 +204,8 @@ class AttachmentService:
                 AttachmentState.ATTACHED,
                 handle=handles[0] if handles else None,
             )
-            log.info("volume %s: attached to %s (%s)", volume_id, instance_id, handles[:1])
+            shown = handles[0] if handles else "handle unknown"
+            log.info("volume %s: attached to %s (%s)", volume_id, instance_id, shown)
 
         async def failed(exc: Exception | None) -> None:
             log.error("volume %s: attach to %s rolled back: %s", volume_id, instance_id, exc)
