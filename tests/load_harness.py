@@ -22,6 +22,7 @@ import sqlite3
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,13 +56,15 @@ class LoadResult:
     token_mismatches: list[str] = field(default_factory=list)
     attach_wins: collections.Counter[str] = field(default_factory=collections.Counter)
     volumes_created: int = 0
+    seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def summary(self) -> str:
         errors = ", ".join(f"{k}={v}" for k, v in sorted(self.client_errors.items()))
         return "\n".join(
             [
-                f"calls: {self.calls} ({self.retries_with_token} CreateVolume retries)",
+                f"calls: {self.calls} ({self.retries_with_token} CreateVolume retries) "
+                f"in {self.seconds:.1f} s",
                 f"volumes created: {self.volumes_created}",
                 f"5xx or dropped: {len(self.server_errors)}",
                 f"4xx by code: {errors or 'none'}",
@@ -171,8 +174,10 @@ def run_load(
         barrier.wait()
         return _client_run(url, result, seed * 1000 + n, per_client, shared, instances)
 
+    began = time.monotonic()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         made = [v for volumes in pool.map(one, range(clients)) for v in volumes]
+    result.seconds = time.monotonic() - began
     return result, made
 
 
