@@ -219,10 +219,16 @@ class AttachmentService:
         await run_steps(store, f"attach {volume_id} to {instance_id}", plan, failed)
 
     async def _run_detach(self, volume_id: str, payload: dict[str, Any]) -> None:
+        """Steps, attach's in reverse: detach in the VMM -> unexport -> drop the attachment
+        (the volume is `available` again). A failure leaves the attachment `busy` (the guest
+        may still hold the disk): no undo re-attaches it, a later DetachVolume tries again."""
         instance_id = payload["instance_id"]
         store = self._core.store
         instance = await store.get_instance(instance_id)
-        if instance is not None:
+
+        async def vmm_detach() -> None:
+            if instance is None:
+                return
             try:
                 await self._instances.vmm_of(instance).detach(
                     instance.domain, volume_id, force=bool(payload.get("force"))
@@ -233,21 +239,25 @@ class AttachmentService:
                     volume_id,
                     instance_id,
                 )
-            except BackendError as exc:
-                log.error(
-                    "volume %s: detach from %s failed, attachment busy: %s",
-                    volume_id,
-                    instance_id,
-                    exc,
-                )
-                await store.transition_attachment(
-                    volume_id, instance_id, {AttachmentState.DETACHING}, AttachmentState.BUSY
-                )
-                return
-        await faults.reach("detach.detached")
-        await self._exports.release(volume_id)
-        await store.finish_detach(volume_id, instance_id)
-        log.info("volume %s: detached from %s", volume_id, instance_id)
+            await faults.reach("detach.detached")
+
+        async def mark_detached() -> None:
+            await store.finish_detach(volume_id, instance_id)
+            log.info("volume %s: detached from %s", volume_id, instance_id)
+
+        async def failed(exc: Exception | None) -> None:
+            log.error("volume %s: detach from %s failed, attachment busy: %s",
+                      volume_id, instance_id, exc)  # fmt: skip
+            await store.transition_attachment(
+                volume_id, instance_id, {AttachmentState.DETACHING}, AttachmentState.BUSY
+            )
+
+        plan = [
+            Step("vmm-detach", vmm_detach),
+            Step("unexport", lambda: self._exports.release(volume_id)),
+            Step("mark-detached", mark_detached),
+        ]
+        await run_steps(store, f"detach {volume_id} from {instance_id}", plan, failed)
 
     async def _instance_terminated(self, instance_id: str) -> None:
         """EC2 detaches a terminated instance's volumes and deletes those marked for it."""
