@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from aiohttp import web
 
 from backends import registry
+from backends.errors import SetupError
 from ebsemu import hosts
 from ebsemu.api.actions import Services
 from ebsemu.api.authn import Authenticator
@@ -25,6 +26,7 @@ from ebsemu.credentials import endpoint_url, save_default_key
 from ebsemu.direct import routes as direct_routes
 from ebsemu.keyvault import KeyVault
 from ebsemu.private_files import private_dir
+from ebsemu.runlock import DataDirBusy, DataDirLock
 from ebsemu.service.accounts import AccountService, configured_key
 from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.core import Core
@@ -34,6 +36,7 @@ from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
 from ebsemu.service.modifications import ModificationService
 from ebsemu.service.multi_snapshots import MultiSnapshotService
+from ebsemu.service.reconcile import Reconciler, drop_stale_views
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshot_copies import SnapshotCopyService
 from ebsemu.service.snapshots import SnapshotService
@@ -127,7 +130,8 @@ async def _default_account(
 
 async def _maintenance(core: Core) -> None:
     """Deleted volumes answer `deleted` for a short while, then InvalidVolume.NotFound; the
-    query planner's statistics follow the tables as they grow."""
+    query planner's statistics follow the tables as they grow; frozen views a failed drop
+    left behind are dropped again."""
     rounds = 0
     while True:
         await asyncio.sleep(PURGE_INTERVAL_SECONDS)
@@ -138,6 +142,7 @@ async def _maintenance(core: Core) -> None:
             )
             if rounds % STATISTICS_EVERY_ROUNDS == 0:
                 await core.store.refresh_statistics()
+                await drop_stale_views(core)
         except Exception:
             log.exception("store maintenance failed")
 
@@ -188,20 +193,24 @@ def make_app(
         for vmm in core.vmms.values():
             await vmm.check_setup()
         await asyncio.to_thread(core.blocks.remove_temp_files)
-        await services.exports.reconcile()
-        resumed = await core.jobs.resume()
-        settled = await core.jobs.settle_stranded()
-        if resumed or settled:
-            log.info("resumed %d unfinished jobs, started %d missing ones", resumed, settled)
+        report = await Reconciler(core, services.exports).run(apply=True)
+        if report.findings:
+            log.info("start-up reconciliation settled %d finding(s)", len(report.findings))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         private_dir(config.data_dir)
+        data_lock = DataDirLock(config.data_dir)
+        try:
+            data_lock.acquire()
+        except DataDirBusy as exc:
+            raise SetupError(f"{exc}: is a server already running on this data?") from None
         await core.store.open()
         try:
             await start()
         except BaseException:
             await core.jobs.close()
             await core.store.close()  # its thread would keep a failed start from exiting
+            data_lock.release()
             raise
         purger = asyncio.create_task(_maintenance(core))
         log.info(
@@ -217,6 +226,7 @@ def make_app(
             await purger
         await core.jobs.close()
         await core.store.close()
+        data_lock.release()
 
     app.cleanup_ctx.append(lifecycle)
     return app

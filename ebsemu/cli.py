@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from backends.errors import SetupError
-from ebsemu import __version__, cli_accounts, config, logs
+from ebsemu import __version__, cli_accounts, cli_reconcile, config, logs
 from ebsemu.api.access_log import AccessLogger
 from ebsemu.service.accounts import AccountError
 
@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="check that every configured storage, export and VMM host is ready",
     )
+    reconcile = commands.add_parser(
+        "reconcile",
+        parents=[common],
+        help="compare the store with every backend and settle what differs (server stopped)",
+    )
+    cli_reconcile.add_options(reconcile)
     return parser
 
 
@@ -72,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     if args.command == "accounts":
         return cli_accounts.run(args, cfg)
+    if args.command == "reconcile":
+        return cli_reconcile.run(args, cfg)
     if args.command == "check-host":
         from ebsemu import check_host
 

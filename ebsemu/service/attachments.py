@@ -12,15 +12,16 @@ import logging
 import re
 from typing import Any
 
-from backends.base import AttachSpec
+from backends.base import AttachSpec, VmmBackend
 from backends.errors import BackendError, DomainNotFound
-from ebsemu import errors
-from ebsemu.model import Attachment, AttachmentState, VolumeState, utcnow
+from ebsemu import errors, faults
+from ebsemu.model import Attachment, AttachmentState, Instance, VolumeState, utcnow
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.exports import ExportService
 from ebsemu.service.instances import InstanceService, check_instance_id
+from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.volumes import VolumeService
 
 log = logging.getLogger(__name__)
@@ -163,50 +164,83 @@ class AttachmentService:
     # ---- jobs ----------------------------------------------------------------------------
 
     async def _run_attach(self, volume_id: str, payload: dict[str, Any]) -> None:
+        """Steps: export the volume to the VMM host (undo: unexport) -> attach it in the VMM
+        (undo: forced detach) -> mark the attachment attached. A failure removes the
+        attachment and the volume is `available` again."""
         instance_id = payload["instance_id"]
         store = self._core.store
         attachment = await store.get_attachment(volume_id, instance_id)
         instance = await store.get_instance(instance_id)
         if attachment is None or attachment.state is not AttachmentState.ATTACHING:
             return
-        volume = await store.get_volume(volume_id)
-        try:
-            if instance is None or volume is None:
-                raise BackendError(f"instance {instance_id} or volume {volume_id} is gone")
-            vmm = self._instances.vmm_of(instance)
+        device = vmm_device(attachment.device)
+        handles: list[str] = []
+
+        def where() -> tuple[Instance, VmmBackend]:
+            if instance is None:
+                raise BackendError(f"instance {instance_id} is gone")
+            return instance, self._instances.vmm_of(instance)
+
+        async def export() -> None:
+            await self._exports.source_for(volume_id, where()[0].vmm)
+            await faults.reach("attach.exported")
+
+        async def vmm_attach() -> None:
+            found, vmm = where()
+            volume = await store.get_volume(volume_id)
+            if volume is None:
+                raise BackendError(f"volume {volume_id} is gone")
             try:
                 self._encryption.check_vmm(volume, vmm, instance_id)
             except errors.ApiError as exc:
                 raise BackendError(exc.message) from exc
-            source = await self._exports.source_for(volume_id, instance.vmm)
-            spec = AttachSpec(
+            source = await self._exports.source_for(volume_id, found.vmm)  # same export again
+            luks = await self._encryption.luks_key(volume)
+            disk = await vmm.attach(found.domain, AttachSpec(volume_id, device, source, luks=luks))
+            handles.append(disk.handle)
+            await faults.reach("attach.attached")
+
+        async def vmm_detach() -> None:
+            found, vmm = where()
+            await vmm.detach(found.domain, volume_id, force=True)
+
+        async def mark_attached() -> None:
+            if not handles:  # attached before a restart: ask the VMM for its handle
+                found, vmm = where()
+                disks = await vmm.list_attached(found.domain)
+                handles.extend(d.handle for d in disks if d.volume_id == volume_id)
+            await store.transition_attachment(
                 volume_id,
-                vmm_device(attachment.device),
-                source,
-                luks=await self._encryption.luks_key(volume),
+                instance_id,
+                {AttachmentState.ATTACHING},
+                AttachmentState.ATTACHED,
+                handle=handles[0] if handles else None,
             )
-            disk = await vmm.attach(instance.domain, spec)
-        except (BackendError, OSError) as exc:
-            log.error(
-                "volume %s: attach to %s failed, rolled back: %s", volume_id, instance_id, exc
-            )
-            await self._exports.release(volume_id)
+            shown = handles[0] if handles else "handle unknown"
+            log.info("volume %s: attached to %s (%s)", volume_id, instance_id, shown)
+
+        async def failed(exc: Exception | None) -> None:
+            log.error("volume %s: attach to %s rolled back: %s", volume_id, instance_id, exc)
             await store.abort_attach(volume_id, instance_id)
-            return
-        await store.transition_attachment(
-            volume_id,
-            instance_id,
-            {AttachmentState.ATTACHING},
-            AttachmentState.ATTACHED,
-            handle=disk.handle,
-        )
-        log.info("volume %s: attached to %s (%s)", volume_id, instance_id, disk.handle)
+
+        plan = [
+            Step("export", export, undo=lambda: self._exports.release(volume_id)),
+            Step("vmm-attach", vmm_attach, undo=vmm_detach),
+            Step("mark-attached", mark_attached),
+        ]
+        await run_steps(store, f"attach {volume_id} to {instance_id}", plan, failed)
 
     async def _run_detach(self, volume_id: str, payload: dict[str, Any]) -> None:
+        """Steps, attach's in reverse: detach in the VMM -> unexport -> drop the attachment
+        (the volume is `available` again). A failure leaves the attachment `busy` (the guest
+        may still hold the disk): no undo re-attaches it, a later DetachVolume tries again."""
         instance_id = payload["instance_id"]
         store = self._core.store
         instance = await store.get_instance(instance_id)
-        if instance is not None:
+
+        async def vmm_detach() -> None:
+            if instance is None:
+                return
             try:
                 await self._instances.vmm_of(instance).detach(
                     instance.domain, volume_id, force=bool(payload.get("force"))
@@ -217,20 +251,25 @@ class AttachmentService:
                     volume_id,
                     instance_id,
                 )
-            except BackendError as exc:
-                log.error(
-                    "volume %s: detach from %s failed, attachment busy: %s",
-                    volume_id,
-                    instance_id,
-                    exc,
-                )
-                await store.transition_attachment(
-                    volume_id, instance_id, {AttachmentState.DETACHING}, AttachmentState.BUSY
-                )
-                return
-        await self._exports.release(volume_id)
-        await store.finish_detach(volume_id, instance_id)
-        log.info("volume %s: detached from %s", volume_id, instance_id)
+            await faults.reach("detach.detached")
+
+        async def mark_detached() -> None:
+            await store.finish_detach(volume_id, instance_id)
+            log.info("volume %s: detached from %s", volume_id, instance_id)
+
+        async def failed(exc: Exception | None) -> None:
+            log.error("volume %s: detach from %s failed, attachment busy: %s",
+                      volume_id, instance_id, exc)  # fmt: skip
+            await store.transition_attachment(
+                volume_id, instance_id, {AttachmentState.DETACHING}, AttachmentState.BUSY
+            )
+
+        plan = [
+            Step("vmm-detach", vmm_detach),
+            Step("unexport", lambda: self._exports.release(volume_id)),
+            Step("mark-detached", mark_detached),
+        ]
+        await run_steps(store, f"detach {volume_id} from {instance_id}", plan, failed)
 
     async def _instance_terminated(self, instance_id: str) -> None:
         """EC2 detaches a terminated instance's volumes and deletes those marked for it."""

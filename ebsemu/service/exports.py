@@ -53,12 +53,13 @@ class ExportService:
                 await export.unexport(volume_id)
         await self._core.store.drop_export(volume_id)
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> list[str]:
         """At start-up: re-apply the export of every attached volume exactly as recorded, and
-        remove exports (and records) of volumes no longer attached, on every storage host."""
+        remove exports (and records) of volumes no longer attached, on every storage host. Returns
+        the ids of the exports that had to be re-applied."""
         exports = self._exports()
         if not exports:
-            return
+            return []
         store = self._core.store
         attached = await store.attached_volume_ids()
         records = [export_from_dict(json.loads(text)) for text in await store.exports()]
@@ -71,6 +72,7 @@ class ExportService:
                     log.warning("volume %s: export without an attachment; removing it", volume_id)
                     await export.unexport(volume_id)
                     await store.drop_export(volume_id)
+        all_reapplied: list[str] = []
         for entry in self._core.storage_hosts.entries:
             if entry.export is None:
                 continue
@@ -86,6 +88,8 @@ class ExportService:
                     entry.name,
                     ", ".join(reapplied),
                 )
+            all_reapplied += reapplied
+        return all_reapplied
 
     def _exports(self) -> list[ExportBackend]:
         """Each storage host's export backend, once."""

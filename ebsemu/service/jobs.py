@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from ebsemu.store.base import Store
@@ -14,6 +15,9 @@ from ebsemu.store.base import Store
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+# The id of the job whose handler is running (in the job's task), for its step log.
+CURRENT_JOB: ContextVar[int | None] = ContextVar("CURRENT_JOB", default=None)
 
 
 class Jobs:
@@ -108,6 +112,7 @@ class Jobs:
     async def _run(
         self, job_id: int, kind: str, resource_id: str, handler: Handler, payload: dict[str, Any]
     ) -> None:
+        CURRENT_JOB.set(job_id)
         try:
             await handler(resource_id, payload)
         except asyncio.CancelledError:

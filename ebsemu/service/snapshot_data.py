@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from backends.base import SnapshotSource, StorageBackend
+from ebsemu import faults
 from ebsemu.model import BLOCK_SIZE
 from ebsemu.service.core import Core
 
@@ -86,6 +87,7 @@ async def capture(core: Core, snapshot_id: str, storage: StorageBackend) -> Capt
             upcoming = _in_thread(lambda: _read_batch(blocks))
             stats.new_blocks += await _store_batch(core, snapshot_id, batch)
             stats.blocks += len(batch)
+            await faults.reach("snapshot.batch")
             progress = min(99, batch[-1][0] * 100 // total_blocks)
             if progress > reported:
                 reported = progress

@@ -12,12 +12,13 @@ import logging
 from typing import Any
 
 from backends.errors import BackendError
-from ebsemu import errors
+from ebsemu import errors, faults
 from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_id, utcnow
 from ebsemu.service import listing, sharing, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
+from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import until_reachable
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.base import ListQuery
@@ -83,6 +84,7 @@ class SnapshotService:
                 failed = await self._core.store.get_snapshot(snapshot.id)
                 assert failed is not None
                 return failed
+        await faults.reach("snapshot.frozen")
         self._core.jobs.start(job_id, "capture_snapshot", snapshot.id)
         log.info("snapshot %s of %s: pending", snapshot.id, volume_id)
         return snapshot
@@ -167,27 +169,48 @@ class SnapshotService:
     # ---- jobs ----------------------------------------------------------------------------
 
     async def _run_capture(self, snapshot_id: str, payload: dict[str, Any]) -> None:
+        """Steps (the view was frozen in the request): capture the view into the block store
+        and the manifest (undo: sweep them) -> mark completed -> drop the view. A failure
+        leaves the snapshot `error` with a StatusMessage, its blocks swept, its view dropped."""
         store = self._core.store
         snapshot = await store.get_snapshot(snapshot_id)
         if snapshot is None or snapshot.state is not SnapshotState.PENDING:
+            # Resumed after a crash that came once the state was settled: only the view is left.
+            host = await store.snapshot_storage_host(snapshot_id)
+            if host is not None:
+                await self._drop_view(host, snapshot_id)
             return
         storage = self._core.storage_for(snapshot)
-        try:
+
+        async def capture() -> None:
             stats = await snapshot_data.capture(self._core, snapshot_id, storage)
-        except (BackendError, OSError) as exc:
-            log.error("snapshot %s: capture failed: %s", snapshot_id, exc)
-            await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
-            await snapshot_data.sweep(self._core, snapshot_id)
-            await self._drop_view(snapshot.storage_host, snapshot_id)
-            return
-        if await store.complete_snapshot(snapshot_id, stats.blocks * BLOCK_SIZE):
             log.info(
-                "snapshot %s: completed, %d blocks, %d new",
+                "snapshot %s: captured %d blocks, %d new",
                 snapshot_id,
                 stats.blocks,
                 stats.new_blocks,
             )
-        await self._drop_view(snapshot.storage_host, snapshot_id)
+            await faults.reach("snapshot.captured")
+
+        async def sweep() -> None:
+            await snapshot_data.sweep(self._core, snapshot_id)
+
+        async def mark_completed() -> None:
+            blocks = await store.manifest_block_count(snapshot_id)
+            if await store.complete_snapshot(snapshot_id, blocks * BLOCK_SIZE):
+                log.info("snapshot %s: completed, %d blocks", snapshot_id, blocks)
+                await faults.reach("snapshot.completed")
+
+        async def failed(exc: Exception | None) -> None:
+            await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
+            await self._drop_view(snapshot.storage_host, snapshot_id)
+
+        plan = [
+            Step("capture", capture, undo=sweep),
+            Step("mark-completed", mark_completed),
+            Step("drop-view", lambda: self._drop_view(snapshot.storage_host, snapshot_id)),
+        ]
+        await run_steps(store, f"snapshot {snapshot_id}", plan, failed)
 
     async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:
         await self._core.jobs.cancel("capture_snapshot", snapshot_id)
@@ -195,6 +218,7 @@ class SnapshotService:
         if host is not None:
             await self._drop_view(host, snapshot_id)
         await snapshot_data.sweep(self._core, snapshot_id)
+        await faults.reach("delete_snapshot.swept")
         await self._core.store.remove_snapshot(snapshot_id)
         await self._encryption.drop_key(snapshot_id)
         await self._core.store.clear_snapshot_grantees(snapshot_id)  # if a crash left any
@@ -204,16 +228,22 @@ class SnapshotService:
 
     async def _drop_view(self, host: str, snapshot_id: str) -> None:
         """Remove the snapshot's frozen view from its storage host, waiting for the host
-        while it cannot be reached (a view left behind would hold the host's space). Copies
-        and snapshots written through the EBS direct API never had a view: their host may be
-        one that is not configured."""
+        while it cannot be reached (a view left behind would hold the host's space). If the
+        backend fails otherwise, the view is left to the periodic sweep
+        (ebsemu.service.reconcile.drop_stale_views). Copies and snapshots written through the
+        EBS direct API never had a view: their host may be one that is not configured."""
         if host not in self._core.storage_hosts.names():
             log.debug("snapshot %s: no view on storage host %s", snapshot_id, host)
             return
         storage = self._core.storage_hosts.backend(host)
-        await until_reachable(
-            host, f"snapshot {snapshot_id}: its view", lambda: storage.drop_view(snapshot_id)
-        )
+        try:
+            await until_reachable(
+                host, f"snapshot {snapshot_id}: its view", lambda: storage.drop_view(snapshot_id)
+            )
+        except (BackendError, OSError) as exc:
+            log.warning(
+                "snapshot %s: dropping its view failed, left for the sweep: %s", snapshot_id, exc
+            )
 
     async def _fail(self, snapshot_id: str, message: str) -> None:
         await self._core.store.transition_snapshot(

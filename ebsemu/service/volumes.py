@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import StorageBackend
 from backends.errors import BackendError, CapacityError
-from ebsemu import errors
+from ebsemu import errors, faults
 from ebsemu.model import (
     BLOCK_SIZE,
     GIB,
@@ -32,6 +31,7 @@ from ebsemu.service import listing, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
+from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import host_unreachable, until_reachable
 from ebsemu.store.base import ListQuery
 
@@ -177,60 +177,75 @@ class VolumeService:
     # ---- jobs ----------------------------------------------------------------------------
 
     async def _run_create(self, volume_id: str, payload: dict[str, Any]) -> None:
-        volume = self._created.pop(volume_id, None) or await self._core.store.get_volume(volume_id)
+        """Steps: allocate storage (undo: delete it) -> restore the snapshot's data, if any
+        -> mark the volume available. A failure leaves it `error`, its storage deleted."""
+        store = self._core.store
+        volume = self._created.pop(volume_id, None) or await store.get_volume(volume_id)
         if volume is None or volume.state is not VolumeState.CREATING:
             return
         storage = self._core.storage_for(volume)
-        try:
+        snapshot_id = volume.snapshot_id
+
+        async def allocate() -> None:
             if volume.encrypted:
                 await self._encryption.create_storage(volume)
             else:
                 await storage.create(volume_id, volume.size_gib * GIB)
-            if volume.snapshot_id is not None:
-                await snapshot_data.restore(self._core, volume.snapshot_id, volume_id, storage)
-        except (BackendError, OSError) as exc:
+            await faults.reach("create_volume.allocated")
+
+        async def restore() -> None:
+            assert snapshot_id is not None
+            await snapshot_data.restore(self._core, snapshot_id, volume_id, storage)
+            await faults.reach("create_volume.restored")
+
+        async def mark_available() -> None:
+            await store.transition_volume(volume_id, {VolumeState.CREATING}, VolumeState.AVAILABLE)
+            log.info("volume %s: available", volume_id)
+
+        async def failed(exc: Exception | None) -> None:
             log.error(
                 "volume %s: creation on storage host %s failed: %s",
                 volume_id,
                 volume.storage_host,
                 exc,
             )
-            await self._remove_after_failed_create(volume, storage)
-            await self._core.store.transition_volume(
-                volume_id, {VolumeState.CREATING}, VolumeState.ERROR, _creation_failure(exc)
+            message = (
+                _creation_failure(exc) if exc is not None else "Creation failed: backend error"
             )
-            return
-        await self._core.store.transition_volume(
-            volume_id, {VolumeState.CREATING}, VolumeState.AVAILABLE
-        )
-        log.info("volume %s: available", volume_id)
+            await store.transition_volume(
+                volume_id, {VolumeState.CREATING}, VolumeState.ERROR, message
+            )
 
-    async def _remove_after_failed_create(self, volume: Volume, storage: StorageBackend) -> None:
-        """Remove what a failed create left. If that fails too (the host is down), the volume
-        still goes to `error`; DeleteVolume removes the rest once the host answers."""
-        try:
-            await storage.delete(volume.id)
-        except (BackendError, OSError) as exc:
-            log.error(
-                "volume %s: removing what the failed creation left on storage host %s failed "
-                "too (%s); DeleteVolume of the volume removes it once the host answers",
-                volume.id,
-                volume.storage_host,
-                exc,
-            )
+        plan = [Step("allocate", allocate, undo=lambda: storage.delete(volume_id))]
+        if snapshot_id is not None:
+            plan.append(Step("restore", restore))
+        plan.append(Step("mark-available", mark_available))
+        await run_steps(store, f"create_volume {volume_id}", plan, failed)
 
     async def _run_delete(self, volume_id: str, payload: dict[str, Any]) -> None:
         volume = await self._core.store.get_volume(volume_id)
         if volume is None or volume.state is not VolumeState.DELETING:
             return
         storage = self._core.storage_for(volume)
-        # A volume stays `deleting` until its bytes are removed from the host.
-        await until_reachable(
-            volume.storage_host,
-            f"volume {volume_id}: stays deleting until its bytes are removed",
-            lambda: storage.delete(volume_id),
-        )
+        # A volume stays `deleting` while its host cannot be reached; any other failure leaves
+        # it `error`, so that DeleteVolume can be tried again.
+        try:
+            await until_reachable(
+                volume.storage_host,
+                f"volume {volume_id}: stays deleting until its bytes are removed",
+                lambda: storage.delete(volume_id),
+            )
+        except (BackendError, OSError) as exc:
+            log.error("volume %s: deletion failed: %s", volume_id, exc)
+            await self._core.store.transition_volume(
+                volume_id,
+                {VolumeState.DELETING},
+                VolumeState.ERROR,
+                "Deletion failed: backend error; delete the volume again",
+            )
+            return
         await self._encryption.drop_key(volume_id)
+        await faults.reach("delete_volume.removed")
         await self._core.store.transition_volume(
             volume_id, {VolumeState.DELETING}, VolumeState.DELETED
         )

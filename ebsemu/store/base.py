@@ -188,6 +188,24 @@ class ModificationStore(Protocol):
     ) -> bool: ...
 
 
+class ReconcileStore(Protocol):
+    """Bulk views of what the store holds, for reconciliation with the backends."""
+
+    async def volume_states(self) -> dict[str, str]: ...
+    async def snapshot_states(self) -> dict[str, tuple[str, bool]]: ...
+    async def manifest_snapshots(self) -> set[str]: ...
+    async def completed_digests(self) -> dict[bytes, set[str]]: ...
+    async def all_attachments(self) -> list[Attachment]: ...
+    async def all_instances(self) -> list[Instance]: ...
+
+
+class StepStore(Protocol):
+    """Each job's step log (see ebsemu.service.steps)."""
+
+    async def record_step(self, job_id: int, step: str, outcome: str) -> None: ...
+    async def job_steps(self, job_id: int) -> list[tuple[str, str]]: ...
+
+
 class Store(
     AccountStore,
     DirectStore,
@@ -195,6 +213,8 @@ class Store(
     InventoryStore,
     EncryptionStore,
     ModificationStore,
+    ReconcileStore,
+    StepStore,
     Protocol,
 ):
     async def open(self) -> None: ...

@@ -238,4 +238,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX volume_modifications_owner ON volume_modifications(owner_id, region, state);
     """,
+    # 11: crash safety: each job's steps as they are done, failed and undone (append-only), so
+    # a resumed job goes on from the first step not done, or finishes undoing
+    """
+    CREATE TABLE job_steps (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        seq INTEGER NOT NULL,
+        step TEXT NOT NULL,
+        outcome TEXT NOT NULL,  -- done | failed | undone
+        at REAL NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+    """,
 ]

@@ -46,6 +46,8 @@ from ebsemu.store.sqlite_encryption import EncryptionTables
 from ebsemu.store.sqlite_instances import InstanceTables, complete_volumes
 from ebsemu.store.sqlite_inventory import InventoryTables
 from ebsemu.store.sqlite_modifications import ModificationTables
+from ebsemu.store.sqlite_reconcile import ReconcileTables
+from ebsemu.store.sqlite_steps import StepTables
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
 from ebsemu.timefmt import from_wire, to_wire
 
@@ -60,6 +62,8 @@ class SqliteStore(
     InventoryTables,
     EncryptionTables,
     ModificationTables,
+    ReconcileTables,
+    StepTables,
 ):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
