@@ -87,8 +87,8 @@ def build_services(core: Core) -> Services:
         exports=exports,
         encryption=encryption,
         sharing=SharingService(core, snapshots.get),
-        copies=SnapshotCopyService(core, snapshots),
-        multi_snapshots=MultiSnapshotService(core, volumes, instances),
+        copies=SnapshotCopyService(core, snapshots, encryption),
+        multi_snapshots=MultiSnapshotService(core, volumes, instances, encryption),
         volume_status=VolumeStatusService(core, volumes),
         modifications=ModificationService(core, volumes, instances),
     )

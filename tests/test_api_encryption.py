@@ -295,6 +295,37 @@ def test_snapshot_of_an_encrypted_volume_is_encrypted_and_restores_encrypted_und
         assert wait_state(ec2, made["VolumeId"])["Encrypted"] is True
 
 
+def test_a_copy_of_an_encrypted_snapshot_keeps_its_data_key_and_restores_the_same_ciphertext(
+    regions_server: ServerProcess, account: tuple[str, Any]
+) -> None:
+    _, ec2 = account
+    volume_id = new_volume(ec2, Size=1, Encrypted=True)
+    key = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["KmsKeyId"]
+    snapshot_id = new_snapshot(ec2, volume_id)
+    copy = ec2.copy_snapshot(SourceRegion=REGION, SourceSnapshotId=snapshot_id)["SnapshotId"]
+    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[copy])
+    described = ec2.describe_snapshots(SnapshotIds=[copy])["Snapshots"][0]
+    assert (described["Encrypted"], described["KmsKeyId"]) == (True, key)
+
+    restored = ec2.create_volume(AvailabilityZone=ZONE, SnapshotId=copy)["VolumeId"]
+    assert wait_state(ec2, restored)["Encrypted"] is True  # its data key came with the copy
+    data = regions_server.data_dir
+    source_bytes = volume_segment(data, volume_id).read_bytes()
+    assert source_bytes.startswith(LUKS_MAGIC)
+    assert volume_segment(data, restored).read_bytes() == source_bytes  # the same ciphertext
+
+
+def test_an_encrypted_copy_of_an_unencrypted_snapshot_is_refused_saying_why(
+    account: tuple[str, Any],
+) -> None:
+    _, ec2 = account
+    snapshot_id = new_snapshot(ec2, new_volume(ec2, Size=1))
+    code, message, _ = aws_error(
+        ec2.copy_snapshot, SourceRegion=REGION, SourceSnapshotId=snapshot_id, Encrypted=True
+    )
+    assert code == "UnsupportedOperation" and "unencrypted snapshot" in message
+
+
 def test_an_encrypted_volume_from_an_unencrypted_snapshot_is_refused_saying_why(
     account: tuple[str, Any],
 ) -> None:

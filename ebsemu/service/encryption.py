@@ -150,6 +150,24 @@ class EncryptionService:
             raise errors.IncorrectState(f"The volume '{volume.id}' has no data key.")
         await self._core.store.put_data_key(snapshot_id, wrapped)
 
+    async def copy_key_arn(
+        self, ctx: RequestContext, source: Snapshot, kms_key_id: str | None
+    ) -> str | None:
+        """The KmsKeyId a copy of ``source`` reports: the one named, else the source's. The
+        copy keeps the source's data key either way (its blocks are the source's ciphertext);
+        the key named is a label, as for a volume restored from an encrypted snapshot."""
+        if not source.encrypted:
+            return None
+        if kms_key_id is not None:
+            return kms_keys.key_arn(kms_key_id, account_id=ctx.account_id, region=ctx.region)
+        return source.kms_key_id or await self._default_key_arn(ctx)
+
+    async def copy_data_key(self, source_id: str, copy_id: str) -> None:
+        """Give a copy of an encrypted snapshot the source's data key (nothing for a plain one)."""
+        wrapped = await self._core.store.data_key(source_id)
+        if wrapped is not None:
+            await self._core.store.put_data_key(copy_id, wrapped)
+
     async def drop_key(self, resource_id: str) -> None:
         await self._core.store.drop_data_key(resource_id)
 

@@ -29,6 +29,7 @@ from ebsemu.service import listing, validation
 from ebsemu.service.attachments import ATTACHABLE_INSTANCE_STATES
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.snapshots import SNAPSHOTTABLE
 from ebsemu.service.volumes import VolumeService
@@ -102,10 +103,17 @@ def select_volumes(
 
 
 class MultiSnapshotService:
-    def __init__(self, core: Core, volumes: VolumeService, instances: InstanceService) -> None:
+    def __init__(
+        self,
+        core: Core,
+        volumes: VolumeService,
+        instances: InstanceService,
+        encryption: EncryptionService,
+    ) -> None:
         self._core = core
         self._volumes = volumes
         self._instances = instances
+        self._encryption = encryption
 
     async def create(self, ctx: RequestContext, req: InstanceSnapshotRequest) -> list[Snapshot]:
         check_request(req)
@@ -132,9 +140,15 @@ class MultiSnapshotService:
             vmm = self._instances.vmm_of(instance)
             await self._views_at_one_instant(vmm, instance.domain, snapshots)
             try:
+                for snapshot in snapshots:  # an encrypted volume's snapshot keeps its data key
+                    volume = await store.get_volume(snapshot.volume_id)
+                    if volume is not None:
+                        await self._encryption.keep_snapshot_key(volume, snapshot.id)
                 await store.insert_snapshots(snapshots)
             except BaseException:
                 await self._drop_views(snapshots)
+                for snapshot in snapshots:
+                    await self._encryption.drop_key(snapshot.id)
                 raise
             job_ids = [await self._core.jobs.record("capture_snapshot", s.id) for s in snapshots]
         for job_id, snapshot in zip(job_ids, snapshots, strict=True):

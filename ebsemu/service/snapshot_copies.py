@@ -23,6 +23,7 @@ from ebsemu import errors
 from ebsemu.model import BLOCK_SIZE, COPY_VOLUME_ID, Snapshot, SnapshotState, new_id, utcnow
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.snapshots import SnapshotService
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,12 @@ def _check_request(req: CopyRequest, regions: tuple[str, ...]) -> None:
 
 
 class SnapshotCopyService:
-    def __init__(self, core: Core, snapshots: SnapshotService) -> None:
+    def __init__(
+        self, core: Core, snapshots: SnapshotService, encryption: EncryptionService
+    ) -> None:
         self._core = core
         self._snapshots = snapshots
+        self._encryption = encryption
         core.jobs.register("copy_snapshot", self._run_copy)
 
     async def copy(self, ctx: RequestContext, req: CopyRequest) -> Snapshot:
@@ -85,14 +89,15 @@ class SnapshotCopyService:
         source_ctx = RequestContext(ctx.account_id, req.source_region, ctx.request_id)
         source = await self._snapshots.visible(source_ctx, req.source_snapshot_id)
         _check_source(source)
-        encrypted = bool(req.encrypted) or source.encrypted
-        if encrypted:
-            # Same answer as CreateVolume: the file backend does not encrypt, and a copy must
-            # not claim what the data does not have.
+        if req.encrypted and not source.encrypted:
+            # The copy shares the source's blocks: they are plain text, and a copy must not
+            # claim what its data does not have (as CreateVolume from such a snapshot).
             raise errors.UnsupportedOperation(
-                "Encryption at rest is not available on this snapshot store; "
-                "copy the snapshot with Encrypted=false."
+                f"Cannot make an encrypted copy of the unencrypted snapshot {source.id}: "
+                "this snapshot store encrypts a volume only from its creation or from an "
+                "encrypted snapshot; copy it with Encrypted=false."
             )
+        kms_key_id = await self._encryption.copy_key_arn(ctx, source, req.kms_key_id)
         store = self._core.store
         if await store.count_snapshots(ctx.account_id) >= self._core.config.max_snapshots:
             raise errors.SnapshotLimitExceeded(
@@ -107,14 +112,18 @@ class SnapshotCopyService:
             state=SnapshotState.PENDING,
             start_time=utcnow(),
             description=_description(req.description, source),
-            encrypted=False,
+            encrypted=source.encrypted,
+            kms_key_id=kms_key_id,
             tags=dict(req.tags or {}),
         )
         # Under the source's lock, checked again: a DeleteSnapshot or a revoked permission that
         # came meanwhile is seen, and neither can come until the copy names the source's blocks.
         async with self._core.locks.hold(source.id):
             _check_source(await self._snapshots.visible(source_ctx, source.id))
+            # An encrypted copy shares the source's ciphertext, so it keeps the same data key.
+            await self._encryption.copy_data_key(source.id, snapshot.id)
             if not await store.insert_snapshot_copy(snapshot, source.id):
+                await self._encryption.drop_key(snapshot.id)
                 raise errors.IncorrectState(f"The snapshot '{source.id}' changed state; retry.")
             job_id = await self._core.jobs.record("copy_snapshot", snapshot.id)
         self._core.jobs.start(job_id, "copy_snapshot", snapshot.id)
