@@ -11,6 +11,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from backends.base import ViewKeeper
 from backends.errors import BackendError
 from ebsemu import errors
 from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_id, utcnow
@@ -179,11 +180,17 @@ class SnapshotService:
             return
         if await store.complete_snapshot(snapshot_id, stats.blocks * BLOCK_SIZE):
             log.info(
-                "snapshot %s: completed, %d blocks, %d new",
+                "snapshot %s: completed, %d blocks, %d new, %d read%s",
                 snapshot_id,
                 stats.blocks,
                 stats.new_blocks,
+                stats.read_blocks,
+                f" (changes since {stats.base_id})" if stats.base_id else "",
             )
+            if isinstance(storage, ViewKeeper) and await self._keep_view(
+                storage, snapshot.storage_host, snapshot_id
+            ):
+                return
         await self._drop_view(snapshot.storage_host, snapshot_id)
 
     async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:
@@ -210,6 +217,18 @@ class SnapshotService:
         await until_reachable(
             host, f"snapshot {snapshot_id}: its view", lambda: storage.drop_view(snapshot_id)
         )
+
+    async def _keep_view(self, storage: ViewKeeper, host: str, snapshot_id: str) -> bool:
+        """Keep a completed snapshot's view as the base of its volume's next snapshot; False
+        (logged) when that fails, and the view is to be dropped instead."""
+        try:
+            await until_reachable(
+                host, f"snapshot {snapshot_id}: its view", lambda: storage.keep_view(snapshot_id)
+            )
+        except BackendError as exc:
+            log.warning("snapshot %s: its view cannot be kept as a base: %s", snapshot_id, exc)
+            return False
+        return True
 
     async def _fail(self, snapshot_id: str, message: str) -> None:
         await self._core.store.transition_snapshot(

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import StorageBackend
+from backends.base import StorageBackend, ViewCloner
 from backends.errors import BackendError, CapacityError
 from ebsemu import errors
 from ebsemu.model import (
@@ -170,9 +170,10 @@ class VolumeService:
             return
         storage = self._core.storage_for(volume)
         try:
-            await storage.create(volume_id, volume.size_gib * GIB)
-            if volume.snapshot_id is not None:
-                await snapshot_data.restore(self._core, volume.snapshot_id, volume_id, storage)
+            if not await self._cloned(volume, storage):
+                await storage.create(volume_id, volume.size_gib * GIB)
+                if volume.snapshot_id is not None:
+                    await snapshot_data.restore(self._core, volume.snapshot_id, volume_id, storage)
         except (BackendError, OSError) as exc:
             log.error(
                 "volume %s: creation on storage host %s failed: %s",
@@ -189,6 +190,16 @@ class VolumeService:
             volume_id, {VolumeState.CREATING}, VolumeState.AVAILABLE
         )
         log.info("volume %s: available", volume_id)
+
+    async def _cloned(self, volume: Volume, storage: StorageBackend) -> bool:
+        """Create a volume from a snapshot as a clone of the snapshot's view, where its
+        storage host still holds that view (RBD); False when the blocks are to be restored."""
+        if volume.snapshot_id is None or not isinstance(storage, ViewCloner):
+            return False
+        cloned = await storage.clone_from_view(volume.snapshot_id, volume.id, volume.size_gib * GIB)
+        if cloned:
+            log.info("volume %s: cloned from the view of %s", volume.id, volume.snapshot_id)
+        return cloned
 
     async def _remove_after_failed_create(self, volume: Volume, storage: StorageBackend) -> None:
         """Remove what a failed create left. If that fails too (the host is down), the volume
