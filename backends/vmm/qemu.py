@@ -9,6 +9,9 @@ A volume exported over iSCSI (IscsiSource) opens through QEMU's iscsi block driv
 kernel initiator). Its CHAP secret goes to QEMU as a ``secret`` object (``ebs-<volume id>-chap``,
 added with ``object-add`` before ``blockdev-add`` and named by ``password-secret``; QEMU refuses
 a plain password); it is removed when the attach is rolled back and on detach.
+
+A Ceph RBD image (RbdSource) opens through QEMU's rbd block driver (librbd: pool, image, the
+ceph.conf and client id); a cephx key, when given, goes in the same kind of secret object.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, IscsiSource, LocalSource
+from backends.base import (
+    AttachedDisk,
+    AttachSpec,
+    Domain,
+    DomainState,
+    IscsiSource,
+    LocalSource,
+    RbdSource,
+)
 from backends.errors import SetupError
 from backends.options import Options
 from backends.vmm.errors import (
@@ -134,6 +145,8 @@ def _source_of(filename: object) -> str | None:
     while isinstance(options, dict):
         if options.get("driver") == "iscsi":
             return iscsi_url(options.get("portal"), options.get("target"), options.get("lun"))
+        if options.get("driver") == "rbd":
+            return rbd_url(options.get("pool"), options.get("image"))
         if "filename" in options and options.get("driver") in ("file", "host_device"):
             return str(options["filename"])
         options = options.get("file")
@@ -429,6 +442,8 @@ class QemuVmm:
         source = spec.source
         if isinstance(source, IscsiSource):
             return self._iscsi_blockdev(spec.volume_id, source)
+        if isinstance(source, RbdSource):
+            return _rbd_blockdev(spec.volume_id, source)
         if not isinstance(source, LocalSource):
             raise UnsupportedSource(f"qemu driver cannot attach a {type(source).__name__} yet")
         try:
@@ -472,9 +487,27 @@ class QemuVmm:
             raise DetachTimeout(f"block node {node} still in use") from None
 
 
+def _rbd_blockdev(volume_id: str, source: RbdSource) -> dict[str, Any]:
+    """QEMU's rbd driver; a cephx key through the secret object ``secret_id(volume_id)``."""
+    options: dict[str, Any] = {"driver": "rbd", "pool": source.pool, "image": source.image}
+    if source.conf:
+        options["conf"] = source.conf
+    if source.user:
+        options["user"] = source.user
+    if source.key:
+        options["key-secret"] = secret_id(volume_id)
+        options["auth-client-required"] = ["cephx"]
+    return options
+
+
 def _chap_secret(spec: AttachSpec) -> str | None:
+    """The secret the source needs in a QEMU secret object (CHAP secret, cephx key)."""
     source = spec.source
-    return source.chap_secret if isinstance(source, IscsiSource) else None
+    if isinstance(source, IscsiSource):
+        return source.chap_secret
+    if isinstance(source, RbdSource):
+        return source.key
+    return None
 
 
 def _describe(spec: AttachSpec) -> str:
@@ -482,8 +515,15 @@ def _describe(spec: AttachSpec) -> str:
     source = spec.source
     if isinstance(source, IscsiSource):
         return iscsi_url(source.portal, source.iqn, source.lun)
+    if isinstance(source, RbdSource):
+        return rbd_url(source.pool, source.image)
     assert isinstance(source, LocalSource)
     return source.path
+
+
+def rbd_url(pool: object, image: object) -> str:
+    """How an attached RBD image is named (no conf, user or key)."""
+    return f"rbd:{pool}/{image}"
 
 
 def _natural_key(name: str) -> list[tuple[int, str]]:
