@@ -100,31 +100,41 @@ def test_create_volume_makes_an_image_and_delete_removes_it(lab: Lab) -> None:
 def test_snapshots_restore_the_same_bytes_by_clone_and_by_blocks(lab: Lab) -> None:
     rng = random.Random(7)
     volume_id = new_volume(lab.ec2)
-    first_blocks = {i: rng.randbytes(BLOCK_SIZE) for i in (0, 5, 300, 2047)}
-    _write(lab, volume_id, first_blocks)
+    _write(lab, volume_id, {i: rng.randbytes(BLOCK_SIZE) for i in (0, 5, 300, 2047)})
     first = _snapshot(lab, volume_id)
     first_bytes = _image(lab, volume_id)
-    _write(lab, volume_id, {5: rng.randbytes(BLOCK_SIZE), 900: rng.randbytes(BLOCK_SIZE)})
-    second = _snapshot(lab, volume_id)  # only the changed objects read (see the log line)
+    # block 0 becomes zeros, 5 changes, 900 is new: the second snapshot reads only the
+    # objects holding them and lays them over the first's manifest
+    _write(lab, volume_id, {0: bytes(BLOCK_SIZE), 5: rng.randbytes(BLOCK_SIZE)})
+    _write(lab, volume_id, {900: rng.randbytes(BLOCK_SIZE)})
+    second = _snapshot(lab, volume_id)
     second_bytes = _image(lab, volume_id)
-    assert "changes since " + first in lab.server.log_path.read_text()
+    log = lab.server.log_path.read_text()
+    assert f"read 2 data extents ({8 * MIB} bytes) and 0 zero extents changed since {first}" in log
+    _write(lab, volume_id, {1000: rng.randbytes(BLOCK_SIZE)})
+    third = _snapshot(lab, volume_id)  # now the kept view: second's is gone
+    third_bytes = _image(lab, volume_id)
 
-    cloned = new_volume(lab.ec2, SnapshotId=second)  # its view is kept: rbd clone
+    cloned = new_volume(lab.ec2, SnapshotId=third)  # its view is kept: rbd clone
     parent = json.loads(lab.cluster.rbd("info", "--format", "json", f"rbd/{cloned}"))["parent"]
-    assert parent["image"] == volume_id and parent["snapshot"] == f"{second}.base"
-    assert _image(lab, cloned) == second_bytes
+    assert parent["image"] == volume_id and parent["snapshot"] == f"{third}.base"
+    assert _image(lab, cloned) == third_bytes
 
-    restored = new_volume(lab.ec2, SnapshotId=first)  # its view is gone: blocks written
-    assert "parent" not in json.loads(
-        lab.cluster.rbd("info", "--format", "json", f"rbd/{restored}")
-    )
-    assert _image(lab, restored) == first_bytes
+    restored = {}
+    for snapshot in (first, second):  # their views are gone: blocks written
+        volume = new_volume(lab.ec2, SnapshotId=snapshot)
+        info = json.loads(lab.cluster.rbd("info", "--format", "json", f"rbd/{volume}"))
+        assert "parent" not in info
+        restored[snapshot] = volume
+    assert _image(lab, restored[first]) == first_bytes
+    assert _image(lab, restored[second]) == second_bytes  # built from an incremental capture
 
-    for volume in (volume_id, cloned, restored):
+    volumes = [volume_id, cloned, *restored.values()]
+    for volume in volumes:
         lab.ec2.delete_volume(VolumeId=volume)
-    for snapshot in (first, second):
+    for snapshot in (first, second, third):
         lab.ec2.delete_snapshot(SnapshotId=snapshot)
-    for image in (volume_id, cloned, restored, f"deleted.{volume_id}"):
+    for image in (*volumes, f"deleted.{volume_id}"):
         _wait_gone(lab, image)
 
 
