@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from backends.base import ChangedBlocksSource, RbdSource, StorageBackend
-from backends.errors import BackendError
+from backends.errors import BackendError, SetupError
 from backends.rbd import RbdStorage, RbdView
 from ebsemu.model import BLOCK_SIZE
 from hostcmds import LocalRunner, load_templates
@@ -268,3 +268,20 @@ def test_attach_source_is_the_rbd_image(storage: RbdStorage, ceph_cluster: CephC
         ceph_cluster.pool, volume, str(ceph_cluster.conf), "admin"
     )
     assert storage.device_path(volume) == f"{ceph_cluster.pool}/{volume}"
+
+
+def test_check_setup_names_a_pool_that_does_not_exist(ceph_cluster: CephCluster) -> None:
+    backend = RbdStorage.from_options(
+        {"pool": "no-such-pool", "conf": str(ceph_cluster.conf), "command_timeout": "20"},
+        runner=LocalRunner(),
+        templates=load_templates(),
+    )
+    with pytest.raises(SetupError, match="RBD pool no-such-pool is not usable"):
+        asyncio.run(backend.check_setup())
+
+
+def test_unknown_options_are_refused() -> None:
+    with pytest.raises(SetupError, match="unknown option"):
+        RbdStorage.from_options(
+            {"pool": "rbd", "keyring": "/k"}, runner=LocalRunner(), templates=load_templates()
+        )
