@@ -392,8 +392,10 @@ class RbdStorage:
                 e for e in _snaps(entries, view.image)
                 if e.snap is not None and e.snap.endswith(BASE_SUFFIX) and e.snap != view.snap
             ]  # fmt: skip
-            if any(b.snap_id > view.snap_id for b in bases):
+            deleted = view.image.startswith(DELETED_PREFIX)  # no next view to diff
+            if deleted or any(b.snap_id > view.snap_id for b in bases):
                 await self._remove_snap(view)
+                await self._collect(await self._entries())
                 return
             if view.snap == snap:
                 await self._run(

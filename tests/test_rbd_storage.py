@@ -262,6 +262,18 @@ def test_volume_deleted_with_a_pending_view_stays_until_the_view_is_dropped(
     assert f"deleted.{volume}" not in ceph_cluster.images()
 
 
+def test_a_view_captured_after_its_volume_was_deleted_is_not_kept(
+    storage: RbdStorage, ceph_cluster: CephCluster
+) -> None:
+    volume, view = _id("vol"), _id("snap")
+    asyncio.run(storage.create(volume, 16 * MIB))
+    asyncio.run(storage.freeze(volume, view))
+    asyncio.run(storage.delete(volume))
+    assert f"deleted.{volume}" in ceph_cluster.images()
+    asyncio.run(storage.keep_view(view))  # no next view of a deleted volume: nothing to keep
+    assert f"deleted.{volume}" not in ceph_cluster.images()
+
+
 def test_attach_source_is_the_rbd_image(storage: RbdStorage, ceph_cluster: CephCluster) -> None:
     volume = _id("vol")
     assert storage.disk_source(volume) == RbdSource(
