@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -184,8 +185,10 @@ class RbdView:
         size_bytes: int,
         view_id: str,
         base_view_id: str | None,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         self._read = read  # (base snapshot name or None) -> the diff stream
+        self._release = release  # called once, at close (lets the base go)
         self._size = size_bytes
         self._view_id = view_id
         self._base_view_id = base_view_id
@@ -215,6 +218,8 @@ class RbdView:
         yield from diff_blocks(parse_extents(stream, self.stats), self._size, whole_blocks=True)
 
     def close(self) -> None:
+        release, self._release = self._release, lambda: None
+        release()
         log.info(
             "view %s: read %d data extents (%d bytes) and %d zero extents%s",
             self._view_id,
@@ -237,6 +242,11 @@ class RbdStorage:
         self._config = config
         self._free_bytes: int | None = None
         self._bridge = LoopBridge("rbd")
+        # Bases an open view diffs against, and those whose drop waits for that view's close
+        # (a snapshot deleted while the next one is being read from it).
+        self._bases_read: dict[str, int] = {}
+        self._drop_after_read: set[str] = set()
+        self._guard = threading.Lock()
 
     @classmethod
     def from_options(
@@ -413,6 +423,9 @@ class RbdStorage:
         try:
             entries = await self._entries()
             view = _find_snap(entries, snap)
+            if view is not None and self._defer_drop(view_id):
+                log.info("view %s: a view being read diffs against it; dropped after", view_id)
+                return
             if view is not None:
                 await self._remove_snap(view)
                 entries = await self._entries()
@@ -482,7 +495,37 @@ class RbdStorage:
                 )
             return self._on_loop(make, f"cannot read view {view_id}").stdout
 
-        return RbdView(read, view.size_bytes, view_id, base_view_id)
+        if base_view_id is None:
+            return RbdView(read, view.size_bytes, view_id, None)
+        with self._guard:
+            self._bases_read[base_view_id] = self._bases_read.get(base_view_id, 0) + 1
+        return RbdView(
+            read, view.size_bytes, view_id, base_view_id, lambda: self._done_reading(base_view_id)
+        )
+
+    def _done_reading(self, base_view_id: str) -> None:
+        """A view diffing against ``base_view_id`` closed: drop the base if that waited."""
+        with self._guard:
+            left = self._bases_read.pop(base_view_id) - 1
+            if left:
+                self._bases_read[base_view_id] = left
+            drop = not left and base_view_id in self._drop_after_read
+            if drop:
+                self._drop_after_read.discard(base_view_id)
+        if drop:
+            try:
+                self._on_loop(lambda: self.drop_view(base_view_id), f"cannot drop {base_view_id}")
+            except BackendError as exc:  # the next keep_view of the volume removes it
+                log.error(
+                    "view %s: dropping it after its reader closed failed: %s", base_view_id, exc
+                )
+
+    def _defer_drop(self, view_id: str) -> bool:
+        with self._guard:
+            if view_id not in self._bases_read:
+                return False
+            self._drop_after_read.add(view_id)
+            return True
 
     def write_blocks(self, volume_id: str, blocks: Iterable[tuple[int, bytes]]) -> None:
         image = _check_volume(volume_id)

@@ -297,3 +297,27 @@ def test_unknown_options_are_refused() -> None:
         RbdStorage.from_options(
             {"pool": "rbd", "keyring": "/k"}, runner=LocalRunner(), templates=load_templates()
         )
+
+
+def test_a_base_dropped_while_the_next_view_reads_from_it_goes_when_that_read_ends(
+    storage: RbdStorage, ceph_cluster: CephCluster
+) -> None:
+    volume, first, second = _id("vol"), _id("snap"), _id("snap")
+    rng = random.Random(6)
+    asyncio.run(storage.create(volume, 16 * MIB))
+    _write(ceph_cluster, volume, _random_blocks(rng, [0, 20]))
+    asyncio.run(storage.freeze(volume, first))
+    asyncio.run(storage.keep_view(first))
+    changed = _random_blocks(rng, [20])
+    _write(ceph_cluster, volume, changed)
+    asyncio.run(storage.freeze(volume, second))
+    source = storage.open_view(second)
+    assert source.base_view_id == first
+    asyncio.run(storage.drop_view(first))  # its snapshot is deleted meanwhile
+    snaps = ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}")
+    assert f"{first}.base" in snaps  # still there for the read
+    delta = dict(source.changed_blocks())
+    source.close()
+    assert delta[20] == changed[20]
+    snaps = ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}")
+    assert f"{first}.base" not in snaps and second in snaps
