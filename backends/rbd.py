@@ -22,7 +22,8 @@ Create (``rbd create --size``) and extend (``rbd resize``) are O(1) whatever the
 still has the base of an earlier captured view, only the objects changed since it
 (``changed_blocks``, zero blocks included: they replace the base's blocks). Once a capture has
 completed the service calls ``keep_view``: the view's RBD snapshot is renamed to ``….base`` and
-the previous base goes. ``drop_view`` removes a view or a base (when its snapshot is deleted).
+the previous base goes. ``drop_view`` removes a view or a base (when its snapshot is deleted;
+a base that an open view is diffing against goes when that view is closed).
 A volume deleted while views of it are pending is renamed to ``deleted.vol-…`` and removed
 with its last view. The diff streams pass through the runner in one piece: a view's changed
 data is held in memory while it is read.
