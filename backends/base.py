@@ -112,6 +112,41 @@ class EncryptingStorage(Protocol):
 
 
 @runtime_checkable
+class ChangedBlocksSource(Protocol):
+    """A SnapshotSource that can also read only what changed since an earlier view of the same
+    volume (``base_view_id``, which the backend still holds): the snapshot's manifest is then
+    the base snapshot's with these blocks laid over it."""
+
+    @property
+    def base_view_id(self) -> str | None: ...
+
+    def changed_blocks(self) -> Iterator[tuple[int, bytes]]:
+        """(block index, 512 KiB) of every block that differs from the base view, in index
+        order, all-zero blocks included (they replace the base's)."""
+        ...
+
+
+@runtime_checkable
+class ViewKeeper(Protocol):
+    """A StorageBackend that keeps a captured view as the base of the volume's next one."""
+
+    async def keep_view(self, view_id: str) -> None:
+        """Called instead of drop_view once the view's snapshot has completed; drop_view
+        removes it later (when the snapshot is deleted)."""
+        ...
+
+
+@runtime_checkable
+class ViewCloner(Protocol):
+    """A StorageBackend that can make a volume from a view it still holds, without copying."""
+
+    async def clone_from_view(self, view_id: str, volume_id: str, size_bytes: int) -> bool:
+        """Create the volume as a copy-on-write clone of the view, grown to ``size_bytes``.
+        Returns False (having done nothing) when the view is not held here."""
+        ...
+
+
+@runtime_checkable
 class BlockStore(Protocol):
     """Snapshot blocks addressed by SHA-256, stored once (blocking methods)."""
 
@@ -196,6 +231,14 @@ class RbdSource:
 
 
 DiskSource = LocalSource | IscsiSource | RbdSource
+
+
+@runtime_checkable
+class DiskSourceProvider(Protocol):
+    """A StorageBackend whose volumes a VMM host reaches by itself (RBD over librbd), without
+    an export backend."""
+
+    def disk_source(self, volume_id: str) -> DiskSource: ...
 
 
 @dataclass(frozen=True)

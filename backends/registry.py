@@ -6,11 +6,15 @@ from __future__ import annotations
 from backends.blockstore import LocalBlockStore
 from backends.file import FileStorage
 from backends.lvm import LvmStorage
+from backends.rbd import RbdStorage
 from backends.remote_file import RemoteFileStorage
 
-STORAGE: dict[str, type[FileStorage] | type[LvmStorage] | type[RemoteFileStorage]] = {
+STORAGE: dict[
+    str, type[FileStorage] | type[LvmStorage] | type[RbdStorage] | type[RemoteFileStorage]
+] = {
     "file": FileStorage,
     "lvm": LvmStorage,
+    "rbd": RbdStorage,
     "remote-file": RemoteFileStorage,
 }
 BLOCK_STORES: dict[str, type[LocalBlockStore]] = {"local": LocalBlockStore}

@@ -10,6 +10,7 @@ from backends.export import EXPORTS
 from backends.file import FileStorage
 from backends.luks import LuksFormatter
 from backends.lvm import LvmStorage
+from backends.rbd import RbdStorage
 from backends.remote_file import RemoteFileStorage
 from backends.vmm import VMMS
 from ebsemu.config import Config, StorageHost
@@ -35,7 +36,7 @@ def runner_for(url: str, ssh_options: dict[str, str], local: CommandRunner) -> C
     )
 
 
-STORAGE_BACKENDS = ("file", "lvm", "remote-file")
+STORAGE_BACKENDS = ("file", "lvm", "rbd", "remote-file")
 
 
 def build_storage(
@@ -55,6 +56,8 @@ def build_storage(
         )
     if host.backend == "lvm":
         return LvmStorage.from_options(host.options, runner=runner, templates=templates)
+    if host.backend == "rbd":
+        return RbdStorage.from_options(host.options, runner=runner, templates=templates)
     if host.backend == "remote-file":
         return RemoteFileStorage.from_options(host.options, runner=runner, templates=templates)
     raise ConfigError(

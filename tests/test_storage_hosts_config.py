@@ -96,7 +96,7 @@ def test_an_unknown_backend_or_a_local_only_backend_over_ssh_stops_the_start(
     tmp_path: Path,
 ) -> None:
     for section, expected in (
-        ("backend = nfs\n", "backend = 'nfs': use file, lvm or remote-file"),
+        ("backend = nfs\n", "backend = 'nfs': use file, lvm, rbd or remote-file"),
         ("url = ssh://h\n", "backend = file works on this host only; use backend = remote-file"),
     ):
         path = tmp_path / "c.ini"

@@ -4,11 +4,12 @@ and the CHAP secret in no argv, log line or exception text."""
 
 from __future__ import annotations
 
+import base64
 import logging
 
 import pytest
 
-from backends.base import AttachSpec, IscsiSource
+from backends.base import AttachSpec, IscsiSource, RbdSource
 from backends.vmm.errors import AttachError
 from backends.vmm.host import HostVmm
 from backends.vmm.iscsi_login import by_path_device, parse_by_path, parse_session_disks
@@ -308,3 +309,48 @@ def test_session_detail_maps_each_host_disk_to_its_target_lun() -> None:
     )
     disks = parse_session_disks(text)
     assert {k: (v.iqn, v.lun) for k, v in disks.items()} == {"/dev/sdb": (IQN, 1)}
+
+
+# -- libvirt: Ceph RBD network disks ----------------------------------------------------------
+
+CEPH_KEY = "QVFCdGVzdGtleWZvcmVic2VtdXJiZA=="
+
+
+def test_libvirt_rbd_attach_without_a_key_is_one_network_disk_with_the_ceph_conf() -> None:
+    vmm, runner = libvirt(EMPTY_DOMAIN)
+    source = RbdSource("rbd", VOL, "/etc/ceph/ceph.conf", "admin")
+    disk = run(vmm.attach("web1", AttachSpec(VOL, "/dev/vdf", source)))
+    assert runner.argvs == [
+        virsh("dumpxml", "web1"),
+        virsh("attach-device", "web1", "/dev/stdin", "--live"),
+    ]
+    attach = runner.calls[1]
+    assert attach.input is not None
+    assert b'<source protocol="rbd" name="rbd/' + VOL.encode() + b'">' in attach.input
+    assert b'<config file="/etc/ceph/ceph.conf" />' in attach.input
+    assert b"<auth" not in attach.input
+    (xml_disk,) = parse_disks(f"<domain><devices>{attach.input.decode()}</devices></domain>")
+    assert xml_disk.network and xml_disk.source == f"rbd:///rbd/{VOL}"
+    assert disk.handle == "vdf" and disk.source == f"rbd://rbd/{VOL}"
+
+
+def test_libvirt_rbd_attach_with_a_key_defines_a_ceph_secret_holding_the_key_bytes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    vmm, runner = libvirt(EMPTY_DOMAIN)
+    source = RbdSource("rbd", VOL, None, "ebs", key=CEPH_KEY)
+    run(vmm.attach("web1", AttachSpec(VOL, "/dev/vdf", source)))
+    uuid = secret_uuid(VOL)
+    assert runner.argvs == [
+        virsh("dumpxml", "web1"),
+        virsh("secret-define", "/dev/stdin"),
+        virsh("secret-set-value", "--secret", uuid, "--file", "/dev/stdin", "--plain"),
+        virsh("attach-device", "web1", "/dev/stdin", "--live"),
+    ]
+    define, set_value, attach = runner.calls[1:]
+    assert define.input is not None and b'<usage type="ceph"><name>ebsemu-' in define.input
+    assert set_value.input == base64.b64decode(CEPH_KEY) and set_value.secrets == (CEPH_KEY,)
+    assert attach.input is not None and CEPH_KEY.encode() not in attach.input
+    assert b'<auth username="ebs"><secret type="ceph" usage="ebsemu-' in attach.input
+    assert all(CEPH_KEY not in r.getMessage() for r in caplog.records)

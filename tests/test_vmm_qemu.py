@@ -21,7 +21,6 @@ from backends.vmm.errors import (
     DeviceInUse,
     DomainNotFound,
     NoFreeSlot,
-    UnsupportedSource,
     VmmError,
 )
 from backends.vmm.naming import compact_serial
@@ -253,14 +252,17 @@ def test_leftover_block_node_of_an_interrupted_attach_is_replaced(
     run(scenario())
 
 
-def test_unsupported_source_and_bad_names_are_refused_before_touching_the_vm(
+def test_sources_that_cannot_open_and_bad_names_leave_the_vm_untouched(
     vm: QemuVm, tmp_path: Path
 ) -> None:
     driver = vmm(tmp_path)
+    missing_conf = str(tmp_path / "missing-ceph.conf")
 
     async def scenario() -> None:
-        with pytest.raises(UnsupportedSource):
-            await driver.attach("vm1", AttachSpec(new_volume_id(), "/dev/sdf", RbdSource("p", "i")))
+        with pytest.raises(AttachError, match="cannot open"):
+            await driver.attach(
+                "vm1", AttachSpec(new_volume_id(), "/dev/sdf", RbdSource("p", "i", missing_conf))
+            )
         with pytest.raises(AttachError, match="No such file"):
             await driver.attach(
                 "vm1", AttachSpec(new_volume_id(), "/dev/sdf", LocalSource("/nonexistent"))

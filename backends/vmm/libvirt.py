@@ -12,6 +12,7 @@ serial, so ``virsh dumpxml`` tells which volume is attached under which device n
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import uuid
@@ -27,6 +28,7 @@ from backends.base import (
     DomainState,
     IscsiSource,
     LocalSource,
+    RbdSource,
 )
 from backends.errors import SetupError
 from backends.options import Options
@@ -194,12 +196,14 @@ def split_portal(portal: str) -> tuple[str, str]:
     return host, match.group("p6") or match.group("port") or "3260"
 
 
-def secret_xml(volume_id: str) -> str:
+def secret_xml(volume_id: str, kind: str = "iscsi") -> str:
+    """A libvirt secret for a volume: its CHAP secret (``iscsi``) or cephx key (``ceph``)."""
     root = ET.Element("secret", ephemeral="no", private="yes")
     ET.SubElement(root, "uuid").text = secret_uuid(volume_id)
-    ET.SubElement(root, "description").text = f"CHAP secret of {volume_id}"
-    usage = ET.SubElement(root, "usage", type="iscsi")
-    ET.SubElement(usage, "target").text = secret_usage(volume_id)
+    what = "CHAP secret" if kind == "iscsi" else "cephx key"
+    ET.SubElement(root, "description").text = f"{what} of {volume_id}"
+    usage = ET.SubElement(root, "usage", type=kind)
+    ET.SubElement(usage, "target" if kind == "iscsi" else "name").text = secret_usage(volume_id)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -215,6 +219,24 @@ def iscsi_disk_xml(
     if source.chap_user:
         auth = ET.SubElement(src, "auth", username=source.chap_user)
         ET.SubElement(auth, "secret", type="iscsi", usage=secret_usage(volume_id))
+    ET.SubElement(disk, "target", dev=target, bus=bus)
+    ET.SubElement(disk, "serial").text = serial
+    ET.SubElement(disk, "alias", name=alias)
+    return ET.tostring(disk, encoding="unicode")
+
+
+def rbd_disk_xml(
+    volume_id: str, source: RbdSource, *, target: str, bus: str, serial: str, alias: str
+) -> str:
+    """One <disk type='network'> with protocol='rbd' (librbd in QEMU; no key value in it)."""
+    disk = ET.Element("disk", type="network", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="raw", discard="unmap")
+    src = ET.SubElement(disk, "source", protocol="rbd", name=f"{source.pool}/{source.image}")
+    if source.conf:
+        ET.SubElement(src, "config", file=source.conf)
+    if source.key:
+        auth = ET.SubElement(src, "auth", username=source.user or "admin")
+        ET.SubElement(auth, "secret", type="ceph", usage=secret_usage(volume_id))
     ET.SubElement(disk, "target", dev=target, bus=bus)
     ET.SubElement(disk, "serial").text = serial
     ET.SubElement(disk, "alias", name=alias)
@@ -284,7 +306,7 @@ class LibvirtVmm:
     async def _attach(self, domain: str, spec: AttachSpec) -> AttachedDisk:
         volume_id = check_volume_id(spec.volume_id)
         prefix, letters = device_parts(spec.device)
-        if not isinstance(spec.source, LocalSource | IscsiSource):
+        if not isinstance(spec.source, LocalSource | IscsiSource | RbdSource):
             raise UnsupportedSource(f"libvirt driver cannot attach a {type(spec.source).__name__}")
         virtio = self._config.bus == "virtio"
         target = ("vd" if virtio else "sd") + letters
@@ -300,6 +322,8 @@ class LibvirtVmm:
         serial = compact_serial(volume_id) if virtio else volume_id
         if isinstance(spec.source, IscsiSource):
             return await self._attach_iscsi(domain, spec, spec.source, target, serial, alias)
+        if isinstance(spec.source, RbdSource):
+            return await self._attach_rbd(domain, spec, spec.source, target, serial, alias)
         try:
             await self._run(
                 "attachDiskCmd",
@@ -330,19 +354,57 @@ class LibvirtVmm:
         volume_id = spec.volume_id
         if bool(source.chap_user) != bool(source.chap_secret):
             raise AttachError(f"{volume_id}: a CHAP user needs a secret and a secret a user")
-        hidden = [source.chap_secret] if source.chap_secret else []
         xml = iscsi_disk_xml(
             volume_id, source, target=target, bus=self._config.bus, serial=serial, alias=alias
         )
         url = f"iscsi://{source.portal}/{source.iqn}/{source.lun}"
+        secret = (source.chap_secret, source.chap_secret.encode()) if source.chap_secret else None
+        return await self._attach_network(domain, spec, xml, url, target, secret, "iscsi")
+
+    async def _attach_rbd(
+        self,
+        domain: str,
+        spec: AttachSpec,
+        source: RbdSource,
+        target: str,
+        serial: str,
+        alias: str,
+    ) -> AttachedDisk:
+        volume_id = spec.volume_id
+        xml = rbd_disk_xml(
+            volume_id, source, target=target, bus=self._config.bus, serial=serial, alias=alias
+        )
+        secret = None
+        if source.key:
+            try:  # libvirt holds a cephx key's bytes; the key as Ceph prints it is base64
+                secret = (source.key, base64.b64decode(source.key, validate=True))
+            except ValueError:
+                raise AttachError(f"{volume_id}: the cephx key is not base64") from None
+        url = f"rbd://{source.pool}/{source.image}"
+        return await self._attach_network(domain, spec, xml, url, target, secret, "ceph")
+
+    async def _attach_network(
+        self,
+        domain: str,
+        spec: AttachSpec,
+        xml: str,
+        url: str,
+        target: str,
+        secret: tuple[str, bytes] | None,
+        kind: str,
+    ) -> AttachedDisk:
+        """Define the disk's secret (``secret``: its text, to mask, and the value libvirt
+        keeps), then attach the network disk; a failure undoes both."""
+        volume_id = spec.volume_id
+        hidden = [secret[0]] if secret else []
         step = "secret-define"
         try:
-            if source.chap_secret:
-                await self._run("secretDefineCmd", input=secret_xml(volume_id), xmlFile=STDIN)
+            if secret:
+                await self._run("secretDefineCmd", input=secret_xml(volume_id, kind), xmlFile=STDIN)
                 step = "secret-set-value"
                 await self._run(
                     "secretSetValueCmd",
-                    input=source.chap_secret,
+                    input=secret[1],
                     secrets=hidden,
                     secretUuid=secret_uuid(volume_id),
                     valueFile=STDIN,
@@ -352,7 +414,7 @@ class LibvirtVmm:
         except (CommandError, CommandTimeout) as exc:
             if step == "attach-device" and isinstance(exc, CommandTimeout):
                 await self._roll_back(domain, target)
-            if source.chap_secret:
+            if secret:
                 await self._drop_secret(domain, volume_id)
             message = f"{domain}: {step} for {volume_id}: {exc}"
             raise AttachError(mask(message, hidden)) from exc
@@ -436,7 +498,12 @@ class LibvirtVmm:
     # -- internals --------------------------------------------------------------------------
 
     async def _run(
-        self, key: str, *, input: str | None = None, secrets: list[str] | None = None, **values: str
+        self,
+        key: str,
+        *,
+        input: str | bytes | None = None,
+        secrets: list[str] | None = None,
+        **values: str,
     ) -> CommandResult:
         if "domain" in values and not DOMAIN_NAME.fullmatch(values["domain"]):
             raise InvalidName(f"not a libvirt domain name: {values['domain']!r}")
@@ -444,7 +511,7 @@ class LibvirtVmm:
         return await self._runner.run(
             argv,
             timeout=self._config.command_timeout,
-            input=input.encode() if input is not None else None,
+            input=input.encode() if isinstance(input, str) else input,
             secrets=secrets or [],
         )
 

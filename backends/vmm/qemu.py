@@ -14,6 +14,9 @@ A volume encrypted at rest (``AttachSpec.luks``) opens through QEMU's ``luks`` b
 a ``raw`` node limited to the LUKS image's length (the file is zero-padded beyond it), its
 passphrase in a second secret object (``ebs-<volume id>-luks``), removed in the same places. The
 guest sees the plaintext; the file, and an iSCSI export of it, hold only ciphertext.
+
+A Ceph RBD image (RbdSource) opens through QEMU's rbd block driver (librbd: pool, image, the
+ceph.conf and client id); a cephx key, when given, goes in the same kind of secret object.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from backends.base import (
     IscsiSource,
     LocalSource,
     LuksKey,
+    RbdSource,
 )
 from backends.errors import SetupError
 from backends.options import Options
@@ -166,6 +170,8 @@ def _source_of(filename: object) -> str | None:
     while isinstance(options, dict):
         if options.get("driver") == "iscsi":
             return iscsi_url(options.get("portal"), options.get("target"), options.get("lun"))
+        if options.get("driver") == "rbd":
+            return rbd_url(options.get("pool"), options.get("image"))
         if "filename" in options and options.get("driver") in ("file", "host_device"):
             return str(options["filename"])
         options = options.get("file")
@@ -473,6 +479,8 @@ class QemuVmm:
         source = spec.source
         if isinstance(source, IscsiSource):
             return self._iscsi_blockdev(spec.volume_id, source)
+        if isinstance(source, RbdSource):
+            return _rbd_blockdev(spec.volume_id, source)
         if not isinstance(source, LocalSource):
             raise UnsupportedSource(f"qemu driver cannot attach a {type(source).__name__} yet")
         try:
@@ -516,9 +524,27 @@ class QemuVmm:
             raise DetachTimeout(f"block node {node} still in use") from None
 
 
+def _rbd_blockdev(volume_id: str, source: RbdSource) -> dict[str, Any]:
+    """QEMU's rbd driver; a cephx key through the secret object ``secret_id(volume_id)``."""
+    options: dict[str, Any] = {"driver": "rbd", "pool": source.pool, "image": source.image}
+    if source.conf:
+        options["conf"] = source.conf
+    if source.user:
+        options["user"] = source.user
+    if source.key:
+        options["key-secret"] = secret_id(volume_id)
+        options["auth-client-required"] = ["cephx"]
+    return options
+
+
 def _chap_secret(spec: AttachSpec) -> str | None:
+    """The secret the source needs in a QEMU secret object (CHAP secret, cephx key)."""
     source = spec.source
-    return source.chap_secret if isinstance(source, IscsiSource) else None
+    if isinstance(source, IscsiSource):
+        return source.chap_secret
+    if isinstance(source, RbdSource):
+        return source.key
+    return None
 
 
 def _describe(spec: AttachSpec) -> str:
@@ -526,8 +552,15 @@ def _describe(spec: AttachSpec) -> str:
     source = spec.source
     if isinstance(source, IscsiSource):
         return iscsi_url(source.portal, source.iqn, source.lun)
+    if isinstance(source, RbdSource):
+        return rbd_url(source.pool, source.image)
     assert isinstance(source, LocalSource)
     return source.path
+
+
+def rbd_url(pool: object, image: object) -> str:
+    """How an attached RBD image is named (no conf, user or key)."""
+    return f"rbd:{pool}/{image}"
 
 
 def _natural_key(name: str) -> list[tuple[int, str]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 
-from backends.base import DiskSource, ExportBackend, LocalSource
+from backends.base import DiskSource, DiskSourceProvider, ExportBackend, LocalSource
 from backends.errors import BackendError
 from backends.export.records import export_from_dict, export_to_dict
 from ebsemu.service.core import Core
@@ -34,6 +34,8 @@ class ExportService:
         device = entry.backend.device_path(volume_id)
         export = entry.export
         if export is None:
+            if isinstance(entry.backend, DiskSourceProvider):
+                return entry.backend.disk_source(volume_id)
             return LocalSource(device)
         initiator = self._core.initiators[vmm_host]
         info = await export.export(volume_id, device, initiator)

@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from backends.base import SnapshotSource, StorageBackend
+from backends.base import ChangedBlocksSource, SnapshotSource, StorageBackend
 from ebsemu import faults
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, SnapshotState
 from ebsemu.service.core import Core
+from ebsemu.store.direct import ZERO_DIGEST
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ T = TypeVar("T")
 
 @dataclass
 class CaptureStats:
-    blocks: int = 0
-    new_blocks: int = 0
+    blocks: int = 0  # in the snapshot's manifest
+    new_blocks: int = 0  # written to the block store
+    read_blocks: int = 0  # read from the view
+    base_id: str | None = None  # the snapshot whose manifest only the changes were laid over
 
     @property
     def new_bytes(self) -> int:
@@ -74,31 +77,84 @@ def _in_thread(func: Callable[[], T]) -> asyncio.Future[T]:
 
 async def capture(core: Core, snapshot_id: str, storage: StorageBackend) -> CaptureStats:
     """Stream the frozen view named ``snapshot_id`` (on ``storage``, the host that froze it)
-    into the block store and its manifest."""
+    into the block store and its manifest. When the view can read only its changes since a
+    completed snapshot of the same volume, the manifest starts as that snapshot's and only
+    the changed blocks are read (a changed block now all zeros drops its row)."""
     source: SnapshotSource = await _finish(_in_thread(lambda: storage.open_view(snapshot_id)))
     stats = CaptureStats()
     upcoming: asyncio.Future[Batch] | None = None
     try:
         total_blocks = max(1, source.size_bytes // BLOCK_SIZE)
-        blocks = source.iter_blocks(0)
+        stats.base_id = await _start_from_base(core, snapshot_id, source)
+        if stats.base_id is not None and isinstance(source, ChangedBlocksSource):
+            blocks = source.changed_blocks()
+        else:
+            blocks = source.iter_blocks(0)
+        zeroed: list[int] = []
         reported = 0
         batch = await _finish(_in_thread(lambda: _read_batch(blocks)))
         while batch:
             upcoming = _in_thread(lambda: _read_batch(blocks))
-            stats.new_blocks += await _store_batch(core, snapshot_id, batch)
-            stats.blocks += len(batch)
+            stats.read_blocks += len(batch)
+            zeroed += [index for index, digest, _ in batch if digest == ZERO_DIGEST]
+            data = [row for row in batch if row[1] != ZERO_DIGEST]
+            if data:
+                stats.new_blocks += await _store_batch(core, snapshot_id, data)
             await faults.reach("snapshot.batch")
             progress = min(99, batch[-1][0] * 100 // total_blocks)
             if progress > reported:
                 reported = progress
                 await core.store.set_snapshot_progress(snapshot_id, progress)
             batch = await _finish(upcoming)
+        if zeroed:
+            await _drop_rows(core, snapshot_id, zeroed)
         await _finish(_in_thread(core.blocks.flush))
+        stats.blocks = await core.store.manifest_block_count(snapshot_id)
     finally:
         if upcoming is not None:
             await _settle(upcoming)  # the reader must be done before the source closes
         await _finish(_in_thread(source.close))
     return stats
+
+
+async def _start_from_base(core: Core, snapshot_id: str, source: SnapshotSource) -> str | None:
+    """If the source reads changes since a base view whose snapshot has completed (of the
+    same volume), copy the base's manifest rows into this snapshot's (under the GC lock, so
+    the base's blocks cannot go meanwhile) and return the base's id; else None."""
+    if not isinstance(source, ChangedBlocksSource) or source.base_view_id is None:
+        return None
+    base_id = source.base_view_id
+    async with core.block_gc_lock:
+        base = await core.store.get_snapshot(base_id)
+        this = await core.store.get_snapshot(snapshot_id)
+        if (
+            base is None
+            or this is None
+            or base.state is not SnapshotState.COMPLETED
+            or base.volume_id != this.volume_id
+        ):
+            log.info(
+                "snapshot %s: base %s is not a completed snapshot; read whole", snapshot_id, base_id
+            )
+            return None
+        await _finish(
+            asyncio.ensure_future(
+                core.store.add_manifest_rows(snapshot_id, await core.store.manifest(base_id))
+            )
+        )
+    return base_id
+
+
+async def _drop_rows(core: Core, snapshot_id: str, indexes: list[int]) -> None:
+    """Remove manifest rows of blocks that became zeros, and blocks nothing references now."""
+    async with core.block_gc_lock:
+        unreferenced = await core.store.remove_manifest_rows(snapshot_id, indexes)
+
+        def delete_all() -> None:
+            for digest in unreferenced:
+                core.blocks.delete(digest)
+
+        await _finish(_in_thread(delete_all))
 
 
 async def _store_batch(core: Core, snapshot_id: str, batch: Batch) -> int:

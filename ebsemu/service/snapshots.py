@@ -11,6 +11,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from backends.base import ViewKeeper
 from backends.errors import BackendError
 from ebsemu import errors, faults
 from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_id, utcnow
@@ -185,10 +186,12 @@ class SnapshotService:
         async def capture() -> None:
             stats = await snapshot_data.capture(self._core, snapshot_id, storage)
             log.info(
-                "snapshot %s: captured %d blocks, %d new",
+                "snapshot %s: captured %d blocks, %d new, %d read%s",
                 snapshot_id,
                 stats.blocks,
                 stats.new_blocks,
+                stats.read_blocks,
+                f" (changes since {stats.base_id})" if stats.base_id else "",
             )
             await faults.reach("snapshot.captured")
 
@@ -205,10 +208,19 @@ class SnapshotService:
             await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
             await self._drop_view(snapshot.storage_host, snapshot_id)
 
+        async def release_view() -> None:
+            """Keep the view as the base of the volume's next snapshot where the backend can
+            (RBD), else drop it."""
+            if isinstance(storage, ViewKeeper) and await self._keep_view(
+                storage, snapshot.storage_host, snapshot_id
+            ):
+                return
+            await self._drop_view(snapshot.storage_host, snapshot_id)
+
         plan = [
             Step("capture", capture, undo=sweep),
             Step("mark-completed", mark_completed),
-            Step("drop-view", lambda: self._drop_view(snapshot.storage_host, snapshot_id)),
+            Step("release-view", release_view),
         ]
         await run_steps(store, f"snapshot {snapshot_id}", plan, failed)
 
@@ -244,6 +256,18 @@ class SnapshotService:
             log.warning(
                 "snapshot %s: dropping its view failed, left for the sweep: %s", snapshot_id, exc
             )
+
+    async def _keep_view(self, storage: ViewKeeper, host: str, snapshot_id: str) -> bool:
+        """Keep a completed snapshot's view as the base of its volume's next snapshot; False
+        (logged) when that fails, and the view is to be dropped instead."""
+        try:
+            await until_reachable(
+                host, f"snapshot {snapshot_id}: its view", lambda: storage.keep_view(snapshot_id)
+            )
+        except BackendError as exc:
+            log.warning("snapshot %s: its view cannot be kept as a base: %s", snapshot_id, exc)
+            return False
+        return True
 
     async def _fail(self, snapshot_id: str, message: str) -> None:
         await self._core.store.transition_snapshot(

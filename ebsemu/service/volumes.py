@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from backends.base import StorageBackend, ViewCloner
 from backends.errors import BackendError, CapacityError
 from ebsemu import errors, faults
 from ebsemu.model import (
@@ -185,16 +186,21 @@ class VolumeService:
             return
         storage = self._core.storage_for(volume)
         snapshot_id = volume.snapshot_id
+        cloned: list[bool] = []
 
         async def allocate() -> None:
             if volume.encrypted:
                 await self._encryption.create_storage(volume)
+            elif await self._cloned(volume, storage):
+                cloned.append(True)  # the clone holds the snapshot's data: nothing to restore
             else:
                 await storage.create(volume_id, volume.size_gib * GIB)
             await faults.reach("create_volume.allocated")
 
         async def restore() -> None:
             assert snapshot_id is not None
+            if cloned:
+                return
             await snapshot_data.restore(self._core, snapshot_id, volume_id, storage)
             await faults.reach("create_volume.restored")
 
@@ -221,6 +227,16 @@ class VolumeService:
             plan.append(Step("restore", restore))
         plan.append(Step("mark-available", mark_available))
         await run_steps(store, f"create_volume {volume_id}", plan, failed)
+
+    async def _cloned(self, volume: Volume, storage: StorageBackend) -> bool:
+        """Create a volume from a snapshot as a clone of the snapshot's view, where its
+        storage host still holds that view (RBD); False when the blocks are to be restored."""
+        if volume.snapshot_id is None or not isinstance(storage, ViewCloner):
+            return False
+        cloned = await storage.clone_from_view(volume.snapshot_id, volume.id, volume.size_gib * GIB)
+        if cloned:
+            log.info("volume %s: cloned from the view of %s", volume.id, volume.snapshot_id)
+        return cloned
 
     async def _run_delete(self, volume_id: str, payload: dict[str, Any]) -> None:
         volume = await self._core.store.get_volume(volume_id)

@@ -379,6 +379,21 @@ class SqliteStore(
         await self._write("DELETE FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,))
         return sorted(digests - await self.referenced(list(digests)))
 
+    async def remove_manifest_rows(self, snapshot_id: str, indexes: Sequence[int]) -> list[bytes]:
+        digests: set[bytes] = set()
+        async with self._transaction() as db:
+            for index in indexes:
+                async with db.execute(
+                    "SELECT digest FROM snapshot_blocks WHERE snapshot_id = ? AND block_index = ?",
+                    (snapshot_id, index),
+                ) as cursor:
+                    digests.update(bytes(row[0]) for row in await cursor.fetchall())
+            await db.executemany(
+                "DELETE FROM snapshot_blocks WHERE snapshot_id = ? AND block_index = ?",
+                [(snapshot_id, index) for index in indexes],
+            )
+        return sorted(digests - await self.referenced(list(digests)))
+
     async def manifest(self, snapshot_id: str) -> list[tuple[int, bytes]]:
         rows = await self._rows(
             "SELECT block_index, digest FROM snapshot_blocks WHERE snapshot_id = ? "

@@ -1,0 +1,703 @@
+"""The ``rbd`` storage backend: volumes as Ceph RBD images in one pool.
+
+Every command is an ``rbd`` (or ``ceph``) command line from hostcmds/rbd.ini run through the
+injected runner, never the python3-rbd bindings: Debian ships those for Debian's own Python
+only (not the service's virtualenv, nor PyPI), and a command line runs the same on this host
+and, over SSH, on any host with ceph-common and the cluster's ceph.conf.
+
+Names in the pool (``rbd ls --long`` lists images and snapshots in one call)::
+
+    vol-…                   a volume; carries image-meta ebsemu.volume=<volume id>
+    vol-…@snap-…            a frozen view (a pending snapshot's RBD snapshot)
+    vol-…@snap-….base       a captured view kept as the base of the volume's next diff
+    deleted.vol-…           a deleted volume that still has views (or clones of its base)
+                            to serve; removed when the last of them goes
+
+Only names of these forms are ebsemu's, and delete removes an image only if it carries the
+image-meta key, so foreign images in a shared pool are never touched.
+
+Create (``rbd create --size``) and extend (``rbd resize``) are O(1) whatever the size. Freeze is
+``rbd snap create``. The service reads a view through ``open_view``: ``rbd export-diff
+--whole-object`` streams the view's allocated objects (``iter_blocks``), or, when the volume
+still has the base of an earlier captured view, only the objects changed since it
+(``changed_blocks``, zero blocks included: they replace the base's blocks). Once a capture has
+completed the service calls ``keep_view``: the view's RBD snapshot is renamed to ``….base`` and
+the previous base goes. ``drop_view`` removes a view or a base (when its snapshot is deleted;
+a base that an open view is diffing against goes when that view is closed).
+A volume deleted while views of it are pending is renamed to ``deleted.vol-…`` and removed
+with its last view. The diff streams pass through the runner in one piece: a view's changed
+data is held in memory while it is read.
+
+``clone_from_view`` makes a volume from a kept base with ``rbd clone`` (O(1)); the base is
+protected first (clone format 1; format 2 clusters accept that too). A protected base with
+clones stays until the clones are deleted (its snapshot's deletion then only logs).
+
+Writes (``write_blocks``) go in as ``rbd import-diff`` streams built from the blocks: data
+runs as write records, zero runs as zero records, so holes stay unallocated.
+
+Free space is ``ceph df``'s max_avail of the pool, refreshed by every call that changes space.
+A cluster without a ceph-mgr reports no pool statistics: free space is then unknown (the
+scheduler still places volumes there when no other host of the zone has known space).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from backends.base import RbdSource
+from backends.errors import BackendError, CapacityError, HostUnavailable, SetupError
+from backends.loop_bridge import LoopBridge
+from backends.options import Options
+from backends.rbd_diff import DiffStats, diff_blocks, import_stream, parse_extents
+from ebsemu.model import BLOCK_SIZE
+from hostcmds import (
+    CommandError,
+    CommandNotFound,
+    CommandResult,
+    CommandRunner,
+    CommandTemplates,
+    HostCommandError,
+    HostUnreachable,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TOOL = "rbd"
+TEMPLATES = (
+    "versionCmd",
+    "listLongCmd",
+    "createCmd",
+    "metaSetCmd",
+    "metaGetCmd",
+    "resizeCmd",
+    "renameCmd",
+    "removeCmd",
+    "snapCreateCmd",
+    "snapRenameCmd",
+    "snapRemoveCmd",
+    "snapProtectCmd",
+    "snapUnprotectCmd",
+    "cloneCmd",
+    "exportDiffCmd",
+    "exportDiffFromCmd",
+    "importDiffCmd",
+    "dfCmd",
+)
+OPTIONS = ("pool", "conf", "user", "command_timeout")
+META_KEY = "ebsemu.volume"
+BASE_SUFFIX = ".base"
+DELETED_PREFIX = "deleted."
+MIB = 1 << 20
+TRANSFER_BLOCKS = 64  # 32 MiB per import-diff command
+
+_VOLUME = re.compile(r"vol-[0-9a-f]{8,17}")
+_VIEW = re.compile(r"snap-[0-9a-f]{8,17}")
+_NO_SPACE = re.compile(r"no space left|ENOSPC|quota", re.I)
+
+
+def _check_volume(volume_id: str) -> str:
+    if not _VOLUME.fullmatch(volume_id):
+        raise BackendError(f"invalid volume id {volume_id!r}")
+    return volume_id
+
+
+def _check_view(view_id: str) -> str:
+    if not _VIEW.fullmatch(view_id):
+        raise BackendError(f"invalid view id {view_id!r}")
+    return view_id
+
+
+def _mib(size_bytes: int) -> int:
+    if size_bytes <= 0 or size_bytes % MIB or size_bytes % BLOCK_SIZE:
+        raise BackendError(f"volume size {size_bytes} is not a positive number of MiB")
+    return size_bytes // MIB
+
+
+def backend_error(exc: HostCommandError, doing: str) -> BackendError:
+    if isinstance(exc, HostUnreachable):
+        return HostUnavailable(f"{doing}: {exc}")
+    if isinstance(exc, CommandError) and _NO_SPACE.search(exc.stderr):
+        return CapacityError(f"{doing}: {exc}")
+    return BackendError(f"{doing}: {exc}")
+
+
+@dataclass(frozen=True)
+class RbdConfig:
+    """``pool``: the RBD pool; ``conf``: ceph.conf on the storage host (its keyring option
+    gives the key); ``user``: the Ceph client id (client.<user>)."""
+
+    pool: str
+    conf: str = "/etc/ceph/ceph.conf"
+    user: str = "admin"
+    command_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of ``rbd ls --long``: an image, or (``snap`` set) one of its snapshots."""
+
+    image: str
+    size_bytes: int
+    snap: str | None = None
+    snap_id: int = 0
+    protected: bool = False
+    parent: str | None = None
+
+
+def parse_listing(text: str) -> list[Entry]:
+    try:
+        rows = json.loads(text or "[]")
+    except json.JSONDecodeError as exc:
+        raise BackendError(f"rbd ls printed no JSON: {exc}") from None
+    entries = []
+    for row in rows:
+        parent = row.get("parent")
+        entries.append(
+            Entry(
+                image=str(row["image"]),
+                size_bytes=int(row.get("size", 0)),
+                snap=row.get("snapshot"),
+                snap_id=int(row.get("snapshot_id", 0)),
+                protected=str(row.get("protected", "false")) == "true",
+                parent=None if not parent else f"{parent.get('image')}@{parent.get('snapshot')}",
+            )
+        )
+    return entries
+
+
+def _ours(image: str) -> bool:
+    return bool(_VOLUME.fullmatch(image.removeprefix(DELETED_PREFIX)))
+
+
+class RbdView:
+    """A frozen view of a volume, read as the blocks an ``rbd export-diff`` stream holds."""
+
+    def __init__(
+        self,
+        read: Callable[[str | None], bytes],
+        size_bytes: int,
+        view_id: str,
+        base_view_id: str | None,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._read = read  # (base snapshot name or None) -> the diff stream
+        self._release = release  # called once, at close (lets the base go)
+        self._size = size_bytes
+        self._view_id = view_id
+        self._base_view_id = base_view_id
+        self.stats = DiffStats()
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size
+
+    @property
+    def base_view_id(self) -> str | None:
+        """The view whose capture this one's changes apply to (None: no base kept)."""
+        return self._base_view_id
+
+    def iter_blocks(self, start_index: int = 0) -> Iterator[tuple[int, bytes]]:
+        stream = self._read(None)
+        blocks = diff_blocks(parse_extents(stream, self.stats), self._size, whole_blocks=False)
+        for index, data in blocks:
+            if index >= start_index and data != bytes(BLOCK_SIZE):
+                yield index, data
+
+    def changed_blocks(self) -> Iterator[tuple[int, bytes]]:
+        """Every block that differs from the base view (zero blocks included), index order."""
+        if self._base_view_id is None:
+            raise BackendError(f"view {self._view_id} has no base to read changes from")
+        stream = self._read(self._base_view_id + BASE_SUFFIX)
+        yield from diff_blocks(parse_extents(stream, self.stats), self._size, whole_blocks=True)
+
+    def close(self) -> None:
+        release, self._release = self._release, lambda: None
+        release()
+        log.info(
+            "view %s: read %d data extents (%d bytes) and %d zero extents%s",
+            self._view_id,
+            self.stats.data_extents,
+            self.stats.data_bytes,
+            self.stats.zero_extents,
+            f" changed since {self._base_view_id}" if self._base_view_id else "",
+        )
+
+
+class RbdStorage:
+    """StorageBackend on a Ceph RBD pool. Build it with ``from_options``."""
+
+    def __init__(
+        self, runner: CommandRunner, templates: CommandTemplates, config: RbdConfig
+    ) -> None:
+        templates.require(TOOL, TEMPLATES)
+        self._runner = runner
+        self._templates = templates
+        self._config = config
+        self._free_bytes: int | None = None
+        self._bridge = LoopBridge("rbd")
+        # Bases an open view diffs against, and those whose drop waits for that view's close
+        # (a snapshot deleted while the next one is being read from it).
+        self._bases_read: dict[str, int] = {}
+        self._drop_after_read: set[str] = set()
+        self._guard = threading.Lock()
+
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, str], *, runner: CommandRunner, templates: CommandTemplates
+    ) -> RbdStorage:
+        opts = Options("storage", options)
+        opts.refuse_unknown(OPTIONS)
+        config = RbdConfig(
+            pool=opts.text("pool", "rbd"),
+            conf=opts.text("conf", RbdConfig.conf),
+            user=opts.text("user", RbdConfig.user),
+            command_timeout=opts.number("command_timeout", RbdConfig.command_timeout),
+        )
+        return cls(runner, templates, config)
+
+    @property
+    def config(self) -> RbdConfig:
+        return self._config
+
+    # -- control path -------------------------------------------------------------------------
+
+    async def check_setup(self) -> None:
+        pool = self._config.pool
+        try:
+            await self._run("versionCmd")
+        except CommandNotFound as exc:
+            raise SetupError("rbd is not installed (apt-get install ceph-common)") from exc
+        except HostCommandError as exc:
+            raise SetupError(f"rbd does not run on the storage host: {exc}") from exc
+        try:
+            entries = await self._entries()
+        except HostCommandError as exc:
+            raise SetupError(
+                f"RBD pool {pool} is not usable with {self._config.conf} as "
+                f"client.{self._config.user} ({exc}); create it with `ceph osd pool create "
+                f"{pool}` and `rbd pool init {pool}`, or set pool = … in [storage]"
+            ) from exc
+        await self._collect(entries)
+        await self._refresh_free()
+
+    async def create(self, volume_id: str, size_bytes: int) -> None:
+        image = _check_volume(volume_id)
+        size_mib = _mib(size_bytes)
+        try:
+            existing = _image(await self._entries(), image)
+            if existing is not None:
+                await self._require_ours(image)
+                if existing.size_bytes != size_bytes:
+                    raise BackendError(
+                        f"volume {volume_id} exists with {existing.size_bytes} bytes, "
+                        f"not {size_bytes}"
+                    )
+                log.info("volume %s already exists with that size", volume_id)
+                return
+            await self._run("createCmd", image=image, sizeMiB=size_mib)
+            await self._tag(image, volume_id)
+            await self._refresh_free()
+        except HostCommandError as exc:
+            raise backend_error(exc, f"cannot create volume {volume_id}") from exc
+        log.info("created volume %s of %d bytes in pool %s", volume_id, size_bytes, self._pool)
+
+    async def delete(self, volume_id: str) -> None:
+        image = _check_volume(volume_id)
+        try:
+            entries = await self._entries()
+            if _image(entries, image) is None:
+                log.info("volume %s: no image; nothing to delete", volume_id)
+                await self._collect(entries)
+                return
+            await self._require_ours(image)
+            for snap in _snaps(entries, image):
+                if snap.snap is not None and snap.snap.endswith(BASE_SUFFIX):
+                    await self._remove_snap(snap)
+            entries = await self._entries()
+            if _snaps(entries, image):
+                kept = ", ".join(str(s.snap) for s in _snaps(entries, image))
+                await self._run("renameCmd", image=image, newImage=DELETED_PREFIX + image)
+                log.info("volume %s: kept as %s%s for %s", volume_id, DELETED_PREFIX, image, kept)
+            else:
+                await self._run("removeCmd", image=image)
+            await self._collect(await self._entries())
+            await self._refresh_free()
+        except HostCommandError as exc:
+            raise backend_error(exc, f"cannot delete volume {volume_id}") from exc
+        log.info("deleted volume %s", volume_id)
+
+    async def extend(self, volume_id: str, size_bytes: int, *, one_device: bool = False) -> None:
+        # An RBD image is one device at any size: ``one_device`` asks for nothing more.
+        image = _check_volume(volume_id)
+        size_mib = _mib(size_bytes)
+        try:
+            current = _image(await self._entries(), image)
+            if current is None:
+                raise BackendError(f"no volume {volume_id} in pool {self._pool}")
+            if current.size_bytes > size_bytes:
+                raise BackendError(
+                    f"volume {volume_id} has {current.size_bytes} bytes; "
+                    f"cannot shrink to {size_bytes}"
+                )
+            if current.size_bytes < size_bytes:
+                await self._run("resizeCmd", image=image, sizeMiB=size_mib)
+        except HostCommandError as exc:
+            raise backend_error(exc, f"cannot extend volume {volume_id}") from exc
+        log.info("volume %s: %d bytes", volume_id, size_bytes)
+
+    async def list_volumes(self) -> list[str]:
+        try:
+            entries = await self._entries()
+        except HostCommandError as exc:
+            raise backend_error(exc, "cannot list volumes") from exc
+        return sorted(e.image for e in entries if e.snap is None and _VOLUME.fullmatch(e.image))
+
+    async def health(self, sizes: Mapping[str, int]) -> dict[str, str]:
+        try:
+            entries = await self._entries()
+        except HostCommandError as exc:
+            raise backend_error(exc, "cannot check volumes") from exc
+        problems: dict[str, str] = {}
+        for volume_id, size_bytes in sizes.items():
+            found = _image(entries, _check_volume(volume_id))
+            if found is None:
+                problems[volume_id] = f"its RBD image {self._pool}/{volume_id} is missing"
+            elif found.size_bytes != size_bytes:
+                problems[volume_id] = (
+                    f"its RBD image holds {found.size_bytes} bytes, not {size_bytes}"
+                )
+        return problems
+
+    async def freeze(self, volume_id: str, view_id: str) -> None:
+        image, snap = _check_volume(volume_id), _check_view(view_id)
+        try:
+            entries = await self._entries()
+            if _image(entries, image) is None:
+                raise BackendError(f"no volume {volume_id} in pool {self._pool}")
+            if any(e.snap == snap for e in _snaps(entries, image)):
+                log.info("view %s already exists; kept", view_id)
+                return
+            await self._run("snapCreateCmd", image=image, snap=snap)
+        except HostCommandError as exc:
+            raise backend_error(exc, f"cannot freeze volume {volume_id} as {view_id}") from exc
+        log.info("froze volume %s as view %s", volume_id, view_id)
+
+    async def keep_view(self, view_id: str) -> None:
+        """The view has been captured: keep it as the base of its volume's next diff,
+        replacing the volume's older base; a newer base already kept wins (this view goes)."""
+        snap = _check_view(view_id)
+        try:
+            entries = await self._entries()
+            view = _find_snap(entries, snap)
+            if view is None:
+                log.info("view %s: gone; nothing to keep", view_id)
+                return
+            bases = [
+                e for e in _snaps(entries, view.image)
+                if e.snap is not None and e.snap.endswith(BASE_SUFFIX) and e.snap != view.snap
+            ]  # fmt: skip
+            deleted = view.image.startswith(DELETED_PREFIX)  # no next view to diff
+            if deleted or any(b.snap_id > view.snap_id for b in bases):
+                await self._remove_snap(view)
+                await self._collect(await self._entries())
+                return
+            if view.snap == snap:
+                await self._run(
+                    "snapRenameCmd", image=view.image, snap=snap, newSnap=snap + BASE_SUFFIX
+                )
+            for base in bases:
+                await self._remove_snap(base)
+            await self._refresh_free()
+        except HostCommandError as exc:
+            raise backend_error(exc, f"cannot keep view {view_id}") from exc
+        log.info("view %s: kept as the diff base of %s", view_id, view.image)
+
+    async def drop_view(self, view_id: str) -> None:
+        snap = _check_view(view_id)
+        try:
+            entries = await self._entries()
+            view = _find_snap(entries, snap)
+            if view is not None and self._defer_drop(view_id):
+                log.info("view %s: a view being read diffs against it; dropped after", view_id)
+                return
+            if view is not None:
+                await self._remove_snap(view)
+                entries = await self._entries()
+            await self._collect(entries)
+            await self._refresh_free()
+        except HostCommandError as exc:
+            raise backend_error(exc, f"cannot drop view {view_id}") from exc
+
+    async def list_views(self) -> list[str]:
+        try:
+            entries = await self._entries()
+        except HostCommandError as exc:
+            raise backend_error(exc, "cannot list views") from exc
+        return sorted(
+            e.snap for e in entries
+            if e.snap is not None and _ours(e.image) and _VIEW.fullmatch(e.snap)
+        )  # fmt: skip
+
+    async def clone_from_view(self, view_id: str, volume_id: str, size_bytes: int) -> bool:
+        """Make the volume a clone of the view's kept base (O(1)), grown to ``size_bytes``.
+        False when no base of that view is kept here (restore its blocks instead)."""
+        snap, image = _check_view(view_id) + BASE_SUFFIX, _check_volume(volume_id)
+        size_mib = _mib(size_bytes)
+        try:
+            entries = await self._entries()
+            base = next((e for e in entries if e.snap == snap and _ours(e.image)), None)
+            if base is None or base.size_bytes > size_bytes:
+                return False
+            if _image(entries, image) is not None:
+                raise BackendError(f"volume {volume_id} exists already; cannot clone it")
+            if not base.protected:
+                await self._run("snapProtectCmd", image=base.image, snap=snap)
+            await self._run("cloneCmd", image=base.image, snap=snap, child=image)
+            try:
+                await self._tag(image, volume_id)
+                if base.size_bytes < size_bytes:
+                    await self._run("resizeCmd", image=image, sizeMiB=size_mib)
+            except HostCommandError:
+                await self._run("removeCmd", image=image, check=False)
+                raise
+        except HostCommandError as exc:
+            raise backend_error(exc, f"cannot clone {view_id} as {volume_id}") from exc
+        log.info("volume %s: cloned from %s@%s", volume_id, base.image, snap)
+        return True
+
+    # -- data path (blocking; run in worker threads) -----------------------------------------
+
+    def open_view(self, view_id: str) -> RbdView:
+        snap = _check_view(view_id)
+        entries = self._on_loop(self._entries, f"cannot open view {view_id}")
+        view = next((e for e in entries if e.snap == snap and _ours(e.image)), None)
+        if view is None:
+            raise BackendError(f"no view {view_id} in pool {self._pool}")
+        bases = [
+            e for e in _snaps(entries, view.image)
+            if e.snap is not None and e.snap.endswith(BASE_SUFFIX) and e.snap_id < view.snap_id
+        ]  # fmt: skip
+        base = max(bases, key=lambda e: e.snap_id, default=None)
+        base_view_id = None if base is None else str(base.snap).removesuffix(BASE_SUFFIX)
+
+        def read(from_snap: str | None) -> bytes:
+            if from_snap is None:
+                make = lambda: self._run("exportDiffCmd", image=view.image, snap=snap)  # noqa: E731
+            else:
+                make = lambda: self._run(  # noqa: E731
+                    "exportDiffFromCmd", image=view.image, snap=snap, fromSnap=from_snap
+                )
+            return self._on_loop(make, f"cannot read view {view_id}").stdout
+
+        if base_view_id is None:
+            return RbdView(read, view.size_bytes, view_id, None)
+        with self._guard:
+            self._bases_read[base_view_id] = self._bases_read.get(base_view_id, 0) + 1
+        return RbdView(
+            read, view.size_bytes, view_id, base_view_id, lambda: self._done_reading(base_view_id)
+        )
+
+    def _done_reading(self, base_view_id: str) -> None:
+        """A view diffing against ``base_view_id`` closed: drop the base if that waited."""
+        with self._guard:
+            left = self._bases_read.pop(base_view_id) - 1
+            if left:
+                self._bases_read[base_view_id] = left
+            drop = not left and base_view_id in self._drop_after_read
+            if drop:
+                self._drop_after_read.discard(base_view_id)
+        if drop:
+            try:
+                self._on_loop(lambda: self.drop_view(base_view_id), f"cannot drop {base_view_id}")
+            except BackendError as exc:  # the next keep_view of the volume removes it
+                log.error(
+                    "view %s: dropping it after its reader closed failed: %s", base_view_id, exc
+                )
+
+    def _defer_drop(self, view_id: str) -> bool:
+        with self._guard:
+            if view_id not in self._bases_read:
+                return False
+            self._drop_after_read.add(view_id)
+            return True
+
+    def write_blocks(self, volume_id: str, blocks: Iterable[tuple[int, bytes]]) -> None:
+        image = _check_volume(volume_id)
+        entries = self._on_loop(self._entries, f"cannot write volume {volume_id}")
+        found = _image(entries, image)
+        if found is None:
+            raise BackendError(f"no volume {volume_id} in pool {self._pool}")
+        block_count = found.size_bytes // BLOCK_SIZE
+        runs: list[tuple[int, list[bytes]]] = []
+        pending = 0
+        written = 0
+        for index, data in blocks:
+            if len(data) != BLOCK_SIZE or not 0 <= index < block_count:
+                raise BackendError(
+                    f"block {index} ({len(data)} bytes) does not fit volume {volume_id} "
+                    f"of {block_count} blocks of {BLOCK_SIZE} bytes"
+                )
+            last = runs[-1] if runs else None
+            zero = data == bytes(BLOCK_SIZE)
+            if (
+                last is not None
+                and index == last[0] + len(last[1])
+                and zero == (last[1][0] == bytes(BLOCK_SIZE))
+            ):
+                last[1].append(data)
+            else:
+                runs.append((index, [data]))
+            pending += 1
+            written += not zero
+            if pending >= TRANSFER_BLOCKS:
+                self._import(image, runs)
+                runs, pending = [], 0
+        if runs:
+            self._import(image, runs)
+        self._on_loop(self._refresh_free, "cannot read free space")
+        log.info("wrote %d blocks into volume %s", written, volume_id)
+
+    def free_bytes(self) -> int:
+        if self._free_bytes is None:
+            raise BackendError(
+                f"free space of RBD pool {self._pool} is not known (ceph df gives no pool "
+                "statistics without a running ceph-mgr)"
+            )
+        return self._free_bytes
+
+    def device_path(self, volume_id: str) -> str:
+        """``pool/image``: what tgt's rbd backing store and ``rbd device map`` take."""
+        return f"{self._pool}/{_check_volume(volume_id)}"
+
+    def disk_source(self, volume_id: str) -> RbdSource:
+        """Where a VMM host with Ceph access (librbd) finds the volume."""
+        return RbdSource(
+            pool=self._pool,
+            image=_check_volume(volume_id),
+            conf=self._config.conf,
+            user=self._config.user,
+        )
+
+    # -- implementation -----------------------------------------------------------------------
+
+    @property
+    def _pool(self) -> str:
+        return self._config.pool
+
+    def _import(self, image: str, runs: list[tuple[int, list[bytes]]]) -> None:
+        stream = import_stream(runs)
+        self._on_loop(
+            lambda: self._run("importDiffCmd", image=image, input=stream),
+            f"cannot write volume {image}",
+        )
+
+    def _on_loop(self, make: Callable[[], Coroutine[Any, Any, T]], doing: str) -> T:
+        try:
+            return self._bridge.call(make, self._config.command_timeout + 5.0)
+        except HostCommandError as exc:
+            raise backend_error(exc, doing) from exc
+
+    async def _run(
+        self, key: str, *, input: bytes | None = None, check: bool = True, **values: str | int
+    ) -> CommandResult:
+        self._bridge.remember()
+        argv = self._templates.render(
+            TOOL, key, {"conf": self._config.conf, "user": self._config.user, "pool": self._pool},
+            **values,
+        )  # fmt: skip
+        return await self._runner.run(
+            argv, timeout=self._config.command_timeout, input=input, check=check
+        )
+
+    async def _entries(self) -> list[Entry]:
+        return parse_listing((await self._run("listLongCmd")).text)
+
+    async def _tag(self, image: str, volume_id: str) -> None:
+        """Mark the image as the volume's; an image that cannot be marked is removed."""
+        try:
+            await self._run("metaSetCmd", image=image, metaKey=META_KEY, metaValue=volume_id)
+        except HostCommandError:
+            await self._run("removeCmd", image=image, check=False)
+            raise
+
+    async def _require_ours(self, image: str) -> None:
+        result = await self._run("metaGetCmd", image=image, metaKey=META_KEY, check=False)
+        if result.returncode != 0 or result.text.strip() != image.removeprefix(DELETED_PREFIX):
+            raise BackendError(
+                f"RBD image {self._pool}/{image} is not marked {META_KEY}={image}; "
+                "it is not ebsemu's and is left alone"
+            )
+
+    async def _remove_snap(self, snap: Entry) -> None:
+        """Remove one of ebsemu's snapshots; a protected one with clones is kept (logged)."""
+        assert snap.snap is not None
+        if snap.protected:
+            result = await self._run(
+                "snapUnprotectCmd", image=snap.image, snap=snap.snap, check=False
+            )
+            if result.returncode != 0:
+                log.warning(
+                    "RBD snapshot %s@%s has clones; kept until they are deleted",
+                    snap.image,
+                    snap.snap,
+                )
+                return
+        await self._run("snapRemoveCmd", image=snap.image, snap=snap.snap)
+
+    async def _collect(self, entries: list[Entry]) -> None:
+        """Remove deleted volumes' images whose last snapshot has gone, and the bases of
+        deleted volumes that no clone needs any more."""
+        deleted = {
+            e.image for e in entries if e.snap is None and e.image.startswith(DELETED_PREFIX)
+        }
+        for image in sorted(deleted):
+            if not _ours(image):
+                continue
+            snaps = _snaps(entries, image)
+            for snap in snaps:
+                if snap.snap is not None and snap.snap.endswith(BASE_SUFFIX) and snap.protected:
+                    await self._remove_snap(snap)
+            if not _snaps(await self._entries(), image):
+                await self._require_ours(image)
+                result = await self._run("removeCmd", image=image, check=False)
+                if result.returncode == 0:
+                    log.info("removed %s: its last view has gone", image)
+                else:
+                    log.warning("cannot remove %s yet: %s", image, result.stderr[-200:])
+
+    async def _refresh_free(self) -> None:
+        result = await self._run("dfCmd", check=False)
+        if result.returncode != 0:
+            self._free_bytes = None
+            return
+        try:
+            pools = json.loads(result.text).get("pools", [])
+        except json.JSONDecodeError:
+            pools = []
+        stats = next((p.get("stats", {}) for p in pools if p.get("name") == self._pool), None)
+        free = None if stats is None else stats.get("max_avail")
+        if free is None and self._free_bytes is not None:
+            log.warning("ceph df gives no statistics of pool %s (no ceph-mgr?)", self._pool)
+        self._free_bytes = None if free is None else int(free)
+
+
+def _image(entries: Iterable[Entry], image: str) -> Entry | None:
+    return next((e for e in entries if e.image == image and e.snap is None), None)
+
+
+def _snaps(entries: Iterable[Entry], image: str) -> list[Entry]:
+    return [e for e in entries if e.image == image and e.snap is not None]
+
+
+def _find_snap(entries: Iterable[Entry], view_id: str) -> Entry | None:
+    """The view's snapshot (pending, or kept as a base) on one of ebsemu's images."""
+    names = (view_id, view_id + BASE_SUFFIX)
+    return next((e for e in entries if e.snap in names and _ours(e.image)), None)

@@ -1,0 +1,138 @@
+"""The ``rbd diff v1`` stream that ``rbd export-diff`` writes and ``rbd import-diff`` reads.
+
+After the header line ``rbd diff v1\\n`` come tagged records, integers little-endian:
+
+    f <u32 length><name>            the snapshot the diff starts from
+    t <u32 length><name>            the snapshot the diff ends at
+    s <u64 size>                    the image's size at the end snapshot
+    w <u64 offset><u64 length><data>  bytes written
+    z <u64 offset><u64 length>      a range zeroed (discarded)
+    e                               the end
+
+Reading turns the records into 512 KiB blocks; writing builds a stream from blocks.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from backends.errors import BackendError
+from ebsemu.model import BLOCK_SIZE
+
+HEADER = b"rbd diff v1\n"
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_EXTENT = struct.Struct("<QQ")
+_ZERO_BLOCK = bytes(BLOCK_SIZE)
+
+
+@dataclass
+class DiffStats:
+    """What one diff stream held: its data and zero extents and the bytes of data."""
+
+    data_extents: int = 0
+    zero_extents: int = 0
+    data_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Extent:
+    offset: int
+    length: int
+    data: memoryview | None  # None: the range reads as zeros
+
+
+def parse_extents(stream: bytes, stats: DiffStats) -> Iterator[Extent]:
+    """The 'w' and 'z' records of a v1 diff stream, in stream order."""
+    view = memoryview(stream)
+    if bytes(view[: len(HEADER)]) != HEADER:
+        raise BackendError("rbd export-diff wrote no 'rbd diff v1' header")
+    pos = len(HEADER)
+    while pos < len(view):
+        tag = bytes(view[pos : pos + 1])
+        pos += 1
+        if tag == b"e":
+            return
+        if tag in (b"f", b"t"):
+            (length,) = _U32.unpack_from(view, pos)
+            pos += _U32.size + length
+        elif tag == b"s":
+            pos += _U64.size
+        elif tag in (b"w", b"z"):
+            offset, length = _EXTENT.unpack_from(view, pos)
+            pos += _EXTENT.size
+            if tag == b"w":
+                if pos + length > len(view):
+                    raise BackendError("rbd diff stream ends inside a data record")
+                stats.data_extents += 1
+                stats.data_bytes += length
+                yield Extent(offset, length, view[pos : pos + length])
+                pos += length
+            else:
+                stats.zero_extents += 1
+                yield Extent(offset, length, None)
+        else:
+            raise BackendError(f"rbd diff stream holds an unknown record {tag!r} at byte {pos - 1}")
+    raise BackendError("rbd diff stream ends without its 'e' record")
+
+
+def diff_blocks(
+    extents: Iterable[Extent], size_bytes: int, *, whole_blocks: bool
+) -> Iterator[tuple[int, bytes]]:
+    """(block index, 512 KiB) for every block the extents touch, zero blocks included.
+
+    With ``whole_blocks`` every extent must cover whole blocks (a diff from a base snapshot:
+    a block partly covered would need the base's bytes); otherwise a block's uncovered bytes
+    read as zeros (a diff from nothing, i.e. the whole image)."""
+    pending: dict[int, bytearray] = {}
+    for extent in extents:
+        end = min(extent.offset + extent.length, size_bytes)
+        if whole_blocks and (extent.offset % BLOCK_SIZE or (end % BLOCK_SIZE and end < size_bytes)):
+            raise BackendError(
+                f"rbd diff extent {extent.offset}+{extent.length} does not cover whole "
+                f"{BLOCK_SIZE}-byte blocks (the image's object size must be a multiple)"
+            )
+        offset = extent.offset
+        while offset < end:
+            index = offset // BLOCK_SIZE
+            within = offset - index * BLOCK_SIZE
+            take = min(BLOCK_SIZE - within, end - offset)
+            if within == 0 and take == BLOCK_SIZE and index not in pending:
+                data = extent.data
+                chunk = (
+                    _ZERO_BLOCK if data is None else bytes(data[offset - extent.offset :][:take])
+                )
+                yield from _flush_before(pending, index)
+                yield index, chunk
+            else:
+                block = pending.setdefault(index, bytearray(BLOCK_SIZE))
+                if extent.data is not None:
+                    start = offset - extent.offset
+                    block[within : within + take] = extent.data[start : start + take]
+                else:
+                    block[within : within + take] = bytes(take)
+            offset += take
+    yield from _flush_before(pending, None)
+
+
+def _flush_before(pending: dict[int, bytearray], index: int | None) -> Iterator[tuple[int, bytes]]:
+    """Yield (and forget) the partly built blocks before ``index`` (all when None)."""
+    for done in sorted(i for i in pending if index is None or i < index):
+        yield done, bytes(pending.pop(done))
+
+
+def import_stream(runs: Iterable[tuple[int, list[bytes]]]) -> bytes:
+    """A v1 diff stream writing each run (first block index, consecutive blocks); a run of
+    all-zero blocks becomes one zero record, so it stays (or becomes) unallocated."""
+    parts = [HEADER]
+    for first, blocks in runs:
+        offset, length = first * BLOCK_SIZE, len(blocks) * BLOCK_SIZE
+        if all(block == _ZERO_BLOCK for block in blocks):
+            parts += [b"z", _EXTENT.pack(offset, length)]
+        else:
+            parts += [b"w", _EXTENT.pack(offset, length), *blocks]
+    parts.append(b"e")
+    return b"".join(parts)
