@@ -4,6 +4,7 @@ test and for wiring; ebsemu.hosts builds them from the configuration)."""
 from __future__ import annotations
 
 from backends.blockstore import LocalBlockStore
+from backends.blockstore_rados import RadosBlockStore
 from backends.file import FileStorage
 from backends.lvm import LvmStorage
 from backends.remote_file import RemoteFileStorage
@@ -13,4 +14,7 @@ STORAGE: dict[str, type[FileStorage] | type[LvmStorage] | type[RemoteFileStorage
     "lvm": LvmStorage,
     "remote-file": RemoteFileStorage,
 }
-BLOCK_STORES: dict[str, type[LocalBlockStore]] = {"local": LocalBlockStore}
+BLOCK_STORES: dict[str, type[LocalBlockStore] | type[RadosBlockStore]] = {
+    "local": LocalBlockStore,
+    "rados": RadosBlockStore,
+}
