@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -29,10 +29,17 @@ class RadosObject(Protocol):
     nspace: str
 
 
+class Completion(Protocol):
+    def get_return_value(self) -> int: ...
+
+
 class IoCtx(Protocol):
     def write_full(self, key: str, data: bytes) -> int: ...
     def read(self, key: str, length: int = ..., offset: int = ...) -> bytes: ...
     def stat(self, key: str) -> tuple[int, Any]: ...
+    def aio_stat(
+        self, object_name: str, oncomplete: Callable[[Completion, int | None, Any], None]
+    ) -> Completion: ...
     def remove_object(self, key: str) -> bool: ...
     def list_objects(self) -> Iterator[RadosObject]: ...
     def set_namespace(self, nspace: str) -> None: ...

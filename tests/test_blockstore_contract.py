@@ -173,3 +173,24 @@ def test_rados_store_names_an_unreachable_cluster_at_setup(tmp_path: Path) -> No
     store = RadosBlockStore(conf, "rbd", connect_timeout=1)
     with pytest.raises(SetupError, match="cannot connect to the Ceph cluster"):
         store.check_setup()
+
+
+def test_rados_store_lists_only_block_objects_of_its_own_namespace(
+    ceph_cluster: CephCluster, tmp_path: Path
+) -> None:
+    store = RadosBlockStore(ceph_cluster.conf, ceph_cluster.pool, namespace="own")
+    neighbour = RadosBlockStore(ceph_cluster.conf, ceph_cluster.pool, namespace="neighbour")
+    (digest, data), (other, other_data) = _block(), _block()
+    store.put(digest, data)
+    neighbour.put(other, other_data)
+    stray = tmp_path / "stray"
+    stray.write_bytes(b"not a block")
+    ceph_cluster.run("rados", "--conf", str(ceph_cluster.conf), "-p", ceph_cluster.pool,
+                     "-N", "own", "put", "README", str(stray))  # fmt: skip
+
+    assert list(store.iter_digests()) == [digest]
+    assert store.stored_bytes() == len(data)
+    assert not store.contains(other)
+    assert neighbour.get(other) == other_data
+    store.close()
+    neighbour.close()
