@@ -87,6 +87,9 @@ class RadosBlockStore:
     def _open(self) -> tuple[RadosModule, IoCtx]:
         """The bindings and the store's I/O context, connecting on first use."""
         rados = load_rados()
+        ready = self._ioctx
+        if ready is not None:
+            return rados, ready
         with self._lock:
             if self._ioctx is not None:
                 return rados, self._ioctx

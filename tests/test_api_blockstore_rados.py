@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from backends.ceph_bindings import load_rados
+from backends.errors import SetupError
 from tests.api_support import FAST, new_snapshot, new_volume, poll
 from tests.ceph_fixtures import CephCluster, ceph_cluster
 from tests.server import TEST_CONFIG, ServerProcess
@@ -28,6 +30,14 @@ def _config(cluster: CephCluster, namespace: str = NAMESPACE) -> str:
         f"\n[blockstore]\nbackend = rados\nconf = {cluster.conf}\npool = {cluster.pool}\n"
         f"namespace = {namespace}\nmetrics_refresh_seconds = 0\n"
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bindings() -> None:
+    try:
+        load_rados()
+    except SetupError:
+        pytest.skip("needs the librados Python bindings: apt-get install python3-rados")
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,21 @@ import pytest
 from backends.base import BlockStore
 from backends.blockstore import LocalBlockStore
 from backends.blockstore_rados import RadosBlockStore
+from backends.ceph_bindings import load_rados
 from backends.errors import CorruptBlockError, MissingBlockError, SetupError
 from ebsemu.model import BLOCK_SIZE
 from tests.ceph_fixtures import CephCluster, ceph_cluster
 
 __all__ = ["ceph_cluster"]
+NEEDS_RADOS = "needs the librados Python bindings: apt-get install python3-rados"
+
+
+@pytest.fixture
+def bindings() -> None:
+    try:
+        load_rados()
+    except SetupError:
+        pytest.skip(NEEDS_RADOS)
 
 
 @dataclass
@@ -69,6 +79,7 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreCase]:
     if request.param == "local":
         yield _local(tmp_path)
     else:
+        request.getfixturevalue("bindings")
         yield from _rados(request.getfixturevalue("ceph_cluster"), tmp_path)
 
 
@@ -161,13 +172,15 @@ def test_digests_of_the_wrong_length_are_refused(case: StoreCase) -> None:
         case.store.put(b"\x00" * 20, b"data")
 
 
-def test_rados_store_names_a_missing_pool_at_setup(ceph_cluster: CephCluster) -> None:
+def test_rados_store_names_a_missing_pool_at_setup(
+    bindings: None, ceph_cluster: CephCluster
+) -> None:
     store = RadosBlockStore(ceph_cluster.conf, "no-such-pool")
     with pytest.raises(SetupError, match="pool no-such-pool does not exist"):
         store.check_setup()
 
 
-def test_rados_store_names_an_unreachable_cluster_at_setup(tmp_path: Path) -> None:
+def test_rados_store_names_an_unreachable_cluster_at_setup(bindings: None, tmp_path: Path) -> None:
     conf = tmp_path / "ceph.conf"
     conf.write_text("[global]\nmon host = v2:127.0.0.1:1\nauth client required = none\n")
     store = RadosBlockStore(conf, "rbd", connect_timeout=1)
@@ -176,7 +189,7 @@ def test_rados_store_names_an_unreachable_cluster_at_setup(tmp_path: Path) -> No
 
 
 def test_rados_store_lists_only_block_objects_of_its_own_namespace(
-    ceph_cluster: CephCluster, tmp_path: Path
+    bindings: None, ceph_cluster: CephCluster, tmp_path: Path
 ) -> None:
     store = RadosBlockStore(ceph_cluster.conf, ceph_cluster.pool, namespace="own")
     neighbour = RadosBlockStore(ceph_cluster.conf, ceph_cluster.pool, namespace="neighbour")
@@ -194,3 +207,8 @@ def test_rados_store_lists_only_block_objects_of_its_own_namespace(
     assert neighbour.get(other) == other_data
     store.close()
     neighbour.close()
+
+
+def test_missing_bindings_name_the_package_to_install(tmp_path: Path) -> None:
+    with pytest.raises(SetupError, match="apt-get install python3-rados"):
+        load_rados(tmp_path)
