@@ -17,6 +17,7 @@ from backends.ceph_bindings import load_rados
 from backends.errors import SetupError
 from tests.api_support import FAST, new_snapshot, new_volume, poll
 from tests.ceph_fixtures import CephCluster, ceph_cluster
+from tests.direct_support import random_blocks, upload
 from tests.server import TEST_CONFIG, ServerProcess
 from tests.test_api_metrics import scrape
 from tests.test_api_snapshots import BLOCK, read_blocks, write_blocks
@@ -107,3 +108,22 @@ def test_check_host_reports_the_rados_block_store(
     assert f"ok   blockstore (rados, pool {ceph_cluster.pool} namespace check-host)" in (
         result.stdout.splitlines()
     )
+
+
+def test_direct_api_blocks_go_to_rados_and_read_back(
+    rados_server: ServerProcess, ceph_cluster: CephCluster
+) -> None:
+    ebs: Any = rados_server.client("ebs")
+    ec2: Any = rados_server.client()
+    blocks = random_blocks([3, 900])
+    snapshot_id = upload(ebs, blocks)
+    digests = sorted(hashlib.sha256(data).hexdigest() for data in blocks.values())
+    assert _objects(ceph_cluster) == digests
+
+    listed = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"]
+    token = {b["BlockIndex"]: b["BlockToken"] for b in listed}[900]
+    got = ebs.get_snapshot_block(SnapshotId=snapshot_id, BlockIndex=900, BlockToken=token)
+    assert got["BlockData"].read() == blocks[900]
+
+    ec2.delete_snapshot(SnapshotId=snapshot_id)
+    poll(lambda: _objects(ceph_cluster) == [] or None)
