@@ -181,6 +181,11 @@ class BlockStore(Protocol):
         """Remove what interrupted puts left behind; call at start-up only. Returns the count."""
         ...
 
+    def check_setup(self) -> None:
+        """Raise SetupError saying what is missing when blocks cannot be stored (start-up and
+        ``ebsemu check-host``)."""
+        ...
+
 
 class DomainState(enum.StrEnum):
     """A VMM domain's state, named as EC2 names instance states."""

@@ -21,7 +21,13 @@ import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from backends.errors import BackendError, CapacityError, CorruptBlockError, MissingBlockError
+from backends.errors import (
+    BackendError,
+    CapacityError,
+    CorruptBlockError,
+    MissingBlockError,
+    SetupError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +155,15 @@ class LocalBlockStore:
         if removed:
             logger.warning("removed %d temp file(s) from %s", removed, self._root)
         return removed
+
+    def check_setup(self) -> None:
+        """The root exists (created if need be) and this process may write to it."""
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SetupError(f"cannot create the block store {self._root}: {exc}") from exc
+        if not os.access(self._root, os.W_OK | os.X_OK):
+            raise SetupError(f"the block store {self._root} is not writable by this user")
 
     def _leaf_dirs(self) -> Iterator[tuple[str, str]]:
         """(``abcd``, path) of each ``ab/cd`` fan-out directory."""

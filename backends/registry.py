@@ -4,6 +4,7 @@ test and for wiring; ebsemu.hosts builds them from the configuration)."""
 from __future__ import annotations
 
 from backends.blockstore import LocalBlockStore
+from backends.blockstore_rados import RadosBlockStore
 from backends.file import FileStorage
 from backends.lvm import LvmStorage
 from backends.rbd import RbdStorage
@@ -17,4 +18,7 @@ STORAGE: dict[
     "rbd": RbdStorage,
     "remote-file": RemoteFileStorage,
 }
-BLOCK_STORES: dict[str, type[LocalBlockStore]] = {"local": LocalBlockStore}
+BLOCK_STORES: dict[str, type[LocalBlockStore] | type[RadosBlockStore]] = {
+    "local": LocalBlockStore,
+    "rados": RadosBlockStore,
+}

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
 
-from backends import registry
 from backends.errors import SetupError
 from ebsemu import hosts
 from ebsemu.api.actions import Services
@@ -21,6 +20,7 @@ from ebsemu.api.handler import AUTH_KEY, LIMITER_KEY, SERVICES_KEY, handle_ec2, 
 from ebsemu.api.metrics import METRICS_KEY, Metrics, handle_metrics, observe_requests
 from ebsemu.api.ratelimit import RateLimiter
 from ebsemu.api.request_context import request_context
+from ebsemu.block_stores import build_block_store, metrics_refresh_seconds
 from ebsemu.config import Config
 from ebsemu.credentials import endpoint_url, save_default_key
 from ebsemu.direct import routes as direct_routes
@@ -60,7 +60,7 @@ def build_core(config: Config) -> Core:
         config=config,
         store=store,
         storage_hosts=hosts.build_storage_hosts(config, runner, templates, export),
-        blocks=registry.BLOCK_STORES["local"](config.blocks_dir),
+        blocks=build_block_store(config),
         jobs=Jobs(store),
         vmms=hosts.build_vmms(config, runner, templates),
         export=export,
@@ -162,7 +162,7 @@ def make_app(
         client_max_size=config.max_request_bytes, middlewares=[request_context, observe_requests]
     )
     app[CORE_KEY] = core
-    app[METRICS_KEY] = Metrics(core)
+    app[METRICS_KEY] = Metrics(core, metrics_refresh_seconds(config))
     services = build_services(core)
     app[SERVICES_KEY] = services
     app[AUTH_KEY] = Authenticator(accounts.key, default_account=config.account_id, enabled=auth)
@@ -192,6 +192,7 @@ def make_app(
         await core.storage_hosts.check_in_use(core.store)
         for vmm in core.vmms.values():
             await vmm.check_setup()
+        await asyncio.to_thread(core.blocks.check_setup)
         await asyncio.to_thread(core.blocks.remove_temp_files)
         report = await Reconciler(core, services.exports).run(apply=True)
         if report.findings:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from backends.errors import SetupError
 from ebsemu import hosts
+from ebsemu.block_stores import build_block_store, describe
 from ebsemu.config import Config
 
 
@@ -24,6 +25,10 @@ async def check(config: Config) -> list[tuple[str, str | None]]:
             checks.append((f"export on {entry.label}", entry.export.check_setup))
     if export is not None:
         checks.append((f"export ({config.export_backend})", export.check_setup))
+    blocks = build_block_store(config)
+    checks.append(
+        (f"blockstore ({describe(config)})", lambda: asyncio.to_thread(blocks.check_setup))
+    )
     vmms = hosts.build_vmms(config, runner, templates)
     for host in config.vmm_hosts:
         checks.append((f"vmm {host.name} ({host.driver}, {host.url})", vmms[host.name].check_setup))

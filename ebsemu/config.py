@@ -73,6 +73,8 @@ class Config:
     export_backend: str = "none"
     export_options: dict[str, str] = field(default_factory=dict)
     blockstore_path: Path | None = None
+    blockstore_backend: str = "local"  # local | rados
+    blockstore_options: dict[str, str] = field(default_factory=dict)  # rados: conf, pool, …
     deleted_visible_seconds: float = 10.0
     max_volumes: int = 5000
     max_snapshots: int = 100000
@@ -224,8 +226,14 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
         export = dict(parser["export"])
         values["export_backend"] = export.pop("backend", "none")
         values["export_options"] = export
-    if parser.has_section("blockstore") and "path" in parser["blockstore"]:
-        values["blockstore_path"] = base / parser["blockstore"]["path"]
+    if parser.has_section("blockstore"):
+        blockstore = dict(parser["blockstore"])
+        values["blockstore_backend"] = blockstore.pop("backend", "local")
+        if "path" in blockstore:
+            values["blockstore_path"] = base / blockstore.pop("path")
+        if "conf" in blockstore:
+            blockstore["conf"] = str(base / blockstore["conf"])
+        values["blockstore_options"] = blockstore
     zones: list[Zone] = []
     for section in parser.sections():
         if section.startswith("region "):

@@ -29,7 +29,8 @@ def test_check_host_names_each_missing_piece_and_fails(tmp_path: Path) -> None:
     assert lines[0] == "ok   storage (file)"
     assert lines[1].startswith("FAIL export (tgt): tgtd does not answer on control port 32001")
     assert "tgtd -C 32001" in lines[1]
-    assert lines[2].startswith("FAIL vmm kvm1 (qemu, local): QMP socket directory")
+    assert lines[2] == f"ok   blockstore (local, {tmp_path / 'data' / 'blocks'})"
+    assert lines[3].startswith("FAIL vmm kvm1 (qemu, local): QMP socket directory")
 
 
 def test_check_host_passes_when_every_host_is_ready(tmp_path: Path) -> None:
@@ -39,4 +40,8 @@ def test_check_host_passes_when_every_host_is_ready(tmp_path: Path) -> None:
         tmp_path, f"[vmm kvm1]\ndriver = qemu\nzone = us-east-1a\nsocket_dir = {sockets}\n"
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines() == ["ok   storage (file)", "ok   vmm kvm1 (qemu, local)"]
+    assert result.stdout.splitlines() == [
+        "ok   storage (file)",
+        f"ok   blockstore (local, {tmp_path / 'data' / 'blocks'})",
+        "ok   vmm kvm1 (qemu, local)",
+    ]

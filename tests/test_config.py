@@ -30,6 +30,8 @@ def test_every_config_option_is_documented_in_the_example() -> None:
         "export_options",
         "export_backend",
         "blockstore_path",
+        "blockstore_backend",
+        "blockstore_options",
         "hostcmds",
         "vmm_hosts",
         "storage_hosts",
@@ -84,3 +86,18 @@ def test_a_vmm_host_without_a_zone_is_a_configuration_error(tmp_path: Path) -> N
     path.write_text("[vmm kvm1]\ndriver = qemu\n")
     with pytest.raises(ValueError, match="zone"):
         config.load(path)
+
+
+def test_blockstore_section_names_the_backend_and_its_options(tmp_path: Path) -> None:
+    path = tmp_path / "c.ini"
+    path.write_text(
+        "[blockstore]\nbackend = rados\nconf = ceph/ceph.conf\npool = ebsemu\nuser = ebs\n"
+    )
+    loaded = config.load(path)
+    assert loaded.blockstore_backend == "rados"
+    assert loaded.blockstore_options == {
+        "conf": str(tmp_path / "ceph" / "ceph.conf"),
+        "pool": "ebsemu",
+        "user": "ebs",
+    }
+    assert config.load(None).blockstore_backend == "local"

@@ -55,6 +55,7 @@ def test_check_host_reports_each_storage_host_reached_over_ssh(
     assert result.stdout.splitlines() == [
         f"ok   storage far (remote-file, {sshd.url})",
         "ok   storage near (file, local)",
+        f"ok   blockstore (local, {tmp_path / 'data' / 'blocks'})",
     ]
     assert (tmp_path / "far" / "volumes").is_dir()  # made on the host by its check
 
@@ -75,7 +76,8 @@ def test_check_host_names_a_missing_tool_and_an_unreachable_storage_host(
         + " <path>\n",
     )
     assert result.returncode == 1
-    far, gone, vg1 = result.stdout.splitlines()
+    far, gone, vg1, blocks = result.stdout.splitlines()
+    assert blocks == f"ok   blockstore (local, {tmp_path / 'data' / 'blocks'})"
     assert far == (
         f"FAIL storage far (remote-file, {sshd.url}): /opt/none/fallocate is not installed on "
         "the storage host (apt-get install util-linux)"

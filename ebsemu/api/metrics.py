@@ -3,7 +3,8 @@
 Written by hand: a few counters, one histogram and gauges read from the store at scrape time
 need no client library. Request metrics are kept in memory from the server's start; gauges
 (volumes and snapshots by state, jobs by kind and state, the block store's blocks and bytes)
-are read when scraped.
+are read when scraped, the block store's at most every ``[blockstore] metrics_refresh_seconds``
+(0 for the local store; 60 by default for RADOS, where they take a listing of every block).
 
 /metrics takes no signature (a Prometheus scraper cannot sign SigV4): it shows aggregate
 figures only, no resource ids, account ids or secrets. ``[server] metrics = off`` removes it;
@@ -59,10 +60,16 @@ class Histogram:
 class Metrics:
     """The request counters and latency histograms, and the gauges read at scrape time."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, block_store_refresh_seconds: float = 0.0) -> None:
         self._core = core
         self.requests: dict[tuple[str, str], int] = defaultdict(int)
         self.latency: dict[str, Histogram] = defaultdict(Histogram)
+        # The block store's figures cost a listing of every block (RADOS: a round trip per
+        # block for the bytes), so they are re-read at most this often; one scrape at a time.
+        self._block_refresh = block_store_refresh_seconds
+        self._block_lock = asyncio.Lock()
+        self._block_figures: tuple[int, int] | None = None
+        self._block_read_at = 0.0
 
     def observe(self, action: str, code: str, seconds: float) -> None:
         self.requests[(action, code)] += 1
@@ -70,7 +77,7 @@ class Metrics:
 
     async def render(self) -> str:
         inventory = await self._core.store.inventory()
-        blocks, stored = await asyncio.to_thread(self._block_store)
+        blocks, stored = await self._block_store_figures()
         out: list[str] = []
         _family(out, "ebsemu_api_requests_total", "counter", "EC2 API requests by action and code")
         for (action, code), count in sorted(self.requests.items()):
@@ -88,6 +95,14 @@ class Metrics:
         _family(out, "ebsemu_blockstore_bytes", "gauge", "Bytes the stored blocks take")
         out.append(_sample("ebsemu_blockstore_bytes", stored))
         return "\n".join(out) + "\n"
+
+    async def _block_store_figures(self) -> tuple[int, int]:
+        async with self._block_lock:
+            now = time.monotonic()
+            if self._block_figures is None or now - self._block_read_at >= self._block_refresh:
+                self._block_figures = await asyncio.to_thread(self._block_store)
+                self._block_read_at = now
+            return self._block_figures
 
     def _block_store(self) -> tuple[int, int]:
         blocks = self._core.blocks
