@@ -17,13 +17,13 @@ from botocore.config import Config as BotoConfig
 
 from backends.blockstore import LocalBlockStore
 from backends.file import FileStorage
+from ebsemu.app import build_services
 from ebsemu.config import Config
 from ebsemu.model import GIB, Volume, VolumeState, VolumeType, new_id, utcnow
 from ebsemu.service.core import Core
 from ebsemu.service.jobs import Jobs
 from ebsemu.service.storage_hosts import StorageHostEntry, StorageHosts
-from ebsemu.service.volume_status import EXPORT_LOST, STORAGE_LOST, VolumeStatusService
-from ebsemu.service.volumes import VolumeService
+from ebsemu.service.volume_status import EXPORT_LOST, STORAGE_LOST
 from ebsemu.store.sqlite import SqliteStore
 from ebsemu.timefmt import to_wire
 from tests.api_support import aws_error, new_volume, raw_request, volume_segment
@@ -307,7 +307,7 @@ def test_volumes_not_created_or_busy_have_insufficient_data(tmp_path: Path) -> N
                 blocks=LocalBlockStore(config.blocks_dir),
                 jobs=Jobs(store),
             )
-            service = VolumeStatusService(core, VolumeService(core))
+            service = build_services(core).volume_status
             volumes = []
             for state, vtype in (
                 (VolumeState.CREATING, VolumeType.GP2),

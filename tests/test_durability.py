@@ -14,6 +14,7 @@ from ebsemu.app import build_services
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.jobs import Jobs
+from ebsemu.service.storage_hosts import StorageHosts
 from ebsemu.store.sqlite import SqliteStore
 from tests.test_host_faults import request
 
@@ -77,7 +78,7 @@ def test_a_snapshot_is_completed_only_after_its_blocks_were_flushed(tmp_path: Pa
         core = Core(
             config=cfg,
             store=store,
-            storage=storage,
+            storage_hosts=StorageHosts.single(storage),
             blocks=WatchedBlocks(cfg.blocks_dir, events),
             jobs=Jobs(store),
         )

@@ -31,6 +31,7 @@ from ebsemu.service.core import Core
 from ebsemu.service.instances import instance_id
 from ebsemu.service.jobs import Jobs
 from ebsemu.service.reconcile import drop_stale_views
+from ebsemu.service.storage_hosts import StorageHosts
 from ebsemu.service.volumes import VolumeRequest
 from ebsemu.store.sqlite import SqliteStore
 from hostcmds import RecordingRunner, Reply, load_templates
@@ -67,7 +68,7 @@ async def rig(tmp_path: Path, lv_type: str, also: Responder | None = None) -> As
     core = Core(
         config=cfg,
         store=store,
-        storage=storage,
+        storage_hosts=StorageHosts.single(storage),
         blocks=LocalBlockStore(cfg.blocks_dir),
         jobs=Jobs(store),
     )

@@ -9,16 +9,16 @@ from pathlib import Path
 
 from backends.blockstore import LocalBlockStore
 from backends.lvm import LvmConfig, LvmStorage
+from ebsemu.app import build_services
 from ebsemu.config import Config
 from ebsemu.model import GIB
 from ebsemu.modification import ModificationState
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
-from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
 from ebsemu.service.modification_rules import ModifyRequest
-from ebsemu.service.modifications import ModificationService
-from ebsemu.service.volumes import VolumeRequest, VolumeService
+from ebsemu.service.storage_hosts import StorageHosts
+from ebsemu.service.volumes import VolumeRequest
 from ebsemu.store.sqlite import SqliteStore
 from hostcmds import load_templates
 from tests.lvm_fixtures import MetadataOnlyRunner, loop_volume_group
@@ -51,14 +51,14 @@ def test_modify_volume_grows_the_lv_with_lvextend_and_fails_cleanly_past_the_vg(
             core = Core(
                 config=Config(data_dir=tmp_path, modification_cooldown_seconds=0),
                 store=store,
-                storage=storage,
+                storage_hosts=StorageHosts.single(storage),
                 blocks=LocalBlockStore(tmp_path / "blocks"),
                 jobs=Jobs(store),
             )
             try:
                 await storage.check_setup()
-                volumes = VolumeService(core)
-                modifications = ModificationService(core, volumes, InstanceService(core))
+                services = build_services(core)
+                volumes, modifications = services.volumes, services.modifications
                 volume = await volumes.create(CTX, request(1))
                 await core.jobs.idle()
                 runner.argvs.clear()

@@ -78,6 +78,11 @@ class StorageHosts:
             raise ValueError("at least one storage host is needed")
         self._entries = {entry.name: entry for entry in entries}
 
+    @classmethod
+    def single(cls, backend: StorageBackend, export: ExportBackend | None = None) -> StorageHosts:
+        """One storage host serving every zone, as the one ``[storage]`` section configures."""
+        return cls([StorageHostEntry("default", None, backend, "storage", export)])
+
     @property
     def entries(self) -> list[StorageHostEntry]:
         return list(self._entries.values())
