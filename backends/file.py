@@ -48,7 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from backends import luks, sparse
+from backends import heap, luks, sparse
 from backends.batching import GroupRunner
 from backends.errors import BackendError, CapacityError, SetupError
 from ebsemu.model import BLOCK_SIZE
@@ -236,6 +236,7 @@ class FileView:
     def __init__(self, directory: Path, layout: Layout) -> None:
         self._layout = layout
         self._fds: list[int] = []
+        heap.keep_block_buffers()
         try:
             for index in range(layout.segment_count):
                 fd = os.open(directory / segment_name(index), os.O_RDONLY)
