@@ -42,13 +42,14 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from backends import luks, sparse
+from backends import heap, luks, sparse
+from backends.batching import GroupRunner
 from backends.errors import BackendError, CapacityError, SetupError
 from ebsemu.model import BLOCK_SIZE
 
@@ -179,12 +180,63 @@ def _is_luks(directory: Path) -> bool:
     return isinstance(data, dict) and data.get("encryption") == LUKS
 
 
+def _create_error(volume_id: str, exc: BaseException) -> BaseException:
+    """What a failed create of ``volume_id`` raises to its caller."""
+    if isinstance(exc, OSError):
+        if exc.errno in _NO_SPACE | {errno.EFBIG}:
+            return CapacityError(f"cannot create volume {volume_id}: {exc}")
+        return BackendError(f"cannot create volume {volume_id}: {exc}")
+    return exc
+
+
+class _Staged:
+    """A volume being created in its staging directory, its files still open until synced."""
+
+    def __init__(self, path: Path, final: Path, layout: Layout) -> None:
+        self.path = path
+        self.final = final
+        self.layout = layout
+        self._fds: list[int] = []
+
+    def make(self, parent: Path) -> None:
+        """The staging directory with its sparse segments and layout, not yet fsynced."""
+        try:
+            os.mkdir(self.path)
+        except FileNotFoundError:
+            parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(self.path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        for index in range(self.layout.segment_count):
+            fd = os.open(self.path / segment_name(index), flags, 0o600)
+            self._fds.append(fd)
+            os.ftruncate(fd, self.layout.segment_size(index))
+        fd = os.open(self.path / META_NAME, flags, 0o600)
+        self._fds.append(fd)
+        text = json.dumps(self.layout.to_json(), sort_keys=True) + "\n"
+        sparse.pwrite_all(fd, text.encode(), 0)
+
+    def sync(self) -> None:
+        """fsync every staged file, then the staging directory (its entries)."""
+        try:
+            for fd in self._fds:
+                os.fsync(fd)
+        finally:
+            self.close()
+        sparse.fsync_dir(self.path)
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+
 class FileView:
     """A frozen view opened for reading; yields its data blocks without reading its holes."""
 
     def __init__(self, directory: Path, layout: Layout) -> None:
         self._layout = layout
         self._fds: list[int] = []
+        heap.keep_block_buffers()
         try:
             for index in range(layout.segment_count):
                 fd = os.open(directory / segment_name(index), os.O_RDONLY)
@@ -264,6 +316,7 @@ class FileStorage:
         self._luks_unavailable: str | None = (
             "no LUKS formatter is configured" if luks_formatter is None else "not checked yet"
         )
+        self._creates = GroupRunner(self._create_batch)
 
     # -- control path (coroutines; the file work runs in worker threads) --
 
@@ -310,7 +363,7 @@ class FileStorage:
         )
 
     async def create(self, volume_id: str, size_bytes: int) -> None:
-        await asyncio.to_thread(self._create, volume_id, size_bytes)
+        await self._creates.run((volume_id, size_bytes))
 
     async def delete(self, volume_id: str) -> None:
         await asyncio.to_thread(self._remove, self._volumes, _check_id(volume_id))
@@ -437,36 +490,83 @@ class FileStorage:
     def _staging(parent: Path, kind: str, name: str) -> Path:
         return parent / f".{kind}-{name}-{secrets.token_hex(4)}"
 
-    def _create(self, volume_id: str, size_bytes: int) -> None:
+    def _create_batch(self, items: Sequence[tuple[str, int]]) -> list[BaseException | None]:
+        """Create the volumes of one batch (volume id, size): stage each one's segments and
+        layout in a staging directory, make every staged file and directory durable, rename
+        each into place, then fsync the volumes directory once. As with one create at a time,
+        a volume's directory appears under its own name only with its files durable, and the
+        call returns only once the rename is; the batch shares the journal commits."""
+        results: list[BaseException | None] = [None] * len(items)
+        staged: list[tuple[int, _Staged]] = []
+        for position, (volume_id, size_bytes) in enumerate(items):
+            try:
+                staging = self._stage_plain(volume_id, size_bytes)
+            except (BackendError, OSError) as exc:
+                results[position] = _create_error(volume_id, exc)
+                continue
+            if staging is not None:
+                staged.append((position, staging))
+        for position, staging in staged:
+            try:
+                staging.sync()
+            except OSError as exc:
+                results[position] = _create_error(staging.final.name, exc)
+        moved: list[tuple[int, _Staged]] = []
+        for position, staging in staged:
+            if results[position] is None:
+                try:
+                    if self._move_in(staging):
+                        moved.append((position, staging))
+                except (BackendError, OSError) as exc:
+                    results[position] = _create_error(staging.final.name, exc)
+            if results[position] is not None:
+                shutil.rmtree(staging.path, ignore_errors=True)
+        if moved:
+            try:
+                sparse.fsync_dir(self._volumes)
+            except OSError as exc:
+                for position, staging in moved:
+                    results[position] = _create_error(staging.final.name, exc)
+                return results
+        for _, staging in moved:
+            logger.info(
+                "created volume %s: %s in %d segment file(s)",
+                staging.final.name,
+                format_bytes(staging.layout.size_bytes),
+                staging.layout.segment_count,
+            )
+        return results
+
+    def _stage_plain(self, volume_id: str, size_bytes: int) -> _Staged | None:
+        """The volume's segments and layout in a new staging directory, not yet durable; None
+        if the volume exists already with that size."""
         final = self._volumes / _check_id(volume_id)
         _check_size(size_bytes)
         if self._keep_existing(final, size_bytes):
-            return
-        staging = self._staging(self._volumes, "tmp", volume_id)
+            return None
+        layout = Layout(size_bytes, self._segment_size())
+        staging = _Staged(self._staging(self._volumes, "tmp", volume_id), final, layout)
         try:
-            layout = Layout(size_bytes, self._segment_size())
-            self._volumes.mkdir(parents=True, exist_ok=True)
-            staging.mkdir()
-            for index in range(layout.segment_count):
-                sparse.make_sparse(staging / segment_name(index), layout.segment_size(index))
-            sparse.write_json_atomic(staging / META_NAME, layout.to_json())
-            os.rename(staging, final)
+            staging.make(self._volumes)
+        except BaseException:
+            staging.close()
+            shutil.rmtree(staging.path, ignore_errors=True)
+            raise
+        return staging
+
+    def _move_in(self, staging: _Staged) -> bool:
+        """Rename the staged volume to its own name; False if a concurrent create of the same
+        volume got there first (with the same size: BackendError otherwise)."""
+        try:
+            os.rename(staging.path, staging.final)
         except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and self._keep_existing(
-                final, size_bytes
+                staging.final, staging.layout.size_bytes
             ):
-                return  # created concurrently
-            if exc.errno in _NO_SPACE | {errno.EFBIG}:
-                raise CapacityError(f"cannot create volume {volume_id}: {exc}") from exc
-            raise BackendError(f"cannot create volume {volume_id}: {exc}") from exc
-        sparse.fsync_dir(self._volumes)
-        logger.info(
-            "created volume %s: %s in %d segment file(s)",
-            volume_id,
-            format_bytes(size_bytes),
-            layout.segment_count,
-        )
+                shutil.rmtree(staging.path, ignore_errors=True)
+                return False
+            raise
+        return True
 
     def _stage(self, final: Path, layout: Layout) -> Path | None:
         """A new staging directory for the volume ``final``; None if it exists already with
