@@ -165,7 +165,7 @@ def render(report: Report) -> str:
         ]
         out += [*_table(["benchmark", "ebsemu", "machine limit", "ratio", "detail"], lines), ""]
     if report.targets:
-        out += ["## Targets (issue 7)", ""]
+        out += ["## Targets", ""]
         lines = [[t.name, t.measured, t.threshold, t.verdict] for t in report.targets]
         out += [*_table(["target", "measured", "required", "verdict"], lines), ""]
     if report.notes:

@@ -3,7 +3,7 @@
 Starts ebsemu (fresh data directory in a temporary directory) and moto_server on free loopback
 ports for each section, runs the same workload against both, and prints Markdown tables of
 calls/s, latency and server CPU per call with the ratio ebsemu/moto, the data-path results
-against this machine's own limits, and issue 7's targets with PASS/FAIL.
+against this machine's own limits, and the performance targets with PASS/FAIL.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 7's targets, checked against one run's ratios."""
+"""The performance targets, checked against one run's ratios."""
 
 from __future__ import annotations
 

@@ -96,4 +96,4 @@ def test_quick_benchmark_prints_every_row_for_both_servers(tmp_path: Path) -> No
     assert printed in result.stdout
     for workload in {w for _, w in expected}:
         assert workload in printed
-    assert "## Targets (issue 7)" in printed
+    assert "## Targets" in printed
