@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+from hostcmds import CommandError, HostCommandError, HostUnreachable
+
 
 class BackendError(Exception):
     """A backend operation failed; the message is for logs, not for API clients."""
@@ -30,3 +34,13 @@ class DomainNotFound(BackendError):
 class HostUnavailable(BackendError):
     """The backend's host could not be reached: the operation did not run, or its outcome is
     unknown (the connection dropped while it ran)."""
+
+
+def command_failure(exc: HostCommandError, doing: str, no_space: re.Pattern[str]) -> BackendError:
+    """The backend-boundary error for a failed host command: HostUnavailable when its host
+    could not be reached, CapacityError when its stderr matches ``no_space``."""
+    if isinstance(exc, HostUnreachable):
+        return HostUnavailable(f"{doing}: {exc}")
+    if isinstance(exc, CommandError) and no_space.search(exc.stderr):
+        return CapacityError(f"{doing}: {exc}")
+    return BackendError(f"{doing}: {exc}")

@@ -51,19 +51,21 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from backends.base import RbdSource
-from backends.errors import BackendError, CapacityError, HostUnavailable, SetupError
+from backends.errors import (
+    BackendError,
+    SetupError,
+    command_failure,
+)
 from backends.loop_bridge import LoopBridge
 from backends.options import Options
 from backends.rbd_diff import DiffStats, diff_blocks, import_stream, parse_extents
 from ebsemu.model import BLOCK_SIZE
 from hostcmds import (
-    CommandError,
     CommandNotFound,
     CommandResult,
     CommandRunner,
     CommandTemplates,
     HostCommandError,
-    HostUnreachable,
 )
 
 log = logging.getLogger(__name__)
@@ -122,11 +124,7 @@ def _mib(size_bytes: int) -> int:
 
 
 def backend_error(exc: HostCommandError, doing: str) -> BackendError:
-    if isinstance(exc, HostUnreachable):
-        return HostUnavailable(f"{doing}: {exc}")
-    if isinstance(exc, CommandError) and _NO_SPACE.search(exc.stderr):
-        return CapacityError(f"{doing}: {exc}")
-    return BackendError(f"{doing}: {exc}")
+    return command_failure(exc, doing, _NO_SPACE)
 
 
 @dataclass(frozen=True)

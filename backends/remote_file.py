@@ -37,19 +37,21 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
-from backends.errors import BackendError, CapacityError, HostUnavailable, SetupError
+from backends.errors import (
+    BackendError,
+    SetupError,
+    command_failure,
+)
 from backends.loop_bridge import LoopBridge
 from backends.options import Options
 from backends.remote_file_view import TRANSFER_BLOCKS, RemoteFileView, data_block_ranges
 from ebsemu.model import BLOCK_SIZE
 from hostcmds import (
-    CommandError,
     CommandNotFound,
     CommandResult,
     CommandRunner,
     CommandTemplates,
     HostCommandError,
-    HostUnreachable,
 )
 
 log = logging.getLogger(__name__)
@@ -92,12 +94,7 @@ def _check_size(size_bytes: int) -> None:
 
 
 def backend_error(exc: HostCommandError, doing: str) -> BackendError:
-    """The backend-boundary error for a failed host command."""
-    if isinstance(exc, HostUnreachable):
-        return HostUnavailable(f"{doing}: {exc}")
-    if isinstance(exc, CommandError) and _NO_SPACE.search(exc.stderr):
-        return CapacityError(f"{doing}: {exc}")
-    return BackendError(f"{doing}: {exc}")
+    return command_failure(exc, doing, _NO_SPACE)
 
 
 @dataclass(frozen=True)
