@@ -38,9 +38,11 @@ class HostUnavailable(BackendError):
 
 def command_failure(exc: HostCommandError, doing: str, no_space: re.Pattern[str]) -> BackendError:
     """The backend-boundary error for a failed host command: HostUnavailable when its host
-    could not be reached, CapacityError when its stderr matches ``no_space``."""
+    could not be reached, CapacityError when its stderr matches ``no_space``. ``doing`` (what
+    failed, may be empty) prefixes the message."""
+    message = f"{doing}: {exc}" if doing else str(exc)
     if isinstance(exc, HostUnreachable):
-        return HostUnavailable(f"{doing}: {exc}")
+        return HostUnavailable(message)
     if isinstance(exc, CommandError) and no_space.search(exc.stderr):
-        return CapacityError(f"{doing}: {exc}")
-    return BackendError(f"{doing}: {exc}")
+        return CapacityError(message)
+    return BackendError(message)

@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from backends.errors import BackendError, CapacityError, SetupError
+from backends.errors import BackendError, SetupError, command_failure
 from backends.lvm_config import LvmConfig, config_from_options
 from backends.lvm_device import DeviceView, write_device_blocks
 from backends.lvm_report import (
@@ -125,10 +125,7 @@ def translates_command_errors(
 
 def backend_error(exc: HostCommandError, doing: str = "") -> BackendError:
     """The BackendError for a failed command (its stderr's last line is in ``exc``)."""
-    message = f"{doing}: {exc}" if doing else str(exc)
-    if isinstance(exc, CommandError) and _NO_SPACE.search(exc.stderr):
-        return CapacityError(message)
-    return BackendError(message)
+    return command_failure(exc, doing, _NO_SPACE)
 
 
 def _check_id(name: str) -> str:

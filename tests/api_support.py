@@ -23,7 +23,7 @@ import xmltodict
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 from tests.server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, ZONE
 
@@ -53,14 +53,20 @@ def new_volume(ec2: Any, *, wait: bool = True, **params: Any) -> str:
         params.setdefault("Size", 1)
     volume_id: str = ec2.create_volume(**params)["VolumeId"]
     if wait:
-        ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+        try:
+            ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+        except WaiterError:
+            pytest.fail(f"never available: {ec2.describe_volumes(VolumeIds=[volume_id])}")
     return volume_id
 
 
 def new_snapshot(ec2: Any, volume_id: str, *, wait: bool = True, **params: Any) -> str:
     snapshot_id: str = ec2.create_snapshot(VolumeId=volume_id, **params)["SnapshotId"]
     if wait:
-        ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot_id], WaiterConfig=FAST)
+        try:
+            ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot_id], WaiterConfig=FAST)
+        except WaiterError:
+            pytest.fail(f"never completed: {ec2.describe_snapshots(SnapshotIds=[snapshot_id])}")
     return snapshot_id
 
 

@@ -8,7 +8,18 @@ from typing import Any
 
 import pytest
 
-from tests.server import TEST_CONFIG, ServerProcess
+from tests.server import RUNNING, TEST_CONFIG, ServerProcess
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test's report carries the log tail of every server still running, so a failure
+    in CI can be read without the server's files."""
+    report = yield
+    if report.failed:
+        for proc in sorted(RUNNING, key=lambda p: p.port):
+            report.sections.append((f"ebsemu server :{proc.port} log", proc.log_tail()))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Servers started and not yet stopped: a failing test's report shows their logs.
+RUNNING: set[ServerProcess] = set()
+
+
 class ServerProcess:
     """An `ebsemu serve` subprocess on a free loopback port with its own data directory.
 
@@ -94,6 +98,7 @@ class ServerProcess:
         ]
         with self.log_path.open("ab") as log, self.stdout_path.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=log, env=self.process_env())
+        RUNNING.add(self)
         deadline = time.monotonic() + self.start_timeout
         context = ssl._create_unverified_context() if self.tls else None
         while time.monotonic() < deadline:
@@ -113,6 +118,7 @@ class ServerProcess:
         raise RuntimeError(f"server did not start in {self.start_timeout:.0f} s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        RUNNING.discard(self)
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -123,6 +129,14 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def log_tail(self, lines: int = 80) -> str:
+        """The last ``lines`` lines of the server's log (what a failing test shows)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
 
     def restart(self) -> None:
         self.stop()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.api_support import aws_error, new_snapshot, new_volume, poll, volume_segment
+from tests.api_support import FAST, aws_error, new_snapshot, new_volume, poll, volume_segment
 from tests.server import REGION, TEST_CONFIG, ZONE, ServerProcess
 from tests.test_api_cli import AWS
 
@@ -303,7 +303,7 @@ def test_a_copy_of_an_encrypted_snapshot_keeps_its_data_key_and_restores_the_sam
     key = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["KmsKeyId"]
     snapshot_id = new_snapshot(ec2, volume_id)
     copy = ec2.copy_snapshot(SourceRegion=REGION, SourceSnapshotId=snapshot_id)["SnapshotId"]
-    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[copy])
+    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[copy], WaiterConfig=FAST)
     described = ec2.describe_snapshots(SnapshotIds=[copy])["Snapshots"][0]
     assert (described["Encrypted"], described["KmsKeyId"]) == (True, key)
 

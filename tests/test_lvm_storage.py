@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backends.base import SnapshotSource, StorageBackend
-from backends.errors import BackendError, CapacityError, SetupError
+from backends.errors import BackendError, CapacityError, HostUnavailable, SetupError
 from backends.lvm import LvmStorage
 from backends.lvm_config import LvmConfig
 from backends.lvm_report import parse_lvs
 from ebsemu.model import BLOCK_SIZE
-from hostcmds import RecordingRunner, Reply, load_templates
+from hostcmds import HostUnreachable, RecordingRunner, Reply, load_templates
 from tests.lvm_fixtures import (
     EXTENT,
     GIB,
@@ -420,6 +421,23 @@ def test_a_full_thin_pool_is_a_capacity_error_and_leaves_nothing(tmp_path: Path)
         run(storage.create(volume_id, GIB))
     assert runner.argvs[-1] == ["lvremove", "--yes", f"{VG}/{volume_id}"]
     assert volume_id not in fake.lvs
+
+
+class UnreachableRunner(RecordingRunner):
+    """A storage host that went down: every command fails to reach it."""
+
+    async def run(self, argv: Sequence[str], **kwargs: Any) -> Any:
+        raise HostUnreachable("root@storage-1:22", "connection refused")
+
+
+def test_an_unreachable_host_is_host_unavailable_not_a_failed_command(tmp_path: Path) -> None:
+    config = LvmConfig(vg=VG, lv_type="thin", dev_dir=tmp_path / "dev")
+    storage = LvmStorage(UnreachableRunner(), load_templates(), config)
+    volume_id = new_id("vol")
+    with pytest.raises(HostUnavailable, match="ssh root@storage-1:22: connection refused"):
+        run(storage.create(volume_id, GIB))
+    with pytest.raises(HostUnavailable, match="connection refused"):
+        run(storage.list_volumes())
 
 
 def test_thin_view_is_a_point_in_time_snapshot_read_from_its_activated_device(
