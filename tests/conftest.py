@@ -11,6 +11,16 @@ import pytest
 from tests.server import RUNNING, TEST_CONFIG, ServerProcess
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (scripts/test) each test module runs whole in one worker, so
+    its module fixtures (servers, VMs, tgtd) start once. Modules sharing a host singleton say
+    so with ``pytestmark = pytest.mark.xdist_group(NAME)`` and share a worker."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else ""))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """A failed test's report carries the log tail of every server still running, so a failure
