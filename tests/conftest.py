@@ -10,15 +10,44 @@ import pytest
 
 from tests.server import RUNNING, TEST_CONFIG, ServerProcess
 
+# Modules that use one host singleton run in one worker, one after the other: there is one
+# libvirtd per host, the guest image is built into one cache on first use, and one single-node
+# Ceph cluster at a time is enough for this machine.
+SHARED_WORKER = {
+    "libvirtd": (
+        "test_api_attach_libvirt",
+        "test_api_modify_libvirt",
+        "test_vmm_libvirt",
+        "test_vmm_pause",
+    ),
+    "guest-image": ("test_guest_attach", "test_guest_multi_snapshots"),
+    "ceph": (
+        "test_api_blockstore_rados",
+        "test_api_rbd",
+        "test_blockstore_contract",
+        "test_rbd_export",
+        "test_rbd_storage",
+    ),
+}
+_WORKER_OF = {
+    f"tests/{module}.py": name for name, modules in SHARED_WORKER.items() for module in modules
+}
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` (scripts/test) each test module runs whole in one worker, so
-    its module fixtures (servers, VMs, tgtd) start once. Modules sharing a host singleton say
-    so with ``pytestmark = pytest.mark.xdist_group(NAME)`` and share a worker."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else ""))
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadscope`` (scripts/test) a worker runs a whole module, so its module
+    fixtures (servers, VMs, tgtd) start once, and the modules of one SHARED_WORKER entry
+    together."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return _WORKER_OF.get(module, module)
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.hookimpl(wrapper=True)

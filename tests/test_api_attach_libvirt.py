@@ -28,7 +28,6 @@ from tests.vmm_fixtures import (
 )
 
 pytestmark = [
-    pytest.mark.xdist_group("libvirtd"),  # one libvirtd serves the host: its modules share a worker
     pytest.mark.skipif(not HAVE_QEMU, reason=NEEDS_QEMU),
     pytest.mark.skipif(not HAVE_LIBVIRT, reason=NEEDS_LIBVIRT),
 ]

@@ -22,9 +22,6 @@ from tests.server import TEST_CONFIG, ServerProcess
 from tests.test_api_metrics import scrape
 from tests.test_api_snapshots import BLOCK, read_blocks, write_blocks
 
-# One single-node Ceph cluster at a time: its modules share a worker.
-pytestmark = pytest.mark.xdist_group("ceph")
-
 __all__ = ["ceph_cluster"]
 NAMESPACE = "api-blocks"
 

@@ -20,9 +20,6 @@ from tests.ceph_fixtures import CephCluster, ceph_cluster
 from tests.server import TEST_CONFIG, ZONE, ServerProcess
 from tests.vmm_fixtures import HAVE_QEMU, NEEDS_QEMU, QemuVm, qmp, run, running_vm
 
-# One single-node Ceph cluster at a time: its modules share a worker.
-pytestmark = pytest.mark.xdist_group("ceph")
-
 __all__ = ["ceph_cluster"]
 
 MIB = 1 << 20

@@ -21,9 +21,6 @@ from backends.errors import CorruptBlockError, MissingBlockError, SetupError
 from ebsemu.model import BLOCK_SIZE
 from tests.ceph_fixtures import CephCluster, ceph_cluster
 
-# One single-node Ceph cluster at a time: its modules share a worker.
-pytestmark = pytest.mark.xdist_group("ceph")
-
 __all__ = ["ceph_cluster"]
 NEEDS_RADOS = "needs the librados Python bindings: apt-get install python3-rados"
 

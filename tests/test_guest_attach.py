@@ -24,9 +24,6 @@ from tests.guest.build import GuestImage, GuestUnavailable, default_cache_dir, g
 from tests.guest.vm import MARKER, QEMU, GuestVm, running_guest
 from tests.server import TEST_CONFIG, ZONE, ServerProcess
 
-# The guest image is built into one cache on first use: its modules share a worker.
-pytestmark = pytest.mark.xdist_group("guest-image")
-
 GIB = 1024**3
 SECTOR = 512
 DEVICE = "/dev/sdf"

@@ -17,9 +17,6 @@ from hostcmds import LocalRunner, load_templates
 from tests.ceph_fixtures import CephCluster, ceph_cluster
 from tests.tgt_fixtures import qemu_io, running_tgtd
 
-# One single-node Ceph cluster at a time: its modules share a worker.
-pytestmark = pytest.mark.xdist_group("ceph")
-
 __all__ = ["ceph_cluster"]
 
 MIB = 1 << 20

@@ -19,9 +19,6 @@ from ebsemu.model import BLOCK_SIZE
 from hostcmds import LocalRunner, load_templates
 from tests.ceph_fixtures import CephCluster, ceph_cluster
 
-# One single-node Ceph cluster at a time: its modules share a worker.
-pytestmark = pytest.mark.xdist_group("ceph")
-
 __all__ = ["ceph_cluster"]
 
 MIB = 1 << 20

@@ -27,9 +27,6 @@ from tests.vmm_fixtures import (
     virsh,
 )
 
-# One libvirtd serves the host: its modules share a worker.
-pytestmark = pytest.mark.xdist_group("libvirtd")
-
 MIB = 1024 * 1024
 VOL = "vol-0123456789abcdef0"
 

@@ -34,9 +34,6 @@ from tests.vmm_fixtures import (
     virsh,
 )
 
-# One libvirtd serves the host: its modules share a worker.
-pytestmark = pytest.mark.xdist_group("libvirtd")
-
 URI = "qemu:///system"
 XL_LIST = (
     "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
