@@ -147,6 +147,21 @@ class ViewCloner(Protocol):
 
 
 @runtime_checkable
+class FastRestoreKeeper(Protocol):
+    """A ViewCloner that can keep a captured view for clones while fast snapshot restores of
+    its snapshot are enabled (later views of the volume do not replace it)."""
+
+    async def keep_for_fast_restores(self, view_id: str) -> bool | None:
+        """True once the view is kept for clones; False when it is no longer held here (no
+        clone path); None when it cannot be kept yet (ask again)."""
+        ...
+
+    async def release_fast_restores(self, view_id: str) -> None:
+        """Stop keeping the view for fast restores (drop_view still removes it). Idempotent."""
+        ...
+
+
+@runtime_checkable
 class BlockStore(Protocol):
     """Snapshot blocks addressed by SHA-256, stored once (blocking methods)."""
 

@@ -10,6 +10,8 @@ Names in the pool (``rbd ls --long`` lists images and snapshots in one call)::
     vol-…                   a volume; carries image-meta ebsemu.volume=<volume id>
     vol-…@snap-…            a frozen view (a pending snapshot's RBD snapshot)
     vol-…@snap-….base       a captured view kept as the base of the volume's next diff
+    vol-…@snap-….fsr        a captured view kept (protected) for clones while fast snapshot
+                            restores of its snapshot are enabled; never a diff base
     deleted.vol-…           a deleted volume that still has views (or clones of its base)
                             to serve; removed when the last of them goes
 
@@ -31,6 +33,11 @@ data is held in memory while it is read.
 ``clone_from_view`` makes a volume from a kept base with ``rbd clone`` (O(1)); the base is
 protected first (clone format 1; format 2 clusters accept that too). A protected base with
 clones stays until the clones are deleted (its snapshot's deletion then only logs).
+
+``keep_for_fast_restores`` renames a snapshot's ``….base`` to ``….fsr`` and protects it: later
+views of the volume no longer replace it, and ``clone_from_view`` clones it. The volume's next
+view is then read whole (no base). ``release_fast_restores`` gives it back as the base when
+the volume has none, else removes it; ``drop_view`` removes it with its snapshot.
 
 Writes (``write_blocks``) go in as ``rbd import-diff`` streams built from the blocks: data
 runs as write records, zero runs as zero records, so holes stay unallocated.
@@ -96,6 +103,7 @@ TEMPLATES = (
 OPTIONS = ("pool", "conf", "user", "command_timeout")
 META_KEY = "ebsemu.volume"
 BASE_SUFFIX = ".base"
+FSR_SUFFIX = ".fsr"
 DELETED_PREFIX = "deleted."
 MIB = 1 << 20
 TRANSFER_BLOCKS = 64  # 32 MiB per import-diff command
@@ -398,6 +406,9 @@ class RbdStorage:
             if view is None:
                 log.info("view %s: gone; nothing to keep", view_id)
                 return
+            if str(view.snap).endswith(FSR_SUFFIX):
+                log.info("view %s: kept for fast snapshot restores already", view_id)
+                return
             bases = [
                 e for e in _snaps(entries, view.image)
                 if e.snap is not None and e.snap.endswith(BASE_SUFFIX) and e.snap != view.snap
@@ -447,13 +458,15 @@ class RbdStorage:
     async def clone_from_view(self, view_id: str, volume_id: str, size_bytes: int) -> bool:
         """Make the volume a clone of the view's kept base (O(1)), grown to ``size_bytes``.
         False when no base of that view is kept here (restore its blocks instead)."""
-        snap, image = _check_view(view_id) + BASE_SUFFIX, _check_volume(volume_id)
+        names = (_check_view(view_id) + FSR_SUFFIX, view_id + BASE_SUFFIX)
+        image = _check_volume(volume_id)
         size_mib = _mib(size_bytes)
         try:
             entries = await self._entries()
-            base = next((e for e in entries if e.snap == snap and _ours(e.image)), None)
+            base = next((e for e in entries if e.snap in names and _ours(e.image)), None)
             if base is None or base.size_bytes > size_bytes:
                 return False
+            snap = str(base.snap)
             if _image(entries, image) is not None:
                 raise BackendError(f"volume {volume_id} exists already; cannot clone it")
             if not base.protected:
@@ -470,6 +483,63 @@ class RbdStorage:
             raise backend_error(exc, f"cannot clone {view_id} as {volume_id}") from exc
         log.info("volume %s: cloned from %s@%s", volume_id, base.image, snap)
         return True
+
+    async def keep_for_fast_restores(self, view_id: str) -> bool | None:
+        """Keep the view's RBD snapshot as a protected ``….fsr`` that later views never
+        replace, for clones. True once kept; False when the pool holds no captured RBD
+        snapshot of the view (an older view whose base has gone: no clone path); None while
+        that cannot be done yet (the view is still pending, or a view being read diffs
+        against it): ask again."""
+        snap = _check_view(view_id)
+        try:
+            held = _find_snap(await self._entries(), snap)
+            if held is None or held.image.startswith(DELETED_PREFIX):
+                return False
+            if held.snap == snap or self._being_read(view_id):
+                return None
+            if held.snap != snap + FSR_SUFFIX:
+                await self._run(
+                    "snapRenameCmd",
+                    image=held.image,
+                    snap=str(held.snap),
+                    newSnap=snap + FSR_SUFFIX,
+                )
+            if not held.protected:
+                await self._run("snapProtectCmd", image=held.image, snap=snap + FSR_SUFFIX)
+        except HostCommandError as exc:
+            raise backend_error(exc, f"cannot keep view {view_id} for fast restores") from exc
+        log.info("view %s: kept as %s@%s%s for clones", view_id, held.image, snap, FSR_SUFFIX)
+        return True
+
+    async def release_fast_restores(self, view_id: str) -> None:
+        """Fast snapshot restores of the view are disabled: its ``….fsr`` becomes the volume's
+        diff base again when the volume has none, else it is removed (kept, logged, while
+        clones of it exist). Idempotent."""
+        snap = _check_view(view_id) + FSR_SUFFIX
+        try:
+            entries = await self._entries()
+            held = next((e for e in entries if e.snap == snap and _ours(e.image)), None)
+            if held is None:
+                return
+            bases = [
+                e for e in _snaps(entries, held.image)
+                if e.snap is not None and e.snap.endswith(BASE_SUFFIX)
+            ]  # fmt: skip
+            if bases or held.image.startswith(DELETED_PREFIX):
+                await self._remove_snap(held)
+                await self._collect(await self._entries())
+            else:
+                await self._run(
+                    "snapRenameCmd", image=held.image, snap=snap, newSnap=view_id + BASE_SUFFIX
+                )
+            await self._refresh_free()
+        except HostCommandError as exc:
+            raise backend_error(exc, f"cannot release view {view_id}") from exc
+        log.info("view %s: no longer kept for fast snapshot restores", view_id)
+
+    def _being_read(self, view_id: str) -> bool:
+        with self._guard:
+            return view_id in self._bases_read
 
     # -- data path (blocking; run in worker threads) -----------------------------------------
 
@@ -696,6 +766,7 @@ def _snaps(entries: Iterable[Entry], image: str) -> list[Entry]:
 
 
 def _find_snap(entries: Iterable[Entry], view_id: str) -> Entry | None:
-    """The view's snapshot (pending, or kept as a base) on one of ebsemu's images."""
-    names = (view_id, view_id + BASE_SUFFIX)
+    """The view's snapshot (pending, kept as a base or for fast restores) on one of ebsemu's
+    images."""
+    names = (view_id, view_id + BASE_SUFFIX, view_id + FSR_SUFFIX)
     return next((e for e in entries if e.snap in names and _ours(e.image)), None)

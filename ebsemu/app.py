@@ -32,6 +32,7 @@ from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.exports import ExportService
+from ebsemu.service.fast_restores import FastRestoreService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
 from ebsemu.service.modifications import ModificationService
@@ -91,6 +92,7 @@ def build_services(core: Core) -> Services:
         multi_snapshots=MultiSnapshotService(core, volumes, instances, encryption),
         volume_status=VolumeStatusService(core, volumes),
         modifications=ModificationService(core, volumes, instances),
+        fast_restores=FastRestoreService(core, snapshots),
     )
 
 

@@ -14,6 +14,7 @@ from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.context import RequestContext
 from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.exports import ExportService
+from ebsemu.service.fast_restores import FastRestoreService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.modifications import ModificationService
 from ebsemu.service.multi_snapshots import MultiSnapshotService
@@ -43,6 +44,7 @@ class Services:
     volume_status: VolumeStatusService
     encryption: EncryptionService
     modifications: ModificationService
+    fast_restores: FastRestoreService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]
@@ -223,5 +225,11 @@ async def modify_instance_attribute(svc: Services, ctx: RequestContext, p: Param
 
 
 # Actions kept in modules of their own register themselves when imported (after `action`).
-# CopySnapshot, CreateSnapshots; ModifyVolume; volume attributes and status:
-from ebsemu.api import actions_copies, actions_modify, actions_status  # noqa: E402, F401
+# CopySnapshot, CreateSnapshots; ModifyVolume; volume attributes and status; fast snapshot
+# restores:
+from ebsemu.api import (  # noqa: E402, F401
+    actions_copies,
+    actions_fast_restores,
+    actions_modify,
+    actions_status,
+)

@@ -15,7 +15,7 @@ from backends.base import ViewKeeper
 from backends.errors import BackendError
 from ebsemu import errors, faults
 from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_id, utcnow
-from ebsemu.service import listing, sharing, snapshot_data
+from ebsemu.service import fast_restores, listing, sharing, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
@@ -226,6 +226,7 @@ class SnapshotService:
 
     async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:
         await self._core.jobs.cancel("capture_snapshot", snapshot_id)
+        await fast_restores.disable_deleted(self._core.store, snapshot_id)
         host = await self._core.store.snapshot_storage_host(snapshot_id)
         if host is not None:
             await self._drop_view(host, snapshot_id)

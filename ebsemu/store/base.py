@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
+from ebsemu.fast_restore import FastRestore, FastRestoreState
 from ebsemu.model import (
     Attachment,
     AttachmentState,
@@ -206,6 +207,26 @@ class StepStore(Protocol):
     async def job_steps(self, job_id: int) -> list[tuple[str, str]]: ...
 
 
+class FastRestoreStore(Protocol):
+    """Fast snapshot restores (ebsemu.service.fast_restores)."""
+
+    async def begin_fast_restore(
+        self, record: FastRestore, limit: int
+    ) -> tuple[FastRestore, bool] | None: ...
+    async def fast_restores_of(
+        self, snapshot_id: str, account_id: str | None = None
+    ) -> list[FastRestore]: ...
+    async def transition_fast_restore(
+        self,
+        record: FastRestore,
+        expected: Collection[FastRestoreState],
+        new: FastRestoreState,
+        reason: str,
+        at: datetime,
+    ) -> bool: ...
+    async def list_fast_restores(self, query: ListQuery) -> Page[FastRestore]: ...
+
+
 class Store(
     AccountStore,
     DirectStore,
@@ -215,6 +236,7 @@ class Store(
     ModificationStore,
     ReconcileStore,
     StepStore,
+    FastRestoreStore,
     Protocol,
 ):
     async def open(self) -> None: ...

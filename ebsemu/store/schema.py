@@ -250,4 +250,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, seq)
     ) WITHOUT ROWID;
     """,
+    # 12: fast snapshot restores: per account, snapshot and zone, its state and when each
+    # state began (a disabled one stays listed until it is enabled again)
+    """
+    CREATE TABLE fast_snapshot_restores (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT NOT NULL,
+        snapshot_id TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        zone_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        snapshot_owner_id TEXT NOT NULL,
+        enabling_time TEXT,
+        optimizing_time TEXT,
+        enabled_time TEXT,
+        disabling_time TEXT,
+        disabled_time TEXT,
+        UNIQUE (account_id, snapshot_id, zone)
+    );
+    CREATE INDEX fast_snapshot_restores_snapshot ON fast_snapshot_restores(snapshot_id, state);
+    """,
 ]

@@ -43,6 +43,7 @@ from ebsemu.store.sqlite_accounts import AccountTables
 from ebsemu.store.sqlite_base import Rollback, fetch, placeholders, prefixed
 from ebsemu.store.sqlite_direct import DirectTables
 from ebsemu.store.sqlite_encryption import EncryptionTables
+from ebsemu.store.sqlite_fast_restores import FastRestoreTables
 from ebsemu.store.sqlite_instances import InstanceTables, complete_volumes
 from ebsemu.store.sqlite_inventory import InventoryTables
 from ebsemu.store.sqlite_modifications import ModificationTables
@@ -64,6 +65,7 @@ class SqliteStore(
     ModificationTables,
     ReconcileTables,
     StepTables,
+    FastRestoreTables,
 ):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
