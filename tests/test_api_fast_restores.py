@@ -28,10 +28,18 @@ def fsr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     server.stop()
 
 
-def _account(server: ServerProcess) -> Any:
-    """A client of a new account: each test has its own per-region limit and listing."""
-    _, key = server.new_account()
-    return server.client(key=key)
+@pytest.fixture(scope="module")
+def other(fsr_server: ServerProcess) -> tuple[str, Any]:
+    """A second account: its id and a client."""
+    account_id, key = fsr_server.new_account()
+    return account_id, fsr_server.client(key=key)
+
+
+def _disable_all(ec2: Any, snapshot_ids: list[str]) -> None:
+    """Leave the account's per-region limit as the test found it."""
+    ec2.disable_fast_snapshot_restores(
+        SourceSnapshotIds=snapshot_ids, AvailabilityZones=[ZONE, ZONE_B]
+    )
 
 
 def _snapshot(ec2: Any) -> str:
@@ -61,7 +69,7 @@ def _settled(ec2: Any, snapshot_id: str, state: str, zones: set[str]) -> dict[st
 def test_enable_answers_enabling_then_optimizing_and_enabled_per_zone(
     fsr_server: ServerProcess,
 ) -> None:
-    ec2 = _account(fsr_server)
+    ec2 = fsr_server.client()
     owner = ec2.describe_snapshots(SnapshotIds=[snapshot_id := _snapshot(ec2)])["Snapshots"][0]
     answer = ec2.enable_fast_snapshot_restores(
         SourceSnapshotIds=[snapshot_id], AvailabilityZones=[ZONE, ZONE_B]
@@ -86,12 +94,13 @@ def test_enable_answers_enabling_then_optimizing_and_enabled_per_zone(
     )
     assert [i["State"] for i in again["Successful"]] == ["enabled"]
     assert again["Successful"][0]["EnabledTime"] == enabled[ZONE]["EnabledTime"]
+    _disable_all(ec2, [snapshot_id])
 
 
 def test_disable_answers_disabling_with_the_earlier_times_then_disabled(
     fsr_server: ServerProcess,
 ) -> None:
-    ec2 = _account(fsr_server)
+    ec2 = fsr_server.client()
     snapshot_id = _snapshot(ec2)
     ec2.enable_fast_snapshot_restores(
         SourceSnapshotIds=[snapshot_id], AvailabilityZones=[ZONE, ZONE_B]
@@ -117,10 +126,13 @@ def test_disable_answers_disabling_with_the_earlier_times_then_disabled(
     # a volume restores from it as ever (file storage: block by block)
     restored = new_volume(ec2, SnapshotId=snapshot_id, AvailabilityZone=ZONE_B)
     assert ec2.describe_volumes(VolumeIds=[restored])["Volumes"][0]["SnapshotId"] == snapshot_id
+    _disable_all(ec2, [snapshot_id])
 
 
-def test_errors_are_unsuccessful_items_per_snapshot_and_zone(fsr_server: ServerProcess) -> None:
-    ec2 = _account(fsr_server)
+def test_errors_are_unsuccessful_items_per_snapshot_and_zone(
+    fsr_server: ServerProcess, other: tuple[str, Any]
+) -> None:
+    ec2 = fsr_server.client()
     snapshot_id = _snapshot(ec2)
     missing = "snap-0123456789abcdef0"
     answer = ec2.enable_fast_snapshot_restores(
@@ -145,12 +157,11 @@ def test_errors_are_unsuccessful_items_per_snapshot_and_zone(fsr_server: ServerP
         ("us-east-1z", "InvalidSnapshot.NotFound", not_found),
     }
     # another account's snapshot that is not shared with the caller: not found either
-    stranger = _account(fsr_server)
-    other = stranger.enable_fast_snapshot_restores(
+    refused = other[1].enable_fast_snapshot_restores(
         SourceSnapshotIds=[snapshot_id], AvailabilityZones=[ZONE]
     )
-    assert other["Successful"] == []
-    (item,) = other["Unsuccessful"]
+    assert refused["Successful"] == []
+    (item,) = refused["Unsuccessful"]
     assert item["FastSnapshotRestoreStateErrors"][0]["Error"]["Code"] == "InvalidSnapshot.NotFound"
     # a pending snapshot
     pending = new_snapshot(ec2, new_volume(ec2, Size=8), wait=False)
@@ -171,15 +182,15 @@ def test_errors_are_unsuccessful_items_per_snapshot_and_zone(fsr_server: ServerP
         ec2.enable_fast_snapshot_restores, SourceSnapshotIds=[], AvailabilityZones=[ZONE]
     )
     assert code == "MissingParameter"
+    _disable_all(ec2, [snapshot_id, pending])
 
 
 def test_a_shared_snapshot_can_be_enabled_and_its_deletion_disables_it(
-    fsr_server: ServerProcess,
+    fsr_server: ServerProcess, other: tuple[str, Any]
 ) -> None:
-    owner = _account(fsr_server)
+    owner = fsr_server.client()
     snapshot_id = _snapshot(owner)
-    reader_id, key = fsr_server.new_account()
-    reader = fsr_server.client(key=key)
+    reader_id, reader = other
     owner.modify_snapshot_attribute(
         SnapshotId=snapshot_id,
         Attribute="createVolumePermission",
@@ -201,7 +212,7 @@ def test_a_shared_snapshot_can_be_enabled_and_its_deletion_disables_it(
 
 
 def test_describe_filters_and_pages(fsr_server: ServerProcess) -> None:
-    ec2 = _account(fsr_server)
+    ec2 = fsr_server.client()
     snapshots = [_snapshot(ec2) for _ in range(3)]
     ec2.enable_fast_snapshot_restores(SourceSnapshotIds=snapshots, AvailabilityZones=[ZONE, ZONE_B])
     for snapshot_id in snapshots:
@@ -209,7 +220,10 @@ def test_describe_filters_and_pages(fsr_server: ServerProcess) -> None:
     ec2.disable_fast_snapshot_restores(SourceSnapshotIds=snapshots[:1], AvailabilityZones=[ZONE_B])
     _settled(ec2, snapshots[0], "disabled", {ZONE_B})
 
+    mine = {"Name": "snapshot-id", "Values": snapshots}
+
     def listed(**params: Any) -> list[tuple[str, str]]:
+        params["Filters"] = [mine, *params.get("Filters", [])]
         found = ec2.describe_fast_snapshot_restores(**params)["FastSnapshotRestores"]
         return sorted((i["SnapshotId"], i["AvailabilityZone"]) for i in found)
 
@@ -231,12 +245,14 @@ def test_describe_filters_and_pages(fsr_server: ServerProcess) -> None:
         Filters=[{"Name": "state", "Values": ["enabled"]}]
     )
 
-    first = ec2.describe_fast_snapshot_restores(MaxResults=4)
+    first = ec2.describe_fast_snapshot_restores(Filters=[mine], MaxResults=4)
     assert len(first["FastSnapshotRestores"]) == 4 and first["NextToken"]
-    rest = ec2.describe_fast_snapshot_restores(MaxResults=4, NextToken=first["NextToken"])
+    rest = ec2.describe_fast_snapshot_restores(
+        Filters=[mine], MaxResults=4, NextToken=first["NextToken"]
+    )
     assert len(rest["FastSnapshotRestores"]) == 2 and "NextToken" not in rest
     pages = ec2.get_paginator("describe_fast_snapshot_restores").paginate(
-        PaginationConfig={"PageSize": 1}
+        Filters=[mine], PaginationConfig={"PageSize": 1}
     )
     assert sum(len(p["FastSnapshotRestores"]) for p in pages) == 6
     code, message, _ = aws_error(
@@ -245,10 +261,13 @@ def test_describe_filters_and_pages(fsr_server: ServerProcess) -> None:
     assert (code, message) == ("InvalidParameterValue", "The filter 'volume-id' is invalid")
     code, _, _ = aws_error(ec2.describe_fast_snapshot_restores, MaxResults=201)
     assert code == "InvalidParameterValue"
+    _disable_all(ec2, snapshots)
 
 
-def test_at_most_five_snapshots_per_region_have_fast_restores(fsr_server: ServerProcess) -> None:
-    ec2 = _account(fsr_server)
+def test_at_most_five_snapshots_per_region_have_fast_restores(
+    fsr_server: ServerProcess, other: tuple[str, Any]
+) -> None:
+    ec2 = other[1]
     snapshots = [_snapshot(ec2) for _ in range(SNAPSHOT_LIMIT + 1)]
     answer = ec2.enable_fast_snapshot_restores(
         SourceSnapshotIds=snapshots, AvailabilityZones=[ZONE, ZONE_B]
@@ -267,6 +286,7 @@ def test_at_most_five_snapshots_per_region_have_fast_restores(fsr_server: Server
         SourceSnapshotIds=snapshots[-1:], AvailabilityZones=[ZONE]
     )
     assert [i["State"] for i in again["Successful"]] == ["enabling"]
+    _disable_all(ec2, snapshots)
 
 
 def test_the_aws_cli_describes_fast_snapshot_restores(
@@ -287,4 +307,4 @@ def test_the_aws_cli_describes_fast_snapshot_restores(
         ZONE,
         "enabled",
     )
-    ec2.disable_fast_snapshot_restores(SourceSnapshotIds=[snapshot_id], AvailabilityZones=[ZONE])
+    _disable_all(ec2, [snapshot_id])
