@@ -25,6 +25,7 @@ SHARED_WORKER = {
         "test_api_blockstore_rados",
         "test_api_rbd",
         "test_blockstore_contract",
+        "test_fast_restores_rbd",
         "test_rbd_export",
         "test_rbd_storage",
     ),

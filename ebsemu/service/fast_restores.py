@@ -241,6 +241,10 @@ class FastRestoreService:
                         LIFECYCLE,
                         utcnow(),
                     )
+            # The host lets the snapshot go before the last zone answers disabled.
+            active = [r for r in records if r.state in ACTIVE_STATES]
+            if not active and snapshot is not None:
+                await self._release(snapshot)
             for record in records:
                 if record.state is FastRestoreState.DISABLING:
                     await store.transition_fast_restore(
@@ -250,11 +254,6 @@ class FastRestoreService:
                         LIFECYCLE,
                         utcnow(),
                     )
-            left = [
-                r for r in await store.fast_restores_of(snapshot_id) if r.state in ACTIVE_STATES
-            ]
-            if not left and snapshot is not None:
-                await self._release(snapshot)
 
     async def _prepare(self, snapshot: Snapshot, zones: set[str]) -> None:
         """Keep the snapshot's point-in-time copy for clones on its storage host, when that
