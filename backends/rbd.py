@@ -49,6 +49,7 @@ scheduler still places volumes there when no other host of the zone has known sp
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -254,6 +255,9 @@ class RbdStorage:
         self._bases_read: dict[str, int] = {}
         self._drop_after_read: set[str] = set()
         self._guard = threading.Lock()
+        # Held while a view's RBD snapshot is renamed or removed: keeping a view as a base,
+        # keeping one for fast restores and dropping one read the listing, then change it.
+        self._view_lock = asyncio.Lock()
 
     @classmethod
     def from_options(
@@ -397,6 +401,14 @@ class RbdStorage:
         log.info("froze volume %s as view %s", volume_id, view_id)
 
     async def keep_view(self, view_id: str) -> None:
+        async with self._view_lock:
+            await self._keep_view(view_id)
+
+    async def drop_view(self, view_id: str) -> None:
+        async with self._view_lock:
+            await self._drop_view(view_id)
+
+    async def _keep_view(self, view_id: str) -> None:
         """The view has been captured: keep it as the base of its volume's next diff,
         replacing the volume's older base; a newer base already kept wins (this view goes)."""
         snap = _check_view(view_id)
@@ -429,7 +441,7 @@ class RbdStorage:
             raise backend_error(exc, f"cannot keep view {view_id}") from exc
         log.info("view %s: kept as the diff base of %s", view_id, view.image)
 
-    async def drop_view(self, view_id: str) -> None:
+    async def _drop_view(self, view_id: str) -> None:
         snap = _check_view(view_id)
         try:
             entries = await self._entries()
@@ -485,6 +497,14 @@ class RbdStorage:
         return True
 
     async def keep_for_fast_restores(self, view_id: str) -> bool | None:
+        async with self._view_lock:
+            return await self._keep_for_fast_restores(view_id)
+
+    async def release_fast_restores(self, view_id: str) -> None:
+        async with self._view_lock:
+            await self._release_fast_restores(view_id)
+
+    async def _keep_for_fast_restores(self, view_id: str) -> bool | None:
         """Keep the view's RBD snapshot as a protected ``….fsr`` that later views never
         replace, for clones. True once kept; False when the pool holds no captured RBD
         snapshot of the view (an older view whose base has gone: no clone path); None while
@@ -511,7 +531,7 @@ class RbdStorage:
         log.info("view %s: kept as %s@%s%s for clones", view_id, held.image, snap, FSR_SUFFIX)
         return True
 
-    async def release_fast_restores(self, view_id: str) -> None:
+    async def _release_fast_restores(self, view_id: str) -> None:
         """Fast snapshot restores of the view are disabled: its ``….fsr`` becomes the volume's
         diff base again when the volume has none, else it is removed (kept, logged, while
         clones of it exist). Idempotent."""
