@@ -127,6 +127,13 @@ def test_a_volume_from_an_enabled_snapshot_is_a_clone_and_nothing_is_left_behind
     ec2.disable_fast_snapshot_restores(SourceSnapshotIds=[first], AvailabilityZones=[ZONE])
     poll(lambda: _state(ec2, first, "disabled"))
     poll(lambda: True if set(_snaps(cluster, volume_id)) == {f"{later}.base"} else None)
+    # the volume's last snapshot: disabling gives its RBD snapshot back as the diff base
+    ec2.enable_fast_snapshot_restores(SourceSnapshotIds=[later], AvailabilityZones=[ZONE])
+    poll(lambda: _state(ec2, later, "enabled"))
+    assert set(_snaps(cluster, volume_id)) == {f"{later}.fsr"}
+    ec2.disable_fast_snapshot_restores(SourceSnapshotIds=[later], AvailabilityZones=[ZONE])
+    poll(lambda: _state(ec2, later, "disabled"))
+    assert set(_snaps(cluster, volume_id)) == {f"{later}.base"}
     # deleting a snapshot while enabled disables it and removes its kept RBD snapshot
     ec2.enable_fast_snapshot_restores(SourceSnapshotIds=[later], AvailabilityZones=[ZONE])
     poll(lambda: _state(ec2, later, "enabled"))
