@@ -232,7 +232,8 @@ class FastRestoreService:
             ]
             snapshot = await store.get_snapshot(snapshot_id)
             if optimizing and snapshot is not None:
-                await self._prepare(snapshot, {r.zone for r in optimizing})
+                if snapshot.state is SnapshotState.COMPLETED:  # not one being deleted
+                    await self._prepare(snapshot, {r.zone for r in optimizing})
                 for record in optimizing:
                     await store.transition_fast_restore(
                         record,
