@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from tests.pg_fixtures import postgres_server  # noqa: F401  (a fixture)
 from tests.server import TEST_CONFIG, ServerProcess
+from tests.store_fixtures import new_store  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
@@ -206,6 +207,28 @@ class StepStore(Protocol):
     async def job_steps(self, job_id: int) -> list[tuple[str, str]]: ...
 
 
+class JobLeaseStore(Protocol):
+    """How server instances sharing one database divide the jobs: each unfinished job is
+    leased to one instance, which renews the lease while the job runs; a job whose lease ran
+    out (its instance died) is claimed by another one."""
+
+    shared: bool  # several server instances may use this database at once
+
+    async def claim_jobs(self, running: Sequence[int] = ()) -> list[tuple[int, str, str, str]]:
+        """Take the unfinished jobs nobody holds (never leased, lease run out, or held by an
+        earlier run of this instance), except ``running`` (this instance runs them):
+        (id, kind, resource id, payload JSON)."""
+        ...
+
+    async def renew_job_leases(self, job_ids: Sequence[int]) -> set[int]:
+        """Extend this instance's leases of ``job_ids``; return the ids it still holds."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Held by one server instance at a time (start-up reconciliation)."""
+        ...
+
+
 class Store(
     AccountStore,
     DirectStore,
@@ -215,6 +238,7 @@ class Store(
     ModificationStore,
     ReconcileStore,
     StepStore,
+    JobLeaseStore,
     Protocol,
 ):
     async def open(self) -> None: ...
