@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 BATCH_ROWS = 5000
 # Tables referenced by a foreign key go first.
-FIRST = ("accounts",)
+FIRST = ("accounts", "jobs")
 # The keys PostgreSQL numbers from a sequence, continued after the copied rows.
 SERIALS = {
     "volumes": "seq",

@@ -1,0 +1,195 @@
+"""Two `ebsemu serve` instances on one PostgreSQL database and one storage directory and block
+store: under concurrent load from both endpoints no job runs twice and a ClientToken names one
+volume; a job whose instance is killed mid-way is taken over by the other one once its lease
+runs out."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.api_support import FAST, poll, unique
+from tests.pg_fixtures import PostgresServer
+from tests.server import TEST_CONFIG, ZONE, ServerProcess
+
+LEASE_SECONDS = 3.0
+THREADS = 8
+ROUNDS = 2
+MIB = 1024 * 1024
+BLOCK = 512 * 1024
+
+
+@dataclass
+class Pair:
+    first: ServerProcess
+    second: ServerProcess
+    database: str
+    postgres: PostgresServer
+    shared: Path
+
+    def sql(self, query: str) -> list[list[str]]:
+        out = self.postgres.psql(query, self.database)
+        return [line.split("|") for line in out.splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
+) -> Iterator[Pair]:
+    """Two instances for the module: the load test first, then the one that kills one."""
+    tmp_path = tmp_path_factory.mktemp("pair")
+    database = f"pair_{uuid.uuid4().hex[:12]}"
+    dsn = postgres_server.create_database(database)
+    shared = tmp_path / "shared"
+    config = TEST_CONFIG + (
+        f"\n[storage]\npath = {shared / 'storage'}\n\n[blockstore]\npath = {shared / 'blocks'}\n"
+    )
+    servers = [
+        ServerProcess(tmp_path / name, config, store_dsn=dsn, job_lease_seconds=LEASE_SECONDS)
+        for name in ("one", "two")
+    ]
+    with contextlib.ExitStack() as stack:
+        for server in servers:
+            stack.callback(server.stop)
+            server.start()
+        yield Pair(servers[0], servers[1], database, postgres_server, shared)
+
+
+def test_concurrent_load_on_both_instances_runs_every_job_once(pair: Pair) -> None:
+    # Clients of their own per thread (made here: making clients is not thread-safe).
+    clients = [(pair.first.client(), pair.second.client()) for _ in range(THREADS)]
+    failures: list[BaseException] = []
+    tokens: dict[str, set[str]] = {}
+    lock = threading.Lock()
+
+    def worker(number: int) -> None:
+        try:
+            for round_ in range(ROUNDS):
+                ec2 = clients[number][(number + round_) % 2]
+                other = clients[number][(number + round_ + 1) % 2]
+                token = unique()
+                created = ec2.create_volume(AvailabilityZone=ZONE, Size=1, ClientToken=token)
+                retried = other.create_volume(AvailabilityZone=ZONE, Size=1, ClientToken=token)
+                with lock:
+                    tokens[token] = {created["VolumeId"], retried["VolumeId"]}
+                volume_id = created["VolumeId"]
+                other.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+                snapshot_id = other.create_snapshot(VolumeId=volume_id)["SnapshotId"]
+                ec2.get_waiter("snapshot_completed").wait(
+                    SnapshotIds=[snapshot_id], WaiterConfig=FAST
+                )
+                ec2.delete_snapshot(SnapshotId=snapshot_id)
+                other.delete_volume(VolumeId=volume_id)
+        except BaseException as exc:  # reported by the test thread
+            with lock:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert not failures, failures[0]
+    assert len(tokens) == THREADS * ROUNDS
+    assert all(len(ids) == 1 for ids in tokens.values())  # both endpoints named one volume
+
+    def settled() -> bool | None:
+        running = pair.sql("SELECT count(*) FROM jobs WHERE state = 'running'")
+        return True if running == [["0"]] else None
+
+    poll(settled, timeout=60)
+    jobs = pair.sql("SELECT kind, state, runs, owner FROM jobs ORDER BY id")
+    kinds = {kind for kind, _, _, _ in jobs}
+    assert kinds == {"create_volume", "capture_snapshot", "delete_snapshot", "delete_volume"}
+    assert len(jobs) == 4 * THREADS * ROUNDS
+    assert {(state, runs) for _, state, runs, _ in jobs} == {("done", "1")}
+    assert (
+        pair.sql(
+            "SELECT kind, resource_id FROM jobs GROUP BY kind, resource_id HAVING count(*) > 1"
+        )
+        == []
+    )
+    assert len({owner.split("#")[0] for _, _, _, owner in jobs}) == 2  # both ran jobs
+    per_token = pair.sql(
+        "SELECT client_token, count(*) FROM (SELECT client_token, id FROM volumes "
+        "WHERE client_token IS NOT NULL UNION SELECT client_token, volume_id "
+        "FROM retired_client_tokens) t GROUP BY client_token HAVING count(*) > 1"
+    )
+    assert per_token == []
+
+
+def _fill(segment: Path, size: int) -> None:
+    """Distinct data in every block (so that each one is stored, none deduplicated)."""
+    with segment.open("r+b") as handle:
+        for index in range(size // BLOCK):
+            handle.write(index.to_bytes(8, "little") * (BLOCK // 8))
+
+
+def test_a_job_of_a_killed_instance_is_finished_by_the_other_after_its_lease(
+    pair: Pair,
+) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    volume_id = one.create_volume(AvailabilityZone=ZONE, Size=1)["VolumeId"]
+    one.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+    _fill(pair.shared / "storage" / "volumes" / volume_id / "seg-0000", 512 * MIB)
+
+    # Snapshot through the first instance until one is caught mid-capture: stopped (SIGSTOP)
+    # while still pending, its job is held by a process that will never finish it.
+    caught: str | None = None
+    for _ in range(5):
+        snapshot_id = one.create_snapshot(VolumeId=volume_id)["SnapshotId"]
+
+        def progressing(snapshot: str = snapshot_id) -> str | None:
+            (found,) = one.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
+            started = found["State"] != "pending" or found["Progress"] != "0%"
+            return str(found["State"]) if started else None
+
+        poll(progressing, timeout=60, every=0.02)
+        assert pair.first.proc is not None
+        pair.first.proc.send_signal(signal.SIGSTOP)
+        (state,) = pair.sql(f"SELECT state FROM snapshots WHERE id = '{snapshot_id}'")
+        if state == ["pending"]:
+            caught = snapshot_id
+            break
+        pair.first.proc.send_signal(signal.SIGCONT)
+    assert caught is not None, "every capture finished before the instance could be stopped"
+    (held,) = pair.sql(f"SELECT id, owner, runs FROM jobs WHERE resource_id = '{caught}'")
+    pair.first.stop(signal.SIGKILL)
+
+    two.get_waiter("snapshot_completed").wait(
+        SnapshotIds=[caught], WaiterConfig={"Delay": 0.2, "MaxAttempts": 600}
+    )
+
+    def job_done() -> list[str] | None:
+        (row,) = pair.sql(f"SELECT id, owner, runs, state FROM jobs WHERE resource_id = '{caught}'")
+        return row if row[3] != "running" else None
+
+    after = poll(job_done, timeout=30)
+    assert after[0] == held[0]
+    assert after[1] != held[1]  # taken over by the second instance
+    assert (after[2], after[3]) == ("2", "done")
+    assert f"resuming job {held[0]}: capture_snapshot {caught}" in pair.second.log_path.read_text()
+
+    # The taken-over capture holds the volume's data: a volume restored from it reads the same.
+    restored = two.create_volume(AvailabilityZone=ZONE, SnapshotId=caught)["VolumeId"]
+    two.get_waiter("volume_available").wait(
+        VolumeIds=[restored], WaiterConfig={"Delay": 0.2, "MaxAttempts": 600}
+    )
+    volumes = pair.shared / "storage" / "volumes"
+    assert _digest(volumes / restored / "seg-0000") == _digest(volumes / volume_id / "seg-0000")
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(8 * MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
