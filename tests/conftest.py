@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import pytest
 
 from tests.pg_fixtures import PostgresServer, postgres_server  # noqa: F401  (a fixture)
 from tests.server import TEST_CONFIG, TEST_STORE, ServerProcess
-from tests.store_fixtures import new_store  # noqa: F401  (a fixture)
+from tests.store_fixtures import migrated_database, new_store  # noqa: F401  (a fixture)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -32,7 +31,7 @@ def _store_dsn(request: pytest.FixtureRequest, store_kind: str) -> str:
     if store_kind != "postgresql":
         return ""  # SQLite
     postgres: PostgresServer = request.getfixturevalue("postgres_server")
-    return postgres.create_database(f"api_{uuid.uuid4().hex[:12]}")
+    return migrated_database(postgres, "api")
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from ebsemu.store.postgres_base import redact_dsn
 from ebsemu.store.schema import MIGRATIONS
 from ebsemu.store.sql_filters import glob_pattern
 from tests.pg_fixtures import PostgresServer
-from tests.store_fixtures import NewStore, postgres_store_factory
+from tests.store_fixtures import NewStore, migrated_database, postgres_store_factory
 
 T = TypeVar("T")
 OWNER = "000000000000"
@@ -322,7 +322,7 @@ def test_jobs_left_running_are_claimed_after_a_restart_and_finished(new_store: N
 def test_a_live_instances_jobs_are_claimed_only_once_its_lease_runs_out(
     postgres_server: PostgresServer,
 ) -> None:
-    dsn = postgres_server.create_database(f"lease_{uuid.uuid4().hex[:12]}")
+    dsn = migrated_database(postgres_server, "lease")
 
     async def scenario() -> tuple[object, ...]:
         alive, other = PostgresStore(dsn, "one", 1.0), PostgresStore(dsn, "two", 1.0)
