@@ -44,6 +44,7 @@ from ebsemu.service.tags import TagService
 from ebsemu.service.volume_status import VolumeStatusService
 from ebsemu.service.volumes import VolumeService
 from ebsemu.store.backends import build_store
+from ebsemu.store.locks import StoreLock
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def build_core(config: Config) -> Core:
         storage_hosts=hosts.build_storage_hosts(config, runner, templates, export),
         blocks=build_block_store(config),
         jobs=Jobs(store),
+        block_gc_lock=StoreLock(store, "block-gc"),
         vmms=hosts.build_vmms(config, runner, templates),
         export=export,
         initiators=hosts.initiators(config),
