@@ -1,7 +1,8 @@
-"""Two `ebsemu serve` instances on one PostgreSQL database and one storage directory and block
-store: under concurrent load from both endpoints no job runs twice and a ClientToken names one
-volume; a job whose instance is killed mid-way is taken over by the other one once its lease
-runs out."""
+"""Two `ebsemu serve` instances on one PostgreSQL database, one storage directory and block
+store, and one QEMU VM: under concurrent load from both endpoints no job runs twice and a
+ClientToken names one volume; concurrent attaches through both never attach one volume twice
+nor two volumes at one device; a job whose instance is killed mid-way is taken over by the
+other one once its lease runs out."""
 
 from __future__ import annotations
 
@@ -13,16 +14,21 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
-from tests.api_support import FAST, poll, unique
+from ebsemu.service.instances import instance_id
+from tests.api_support import FAST, new_volume, poll, unique
 from tests.pg_fixtures import PostgresServer
 from tests.server import TEST_CONFIG, ZONE, ServerProcess
+from tests.vmm_fixtures import HAVE_QEMU, NEEDS_QEMU, QemuVm, running_vm
 
 LEASE_SECONDS = 3.0
 THREADS = 8
 ROUNDS = 2
+VMM = "kvm-pair"
 MIB = 1024 * 1024
 BLOCK = 512 * 1024
 
@@ -34,6 +40,7 @@ class Pair:
     database: str
     postgres: PostgresServer
     shared: Path
+    vm: QemuVm | None
 
     def sql(self, query: str) -> list[list[str]]:
         out = self.postgres.psql(query, self.database)
@@ -44,7 +51,8 @@ class Pair:
 def pair(
     tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
 ) -> Iterator[Pair]:
-    """Two instances for the module: the load test first, then the one that kills one."""
+    """Two instances for the module: the load and attach tests first, then the one that
+    kills an instance."""
     tmp_path = tmp_path_factory.mktemp("pair")
     database = f"pair_{uuid.uuid4().hex[:12]}"
     dsn = postgres_server.create_database(database)
@@ -52,15 +60,23 @@ def pair(
     config = TEST_CONFIG + (
         f"\n[storage]\npath = {shared / 'storage'}\n\n[blockstore]\npath = {shared / 'blocks'}\n"
     )
+    qmp_dir = tmp_path / "qmp"
+    qmp_dir.mkdir()
+    if HAVE_QEMU:
+        config += (
+            f"\n[vmm {VMM}]\ndriver = qemu\nzone = {ZONE}\nsocket_dir = {qmp_dir}\n"
+            "detach_timeout = 10\n"
+        )
     servers = [
         ServerProcess(tmp_path / name, config, store_dsn=dsn, job_lease_seconds=LEASE_SECONDS)
         for name in ("one", "two")
     ]
     with contextlib.ExitStack() as stack:
+        vm = stack.enter_context(running_vm(qmp_dir, "pairvm", ports=4)) if HAVE_QEMU else None
         for server in servers:
             stack.callback(server.stop)
             server.start()
-        yield Pair(servers[0], servers[1], database, postgres_server, shared)
+        yield Pair(servers[0], servers[1], database, postgres_server, shared, vm)
 
 
 def test_concurrent_load_on_both_instances_runs_every_job_once(pair: Pair) -> None:
@@ -124,6 +140,66 @@ def test_concurrent_load_on_both_instances_runs_every_job_once(pair: Pair) -> No
         "FROM retired_client_tokens) t GROUP BY client_token HAVING count(*) > 1"
     )
     assert per_token == []
+
+
+def _concurrently(*calls: tuple[Any, dict[str, Any]]) -> list[str]:
+    """Run the boto3 calls at once (each in a thread); the error code of each, or "ok"."""
+    outcomes: list[str] = [""] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def call(number: int) -> None:
+        operation, params = calls[number]
+        start.wait()
+        try:
+            operation(**params)
+            outcomes[number] = "ok"
+        except ClientError as exc:
+            outcomes[number] = str(exc.response["Error"]["Code"])
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return outcomes
+
+
+@pytest.mark.skipif(not HAVE_QEMU, reason=NEEDS_QEMU)
+def test_concurrent_attaches_through_both_instances_never_attach_twice(pair: Pair) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    iid = instance_id(VMM, "pairvm")
+    volumes = [new_volume(one) for _ in range(3)]
+    # Two volumes at one device of the instance, through each endpoint at once.
+    same_device = _concurrently(
+        (one.attach_volume, {"VolumeId": volumes[0], "InstanceId": iid, "Device": "/dev/sdf"}),
+        (two.attach_volume, {"VolumeId": volumes[1], "InstanceId": iid, "Device": "/dev/sdf"}),
+    )
+    # One volume at two devices, through each endpoint at once.
+    same_volume = _concurrently(
+        (one.attach_volume, {"VolumeId": volumes[2], "InstanceId": iid, "Device": "/dev/sdg"}),
+        (two.attach_volume, {"VolumeId": volumes[2], "InstanceId": iid, "Device": "/dev/sdh"}),
+    )
+    assert sorted(same_device)[-1] == "ok" and same_device.count("ok") == 1, same_device
+    assert same_device.count("InvalidParameterValue") == 1  # the device is in use
+    assert same_volume.count("ok") == 1, same_volume
+    assert set(same_volume) - {"ok"} <= {"VolumeInUse", "IncorrectState"}
+
+    def attached() -> list[dict[str, Any]] | None:
+        found = two.describe_volumes(VolumeIds=volumes)["Volumes"]
+        links = [a for v in found for a in v["Attachments"]]
+        return links if all(a["State"] == "attached" for a in links) else None
+
+    links = poll(attached, timeout=60)
+    assert sorted(a["Device"] for a in links)[0] == "/dev/sdf"
+    assert len(links) == 2 and len({a["Device"] for a in links}) == 2
+    assert len({a["VolumeId"] for a in links}) == 2
+    rows = pair.sql("SELECT device FROM attachments ORDER BY device")
+    assert [row[0] for row in rows] == sorted(a["Device"] for a in links)
+    jobs = pair.sql("SELECT runs, state FROM jobs WHERE kind = 'attach_volume'")
+    assert jobs == [["1", "done"]] * 2
+    for link in links:
+        one.detach_volume(VolumeId=link["VolumeId"])
+    two.get_waiter("volume_available").wait(VolumeIds=volumes, WaiterConfig=FAST)
 
 
 def _fill(segment: Path, size: int) -> None:
