@@ -11,9 +11,6 @@ import pytest
 from tests.api_support import aws_error, new_snapshot, new_volume, tag_spec, unique
 from tests.server import REGION, ZONE, ServerProcess
 
-# The module's server tests run on each store.
-API_STORES = ("sqlite", "postgresql")
-
 ACCOUNT = "000000000000"
 
 
