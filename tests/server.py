@@ -64,9 +64,9 @@ class ServerProcess:
 
             store_dsn = shared_database()
         self.store_dsn = store_dsn or None
-        if store_dsn:
-            config_text += store_section(store_dsn, job_lease_seconds)
-        self.config_path.write_text(config_text)
+        # The [store] section, for a test that rewrites the configuration to keep.
+        self.store_config = store_section(store_dsn, job_lease_seconds) if store_dsn else ""
+        self.config_path.write_text(config_text + self.store_config)
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.stdout_path = data_dir.parent / f"{data_dir.name}.stdout"
         self.env = {
