@@ -431,3 +431,41 @@ def test_a_dsn_is_shown_without_its_password() -> None:
         "postgresql://ebs:***@db.example:5433/ebsemu"
     )
     assert redact_dsn("postgresql://ebs@db/ebsemu") == "postgresql://ebs@db/ebsemu"
+
+
+def test_an_exclusive_section_is_held_by_one_instance_at_a_time(
+    postgres_server: PostgresServer,
+) -> None:
+    dsn = migrated_database(postgres_server, "exclusive")
+
+    async def scenario() -> list[str]:
+        first, second = PostgresStore(dsn, "one"), PostgresStore(dsn, "two")
+        await first.open()
+        await second.open()
+        order: list[str] = []
+        inside, other_taken = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with first.exclusive("reconcile"):
+                order.append("first in")
+                inside.set()
+                await other_taken.wait()
+                await asyncio.sleep(0.3)  # room for the second to get in, were it not held
+                order.append("first out")
+
+        async def wait_turn() -> None:
+            await inside.wait()
+            async with second.exclusive("other"):  # another name: not held
+                order.append("other")
+            other_taken.set()
+            async with second.exclusive("reconcile"):
+                order.append("second in")
+
+        try:
+            await asyncio.gather(hold(), wait_turn())
+            return order
+        finally:
+            await first.close()
+            await second.close()
+
+    assert asyncio.run(scenario()) == ["first in", "other", "first out", "second in"]

@@ -238,7 +238,8 @@ class PostgresBase(SqliteBase):
             await self._pool.close()
             self._pool = None
         if self._threads is not None:
-            self._threads.shutdown(wait=True)
+            # Not waiting: a unit of work still running would wait for this very loop.
+            self._threads.shutdown(wait=False)
             self._threads = None
 
     async def refresh_statistics(self) -> None:
