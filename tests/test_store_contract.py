@@ -469,3 +469,25 @@ def test_an_exclusive_section_is_held_by_one_instance_at_a_time(
             await second.close()
 
     assert asyncio.run(scenario()) == ["first in", "other", "first out", "second in"]
+
+
+def test_a_closed_instances_unfinished_jobs_are_claimed_at_once(
+    postgres_server: PostgresServer,
+) -> None:
+    dsn = migrated_database(postgres_server, "release")
+
+    async def scenario() -> tuple[object, ...]:
+        leaving, staying = PostgresStore(dsn, "one", 600.0), PostgresStore(dsn, "two", 600.0)
+        await leaving.open()
+        await staying.open()
+        try:
+            job = await leaving.start_job("create_volume", "vol-1")
+            before = await staying.claim_jobs()  # leased for ten minutes
+            await leaving.close()  # a shutdown interrupted the job
+            return job, before, await staying.claim_jobs()
+        finally:
+            await staying.close()
+
+    job, before, after = asyncio.run(scenario())
+    assert before == []
+    assert after == [(job, "create_volume", "vol-1", "{}")]

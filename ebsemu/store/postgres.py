@@ -9,6 +9,7 @@ database must:
   take the same row — the unfinished jobs whose lease ran out (their instance died), that no
   one holds, or that an earlier run of this same instance held. An instance finishes a job
   only while it holds it;
+- a run that closes the store releases the leases of the jobs it leaves unfinished;
 - the count of an owner's volumes is asked of the database each time (other instances create
   and delete volumes too), not kept in the process;
 - ``exclusive`` (start-up reconciliation) is a PostgreSQL advisory lock.
@@ -32,6 +33,16 @@ class PostgresStore(PostgresBase, SqliteStore):
     def __init__(self, dsn: str, instance_id: str, lease_seconds: float = 30.0) -> None:
         super().__init__(dsn, instance_id, lease_seconds)
         self.owner = f"{instance_id}#{uuid.uuid4().hex[:12]}"
+
+    async def close(self) -> None:
+        """Release the leases of the jobs this run leaves unfinished (a shutdown interrupted
+        them): another instance takes them over at once instead of after the lease."""
+        if self._pool is not None and not self._read_only:
+            await self.pool.execute(
+                "UPDATE jobs SET lease_until = NULL WHERE owner = $1 AND state = 'running'",
+                self.owner,
+            )
+        await super().close()
 
     async def count_volumes(self, owner_id: str) -> int:
         rows = await self._rows(

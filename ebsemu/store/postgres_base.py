@@ -204,6 +204,7 @@ class PostgresBase(SqliteBase):
         self.instance_id = instance_id
         self.lease_seconds = lease_seconds
         self.owner = instance_id  # the job owner this run writes (see PostgresStore)
+        self._read_only = False
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -226,6 +227,7 @@ class PostgresBase(SqliteBase):
             "ebsemu.job_owner": self.owner,
             "ebsemu.job_lease_seconds": repr(float(self.lease_seconds)),
         }
+        self._read_only = read_only
         if read_only:
             settings["default_transaction_read_only"] = "on"
         self._pool = await asyncpg.create_pool(
