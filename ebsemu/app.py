@@ -44,7 +44,8 @@ from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
 from ebsemu.service.volume_status import VolumeStatusService
 from ebsemu.service.volumes import VolumeService
-from ebsemu.store.sqlite import SqliteStore
+from ebsemu.store.backends import build_store
+from ebsemu.store.locks import StoreLock
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,14 @@ STATISTICS_EVERY_ROUNDS = 12  # one minute
 def build_core(config: Config) -> Core:
     runner, templates = hosts.shared_tools(config)
     export = hosts.build_export(config, runner, templates)
-    store = SqliteStore(config.database)
+    store = build_store(config)
     return Core(
         config=config,
         store=store,
         storage_hosts=hosts.build_storage_hosts(config, runner, templates, export),
         blocks=build_block_store(config),
         jobs=Jobs(store),
+        block_gc_lock=StoreLock(store, "block-gc"),
         vmms=hosts.build_vmms(config, runner, templates),
         export=export,
         initiators=hosts.initiators(config),
@@ -196,7 +198,8 @@ def make_app(
             await vmm.check_setup()
         await asyncio.to_thread(core.blocks.check_setup)
         await asyncio.to_thread(core.blocks.remove_temp_files)
-        report = await Reconciler(core, services.exports).run(apply=True)
+        async with core.store.exclusive("reconcile"):  # one server instance at a time
+            report = await Reconciler(core, services.exports).run(apply=True)
         if report.findings:
             log.info("start-up reconciliation settled %d finding(s)", len(report.findings))
 
@@ -216,6 +219,11 @@ def make_app(
             data_lock.release()
             raise
         purger = asyncio.create_task(_maintenance(core))
+        leases = (
+            asyncio.create_task(core.jobs.keep(config.job_lease_seconds / 3))
+            if core.store.shared
+            else None
+        )
         log.info(
             "ebsemu serving EC2 on %s/ (listening on %s:%d, data in %s)",
             endpoint_url(config),
@@ -224,9 +232,11 @@ def make_app(
             config.data_dir,
         )
         yield
-        purger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purger
+        for task in (purger, leases):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await core.jobs.close()
         await core.store.close()
         data_lock.release()

@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from backends.errors import SetupError
-from ebsemu import __version__, cli_accounts, cli_reconcile, config, logs
+from ebsemu import __version__, cli_accounts, cli_migrate, cli_reconcile, config, logs
 from ebsemu.api.access_log import AccessLogger
 from ebsemu.service.accounts import AccountError
 
@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         help="compare the store with every backend and settle what differs (server stopped)",
     )
     cli_reconcile.add_options(reconcile)
+    migrate = commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="copy the SQLite database into an empty PostgreSQL one (server stopped)",
+    )
+    cli_migrate.add_arguments(migrate)
     return parser
 
 
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli_accounts.run(args, cfg)
     if args.command == "reconcile":
         return cli_reconcile.run(args, cfg)
+    if args.command == "migrate":
+        return cli_migrate.run(args, cfg)
     if args.command == "check-host":
         from ebsemu import check_host
 

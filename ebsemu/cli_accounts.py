@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -19,8 +18,8 @@ from typing import TypeVar
 from ebsemu.config import Config
 from ebsemu.credentials import endpoint_url, profile_snippet
 from ebsemu.service.accounts import AccountError, AccountService, KeyPair
+from ebsemu.store.backends import STORE_ERRORS, build_store, describe_store
 from ebsemu.store.base import AccountRecord
-from ebsemu.store.sqlite import SqliteStore
 
 T = TypeVar("T")
 
@@ -55,13 +54,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except AccountError as exc:
         print(f"ebsemu accounts: {exc}", file=sys.stderr)
         return 1
-    except (OSError, sqlite3.Error) as exc:
-        print(f"ebsemu accounts: cannot use the database {config.database}: {exc}", file=sys.stderr)
+    except STORE_ERRORS as exc:
+        print(
+            f"ebsemu accounts: cannot use the database {describe_store(config)}: {exc}",
+            file=sys.stderr,
+        )
         return 2
 
 
 async def _with_accounts(config: Config, work: Callable[[AccountService], Awaitable[T]]) -> T:
-    store = SqliteStore(config.database)
+    store = build_store(config)
     await store.open()
     try:
         await store.insert_account(config.account_id, "default")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 
@@ -47,7 +48,10 @@ async def reconcile(config: Config, *, apply: bool) -> Report:
         if apply:
             await core.storage_hosts.check_setup()
             await asyncio.to_thread(core.blocks.remove_temp_files)
-        report = await Reconciler(core, services.exports).run(apply=apply)
+        # Applied: not while a server instance sharing the database reconciles.
+        exclusive = store.exclusive("reconcile") if apply else contextlib.nullcontext()
+        async with exclusive:
+            report = await Reconciler(core, services.exports).run(apply=apply)
         await core.jobs.idle()
     finally:
         await core.jobs.close()

@@ -94,6 +94,10 @@ class Config:
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     ebs_timeout_minute_seconds: float = 60.0  # a StartSnapshot Timeout minute (tests shorten it)
+    store_backend: str = "sqlite"  # sqlite (in the data directory) | postgresql (store_dsn)
+    store_dsn: str | None = field(default=None, repr=False)  # may hold a password
+    store_instance_id: str | None = None  # this server among those sharing the database
+    job_lease_seconds: float = 30.0  # how long a dead instance's jobs wait to be taken over
 
     def __post_init__(self) -> None:
         if not ACCOUNT_ID.fullmatch(self.account_id):
@@ -107,6 +111,7 @@ class Config:
         _check_storage_hosts(self.storage_hosts, self.zones)
         if self.ebs_timeout_minute_seconds <= 0:
             raise ValueError("ebs_timeout_minute_seconds must be positive")
+        _check_store(self)
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.modification_cooldown_seconds < 0 or self.modification_optimizing_seconds < 0:
@@ -153,6 +158,33 @@ class Config:
     @property
     def database(self) -> Path:
         return self.data_dir / "ebsemu.sqlite3"
+
+
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+def _check_store(config: Config) -> None:
+    if config.store_backend not in STORE_BACKENDS:
+        raise ValueError(
+            f"[store] backend must be sqlite or postgresql, not {config.store_backend!r}"
+        )
+    if config.store_backend == "postgresql" and not (config.store_dsn or "").startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise ValueError("[store] backend = postgresql needs dsn = postgresql://…")
+    if config.job_lease_seconds <= 0:
+        raise ValueError("[store] job_lease_seconds must be positive")
+
+
+def _store_options(store: configparser.SectionProxy) -> dict[str, object]:
+    values: dict[str, object] = {"store_backend": store.get("backend", "sqlite")}
+    if store.get("dsn"):
+        values["store_dsn"] = store["dsn"]
+    if store.get("instance_id"):
+        values["store_instance_id"] = store["instance_id"]
+    if "job_lease_seconds" in store:
+        values["job_lease_seconds"] = store.getfloat("job_lease_seconds")
+    return values
 
 
 def _zone_id(region: str, index: int) -> str:
@@ -226,6 +258,8 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
         export = dict(parser["export"])
         values["export_backend"] = export.pop("backend", "none")
         values["export_options"] = export
+    if parser.has_section("store"):
+        values.update(_store_options(parser["store"]))
     if parser.has_section("blockstore"):
         blockstore = dict(parser["blockstore"])
         values["blockstore_backend"] = blockstore.pop("backend", "local")

@@ -5,11 +5,14 @@ server refuses to run as root). Stopped with ``pg_ctl stop -m fast``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
 import shutil
 import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,3 +94,22 @@ def running_postgres(root: Path) -> Iterator[PostgresServer]:
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     with running_postgres(tmp_path_factory.mktemp("postgres")) as server:
         yield server
+
+
+_shared: PostgresServer | None = None
+
+
+def shared_database() -> str:
+    """The DSN of a fresh database on a server shared by the whole test process (started at
+    first use, stopped at exit): for servers run with EBSEMU_TEST_STORE=postgresql."""
+    global _shared
+    if not HAVE_POSTGRES:
+        raise RuntimeError(NEEDS_POSTGRES)
+    if _shared is None:
+        root = Path(tempfile.mkdtemp(prefix="ebsemu-pg-"))
+        server = PostgresServer(root, free_port())
+        server.start()
+        atexit.register(shutil.rmtree, root, True)
+        atexit.register(server.stop)
+        _shared = server
+    return _shared.create_database(f"api_{uuid.uuid4().hex[:12]}")

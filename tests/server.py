@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -24,6 +25,8 @@ ZONE = "us-east-1a"
 ACCESS_KEY_ID = "AKIDEXAMPLE"
 SECRET_ACCESS_KEY = "secret"
 DEFAULT_ACCOUNT = "000000000000"
+# The store every test server runs on: sqlite (default) or postgresql (a fresh database each).
+TEST_STORE = os.environ.get("EBSEMU_TEST_STORE", "sqlite")
 
 
 def free_port() -> int:
@@ -41,7 +44,9 @@ class ServerProcess:
 
     The default account's key pair comes from the environment (AKIDEXAMPLE / secret, as the
     clients here sign); ``env`` adds to or overrides the environment (a None value removes
-    the variable), ``args`` are extra `serve` flags.
+    the variable), ``args`` are extra `serve` flags. ``store_dsn`` runs it on that PostgreSQL
+    database; without it, EBSEMU_TEST_STORE=postgresql gives it a fresh one (an empty
+    ``store_dsn`` keeps it on SQLite whatever that variable says).
     """
 
     def __init__(
@@ -52,11 +57,20 @@ class ServerProcess:
         env: dict[str, str | None] | None = None,
         args: tuple[str, ...] = (),
         tls: bool = False,
+        store_dsn: str | None = None,
+        job_lease_seconds: float = 30.0,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.config_path = data_dir.parent / f"{data_dir.name}.ini"
-        self.config_path.write_text(config_text)
+        if store_dsn is None and TEST_STORE == "postgresql":
+            from tests.pg_fixtures import shared_database
+
+            store_dsn = shared_database()
+        self.store_dsn = store_dsn or None
+        # The [store] section, for a test that rewrites the configuration to keep.
+        self.store_config = store_section(store_dsn, job_lease_seconds) if store_dsn else ""
+        self.config_path.write_text(config_text + self.store_config)
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.stdout_path = data_dir.parent / f"{data_dir.name}.stdout"
         self.env = {
@@ -179,6 +193,29 @@ class ServerProcess:
         )
         return env
 
+    def sql(self, statement: str, *params: Any) -> None:
+        """Run one statement (SQLite's dialect, `?` placeholders) on the server's database,
+        whichever store it runs on (to stage a crash while it is stopped)."""
+        if self.store_dsn is None:
+            with sqlite3.connect(self.data_dir / "ebsemu.sqlite3") as db:
+                db.execute(statement, params)
+            return
+        import asyncio
+
+        import asyncpg
+
+        from ebsemu.store.pg_dialect import bind, translate
+
+        async def run(dsn: str) -> None:
+            connection = await asyncpg.connect(dsn)
+            try:
+                translation = translate(statement)
+                await connection.execute(translation.sql, *bind(translation, params))
+            finally:
+                await connection.close()
+
+        asyncio.run(run(self.store_dsn))
+
     def ebsemu(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run another `ebsemu` command (e.g. `accounts create`) on this server's data."""
         argv = [
@@ -203,6 +240,10 @@ class ServerProcess:
             raise RuntimeError(f"accounts create failed: {done.stderr}")
         created = json.loads(done.stdout)
         return created["AccountId"], (created["AccessKeyId"], created["SecretAccessKey"])
+
+
+def store_section(dsn: str, lease_seconds: float = 30.0) -> str:
+    return f"\n[store]\nbackend = postgresql\ndsn = {dsn}\njob_lease_seconds = {lease_seconds}\n"
 
 
 TEST_CONFIG = """\

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -211,8 +210,8 @@ def test_aws_rules_refuse_the_modification_and_leave_the_volume(
 
 def test_a_volume_in_error_cannot_be_modified(quick: ServerProcess, ec2: Any) -> None:
     volume_id = new_volume(ec2, Size=1)
-    with sqlite3.connect(quick.data_dir / "ebsemu.sqlite3") as db:  # as a failed creation leaves it
-        db.execute("UPDATE volumes SET state = 'error' WHERE id = ?", (volume_id,))
+    # As a failed creation leaves it.
+    quick.sql("UPDATE volumes SET state = 'error' WHERE id = ?", volume_id)
     code, message, status = aws_error(ec2.modify_volume, VolumeId=volume_id, Size=2)
     assert (code, status) == ("IncorrectModificationState", 400)
     assert "error" in message
@@ -490,7 +489,7 @@ def test_a_modification_interrupted_by_a_restart_is_resumed_and_completes(
         ec2.modify_volume(VolumeId=volume_id, Size=2)
         poll(lambda: modification(ec2, volume_id)["ModificationState"] == "optimizing" or None)
         proc.stop()
-        proc.config_path.write_text(_config(modification_cooldown_seconds=0))
+        proc.config_path.write_text(_config(modification_cooldown_seconds=0) + proc.store_config)
         proc.start()
         done = wait_finished(proc.client(), volume_id)
         assert done["ModificationState"] == "completed"

@@ -22,6 +22,9 @@ from tests.api_support import (
 )
 from tests.server import ZONE, ServerProcess
 
+# The module's server tests run on each store.
+API_STORES = ("sqlite", "postgresql")
+
 BLOCK = 512 * 1024
 ACCOUNT = "000000000000"  # the embedded default's account
 MISSING_SNAPSHOT = "snap-0123456789abcdef0"

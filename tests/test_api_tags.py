@@ -10,6 +10,9 @@ import pytest
 from tests.api_support import DRY_RUN_MESSAGE, aws_error, new_snapshot, new_volume, unique
 from tests.server import ServerProcess
 
+# The module's server tests run on each store.
+API_STORES = ("sqlite", "postgresql")
+
 
 @pytest.fixture(scope="module")
 def ec2(server: ServerProcess) -> Any:

@@ -20,6 +20,9 @@ from tests.api_support import (
 )
 from tests.server import ZONE, ServerProcess
 
+# The module's server tests run on each store.
+API_STORES = ("sqlite", "postgresql")
+
 MISSING_VOLUME = "vol-0123456789abcdef0"
 MISSING_SNAPSHOT = "snap-0123456789abcdef0"
 

@@ -35,6 +35,9 @@ def test_every_config_option_is_documented_in_the_example() -> None:
         "hostcmds",
         "vmm_hosts",
         "storage_hosts",
+        "store_backend",  # [store] backend, dsn, instance_id
+        "store_dsn",
+        "store_instance_id",
     }
     for option in {f.name for f in dataclasses.fields(config.Config)} - derived:
         assert f"{option} =" in text, f"{option} is not documented in config.example.ini"

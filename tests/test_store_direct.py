@@ -1,4 +1,5 @@
-"""The EBS direct API's SQLite queries: manifests compared by digest, puts, timeouts, tokens."""
+"""The EBS direct API's queries on each store: manifests compared by digest, puts, timeouts,
+tokens."""
 
 from __future__ import annotations
 
@@ -6,20 +7,20 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from ebsemu.model import Snapshot, SnapshotState, utcnow
+from ebsemu.store.base import Store
 from ebsemu.store.direct import ZERO_DIGEST, ChangedRow, DirectMeta
-from ebsemu.store.sqlite import SqliteStore
+from tests.store_fixtures import NewStore
 
 T = TypeVar("T")
 A, B, C = (bytes([n]) * 32 for n in (1, 2, 3))
 
 
-def run(tmp_path: Path, scenario: Callable[[SqliteStore], Awaitable[T]]) -> T:
+def run(new_store: NewStore, scenario: Callable[[Store], Awaitable[T]]) -> T:
     async def opened() -> T:
-        store = SqliteStore(tmp_path / "db.sqlite3")
+        store = new_store()
         await store.open()
         try:
             return await scenario(store)
@@ -46,8 +47,10 @@ def pending(
     return snapshot, dataclasses.replace(base, **meta)
 
 
-def test_changed_blocks_are_the_indexes_whose_digests_differ_either_way(tmp_path: Path) -> None:
-    async def scenario(store: SqliteStore) -> tuple[list[ChangedRow], ...]:
+def test_changed_blocks_are_the_indexes_whose_digests_differ_either_way(
+    new_store: NewStore,
+) -> None:
+    async def scenario(store: Store) -> tuple[list[ChangedRow], ...]:
         await store.add_manifest_rows("snap-1", [(0, A), (1, B), (2, C), (5, A)])
         await store.add_manifest_rows("snap-2", [(0, A), (1, C), (3, B), (5, A)])
         return (
@@ -56,16 +59,16 @@ def test_changed_blocks_are_the_indexes_whose_digests_differ_either_way(tmp_path
             await store.changed_page(None, "snap-2", 1, 2),
         )
 
-    every, window, alone = run(tmp_path, scenario)
+    every, window, alone = run(new_store, scenario)
     assert every == [ChangedRow(1, B, C), ChangedRow(2, C, None), ChangedRow(3, None, B)]
     assert window == [ChangedRow(2, C, None)]
     assert alone == [ChangedRow(1, None, C), ChangedRow(3, None, B)]
 
 
 def test_a_child_starts_with_its_parents_manifest_and_puts_replace_or_punch_it(
-    tmp_path: Path,
+    new_store: NewStore,
 ) -> None:
-    async def scenario(store: SqliteStore) -> tuple[object, ...]:
+    async def scenario(store: Store) -> tuple[object, ...]:
         parent, parent_meta = pending("snap-p")
         await store.start_direct_snapshot(parent, parent_meta)
         await store.add_manifest_rows("snap-p", [(0, A), (1, B)])
@@ -89,7 +92,7 @@ def test_a_child_starts_with_its_parents_manifest_and_puts_replace_or_punch_it(
             await store.get_snapshot("snap-x"),
         )
 
-    repeated, written, finished, late, manifest, after, absent = run(tmp_path, scenario)
+    repeated, written, finished, late, manifest, after, absent = run(new_store, scenario)
     assert repeated == "snap-c"  # the ClientToken names the first snapshot; nothing inserted
     assert absent is None
     assert written == [(1, ZERO_DIGEST), (2, C)]
@@ -98,8 +101,8 @@ def test_a_child_starts_with_its_parents_manifest_and_puts_replace_or_punch_it(
     assert after == []
 
 
-def test_overdue_snapshots_are_pending_ones_past_their_timeout(tmp_path: Path) -> None:
-    async def scenario(store: SqliteStore) -> list[str]:
+def test_overdue_snapshots_are_pending_ones_past_their_timeout(new_store: NewStore) -> None:
+    async def scenario(store: Store) -> list[str]:
         now = time.time()
         for name, minutes, idle in (("snap-old", 10, 700.0), ("snap-new", 10, 500.0)):
             snapshot, meta = pending(name, timeout_minutes=minutes, last_activity=now - idle)
@@ -109,12 +112,12 @@ def test_overdue_snapshots_are_pending_ones_past_their_timeout(tmp_path: Path) -
         await store.finish_direct_snapshot("snap-done", 0)
         return await store.overdue_direct_snapshots(now, 60.0)
 
-    assert run(tmp_path, scenario) == ["snap-old"]
+    assert run(new_store, scenario) == ["snap-old"]
 
 
-def test_the_token_key_is_made_once_and_kept(tmp_path: Path) -> None:
-    async def scenario(store: SqliteStore) -> tuple[bytes, bytes]:
+def test_the_token_key_is_made_once_and_kept(new_store: NewStore) -> None:
+    async def scenario(store: Store) -> tuple[bytes, bytes]:
         return await store.direct_key("tokens", b"first"), await store.direct_key("tokens", b"x")
 
-    assert run(tmp_path, scenario) == (b"first", b"first")
-    assert run(tmp_path, scenario) == (b"first", b"first")
+    assert run(new_store, scenario) == (b"first", b"first")
+    assert run(new_store, scenario) == (b"first", b"first")

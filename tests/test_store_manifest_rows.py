@@ -4,16 +4,15 @@ became zeros): the rows go, and only digests no manifest references any more com
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
-from ebsemu.store.sqlite import SqliteStore
+from tests.store_fixtures import NewStore
 
 A, B, C = b"\1" * 32, b"\2" * 32, b"\3" * 32
 
 
-def test_removed_rows_return_only_digests_nothing_else_references(tmp_path: Path) -> None:
+def test_removed_rows_return_only_digests_nothing_else_references(new_store: NewStore) -> None:
     async def scenario() -> tuple[list[bytes], list[tuple[int, bytes]], list[tuple[int, bytes]]]:
-        store = SqliteStore(tmp_path / "db.sqlite3")
+        store = new_store()
         await store.open()
         try:
             await store.add_manifest_rows("snap-base", [(0, A), (1, B)])

@@ -4,11 +4,10 @@ interleaving of requests; the volume takes the target settings with the move to 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from ebsemu.model import Volume, VolumeState, VolumeType, utcnow
 from ebsemu.modification import ModificationState, VolumeModification, VolumeSettings
-from ebsemu.store.sqlite import SqliteStore
+from tests.store_fixtures import NewStore
 
 ORIGINAL = VolumeSettings(1, VolumeType.GP3, 3000, 125, False)
 TARGET = VolumeSettings(4, VolumeType.IO2, 4000, None, False)
@@ -42,10 +41,10 @@ def volume(volume_id: str) -> Volume:
 
 
 def test_only_one_of_concurrent_modifications_begins_and_the_next_waits_for_the_end(
-    tmp_path: Path,
+    new_store: NewStore,
 ) -> None:
     async def scenario() -> None:
-        store = SqliteStore(tmp_path / "db.sqlite3")
+        store = new_store()
         await store.open()
         try:
             vid = "vol-0123456789abcdef0"

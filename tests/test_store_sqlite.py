@@ -1,21 +1,20 @@
-"""The SQLite store stays usable whatever moment a caller is cancelled at."""
+"""Each store stays usable whatever moment a caller is cancelled at."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-from ebsemu.store.sqlite import SqliteStore
+from tests.store_fixtures import NewStore
 
 
 @pytest.mark.parametrize("steps_before_cancel", range(6))
 def test_a_write_cancelled_at_any_step_leaves_no_transaction_open(
-    tmp_path: Path, steps_before_cancel: int
+    new_store: NewStore, steps_before_cancel: int
 ) -> None:
     async def scenario() -> list[tuple[int, bytes]]:
-        store = SqliteStore(tmp_path / "db.sqlite3")
+        store = new_store()
         await store.open()
         try:
             task = asyncio.create_task(store.add_manifest_rows("snap-a", [(0, b"\0" * 32)]))

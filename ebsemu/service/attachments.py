@@ -101,6 +101,12 @@ class AttachmentService:
                 volume_id, instance_id, device, AttachmentState.ATTACHING, utcnow()
             )
             if not await store.begin_attach(attachment):
+                # Another server sharing the database may have taken the device meanwhile.
+                now = (await store.attachments_of_instances([instance_id])).get(instance_id, [])
+                if any(a.device == device for a in now):
+                    raise errors.InvalidParameterValue(
+                        f"Attachment point {device} is already in use"
+                    )
                 raise errors.IncorrectState(f"The volume '{volume_id}' changed state; retry.")
         await self._core.jobs.submit("attach_volume", volume_id, instance_id=instance_id)
         log.info("volume %s: attaching to %s as %s", volume_id, instance_id, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from backends.base import BlockStore, ExportBackend, Initiator, StorageBackend, VmmBackend
@@ -28,8 +29,9 @@ class Core:
     initiators: dict[str, Initiator] = field(default_factory=dict)  # by VMM host name
     locks: ResourceLocks = field(default_factory=ResourceLocks)
     # Held while manifest rows are added with their blocks, and while unreferenced blocks are
-    # swept, so a sweep never deletes a block a running snapshot has just counted on.
-    block_gc_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # swept, so a sweep never deletes a block a running snapshot has just counted on (across
+    # the server instances sharing a PostgreSQL store: ebsemu.store.locks.StoreLock).
+    block_gc_lock: AbstractAsyncContextManager[None] = field(default_factory=asyncio.Lock)
 
     def storage_for(self, resource: Volume | Snapshot) -> StorageBackend:
         """The backend of the storage host holding the volume (or the snapshot's frozen view)."""

@@ -1,5 +1,10 @@
 """Background jobs with an intent record: written to the store before they run, marked done
-after, and resumed from the store at start-up if the process died in between."""
+after, and resumed from the store at start-up if the process died in between.
+
+On a store shared by several server instances each job is leased to one instance: ``keep``
+renews the leases of the jobs this instance runs (cancelling any it lost) and takes over the
+jobs of instances that died (their leases ran out).
+"""
 
 from __future__ import annotations
 
@@ -19,12 +24,18 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
 # The id of the job whose handler is running (in the job's task), for its step log.
 CURRENT_JOB: ContextVar[int | None] = ContextVar("CURRENT_JOB", default=None)
 
+# On a shared store, a transitional resource counts as stranded only if it still is after
+# this long: another instance may be between the state change and the job's record.
+STRANDED_RECHECK_SECONDS = 2.0
+
 
 class Jobs:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._handlers: dict[str, Handler] = {}
         self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._job_tasks: dict[int, asyncio.Task[None]] = {}
+        self._recorded: set[int] = set()  # recorded here, to be started or failed here
         self._closing = False
 
     def register(self, kind: str, handler: Handler) -> None:
@@ -37,32 +48,63 @@ class Jobs:
 
     async def record(self, kind: str, resource_id: str, **payload: Any) -> int:
         """Write the intent to the store (for work that begins in the request itself)."""
-        return await self._store.start_job(kind, resource_id, json.dumps(payload))
+        job_id = await self._store.start_job(kind, resource_id, json.dumps(payload))
+        self._recorded.add(job_id)
+        return job_id
 
     def start(self, job_id: int, kind: str, resource_id: str, **payload: Any) -> None:
         """Run a recorded job in the background."""
+        self._recorded.discard(job_id)
         self._spawn(job_id, kind, resource_id, payload)
 
     async def fail(self, job_id: int, error: str) -> None:
         """Close a recorded job that could not start."""
+        self._recorded.discard(job_id)
         await self._store.finish_job(job_id, error)
 
     async def resume(self) -> int:
-        """Run again every job the store says was started and never finished."""
-        pending = await self._store.unfinished_jobs()
+        """Run again every job the store says was started and never finished (on a shared
+        store: that no live instance holds)."""
+        pending = await self._store.claim_jobs(self._held())
         for job_id, kind, resource_id, payload in pending:
             log.info("resuming job %d: %s %s", job_id, kind, resource_id)
             self._spawn(job_id, kind, resource_id, json.loads(payload))
         return len(pending)
 
+    async def keep(self, interval: float) -> None:
+        """Every ``interval`` seconds: renew this instance's leases, cancel the jobs whose
+        lease was lost (another instance took them over), take over the jobs of instances
+        that died. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                running = self._held()
+                held = await self._store.renew_job_leases(running)
+                for job_id in set(running) - held:
+                    task = self._job_tasks.get(job_id)
+                    if task is not None:
+                        log.warning("job %d: lease lost to another instance; stopping", job_id)
+                        task.cancel()
+                await self.resume()
+            except Exception:
+                log.exception("renewing or claiming job leases failed")
+
     async def settle_stranded(self) -> int:
         """Start the job that finishes each resource a crash left in a transitional state
         before its job was recorded."""
         stranded = await self._store.stranded()
+        if stranded and self._store.shared:
+            await asyncio.sleep(STRANDED_RECHECK_SECONDS)
+            again = set(await self._store.stranded())
+            stranded = [entry for entry in stranded if entry in again]
         for kind, resource_id, payload in stranded:
             log.warning("%s %s was left without its job; starting it", kind, resource_id)
             await self.submit(kind, resource_id, **json.loads(payload))
         return len(stranded)
+
+    def _held(self) -> list[int]:
+        """The jobs this instance runs or is about to start."""
+        return sorted(self._recorded | set(self._job_tasks))
 
     def is_running(self, kind: str, resource_id: str) -> bool:
         return (kind, resource_id) in self._running
@@ -103,11 +145,14 @@ class Jobs:
         )
         key = (kind, resource_id)
         self._running[key] = task
-        task.add_done_callback(lambda t: self._forget(key, t))
+        self._job_tasks[job_id] = task
+        task.add_done_callback(lambda t: self._forget(key, job_id, t))
 
-    def _forget(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+    def _forget(self, key: tuple[str, str], job_id: int, task: asyncio.Task[None]) -> None:
         if self._running.get(key) is task:
             del self._running[key]
+        if self._job_tasks.get(job_id) is task:
+            del self._job_tasks[job_id]
 
     async def _run(
         self, job_id: int, kind: str, resource_id: str, handler: Handler, payload: dict[str, Any]

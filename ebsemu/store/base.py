@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
@@ -227,6 +228,28 @@ class FastRestoreStore(Protocol):
     async def list_fast_restores(self, query: ListQuery) -> Page[FastRestore]: ...
 
 
+class JobLeaseStore(Protocol):
+    """How server instances sharing one database divide the jobs: each unfinished job is
+    leased to one instance, which renews the lease while the job runs; a job whose lease ran
+    out (its instance died) is claimed by another one."""
+
+    shared: bool  # several server instances may use this database at once
+
+    async def claim_jobs(self, running: Sequence[int] = ()) -> list[tuple[int, str, str, str]]:
+        """Take the unfinished jobs nobody holds (never leased, lease run out, or held by an
+        earlier run of this instance), except ``running`` (this instance runs them):
+        (id, kind, resource id, payload JSON)."""
+        ...
+
+    async def renew_job_leases(self, job_ids: Sequence[int]) -> set[int]:
+        """Extend this instance's leases of ``job_ids``; return the ids it still holds."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Held by one server instance at a time (start-up reconciliation)."""
+        ...
+
+
 class Store(
     AccountStore,
     DirectStore,
@@ -237,6 +260,7 @@ class Store(
     ReconcileStore,
     StepStore,
     FastRestoreStore,
+    JobLeaseStore,
     Protocol,
 ):
     async def open(self) -> None: ...

@@ -15,7 +15,7 @@ from ebsemu.store.base import Filter, UnknownFilterError
 
 
 def _bool(column: str) -> str:
-    return f"(CASE WHEN {column} THEN 'true' ELSE 'false' END)"
+    return f"(CASE WHEN {column} <> 0 THEN 'true' ELSE 'false' END)"
 
 
 VOLUME_FILTERS: Mapping[str, str] = {
@@ -135,7 +135,7 @@ def _match(expr: str, values: Sequence[str], params: list[object]) -> str:
             params.append(literal)
     # A filter named without values constrains nothing: EC2 reads it as "has this attribute"
     # (for tag:<key>, attachment.*: has such a tag, has an attachment).
-    return "(" + " OR ".join(terms) + ")" if terms else "1"
+    return "(" + " OR ".join(terms) + ")" if terms else "TRUE"
 
 
 def filter_sql(

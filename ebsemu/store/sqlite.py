@@ -46,6 +46,7 @@ from ebsemu.store.sqlite_encryption import EncryptionTables
 from ebsemu.store.sqlite_fast_restores import FastRestoreTables
 from ebsemu.store.sqlite_instances import InstanceTables, complete_volumes
 from ebsemu.store.sqlite_inventory import InventoryTables
+from ebsemu.store.sqlite_leases import LeaseTables
 from ebsemu.store.sqlite_modifications import ModificationTables
 from ebsemu.store.sqlite_reconcile import ReconcileTables
 from ebsemu.store.sqlite_steps import StepTables
@@ -66,6 +67,7 @@ class SqliteStore(
     ReconcileTables,
     StepTables,
     FastRestoreTables,
+    LeaseTables,
 ):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -277,8 +279,8 @@ class SqliteStore(
                     f"WHERE p.grantee IN ({placeholders(len(reach.grantees))}))"
                 )
                 params += sorted(reach.grantees)
-            terms.append("(" + (" AND ".join(parts) or "1") + ")")
-        where = ["(" + (" OR ".join(terms) or "0") + ")", "s.region = ?"]
+            terms.append("(" + (" AND ".join(parts) or "TRUE") + ")")
+        where = ["(" + (" OR ".join(terms) or "FALSE") + ")", "s.region = ?"]
         params.append(query.region)
         if query.ids:
             where.append(f"s.id IN ({placeholders(len(query.ids))})")

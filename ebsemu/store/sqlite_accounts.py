@@ -38,12 +38,15 @@ class AccountTables(SqliteBase):
                 row = await cur.fetchone()
             if row is not None and row[0] != account_id:
                 raise Rollback
-            await db.execute(
+            # The WHERE holds against a concurrent writer (another server on the database).
+            cur = await db.execute(
                 "INSERT INTO access_keys (access_key_id, account_id, secret, created_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (access_key_id) DO UPDATE SET secret = "
-                "excluded.secret",
+                "excluded.secret WHERE access_keys.account_id = excluded.account_id",
                 (access_key_id, account_id, secret, time.time()),
             )
+            if cur.rowcount != 1:
+                raise Rollback
             return True
         return False
 

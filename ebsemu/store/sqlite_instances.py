@@ -110,7 +110,8 @@ class InstanceTables(SqliteBase):
         return attachment_from_row(rows[0]) if rows else None
 
     async def begin_attach(self, attachment: Attachment) -> bool:
-        """Volume `available` -> `in-use` and the attachment recorded, or neither."""
+        """Volume `available` -> `in-use` and the attachment recorded, or neither (also when
+        the instance's device is taken: on PostgreSQL, by another server)."""
         async with self._transaction() as db:
             cur = await db.execute(
                 "UPDATE volumes SET state = 'in-use', "
@@ -120,8 +121,9 @@ class InstanceTables(SqliteBase):
             )
             if cur.rowcount != 1:
                 raise Rollback
-            await db.execute(
-                f"INSERT INTO attachments ({ATTACHMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            cur = await db.execute(
+                f"INSERT INTO attachments ({ATTACHMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (
                     attachment.volume_id,
                     attachment.instance_id,
@@ -132,6 +134,8 @@ class InstanceTables(SqliteBase):
                     attachment.handle,
                 ),
             )
+            if cur.rowcount != 1:
+                raise Rollback
             return True
         return False
 

@@ -6,6 +6,7 @@ checks it is finished, so two ModifyVolume calls can never both start one.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -36,7 +37,7 @@ def _text(column: str) -> str:
 
 
 def _bool(column: str) -> str:
-    return f"(CASE WHEN {column} THEN 'true' ELSE 'false' END)"
+    return f"(CASE WHEN {column} <> 0 THEN 'true' ELSE 'false' END)"
 
 
 MODIFICATION_FILTERS: Mapping[str, str] = {
@@ -107,23 +108,30 @@ class ModificationTables(SqliteBase):
             *_settings_values(modification.target),
         )
         active = [s.value for s in ACTIVE_STATES]
-        async with self._transaction() as db:
-            async with db.execute(
-                "SELECT 1 FROM volume_modifications WHERE volume_id = ? "
-                f"AND state IN ({placeholders(len(active))})",
-                (modification.volume_id, *active),
-            ) as cur:
-                if await cur.fetchone() is not None:
-                    raise Rollback
-            await db.execute(
-                "DELETE FROM volume_modifications WHERE volume_id = ?", (modification.volume_id,)
-            )
-            await db.execute(
-                f"INSERT INTO volume_modifications ({MODIFICATION_COLUMNS}) "
-                f"VALUES ({placeholders(len(values))})",
-                values,
-            )
-            return True
+        try:
+            async with self._transaction() as db:
+                async with db.execute(
+                    "SELECT 1 FROM volume_modifications WHERE volume_id = ? "
+                    f"AND state IN ({placeholders(len(active))})",
+                    (modification.volume_id, *active),
+                ) as cur:
+                    if await cur.fetchone() is not None:
+                        raise Rollback
+                # Only a finished one: on PostgreSQL one begun since the SELECT may be active,
+                # and then the INSERT below finds it.
+                await db.execute(
+                    "DELETE FROM volume_modifications WHERE volume_id = ? "
+                    f"AND state NOT IN ({placeholders(len(active))})",
+                    (modification.volume_id, *active),
+                )
+                await db.execute(
+                    f"INSERT INTO volume_modifications ({MODIFICATION_COLUMNS}) "
+                    f"VALUES ({placeholders(len(values))})",
+                    values,
+                )
+                return True
+        except sqlite3.IntegrityError:  # one begun at the same time by another server
+            return False
         return False
 
     async def get_modification(self, volume_id: str) -> VolumeModification | None:

@@ -48,7 +48,8 @@ class VolumeIoTables(SqliteBase):
             "ON CONFLICT (volume_id) DO UPDATE SET event_id = excluded.event_id, "
             "event_description = excluded.event_description, "
             "event_since = excluded.event_since, "
-            "io_disabled = CASE WHEN auto_enable_io = 0 THEN 1 ELSE io_disabled END "
+            "io_disabled = CASE WHEN volume_io.auto_enable_io = 0 THEN 1 "
+            "ELSE volume_io.io_disabled END "
             "WHERE volume_io.event_id IS NULL",
             (volume_id, event_id, description, to_wire(since)),
         )

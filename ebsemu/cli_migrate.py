@@ -1,0 +1,44 @@
+"""`ebsemu migrate --from sqlite:PATH --to postgresql://…`: move a deployment's metadata from
+its SQLite database into an empty PostgreSQL database (see ebsemu.store.copy). Without
+--from, the configured data directory's database; without --to, the configured [store] dsn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from ebsemu.config import Config
+from ebsemu.store.backends import STORE_ERRORS
+from ebsemu.store.copy import CopyError, copy_sqlite_to_postgres
+from ebsemu.store.postgres_base import redact_dsn
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="source", help="sqlite:PATH (default: the data dir's)")
+    parser.add_argument("--to", dest="target", help="postgresql://… (default: [store] dsn)")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    source = args.source or f"sqlite:{config.database}"
+    target = args.target or config.store_dsn
+    if not source.startswith("sqlite:"):
+        print("ebsemu migrate: --from must be sqlite:PATH", file=sys.stderr)
+        return 2
+    if not target or not target.startswith(("postgresql://", "postgres://")):
+        print("ebsemu migrate: --to must be a postgresql://… DSN", file=sys.stderr)
+        return 2
+    path = Path(source.removeprefix("sqlite:"))
+    try:
+        copied = asyncio.run(copy_sqlite_to_postgres(path, target))
+    except CopyError as exc:
+        print(f"ebsemu migrate: {exc}", file=sys.stderr)
+        return 1
+    except STORE_ERRORS as exc:
+        print(f"ebsemu migrate: cannot use the databases: {exc}", file=sys.stderr)
+        return 1
+    for entry in copied:
+        print(f"{entry.table}: {entry.rows} rows")
+    print(f"copied {path} to {redact_dsn(target)}: {len(copied)} tables, counts verified")
+    return 0

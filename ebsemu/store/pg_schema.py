@@ -1,0 +1,303 @@
+"""The schema migrations of the PostgreSQL store: one for each of ``schema.MIGRATIONS``, with
+the same number and meaning, in PostgreSQL's dialect (the version applied is kept in the table
+``schema_version``). Append a migration whenever one is appended to ``schema.MIGRATIONS``.
+
+Differences from the SQLite schema: `BIGSERIAL` for SQLite's AUTOINCREMENT keys, `BYTEA` for
+BLOB, `DOUBLE PRECISION` for REAL, triggers as trigger functions; ``tags`` has an explicit
+``rowid`` (SQLite's implicit one orders tag listings); one attachment per device of an
+instance is a unique index (server instances sharing the database do not share their
+in-process locks); ``jobs`` has the lease columns that let several server instances share the
+database: ``owner`` (the instance run holding the job), ``lease_until`` (epoch seconds on the
+database's clock) and ``runs`` (how many times an instance took the job up). A job inserted by
+a connection of the store is leased to its instance by the columns' defaults, which read the
+connection's settings ``ebsemu.job_owner`` and ``ebsemu.job_lease_seconds`` (a connection
+without them, e.g. ``ebsemu migrate``'s, leaves the job to the first instance that claims it).
+"""
+
+from __future__ import annotations
+
+PG_MIGRATIONS: list[str] = [
+    # 1: volumes, snapshots, tags, manifests, attachments, jobs (with their leases)
+    """
+    CREATE TABLE volumes (
+        seq BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        owner_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        zone_id TEXT NOT NULL DEFAULT '',
+        size_gib INTEGER NOT NULL,
+        volume_type TEXT NOT NULL,
+        iops INTEGER,
+        throughput INTEGER,
+        encrypted INTEGER NOT NULL DEFAULT 0,
+        kms_key_id TEXT,
+        snapshot_id TEXT,
+        multi_attach INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        state_message TEXT,
+        create_time TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        client_token TEXT,
+        request_digest TEXT
+    );
+    CREATE INDEX volumes_owner_state ON volumes(owner_id, region, state);
+    CREATE UNIQUE INDEX volumes_client_token ON volumes(owner_id, client_token)
+        WHERE client_token IS NOT NULL;
+
+    CREATE TABLE snapshots (
+        seq BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        owner_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        volume_id TEXT NOT NULL,
+        volume_size_gib INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        progress INTEGER NOT NULL DEFAULT 0,
+        description TEXT NOT NULL DEFAULT '',
+        encrypted INTEGER NOT NULL DEFAULT 0,
+        kms_key_id TEXT,
+        state_message TEXT,
+        start_time TEXT NOT NULL,
+        completion_time TEXT,
+        full_size_bytes BIGINT,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX snapshots_owner_state ON snapshots(owner_id, region, state);
+    CREATE INDEX snapshots_volume ON snapshots(volume_id);
+
+    CREATE TABLE tags (
+        rowid BIGSERIAL NOT NULL UNIQUE,
+        resource_id TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        owner_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (resource_id, key)
+    );
+    CREATE INDEX tags_key_value ON tags(key, value);
+
+    CREATE TABLE snapshot_blocks (
+        snapshot_id TEXT NOT NULL,
+        block_index BIGINT NOT NULL,
+        digest BYTEA NOT NULL,
+        PRIMARY KEY (snapshot_id, block_index)
+    );
+    CREATE INDEX snapshot_blocks_digest ON snapshot_blocks(digest);
+
+    CREATE TABLE attachments (
+        volume_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        device TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attach_time TEXT NOT NULL,
+        delete_on_termination INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (volume_id, instance_id)
+    );
+    CREATE INDEX attachments_instance ON attachments(instance_id);
+    CREATE UNIQUE INDEX attachments_instance_device ON attachments(instance_id, device);
+
+    CREATE TABLE jobs (
+        id BIGSERIAL PRIMARY KEY,
+        kind TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        payload TEXT NOT NULL DEFAULT '{}',
+        error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        owner TEXT DEFAULT NULLIF(current_setting('ebsemu.job_owner', true), ''),
+        lease_until DOUBLE PRECISION DEFAULT extract(epoch FROM clock_timestamp())
+            + CAST(NULLIF(current_setting('ebsemu.job_lease_seconds', true), '')
+                   AS DOUBLE PRECISION),
+        runs INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    """,
+    # 2: ClientTokens of purged volumes, so a late retry cannot create a second volume
+    """
+    CREATE TABLE retired_client_tokens (
+        owner_id TEXT NOT NULL,
+        client_token TEXT NOT NULL,
+        volume_id TEXT NOT NULL,
+        retired_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (owner_id, client_token)
+    );
+    CREATE INDEX retired_client_tokens_age ON retired_client_tokens(retired_at);
+    """,
+    # 3: instances (VMM domains) and the VMM's handle of each attachment
+    """
+    CREATE TABLE instances (
+        seq BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        owner_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        vmm TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        state TEXT NOT NULL,
+        launch_time TEXT NOT NULL,
+        UNIQUE (vmm, domain)
+    );
+    CREATE INDEX instances_owner ON instances(owner_id, region);
+    ALTER TABLE attachments ADD COLUMN handle TEXT;
+    """,
+    # 4: accounts and their access keys; snapshots' create-volume permissions
+    """
+    CREATE TABLE accounts (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL DEFAULT '',
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE access_keys (
+        access_key_id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        secret TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX access_keys_account ON access_keys(account_id);
+
+    CREATE TABLE snapshot_permissions (
+        snapshot_id TEXT NOT NULL,
+        grantee TEXT NOT NULL,  -- a 12-digit account id, or 'all' (public)
+        PRIMARY KEY (snapshot_id, grantee)
+    );
+    CREATE INDEX snapshot_permissions_grantee ON snapshot_permissions(grantee, snapshot_id);
+    """,
+    # 5: export records (target, CHAP credentials) of attached volumes, re-applied at start
+    """
+    CREATE TABLE exports (
+        volume_id TEXT PRIMARY KEY,
+        record TEXT NOT NULL
+    );
+    """,
+    # 6: storage hosts: the host holding each volume, and each snapshot's frozen view
+    """
+    ALTER TABLE volumes ADD COLUMN storage_host TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE snapshots ADD COLUMN storage_host TEXT NOT NULL DEFAULT 'default';
+    """,
+    # 7: EBS direct API: the snapshots it writes (parent, token, timeout), the blocks put into
+    # each one while it is pending, and the key that signs block and page tokens
+    """
+    CREATE TABLE direct_snapshots (
+        snapshot_id TEXT PRIMARY KEY,
+        owner_id TEXT NOT NULL,
+        parent_snapshot_id TEXT,
+        client_token TEXT,
+        request_digest TEXT NOT NULL,
+        timeout_minutes INTEGER NOT NULL,
+        last_activity DOUBLE PRECISION NOT NULL
+    );
+    CREATE UNIQUE INDEX direct_snapshots_client_token ON direct_snapshots(owner_id, client_token)
+        WHERE client_token IS NOT NULL;
+    CREATE TABLE direct_written_blocks (
+        snapshot_id TEXT NOT NULL,
+        block_index BIGINT NOT NULL,
+        digest BYTEA NOT NULL,
+        PRIMARY KEY (snapshot_id, block_index)
+    );
+    CREATE TABLE direct_keys (
+        name TEXT PRIMARY KEY,
+        secret BYTEA NOT NULL
+    );
+    CREATE FUNCTION direct_snapshot_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM direct_snapshots WHERE snapshot_id = OLD.id;
+        DELETE FROM direct_written_blocks WHERE snapshot_id = OLD.id;
+        RETURN OLD;
+    END $$;
+    CREATE TRIGGER direct_snapshot_removed AFTER DELETE ON snapshots
+        FOR EACH ROW EXECUTE FUNCTION direct_snapshot_removed();
+    """,
+    # 8: volume attributes and status: autoEnableIO, and the I/O incident of an impaired volume
+    """
+    CREATE TABLE volume_io (
+        volume_id TEXT PRIMARY KEY,
+        auto_enable_io INTEGER NOT NULL DEFAULT 0,
+        io_disabled INTEGER NOT NULL DEFAULT 0,
+        event_id TEXT,
+        event_description TEXT,
+        event_since TEXT
+    );
+    CREATE FUNCTION volume_io_purged() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM volume_io WHERE volume_id = OLD.id;
+        RETURN OLD;
+    END $$;
+    CREATE TRIGGER volume_io_purged AFTER DELETE ON volumes
+        FOR EACH ROW EXECUTE FUNCTION volume_io_purged();
+    """,
+    # 9: EBS encryption: per account and region settings; encrypted resources' wrapped data keys
+    """
+    CREATE TABLE ebs_encryption_settings (
+        account_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        by_default INTEGER NOT NULL DEFAULT 0,
+        kms_key_id TEXT,  -- a key ARN; NULL: the AWS managed key alias/aws/ebs
+        PRIMARY KEY (account_id, region)
+    );
+    CREATE TABLE data_keys (
+        resource_id TEXT PRIMARY KEY,  -- an encrypted volume or snapshot
+        wrapped_key TEXT NOT NULL      -- its data key, wrapped by the master key
+    );
+    """,
+    # 10: volume modifications (ModifyVolume): the latest one of each volume
+    """
+    CREATE TABLE volume_modifications (
+        seq BIGSERIAL PRIMARY KEY,
+        volume_id TEXT NOT NULL UNIQUE,
+        owner_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        state TEXT NOT NULL,
+        status_message TEXT,
+        progress INTEGER NOT NULL DEFAULT 0,
+        start_time TEXT NOT NULL,
+        end_time TEXT,
+        original_size INTEGER NOT NULL,
+        original_volume_type TEXT NOT NULL,
+        original_iops INTEGER,
+        original_throughput INTEGER,
+        original_multi_attach INTEGER NOT NULL,
+        target_size INTEGER NOT NULL,
+        target_volume_type TEXT NOT NULL,
+        target_iops INTEGER,
+        target_throughput INTEGER,
+        target_multi_attach INTEGER NOT NULL
+    );
+    CREATE INDEX volume_modifications_owner ON volume_modifications(owner_id, region, state);
+    """,
+    # 11: crash safety: each job's steps as they are done, failed and undone (append-only), so
+    # a resumed job goes on from the first step not done, or finishes undoing
+    """
+    CREATE TABLE job_steps (
+        job_id BIGINT NOT NULL REFERENCES jobs(id),
+        seq INTEGER NOT NULL,
+        step TEXT NOT NULL,
+        outcome TEXT NOT NULL,  -- done | failed | undone
+        at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    );
+    """,
+    # 12: fast snapshot restores: per account, snapshot and zone, its state and when each
+    # state began (a disabled one stays listed until it is enabled again)
+    """
+    CREATE TABLE fast_snapshot_restores (
+        seq BIGSERIAL PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        snapshot_id TEXT NOT NULL,
+        zone TEXT NOT NULL,
+        zone_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        snapshot_owner_id TEXT NOT NULL,
+        enabling_time TEXT,
+        optimizing_time TEXT,
+        enabled_time TEXT,
+        disabling_time TEXT,
+        disabled_time TEXT,
+        UNIQUE (account_id, snapshot_id, zone)
+    );
+    CREATE INDEX fast_snapshot_restores_snapshot ON fast_snapshot_restores(snapshot_id, state);
+    """,
+]

@@ -1,0 +1,271 @@
+"""Two `ebsemu serve` instances on one PostgreSQL database, one storage directory and block
+store, and one QEMU VM: under concurrent load from both endpoints no job runs twice and a
+ClientToken names one volume; concurrent attaches through both never attach one volume twice
+nor two volumes at one device; a job whose instance is killed mid-way is taken over by the
+other one once its lease runs out."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from ebsemu.service.instances import instance_id
+from tests.api_support import FAST, new_volume, poll, unique
+from tests.pg_fixtures import PostgresServer
+from tests.server import TEST_CONFIG, ZONE, ServerProcess
+from tests.vmm_fixtures import HAVE_QEMU, NEEDS_QEMU, QemuVm, running_vm
+
+LEASE_SECONDS = 3.0
+THREADS = 8
+ROUNDS = 2
+VMM = "kvm-pair"
+MIB = 1024 * 1024
+BLOCK = 512 * 1024
+
+
+@dataclass
+class Pair:
+    first: ServerProcess
+    second: ServerProcess
+    database: str
+    postgres: PostgresServer
+    shared: Path
+    vm: QemuVm | None
+
+    def sql(self, query: str) -> list[list[str]]:
+        out = self.postgres.psql(query, self.database)
+        return [line.split("|") for line in out.splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
+) -> Iterator[Pair]:
+    """Two instances for the module: the load and attach tests first, then the one that
+    kills an instance."""
+    tmp_path = tmp_path_factory.mktemp("pair")
+    database = f"pair_{uuid.uuid4().hex[:12]}"
+    dsn = postgres_server.create_database(database)
+    shared = tmp_path / "shared"
+    config = TEST_CONFIG + (
+        f"\n[storage]\npath = {shared / 'storage'}\n\n[blockstore]\npath = {shared / 'blocks'}\n"
+    )
+    qmp_dir = tmp_path / "qmp"
+    qmp_dir.mkdir()
+    if HAVE_QEMU:
+        config += (
+            f"\n[vmm {VMM}]\ndriver = qemu\nzone = {ZONE}\nsocket_dir = {qmp_dir}\n"
+            "detach_timeout = 10\n"
+        )
+    servers = [
+        ServerProcess(tmp_path / name, config, store_dsn=dsn, job_lease_seconds=LEASE_SECONDS)
+        for name in ("one", "two")
+    ]
+    with contextlib.ExitStack() as stack:
+        vm = stack.enter_context(running_vm(qmp_dir, "pairvm", ports=4)) if HAVE_QEMU else None
+        for server in servers:
+            stack.callback(server.stop)
+            server.start()
+        yield Pair(servers[0], servers[1], database, postgres_server, shared, vm)
+
+
+def test_concurrent_load_on_both_instances_runs_every_job_once(pair: Pair) -> None:
+    # Clients of their own per thread (made here: making clients is not thread-safe).
+    clients = [(pair.first.client(), pair.second.client()) for _ in range(THREADS)]
+    failures: list[BaseException] = []
+    tokens: dict[str, set[str]] = {}
+    lock = threading.Lock()
+
+    def worker(number: int) -> None:
+        try:
+            for round_ in range(ROUNDS):
+                ec2 = clients[number][(number + round_) % 2]
+                other = clients[number][(number + round_ + 1) % 2]
+                token = unique()
+                created = ec2.create_volume(AvailabilityZone=ZONE, Size=1, ClientToken=token)
+                retried = other.create_volume(AvailabilityZone=ZONE, Size=1, ClientToken=token)
+                with lock:
+                    tokens[token] = {created["VolumeId"], retried["VolumeId"]}
+                volume_id = created["VolumeId"]
+                other.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+                snapshot_id = other.create_snapshot(VolumeId=volume_id)["SnapshotId"]
+                ec2.get_waiter("snapshot_completed").wait(
+                    SnapshotIds=[snapshot_id], WaiterConfig=FAST
+                )
+                ec2.delete_snapshot(SnapshotId=snapshot_id)
+                other.delete_volume(VolumeId=volume_id)
+        except BaseException as exc:  # reported by the test thread
+            with lock:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert not failures, failures[0]
+    assert len(tokens) == THREADS * ROUNDS
+    assert all(len(ids) == 1 for ids in tokens.values())  # both endpoints named one volume
+
+    def settled() -> bool | None:
+        running = pair.sql("SELECT count(*) FROM jobs WHERE state = 'running'")
+        return True if running == [["0"]] else None
+
+    poll(settled, timeout=60)
+    jobs = pair.sql("SELECT kind, state, runs, owner FROM jobs ORDER BY id")
+    kinds = {kind for kind, _, _, _ in jobs}
+    assert kinds == {"create_volume", "capture_snapshot", "delete_snapshot", "delete_volume"}
+    assert len(jobs) == 4 * THREADS * ROUNDS
+    assert {(state, runs) for _, state, runs, _ in jobs} == {("done", "1")}
+    assert (
+        pair.sql(
+            "SELECT kind, resource_id FROM jobs GROUP BY kind, resource_id HAVING count(*) > 1"
+        )
+        == []
+    )
+    assert len({owner.split("#")[0] for _, _, _, owner in jobs}) == 2  # both ran jobs
+    per_token = pair.sql(
+        "SELECT client_token, count(*) FROM (SELECT client_token, id FROM volumes "
+        "WHERE client_token IS NOT NULL UNION SELECT client_token, volume_id "
+        "FROM retired_client_tokens) t GROUP BY client_token HAVING count(*) > 1"
+    )
+    assert per_token == []
+
+
+def _concurrently(*calls: tuple[Any, dict[str, Any]]) -> list[str]:
+    """Run the boto3 calls at once (each in a thread); the error code of each, or "ok"."""
+    outcomes: list[str] = [""] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def call(number: int) -> None:
+        operation, params = calls[number]
+        start.wait()
+        try:
+            operation(**params)
+            outcomes[number] = "ok"
+        except ClientError as exc:
+            outcomes[number] = str(exc.response["Error"]["Code"])
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return outcomes
+
+
+@pytest.mark.skipif(not HAVE_QEMU, reason=NEEDS_QEMU)
+def test_concurrent_attaches_through_both_instances_never_attach_twice(pair: Pair) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    iid = instance_id(VMM, "pairvm")
+    volumes = [new_volume(one) for _ in range(3)]
+    # Two volumes at one device of the instance, through each endpoint at once.
+    same_device = _concurrently(
+        (one.attach_volume, {"VolumeId": volumes[0], "InstanceId": iid, "Device": "/dev/sdf"}),
+        (two.attach_volume, {"VolumeId": volumes[1], "InstanceId": iid, "Device": "/dev/sdf"}),
+    )
+    # One volume at two devices, through each endpoint at once.
+    same_volume = _concurrently(
+        (one.attach_volume, {"VolumeId": volumes[2], "InstanceId": iid, "Device": "/dev/sdg"}),
+        (two.attach_volume, {"VolumeId": volumes[2], "InstanceId": iid, "Device": "/dev/sdh"}),
+    )
+    assert sorted(same_device)[-1] == "ok" and same_device.count("ok") == 1, same_device
+    assert same_device.count("InvalidParameterValue") == 1  # the device is in use
+    assert same_volume.count("ok") == 1, same_volume
+    assert set(same_volume) - {"ok"} <= {"VolumeInUse", "IncorrectState"}
+
+    def attached() -> list[dict[str, Any]] | None:
+        found = two.describe_volumes(VolumeIds=volumes)["Volumes"]
+        links = [a for v in found for a in v["Attachments"]]
+        return links if all(a["State"] == "attached" for a in links) else None
+
+    links = poll(attached, timeout=60)
+    assert sorted(a["Device"] for a in links)[0] == "/dev/sdf"
+    assert len(links) == 2 and len({a["Device"] for a in links}) == 2
+    assert len({a["VolumeId"] for a in links}) == 2
+    rows = pair.sql("SELECT device FROM attachments ORDER BY device")
+    assert [row[0] for row in rows] == sorted(a["Device"] for a in links)
+    jobs = pair.sql("SELECT runs, state FROM jobs WHERE kind = 'attach_volume'")
+    assert jobs == [["1", "done"]] * 2
+    for link in links:
+        one.detach_volume(VolumeId=link["VolumeId"])
+    two.get_waiter("volume_available").wait(VolumeIds=volumes, WaiterConfig=FAST)
+
+
+def _fill(segment: Path, size: int) -> None:
+    """Distinct data in every block (so that each one is stored, none deduplicated)."""
+    with segment.open("r+b") as handle:
+        for index in range(size // BLOCK):
+            handle.write(index.to_bytes(8, "little") * (BLOCK // 8))
+
+
+def test_a_job_of_a_killed_instance_is_finished_by_the_other_after_its_lease(
+    pair: Pair,
+) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    volume_id = one.create_volume(AvailabilityZone=ZONE, Size=1)["VolumeId"]
+    one.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+    _fill(pair.shared / "storage" / "volumes" / volume_id / "seg-0000", 512 * MIB)
+
+    # Snapshot through the first instance until one is caught mid-capture: stopped (SIGSTOP)
+    # while still pending, its job is held by a process that will never finish it.
+    caught: str | None = None
+    for _ in range(5):
+        snapshot_id = one.create_snapshot(VolumeId=volume_id)["SnapshotId"]
+
+        def progressing(snapshot: str = snapshot_id) -> str | None:
+            (found,) = one.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
+            started = found["State"] != "pending" or found["Progress"] != "0%"
+            return str(found["State"]) if started else None
+
+        poll(progressing, timeout=60, every=0.02)
+        assert pair.first.proc is not None
+        pair.first.proc.send_signal(signal.SIGSTOP)
+        (state,) = pair.sql(f"SELECT state FROM snapshots WHERE id = '{snapshot_id}'")
+        if state == ["pending"]:
+            caught = snapshot_id
+            break
+        pair.first.proc.send_signal(signal.SIGCONT)
+    assert caught is not None, "every capture finished before the instance could be stopped"
+    (held,) = pair.sql(f"SELECT id, owner, runs FROM jobs WHERE resource_id = '{caught}'")
+    pair.first.stop(signal.SIGKILL)
+
+    two.get_waiter("snapshot_completed").wait(
+        SnapshotIds=[caught], WaiterConfig={"Delay": 0.2, "MaxAttempts": 600}
+    )
+
+    def job_done() -> list[str] | None:
+        (row,) = pair.sql(f"SELECT id, owner, runs, state FROM jobs WHERE resource_id = '{caught}'")
+        return row if row[3] != "running" else None
+
+    after = poll(job_done, timeout=30)
+    assert after[0] == held[0]
+    assert after[1] != held[1]  # taken over by the second instance
+    assert (after[2], after[3]) == ("2", "done")
+    assert f"resuming job {held[0]}: capture_snapshot {caught}" in pair.second.log_path.read_text()
+
+    # The taken-over capture holds the volume's data: a volume restored from it reads the same.
+    restored = two.create_volume(AvailabilityZone=ZONE, SnapshotId=caught)["VolumeId"]
+    two.get_waiter("volume_available").wait(
+        VolumeIds=[restored], WaiterConfig={"Delay": 0.2, "MaxAttempts": 600}
+    )
+    volumes = pair.shared / "storage" / "volumes"
+    assert _digest(volumes / restored / "seg-0000") == _digest(volumes / volume_id / "seg-0000")
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(8 * MIB):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,493 @@
+"""The Store contract, on each store (SQLite and PostgreSQL): compare-and-set transitions,
+ClientTokens, keyset pagination, filters with wildcards and escapes, tags, attachments, jobs
+and their leases, and the migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ebsemu.model import (
+    Attachment,
+    AttachmentState,
+    Instance,
+    Snapshot,
+    SnapshotState,
+    Volume,
+    VolumeState,
+    VolumeType,
+    utcnow,
+)
+from ebsemu.store.base import Filter, ListQuery, Store, VolumeIo
+from ebsemu.store.pg_dialect import glob_to_like, translate
+from ebsemu.store.pg_schema import PG_MIGRATIONS
+from ebsemu.store.postgres import PostgresStore
+from ebsemu.store.postgres_base import redact_dsn
+from ebsemu.store.schema import MIGRATIONS
+from ebsemu.store.sql_filters import glob_pattern
+from tests.pg_fixtures import PostgresServer
+from tests.store_fixtures import NewStore, migrated_database, postgres_store_factory
+
+T = TypeVar("T")
+OWNER = "000000000000"
+REGION = "us-east-1"
+
+
+def run(new_store: NewStore, scenario: Callable[[Store], Awaitable[T]]) -> T:
+    async def opened() -> T:
+        store = new_store()
+        await store.open()
+        try:
+            return await scenario(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(opened())
+
+
+def volume(volume_id: str, **fields: object) -> Volume:
+    values: dict[str, object] = {
+        "id": volume_id,
+        "owner_id": OWNER,
+        "region": REGION,
+        "zone": "us-east-1a",
+        "size_gib": 1,
+        "volume_type": VolumeType.GP3,
+        "state": VolumeState.AVAILABLE,
+        "create_time": utcnow(),
+    }
+    values.update(fields)
+    return Volume(**values)  # type: ignore[arg-type]
+
+
+def snapshot(snapshot_id: str, **fields: object) -> Snapshot:
+    values: dict[str, object] = {
+        "id": snapshot_id,
+        "owner_id": OWNER,
+        "region": REGION,
+        "volume_id": "vol-1",
+        "volume_size_gib": 1,
+        "state": SnapshotState.PENDING,
+        "start_time": utcnow(),
+    }
+    values.update(fields)
+    return Snapshot(**values)  # type: ignore[arg-type]
+
+
+def query(**fields: object) -> ListQuery:
+    return ListQuery(owner_ids=frozenset({OWNER}), region=REGION, **fields)  # type: ignore[arg-type]
+
+
+def test_the_postgresql_migrations_match_the_sqlite_ones_one_for_one(
+    postgres_server: PostgresServer,
+) -> None:
+    dsn = postgres_server.create_database(f"schema_{uuid.uuid4().hex[:12]}")
+
+    async def versions() -> list[int]:
+        found = []
+        for _ in range(2):  # the second opening finds the schema current
+            store = PostgresStore(dsn, "test")
+            await store.open()
+            found.append(await store.schema_version())
+            await store.close()
+        return found
+
+    assert len(PG_MIGRATIONS) == len(MIGRATIONS)
+    assert asyncio.run(versions()) == [len(MIGRATIONS)] * 2
+
+
+def test_a_state_change_applies_only_from_an_expected_state(new_store: NewStore) -> None:
+    async def scenario(store: Store) -> tuple[object, ...]:
+        await store.insert_volume(volume("vol-1", state=VolumeState.CREATING))
+        first = await store.transition_volume(
+            "vol-1", {VolumeState.CREATING}, VolumeState.AVAILABLE
+        )
+        second = await store.transition_volume(
+            "vol-1", {VolumeState.CREATING}, VolumeState.ERROR, "late"
+        )
+        racing = await asyncio.gather(
+            *(
+                store.transition_volume("vol-1", {VolumeState.AVAILABLE}, VolumeState.DELETING)
+                for _ in range(8)
+            )
+        )
+        stored = await store.get_volume("vol-1")
+        assert stored is not None
+        return first, second, sorted(racing), stored.state
+
+    first, second, racing, state = run(new_store, scenario)
+    assert (first, second) == (True, False)
+    assert racing == [False] * 7 + [True]
+    assert state == VolumeState.DELETING
+
+
+def test_a_client_token_names_one_volume_even_under_concurrent_inserts(
+    new_store: NewStore,
+) -> None:
+    async def scenario(store: Store) -> tuple[set[str], int, str | None]:
+        inserted = await asyncio.gather(
+            *(store.insert_volume(volume(f"vol-{n}", client_token="tok")) for n in range(6))
+        )
+        count = await store.count_volumes(OWNER)
+        await store.transition_volume(inserted[0].id, {VolumeState.AVAILABLE}, VolumeState.DELETED)
+        await store.purge_deleted_volumes(time.time() + 1)
+        return {v.id for v in inserted}, count, await store.retired_token_volume(OWNER, "tok")
+
+    ids, count, retired = run(new_store, scenario)
+    assert len(ids) == 1 and count == 1
+    assert retired == next(iter(ids))
+
+
+def test_pages_follow_insertion_order_and_resume_after_the_last_one(new_store: NewStore) -> None:
+    async def scenario(store: Store) -> list[list[str]]:
+        for n in range(7):
+            await store.insert_volume(volume(f"vol-{n}"))
+        pages: list[list[str]] = []
+        after = 0
+        while True:
+            page = await store.list_volumes(query(after_seq=after, limit=3))
+            pages.append([v.id for v in page.items])
+            if page.last_seq is None:
+                return pages
+            after = page.last_seq
+
+    assert run(new_store, scenario) == [
+        ["vol-0", "vol-1", "vol-2"],
+        ["vol-3", "vol-4", "vol-5"],
+        ["vol-6"],
+    ]
+
+
+def test_filters_match_wildcards_and_escaped_literals_case_sensitively(
+    new_store: NewStore,
+) -> None:
+    names = ["web-1", "web-2", "db_1", "a*b", "a%b", "Web-3", "x\\y"]
+
+    async def scenario(store: Store) -> dict[str, list[str]]:
+        for n, name in enumerate(names):
+            await store.insert_volume(
+                volume(f"vol-{n}", tags={"Name": name}, encrypted=n % 2 == 0, size_gib=n + 1)
+            )
+
+        async def ids(*filters: tuple[str, tuple[str, ...]]) -> list[str]:
+            page = await store.list_volumes(
+                query(filters=tuple(Filter(name, values) for name, values in filters))
+            )
+            return [str(v.tags["Name"]) for v in page.items]
+
+        return {
+            "star": await ids(("tag:Name", ("web-*",))),
+            "question": await ids(("tag:Name", ("db?1",))),
+            "literal star": await ids(("tag:Name", ("a\\*b",))),
+            "percent is no wildcard": await ids(("tag:Name", ("a%*",))),
+            "underscore is no wildcard": await ids(("tag:Name", ("db_*",)), ("size", ("3",))),
+            "backslash": await ids(("tag:Name", ("x\\\\y",))),
+            "boolean": await ids(("encrypted", ("true",)), ("tag-key", ("Na*",))),
+            "no values": await ids(("tag:Name", ())),
+        }
+
+    found = run(new_store, scenario)
+    assert found["star"] == ["web-1", "web-2"]
+    assert found["question"] == ["db_1"]
+    assert found["literal star"] == ["a*b"]
+    assert found["percent is no wildcard"] == ["a%b"]
+    assert found["underscore is no wildcard"] == ["db_1"]
+    assert found["backslash"] == ["x\\y"]
+    assert found["boolean"] == ["web-1", "db_1", "a%b", "x\\y"]
+    assert found["no values"] == names
+
+
+def test_tags_are_set_replaced_deleted_and_listed_in_pages(new_store: NewStore) -> None:
+    async def scenario(store: Store) -> tuple[object, ...]:
+        await store.insert_volume(volume("vol-1"))
+        await store.insert_snapshot(snapshot("snap-1", tags={"a": "1"}))
+        await store.set_tags([("vol-1", "volume"), ("snap-1", "snapshot")], OWNER, {"k": "v"})
+        await store.set_tags([("vol-1", "volume")], OWNER, {"k": "w", "z": "9"})
+        await store.delete_tags(["snap-1"], [("a", "other"), ("k", None)])
+        first = await store.list_tags(query(limit=2))
+        assert first.last_seq is not None
+        rest = await store.list_tags(query(limit=2, after_seq=first.last_seq))
+        by_key = await store.list_tags(query(filters=(Filter("key", ("k",)),)))
+        return (
+            [(t.resource_id, t.key, t.value) for t in first.items + rest.items],
+            [(t.resource_id, t.value) for t in by_key.items],
+            await store.tag_count("vol-1"),
+        )
+
+    listed, by_key, count = run(new_store, scenario)
+    assert sorted(listed) == [("snap-1", "a", "1"), ("vol-1", "k", "w"), ("vol-1", "z", "9")]
+    assert by_key == [("vol-1", "w")]
+    assert count == 2
+
+
+def test_one_volume_gets_one_attachment_however_many_try_at_once(new_store: NewStore) -> None:
+    async def scenario(store: Store) -> tuple[list[bool], object, object]:
+        await store.insert_volume(volume("vol-1"))
+        tries = [
+            Attachment("vol-1", f"i-{n}", "/dev/sdf", AttachmentState.ATTACHING, utcnow())
+            for n in range(6)
+        ]
+        won = await asyncio.gather(*(store.begin_attach(a) for a in tries))
+        stored = await store.get_volume("vol-1")
+        assert stored is not None
+        winner = stored.attachments[0].instance_id
+        await store.finish_detach("vol-1", winner)
+        after = await store.get_volume("vol-1")
+        assert after is not None
+        return won, (stored.state, len(stored.attachments)), (after.state, after.attachments)
+
+    won, during, after = run(new_store, scenario)
+    assert sorted(won) == [False] * 5 + [True]
+    assert during == (VolumeState.IN_USE, 1)
+    assert after == (VolumeState.AVAILABLE, [])
+
+
+def test_one_device_of_an_instance_gets_one_volume_however_many_try_at_once(
+    postgres_server: PostgresServer,
+) -> None:
+    # On PostgreSQL, where servers sharing the database do not share their in-process locks
+    # (one SQLite server serializes attaches to an instance in the attach service).
+    new_store = postgres_store_factory(postgres_server)
+
+    async def scenario(store: Store) -> tuple[list[bool], list[str]]:
+        for n in range(4):
+            await store.insert_volume(volume(f"vol-{n}"))
+        tries = [
+            Attachment(f"vol-{n}", "i-1", "/dev/sdf", AttachmentState.ATTACHING, utcnow())
+            for n in range(4)
+        ]
+        won = await asyncio.gather(*(store.begin_attach(a) for a in tries))
+        states = [(await store.get_volume(f"vol-{n}")).state.value for n in range(4)]  # type: ignore[union-attr]
+        return won, states
+
+    won, states = run(new_store, scenario)
+    assert sorted(won) == [False] * 3 + [True]
+    assert sorted(states) == ["available"] * 3 + ["in-use"]  # the losers rolled back
+
+
+def test_instances_sync_and_stranded_attachments_are_found(new_store: NewStore) -> None:
+    async def scenario(store: Store) -> tuple[object, ...]:
+        seen = [
+            Instance("i-1", OWNER, REGION, "us-east-1a", "local", "dom1", "running", utcnow()),
+            Instance("i-2", OWNER, REGION, "us-east-1a", "local", "dom2", "running", utcnow()),
+        ]
+        await store.sync_instances("local", seen)
+        gone = await store.sync_instances("local", seen[:1])
+        await store.insert_volume(volume("vol-1"))
+        await store.begin_attach(
+            Attachment("vol-1", "i-1", "/dev/sdf", AttachmentState.ATTACHING, utcnow())
+        )
+        instances = await store.list_instances(query())
+        return gone, [(i.id, i.state) for i in instances.items], await store.stranded()
+
+    gone, instances, stranded = run(new_store, scenario)
+    assert gone == ["i-2"]
+    assert instances == [("i-1", "running"), ("i-2", "terminated")]
+    assert [(kind, rid) for kind, rid, _ in stranded] == [("attach_volume", "vol-1")]
+    assert '"instance_id"' in stranded[0][2] and '"i-1"' in stranded[0][2]
+
+
+def test_jobs_left_running_are_claimed_after_a_restart_and_finished(new_store: NewStore) -> None:
+    async def record(store: Store) -> list[int]:
+        return [
+            await store.start_job("create_volume", "vol-1", '{"a": 1}'),
+            await store.start_job("delete_volume", "vol-2"),
+        ]
+
+    async def restart(store: Store) -> tuple[object, ...]:
+        claimed = await store.claim_jobs([second])  # `second` runs here already
+        rest = await store.claim_jobs()
+        none_left = await store.claim_jobs()
+        held = await store.renew_job_leases([first, second])
+        await store.finish_job(first)
+        await store.finish_job(second, "boom")
+        inventory = await store.inventory()
+        return claimed + rest, none_left, held, await store.unfinished_jobs(), inventory.jobs
+
+    first, second = run(new_store, record)
+    claimed, none_left, held, unfinished, counts = run(new_store, restart)
+    assert claimed == [
+        (first, "create_volume", "vol-1", '{"a": 1}'),
+        (second, "delete_volume", "vol-2", "{}"),
+    ]
+    assert none_left == []
+    assert held == {first, second}
+    assert unfinished == []
+    assert counts == {("create_volume", "done"): 1, ("delete_volume", "failed"): 1}
+
+
+def test_a_live_instances_jobs_are_claimed_only_once_its_lease_runs_out(
+    postgres_server: PostgresServer,
+) -> None:
+    dsn = migrated_database(postgres_server, "lease")
+
+    async def scenario() -> tuple[object, ...]:
+        alive, other = PostgresStore(dsn, "one", 1.0), PostgresStore(dsn, "two", 1.0)
+        await alive.open()
+        await other.open()
+        try:
+            job = await alive.start_job("create_volume", "vol-1")
+            early = await other.claim_jobs()
+            mine = await alive.claim_jobs()  # recorded by this very run: it starts it itself
+            await asyncio.sleep(1.5)
+            late, again = await asyncio.gather(other.claim_jobs(), other.claim_jobs())
+            lost = await alive.renew_job_leases([job])
+            await alive.finish_job(job)  # no longer its job: changes nothing
+            unfinished = await other.unfinished_jobs()
+            await other.finish_job(job)
+            return early, mine, late + again, lost, unfinished, await other.unfinished_jobs()
+        finally:
+            await alive.close()
+            await other.close()
+
+    early, mine, late, lost, unfinished, after = asyncio.run(scenario())
+    assert (early, mine) == ([], [])
+    assert late == [(1, "create_volume", "vol-1", "{}")]  # one of two concurrent claims
+    assert lost == set()
+    assert unfinished == [(1, "create_volume", "vol-1", "{}")]
+    assert after == []
+
+
+def test_an_io_incident_disables_io_unless_auto_enable_io_is_set(new_store: NewStore) -> None:
+    async def scenario(store: Store) -> tuple[VolumeIo, ...]:
+        since = utcnow()
+        await store.set_auto_enable_io("vol-auto", True)
+        first = await store.open_io_incident("vol-1", "evt-1", "data gone", since)
+        second = await store.open_io_incident("vol-1", "evt-2", "again", since)
+        auto = await store.open_io_incident("vol-auto", "evt-3", "data gone", since)
+        await store.close_io_incident("vol-1")  # I/O still disabled: the incident stays
+        kept = (await store.volume_io(["vol-1"]))["vol-1"]
+        await store.enable_volume_io("vol-1")
+        await store.close_io_incident("vol-1")
+        return first, second, auto, kept, (await store.volume_io(["vol-1"]))["vol-1"]
+
+    first, second, auto, kept, closed = run(new_store, scenario)
+    assert (first.io_disabled, first.event_id) == (True, "evt-1")
+    assert second == first  # one incident at a time
+    assert (auto.io_disabled, auto.event_id) == (False, "evt-3")
+    assert kept == first
+    assert (closed.io_disabled, closed.event_id) == (False, None)
+
+
+def test_an_access_key_belongs_to_one_account_even_when_two_claim_it_at_once(
+    new_store: NewStore,
+) -> None:
+    async def scenario(store: Store) -> tuple[list[bool], bool, tuple[str, str] | None]:
+        for account in ("111111111111", "222222222222"):
+            await store.insert_account(account, account)
+        won = await asyncio.gather(
+            store.put_access_key("111111111111", "AKID1", "one"),
+            store.put_access_key("222222222222", "AKID1", "two"),
+        )
+        again = await store.put_access_key("111111111111", "AKID1", "new")
+        return won, again, await store.access_key("AKID1")
+
+    won, again, key = run(new_store, scenario)
+    assert sorted(won) == [False, True]
+    assert again is won[0]  # the first account may change its key's secret, if it holds it
+    assert key == (("111111111111", "new") if won[0] else ("222222222222", "two"))
+
+
+def test_a_reopened_store_keeps_what_was_written(new_store: NewStore) -> None:
+    async def write(store: Store) -> None:
+        await store.insert_volume(volume("vol-1", tags={"k": "v"}))
+        await store.insert_account("111111111111", "other")
+        await store.put_access_key("111111111111", "AKID1", "secret")
+
+    async def read(store: Store) -> tuple[object, ...]:
+        stored = await store.get_volume("vol-1")
+        assert stored is not None
+        return stored.tags, await store.access_key("AKID1")
+
+    run(new_store, write)
+    assert run(new_store, read) == ({"k": "v"}, ("111111111111", "secret"))
+
+
+def test_a_glob_pattern_becomes_the_like_pattern_matching_the_same_strings() -> None:
+    assert glob_to_like(glob_pattern("web-*")[0]) == "web-%"
+    assert glob_to_like(glob_pattern("a\\*b?")[0]) == "a*b_"
+    assert glob_to_like(glob_pattern("50%_[x]*")[0]) == "50\\%\\_[x]%"
+    assert glob_to_like(glob_pattern("x\\\\*")[0]) == "x\\\\%"
+
+
+def test_placeholders_are_numbered_outside_string_literals() -> None:
+    translated = translate("SELECT '?', a FROM t WHERE b = ? AND c GLOB ? AND d IN (?, ?)")
+    assert translated.sql == (
+        "SELECT '?', a FROM t WHERE b = $1 AND c LIKE $2 ESCAPE '\\' AND d IN ($3, $4)"
+    )
+    assert translated.glob_params == frozenset({1})
+    upsert = translate("INSERT OR REPLACE INTO snapshot_blocks (snapshot_id, block_index, digest) "
+                       "VALUES (?, ?, ?)")  # fmt: skip
+    assert upsert.sql.endswith(
+        "ON CONFLICT (snapshot_id, block_index) DO UPDATE SET digest = EXCLUDED.digest"
+    )
+
+
+def test_a_dsn_is_shown_without_its_password() -> None:
+    assert redact_dsn("postgresql://ebs:s3cret@db.example:5433/ebsemu") == (
+        "postgresql://ebs:***@db.example:5433/ebsemu"
+    )
+    assert redact_dsn("postgresql://ebs@db/ebsemu") == "postgresql://ebs@db/ebsemu"
+
+
+def test_an_exclusive_section_is_held_by_one_instance_at_a_time(
+    postgres_server: PostgresServer,
+) -> None:
+    dsn = migrated_database(postgres_server, "exclusive")
+
+    async def scenario() -> list[str]:
+        first, second = PostgresStore(dsn, "one"), PostgresStore(dsn, "two")
+        await first.open()
+        await second.open()
+        order: list[str] = []
+        inside, other_taken = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with first.exclusive("reconcile"):
+                order.append("first in")
+                inside.set()
+                await other_taken.wait()
+                await asyncio.sleep(0.3)  # room for the second to get in, were it not held
+                order.append("first out")
+
+        async def wait_turn() -> None:
+            await inside.wait()
+            async with second.exclusive("other"):  # another name: not held
+                order.append("other")
+            other_taken.set()
+            async with second.exclusive("reconcile"):
+                order.append("second in")
+
+        try:
+            await asyncio.gather(hold(), wait_turn())
+            return order
+        finally:
+            await first.close()
+            await second.close()
+
+    assert asyncio.run(scenario()) == ["first in", "other", "first out", "second in"]
+
+
+def test_a_closed_instances_unfinished_jobs_are_claimed_at_once(
+    postgres_server: PostgresServer,
+) -> None:
+    dsn = migrated_database(postgres_server, "release")
+
+    async def scenario() -> tuple[object, ...]:
+        leaving, staying = PostgresStore(dsn, "one", 600.0), PostgresStore(dsn, "two", 600.0)
+        await leaving.open()
+        await staying.open()
+        try:
+            job = await leaving.start_job("create_volume", "vol-1")
+            before = await staying.claim_jobs()  # leased for ten minutes
+            await leaving.close()  # a shutdown interrupted the job
+            return job, before, await staying.claim_jobs()
+        finally:
+            await staying.close()
+
+    job, before, after = asyncio.run(scenario())
+    assert before == []
+    assert after == [(job, "create_volume", "vol-1", "{}")]
