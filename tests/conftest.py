@@ -37,6 +37,36 @@ _WORKER_OF = {
 }
 
 
+# The longest modules (and SHARED_WORKER groups) start first, so no worker is left running a
+# long one alone at the end; the rest keep their collection order.
+LONG_FIRST = (
+    "ceph",
+    "tests/test_bench_smoke.py",
+    "tests/test_crash.py",
+    "guest-image",
+    "libvirtd",
+    "tests/test_api_cli.py",
+    "tests/test_api_encryption.py",
+    "tests/test_reconcile.py",
+    "tests/test_fuzz.py",
+    "tests/test_cli_accounts.py",
+    "tests/test_api_modify.py",
+    "tests/test_api_attach.py",
+    "tests/test_load.py",
+)
+
+
+def _scope(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return _WORKER_OF.get(module, module)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {scope: place for place, scope in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(_scope(item.nodeid), len(rank)))
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under ``--dist loadscope`` (scripts/test) a worker runs a whole module, so its module
     fixtures (servers, VMs, tgtd) start once, and the modules of one SHARED_WORKER entry
@@ -47,8 +77,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return _WORKER_OF.get(module, module)
+            return _scope(nodeid)
 
     return ModuleScheduling(config, log)
 
