@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from ebsemu.service import listing, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
+from ebsemu.service.jobs import CURRENT_JOB
 from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import host_unreachable, until_reachable
 from ebsemu.store.base import ListQuery
@@ -177,13 +178,14 @@ class VolumeService:
 
     # ---- jobs ----------------------------------------------------------------------------
 
-    async def _run_create(self, volume_id: str, payload: dict[str, Any]) -> None:
-        """Steps: allocate storage (undo: delete it) -> restore the snapshot's data, if any
-        -> mark the volume available. A failure leaves it `error`, its storage deleted."""
+    async def _run_create(self, volume_id: str, payload: dict[str, Any]) -> bool:
+        """Steps: allocate storage (undo: delete it) -> restore the snapshot's data, if any;
+        then one write marks the volume available, logs the steps and closes the job. A
+        failure leaves it `error`, its storage deleted."""
         store = self._core.store
         volume = self._created.pop(volume_id, None) or await store.get_volume(volume_id)
         if volume is None or volume.state is not VolumeState.CREATING:
-            return
+            return False
         storage = self._core.storage_for(volume)
         snapshot_id = volume.snapshot_id
         cloned: list[bool] = []
@@ -204,8 +206,14 @@ class VolumeService:
             await snapshot_data.restore(self._core, snapshot_id, volume_id, storage)
             await faults.reach("create_volume.restored")
 
-        async def mark_available() -> None:
-            await store.transition_volume(volume_id, {VolumeState.CREATING}, VolumeState.AVAILABLE)
+        async def mark_available(done: Sequence[str]) -> None:
+            await store.transition_volume_closing_job(
+                volume_id,
+                {VolumeState.CREATING},
+                VolumeState.AVAILABLE,
+                CURRENT_JOB.get(),
+                [*done, "mark-available"],
+            )
             log.info("volume %s: available", volume_id)
 
         async def failed(exc: Exception | None) -> None:
@@ -225,8 +233,8 @@ class VolumeService:
         plan = [Step("allocate", allocate, undo=lambda: storage.delete(volume_id))]
         if snapshot_id is not None:
             plan.append(Step("restore", restore))
-        plan.append(Step("mark-available", mark_available))
-        await run_steps(store, f"create_volume {volume_id}", plan, failed)
+        label = f"create_volume {volume_id}"
+        return await run_steps(store, label, plan, failed, close=mark_available)
 
     async def _cloned(self, volume: Volume, storage: StorageBackend) -> bool:
         """Create a volume from a snapshot as a clone of the snapshot's view, where its

@@ -47,7 +47,7 @@ from ebsemu.store.sqlite_instances import InstanceTables, complete_volumes
 from ebsemu.store.sqlite_inventory import InventoryTables
 from ebsemu.store.sqlite_modifications import ModificationTables
 from ebsemu.store.sqlite_reconcile import ReconcileTables
-from ebsemu.store.sqlite_steps import StepTables
+from ebsemu.store.sqlite_steps import StepTables, close_job, log_steps
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
 from ebsemu.timefmt import from_wire, to_wire
 
@@ -139,6 +139,32 @@ class SqliteStore(
         if rows and leaving and rows[0][0] in self._volume_counts:
             self._volume_counts[rows[0][0]] -= 1
         return bool(rows)
+
+    async def transition_volume_closing_job(
+        self,
+        volume_id: str,
+        expected: set[VolumeState],
+        new: VolumeState,
+        job_id: int | None,
+        steps_done: Sequence[str],
+    ) -> bool:
+        states = [s.value for s in expected]
+        sql = (
+            f"UPDATE volumes SET state = ?, state_message = NULL, updated_at = ? "
+            f"WHERE id = ? AND state IN ({placeholders(len(states))})"
+        )
+        params = (new.value, time.time(), volume_id, *states)
+
+        def work(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(sql, params).rowcount > 0
+            if job_id is not None:
+                log_steps(conn, job_id, steps_done, "done")
+                close_job(conn, job_id)
+            return changed
+
+        if new is VolumeState.DELETED:
+            raise ValueError("a volume leaves the count through transition_volume")
+        return await self._commit(work)
 
     async def count_volumes(self, owner_id: str) -> int:
         """Volumes of the owner not deleted: counted once by the writer, then kept up to date
@@ -494,10 +520,7 @@ class SqliteStore(
         )
 
     async def finish_job(self, job_id: int, error: str | None = None) -> None:
-        await self._write(
-            "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-            ("failed" if error else "done", error, time.time(), job_id),
-        )
+        await self._commit(partial(close_job, job_id=job_id, error=error))
 
     async def stranded(self) -> list[tuple[str, str, str]]:
         """(job kind, resource id, payload JSON) for each resource left in a transitional
