@@ -6,7 +6,6 @@ API calls answer at once; jobs carry out the work on the storage backend.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
@@ -79,11 +78,7 @@ class VolumeService:
         if req.client_token is not None:
             if len(req.client_token) > 64:
                 raise errors.InvalidParameterValue("ClientToken must be at most 64 characters.")
-            # Both reads together: the store answers reads queued at once in one round trip.
-            existing, retired = await asyncio.gather(
-                store.find_volume_by_token(ctx.account_id, req.client_token),
-                store.retired_token_volume(ctx.account_id, req.client_token),
-            )
+            existing, retired = await store.client_token_use(ctx.account_id, req.client_token)
             if existing is not None:
                 return self._idempotent(existing, req)
             if retired is not None:

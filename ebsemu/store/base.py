@@ -265,6 +265,11 @@ class Store(
         """The id of the purged volume a ClientToken created, while the token is remembered."""
         ...
 
+    async def client_token_use(self, owner_id: str, token: str) -> tuple[Volume | None, str | None]:
+        """``find_volume_by_token``, and when it finds none ``retired_token_volume``: one
+        read."""
+        ...
+
     async def count_volumes(self, owner_id: str) -> int: ...
     async def purge_deleted_volumes(self, before: float) -> list[str]:
         """Forget volumes deleted before ``before``; their ClientTokens are kept for

@@ -184,11 +184,16 @@ class SqliteStore(
         return count
 
     async def retired_token_volume(self, owner_id: str, token: str) -> str | None:
-        rows = await self._rows(
-            "SELECT volume_id FROM retired_client_tokens WHERE owner_id = ? AND client_token = ?",
-            (owner_id, token),
-        )
-        return str(rows[0][0]) if rows else None
+        return await self._read(partial(_retired_token, owner_id=owner_id, token=token))
+
+    async def client_token_use(self, owner_id: str, token: str) -> tuple[Volume | None, str | None]:
+        def work(conn: sqlite3.Connection) -> tuple[Volume | None, str | None]:
+            existing = _volume_by_token(conn, owner_id, token)
+            if existing is not None:
+                return existing, None
+            return None, _retired_token(conn, owner_id, token)
+
+        return await self._read(work)
 
     async def purge_deleted_volumes(self, before: float) -> list[str]:
         now = time.time()
@@ -588,6 +593,15 @@ def _volume_by_id(conn: sqlite3.Connection, volume_id: str) -> Volume | None:
 
 def _volume_by_token(conn: sqlite3.Connection, owner_id: str, token: str) -> Volume | None:
     return _one_volume(conn, "owner_id = ? AND client_token = ?", (owner_id, token))
+
+
+def _retired_token(conn: sqlite3.Connection, owner_id: str, token: str) -> str | None:
+    rows = fetch(
+        conn,
+        "SELECT volume_id FROM retired_client_tokens WHERE owner_id = ? AND client_token = ?",
+        (owner_id, token),
+    )
+    return str(rows[0][0]) if rows else None
 
 
 def _insert_volume(
