@@ -30,6 +30,10 @@ BY_ID = "DescribeVolumes by VolumeId"
 BY_ID_C8 = "DescribeVolumes by VolumeId c=8"
 BY_TAG = "DescribeVolumes tag filter (1%)"
 BY_TAG_C8 = "DescribeVolumes tag filter (1%) c=8"
+# One volume whatever the level (its Name tag): the same answer at 1k and 50k volumes, so its
+# time shows the index, where the 1% filter's answer grows with the level.
+BY_NAME = "DescribeVolumes tag filter (1 volume)"
+BY_NAME_C8 = "DescribeVolumes tag filter (1 volume) c=8"
 BY_STATUS = "DescribeVolumes status=available (first 500)"
 
 
@@ -47,6 +51,10 @@ class Fleet:
 
     def pick(self, index: int) -> str:
         return self.ids[(index * 7919 + 13) % len(self.ids)]
+
+    def named(self, index: int) -> str:
+        """The Name tag of one of the fleet's volumes (the fill numbers them from 0)."""
+        return f"bench-{(index * 7919 + 13) % len(self.ids)}"
 
     def tagged(self, index: int) -> int:
         """How many of the fleet's volumes carry the `group` tag value of ``index``."""
@@ -134,6 +142,10 @@ def _boto3_rows(fleet: Fleet) -> list[tuple[str, int, int, Callable[[int], objec
         flt = [{"Name": "tag:group", "Values": [group_of(i)]}]
         _expect(len(ec2.describe_volumes(Filters=flt)["Volumes"]), fleet.tagged(i))
 
+    def by_name(i: int) -> None:
+        flt = [{"Name": "tag:Name", "Values": [fleet.named(i)]}]
+        _expect(len(ec2.describe_volumes(Filters=flt)["Volumes"]), 1)
+
     def by_status(i: int) -> None:
         flt = [{"Name": "status", "Values": ["available"]}]
         got = len(ec2.describe_volumes(Filters=flt, MaxResults=PAGE)["Volumes"])
@@ -144,6 +156,7 @@ def _boto3_rows(fleet: Fleet) -> list[tuple[str, int, int, Callable[[int], objec
         (BY_ID, 1, MANY, by_id),
         (BY_ID_C8, 8, MANY, by_id),
         (BY_TAG, 1, MANY, by_tag),
+        (BY_NAME, 1, MANY, by_name),
         (BY_STATUS, 1, MANY, by_status),
     ]
 
@@ -164,10 +177,17 @@ def _raw_rows(
         )
         _expect(got, fleet.tagged(i))
 
+    async def by_name(i: int) -> None:
+        got, _ = await raw.describe_volumes(
+            {"Filter.1.Name": "tag:Name", "Filter.1.Value.1": fleet.named(i)}
+        )
+        _expect(got, 1)
+
     return [
         (LIST_ALL, 1, 20, list_all),
         (BY_ID_C8, 8, MANY, by_id),
         (BY_TAG_C8, 8, MANY, by_tag),
+        (BY_NAME_C8, 8, MANY, by_name),
     ]
 
 

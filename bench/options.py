@@ -13,7 +13,7 @@ SECTIONS = ("create", "describe", "snapshots", "data")
 class Options:
     creates: int = 2000
     concurrency: tuple[int, ...] = (1, 8, 32)
-    levels: tuple[int, ...] = (1000, 10_000, 50_000)
+    levels: tuple[int, ...] = (1000, 10_000, 50_000, 100_000)
     moto_max_volumes: int = 1000
     snapshots: int = 200
     data_gib: int = 2
@@ -85,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
         "--creates", type=int, help=f"CreateVolume calls per level (default {d.creates})"
     )
     p.add_argument("--concurrency", type=_ints, help="CreateVolume concurrency levels (1,8,32)")
-    p.add_argument("--levels", type=_ints, help="DescribeVolumes volume counts (1k,10k,50k)")
+    p.add_argument("--levels", type=_ints, help="DescribeVolumes volume counts (1k,10k,50k,100k)")
     p.add_argument(
         "--moto-max-volumes",
         type=int,

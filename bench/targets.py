@@ -8,6 +8,7 @@ from bench import create, datapath, describe
 from bench.report import Report, Row, TargetResult
 
 CPU_MS_LIMIT = 1.0
+GROWTH_VOLUMES = 50_000
 RSS_VOLUMES = 100_000
 RSS_LIMIT_MIB = 150.0
 
@@ -24,9 +25,11 @@ def evaluate(report: Report) -> list[TargetResult]:
         row = report.find("raw", workload, None if workload.startswith("Create") else small)
         results.append(_cpu(row, f"{workload} (raw)"))
     if len(levels) >= 2:
-        for workload in (describe.BY_ID, describe.BY_TAG):
-            results.append(_growth(report, workload, levels[0], levels[-1]))
-            results.append(_beats_moto(report, workload, levels[-1]))
+        # The targets name 50,000 volumes; a run without that level is judged at its largest.
+        high = GROWTH_VOLUMES if GROWTH_VOLUMES in levels[1:] else levels[-1]
+        for workload in (describe.BY_ID, describe.BY_NAME, describe.BY_TAG):
+            results.append(_growth(report, workload, levels[0], high))
+            results.append(_beats_moto(report, workload, high))
     else:
         results.append(TargetResult("DescribeVolumes at the largest level", "-", "", None))
     results += _data(report)

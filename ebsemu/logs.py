@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TextIO
@@ -33,14 +35,51 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class _Seconds:
+    """A record's second formatted once for every record of that second (a busy server logs
+    several lines a request: strftime for each was a measurable share of a request's CPU)."""
+
+    def __init__(self, render: Callable[[int], str]) -> None:
+        self._render = render
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # formatters run under their handler's lock
+            self._text, self._second = self._render(second), second
+        return self._text
+
+
+class TextFormatter(logging.Formatter):
+    """logging's own text format (local time, `YYYY-MM-DD HH:MM:SS,mmm`), each second formatted
+    once."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._seconds = _Seconds(
+            lambda second: time.strftime(self.default_time_format, self.converter(second))
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        return f"{self._seconds(record.created)},{int(record.msecs):03d}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id (inside a request),
     exception (with a traceback)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._seconds = _Seconds(
+            lambda second: datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        )
+
     def format(self, record: logging.LogRecord) -> str:
-        moment = datetime.fromtimestamp(record.created, UTC)
         entry: dict[str, str] = {
-            "time": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
+            "time": f"{self._seconds(record.created)}{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -59,7 +98,5 @@ def configure(level: str, log_format: str = "text", stream: TextIO | None = None
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {log_format!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])

@@ -19,10 +19,15 @@ from ebsemu.store.base import Store
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+# A job's handler; it returns True when it marked its job done itself, in its last store
+# write (see ``run_steps``' ``close``), and None or False to have the job marked done after it.
+Handler = Callable[[str, dict[str, Any]], Awaitable[bool | None]]
 
 # The id of the job whose handler is running (in the job's task), for its step log.
 CURRENT_JOB: ContextVar[int | None] = ContextVar("CURRENT_JOB", default=None)
+# Whether that job was recorded by this process just now (so it has no step log to read yet),
+# rather than resumed from the store at start-up.
+NEW_JOB: ContextVar[bool] = ContextVar("NEW_JOB", default=False)
 
 # On a shared store, a transitional resource counts as stranded only if it still is after
 # this long: another instance may be between the state change and the job's record.
@@ -53,9 +58,9 @@ class Jobs:
         return job_id
 
     def start(self, job_id: int, kind: str, resource_id: str, **payload: Any) -> None:
-        """Run a recorded job in the background."""
+        """Run a job recorded by this process in the background."""
         self._recorded.discard(job_id)
-        self._spawn(job_id, kind, resource_id, payload)
+        self._spawn(job_id, kind, resource_id, payload, new=True)
 
     async def fail(self, job_id: int, error: str) -> None:
         """Close a recorded job that could not start."""
@@ -68,7 +73,7 @@ class Jobs:
         pending = await self._store.claim_jobs(self._held())
         for job_id, kind, resource_id, payload in pending:
             log.info("resuming job %d: %s %s", job_id, kind, resource_id)
-            self._spawn(job_id, kind, resource_id, json.loads(payload))
+            self._spawn(job_id, kind, resource_id, json.loads(payload), new=False)
         return len(pending)
 
     async def keep(self, interval: float) -> None:
@@ -138,10 +143,13 @@ class Jobs:
         while self._running:
             await asyncio.wait(list(self._running.values()))
 
-    def _spawn(self, job_id: int, kind: str, resource_id: str, payload: dict[str, Any]) -> None:
+    def _spawn(
+        self, job_id: int, kind: str, resource_id: str, payload: dict[str, Any], *, new: bool
+    ) -> None:
         handler = self._handlers[kind]
         task = asyncio.create_task(
-            self._run(job_id, kind, resource_id, handler, payload), name=f"{kind}:{resource_id}"
+            self._run(job_id, kind, resource_id, handler, payload, new),
+            name=f"{kind}:{resource_id}",
         )
         key = (kind, resource_id)
         self._running[key] = task
@@ -155,11 +163,18 @@ class Jobs:
             del self._job_tasks[job_id]
 
     async def _run(
-        self, job_id: int, kind: str, resource_id: str, handler: Handler, payload: dict[str, Any]
+        self,
+        job_id: int,
+        kind: str,
+        resource_id: str,
+        handler: Handler,
+        payload: dict[str, Any],
+        new: bool,
     ) -> None:
         CURRENT_JOB.set(job_id)
+        NEW_JOB.set(new)
         try:
-            await handler(resource_id, payload)
+            closed = await handler(resource_id, payload)
         except asyncio.CancelledError:
             if self._closing:
                 log.info("job %d (%s %s) interrupted by shutdown", job_id, kind, resource_id)
@@ -170,7 +185,8 @@ class Jobs:
             log.exception("job %d (%s %s) failed", job_id, kind, resource_id)
             await self._store.finish_job(job_id, f"{type(exc).__name__}: {exc}")
             return
-        await self._store.finish_job(job_id)
+        if not closed:
+            await self._store.finish_job(job_id)
 
 
 class ResourceLocks:

@@ -7,6 +7,10 @@ allows (`error` with a message). A job resumed after a crash reads its log: the 
 `done` are skipped, and a job that had begun undoing finishes undoing. Undos must be
 idempotent (a crash may come between an undo and its log entry), and so must each step (a crash
 may come between a step and its log entry, and the step runs again).
+
+A job may write its `done` entries with its last store write instead (``close``): one commit
+where each step would cost one. A crash before it runs the steps again, which their
+idempotence allows; a failure first logs them, so the undo knows what was begun.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from backends.errors import BackendError
-from ebsemu.service.jobs import CURRENT_JOB
+from ebsemu.service.jobs import CURRENT_JOB, NEW_JOB
 from ebsemu.store.base import StepStore
 
 log = logging.getLogger(__name__)
@@ -26,6 +30,9 @@ FAILED = "failed"
 UNDONE = "undone"
 
 Action = Callable[[], Awaitable[None]]
+# The job's last write, given the steps done and not logged yet: it logs them done, makes its
+# own change and marks the job done, in one transaction.
+Close = Callable[[Sequence[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -40,17 +47,22 @@ async def run_steps(
     label: str,
     steps: Sequence[Step],
     failed: Callable[[Exception | None], Awaitable[None]],
+    *,
+    close: Close | None = None,
 ) -> bool:
-    """Run (or resume) ``steps`` for the current job; True if they all got done. ``failed``
-    gets the error, or None when a resumed job finishes the undo a crash interrupted."""
+    """Run (or resume) ``steps`` for the current job; True if they all got done (and then
+    ``close``, if given, ran). ``failed`` gets the error, or None when a resumed job finishes
+    the undo a crash interrupted. A job this process has just recorded has no log to read."""
     job_id = CURRENT_JOB.get()
-    history = await store.job_steps(job_id) if job_id is not None else []
+    fresh = job_id is None or NEW_JOB.get()
+    history = [] if fresh or job_id is None else await store.job_steps(job_id)
     done = [step for step, outcome in history if outcome == DONE]
     if any(outcome in (FAILED, UNDONE) for _, outcome in history):
         log.warning("%s: resuming the undo a crash interrupted", label)
         await _undo(store, job_id, label, steps, history)
         await failed(None)
         return False
+    unlogged: list[str] = []
     for step in steps:
         if step.name in done:
             log.info("%s: step %s was done before the restart; skipped", label, step.name)
@@ -59,13 +71,20 @@ async def run_steps(
             await step.do()
         except (BackendError, OSError) as exc:
             log.error("%s: step %s failed, undoing: %s", label, step.name, exc)
+            for name in unlogged:
+                await _record(store, job_id, name, DONE)
             await _record(store, job_id, step.name, FAILED)
             history = [*history, (step.name, FAILED)]
             await _undo(store, job_id, label, steps, history)
             await failed(exc)
             return False
-        await _record(store, job_id, step.name, DONE)
+        if close is None:
+            await _record(store, job_id, step.name, DONE)
+        else:
+            unlogged.append(step.name)
         history.append((step.name, DONE))
+    if close is not None:
+        await close(unlogged)
     return True
 
 

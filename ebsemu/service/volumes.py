@@ -6,12 +6,11 @@ API calls answer at once; jobs carry out the work on the storage backend.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from ebsemu.service import listing, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
+from ebsemu.service.jobs import CURRENT_JOB
 from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import host_unreachable, until_reachable
 from ebsemu.store.base import ListQuery
@@ -78,11 +78,7 @@ class VolumeService:
         if req.client_token is not None:
             if len(req.client_token) > 64:
                 raise errors.InvalidParameterValue("ClientToken must be at most 64 characters.")
-            # Both reads together: the store answers reads queued at once in one round trip.
-            existing, retired = await asyncio.gather(
-                store.find_volume_by_token(ctx.account_id, req.client_token),
-                store.retired_token_volume(ctx.account_id, req.client_token),
-            )
+            existing, retired = await store.client_token_use(ctx.account_id, req.client_token)
             if existing is not None:
                 return self._idempotent(existing, req)
             if retired is not None:
@@ -177,13 +173,14 @@ class VolumeService:
 
     # ---- jobs ----------------------------------------------------------------------------
 
-    async def _run_create(self, volume_id: str, payload: dict[str, Any]) -> None:
-        """Steps: allocate storage (undo: delete it) -> restore the snapshot's data, if any
-        -> mark the volume available. A failure leaves it `error`, its storage deleted."""
+    async def _run_create(self, volume_id: str, payload: dict[str, Any]) -> bool:
+        """Steps: allocate storage (undo: delete it) -> restore the snapshot's data, if any;
+        then one write marks the volume available, logs the steps and closes the job. A
+        failure leaves it `error`, its storage deleted."""
         store = self._core.store
         volume = self._created.pop(volume_id, None) or await store.get_volume(volume_id)
         if volume is None or volume.state is not VolumeState.CREATING:
-            return
+            return False
         storage = self._core.storage_for(volume)
         snapshot_id = volume.snapshot_id
         cloned: list[bool] = []
@@ -204,8 +201,14 @@ class VolumeService:
             await snapshot_data.restore(self._core, snapshot_id, volume_id, storage)
             await faults.reach("create_volume.restored")
 
-        async def mark_available() -> None:
-            await store.transition_volume(volume_id, {VolumeState.CREATING}, VolumeState.AVAILABLE)
+        async def mark_available(done: Sequence[str]) -> None:
+            await store.transition_volume_closing_job(
+                volume_id,
+                {VolumeState.CREATING},
+                VolumeState.AVAILABLE,
+                CURRENT_JOB.get(),
+                [*done, "mark-available"],
+            )
             log.info("volume %s: available", volume_id)
 
         async def failed(exc: Exception | None) -> None:
@@ -225,8 +228,8 @@ class VolumeService:
         plan = [Step("allocate", allocate, undo=lambda: storage.delete(volume_id))]
         if snapshot_id is not None:
             plan.append(Step("restore", restore))
-        plan.append(Step("mark-available", mark_available))
-        await run_steps(store, f"create_volume {volume_id}", plan, failed)
+        label = f"create_volume {volume_id}"
+        return await run_steps(store, label, plan, failed, close=mark_available)
 
     async def _cloned(self, volume: Volume, storage: StorageBackend) -> bool:
         """Create a volume from a snapshot as a clone of the snapshot's view, where its

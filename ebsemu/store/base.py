@@ -293,9 +293,27 @@ class Store(
         """Compare-and-set the volume's state. False if it was not in ``expected``."""
         ...
 
+    async def transition_volume_closing_job(
+        self,
+        volume_id: str,
+        expected: set[VolumeState],
+        new: VolumeState,
+        job_id: int | None,
+        steps_done: Sequence[str],
+    ) -> bool:
+        """``transition_volume`` (clearing the state message) and, in the same transaction,
+        log ``steps_done`` done for job ``job_id`` and mark the job done: a job's last write.
+        Not for a transition to `deleted` (the owner's volume count is kept by the other)."""
+        ...
+
     async def find_volume_by_token(self, owner_id: str, token: str) -> Volume | None: ...
     async def retired_token_volume(self, owner_id: str, token: str) -> str | None:
         """The id of the purged volume a ClientToken created, while the token is remembered."""
+        ...
+
+    async def client_token_use(self, owner_id: str, token: str) -> tuple[Volume | None, str | None]:
+        """``find_volume_by_token``, and when it finds none ``retired_token_volume``: one
+        read."""
         ...
 
     async def count_volumes(self, owner_id: str) -> int: ...

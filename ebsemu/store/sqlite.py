@@ -49,7 +49,7 @@ from ebsemu.store.sqlite_inventory import InventoryTables
 from ebsemu.store.sqlite_leases import LeaseTables
 from ebsemu.store.sqlite_modifications import ModificationTables
 from ebsemu.store.sqlite_reconcile import ReconcileTables
-from ebsemu.store.sqlite_steps import StepTables
+from ebsemu.store.sqlite_steps import StepTables, close_job, log_steps
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
 from ebsemu.timefmt import from_wire, to_wire
 
@@ -144,6 +144,32 @@ class SqliteStore(
             self._volume_counts[rows[0][0]] -= 1
         return bool(rows)
 
+    async def transition_volume_closing_job(
+        self,
+        volume_id: str,
+        expected: set[VolumeState],
+        new: VolumeState,
+        job_id: int | None,
+        steps_done: Sequence[str],
+    ) -> bool:
+        states = [s.value for s in expected]
+        sql = (
+            f"UPDATE volumes SET state = ?, state_message = NULL, updated_at = ? "
+            f"WHERE id = ? AND state IN ({placeholders(len(states))})"
+        )
+        params = (new.value, time.time(), volume_id, *states)
+
+        def work(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(sql, params).rowcount > 0
+            if job_id is not None:
+                log_steps(conn, job_id, steps_done, "done")
+                close_job(conn, job_id)
+            return changed
+
+        if new is VolumeState.DELETED:
+            raise ValueError("a volume leaves the count through transition_volume")
+        return await self._commit(work)
+
     async def count_volumes(self, owner_id: str) -> int:
         """Volumes of the owner not deleted: counted once by the writer, then kept up to date
         by the store's own inserts and transitions as their callers resume. Callers of one
@@ -162,11 +188,16 @@ class SqliteStore(
         return count
 
     async def retired_token_volume(self, owner_id: str, token: str) -> str | None:
-        rows = await self._rows(
-            "SELECT volume_id FROM retired_client_tokens WHERE owner_id = ? AND client_token = ?",
-            (owner_id, token),
-        )
-        return str(rows[0][0]) if rows else None
+        return await self._read(partial(_retired_token, owner_id=owner_id, token=token))
+
+    async def client_token_use(self, owner_id: str, token: str) -> tuple[Volume | None, str | None]:
+        def work(conn: sqlite3.Connection) -> tuple[Volume | None, str | None]:
+            existing = _volume_by_token(conn, owner_id, token)
+            if existing is not None:
+                return existing, None
+            return None, _retired_token(conn, owner_id, token)
+
+        return await self._read(work)
 
     async def purge_deleted_volumes(self, before: float) -> list[str]:
         now = time.time()
@@ -498,10 +529,7 @@ class SqliteStore(
         )
 
     async def finish_job(self, job_id: int, error: str | None = None) -> None:
-        await self._write(
-            "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-            ("failed" if error else "done", error, time.time(), job_id),
-        )
+        await self._commit(partial(close_job, job_id=job_id, error=error))
 
     async def stranded(self) -> list[tuple[str, str, str]]:
         """(job kind, resource id, payload JSON) for each resource left in a transitional
@@ -569,6 +597,15 @@ def _volume_by_id(conn: sqlite3.Connection, volume_id: str) -> Volume | None:
 
 def _volume_by_token(conn: sqlite3.Connection, owner_id: str, token: str) -> Volume | None:
     return _one_volume(conn, "owner_id = ? AND client_token = ?", (owner_id, token))
+
+
+def _retired_token(conn: sqlite3.Connection, owner_id: str, token: str) -> str | None:
+    rows = fetch(
+        conn,
+        "SELECT volume_id FROM retired_client_tokens WHERE owner_id = ? AND client_token = ?",
+        (owner_id, token),
+    )
+    return str(rows[0][0]) if rows else None
 
 
 def _insert_volume(

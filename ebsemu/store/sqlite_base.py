@@ -136,6 +136,7 @@ class SqliteBase:
         self._flusher: asyncio.Task[None] | None = None
         self._reads: list[tuple[Work[Any], asyncio.Future[Any]]] = []
         self._read_drainer: asyncio.Task[None] | None = None
+        self._read_batch: asyncio.Task[list[_Outcome]] | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -170,6 +171,10 @@ class SqliteBase:
         await reader.execute("PRAGMA query_only=ON")
         old, self._reader = self._reader, reader
         if old is not None:
+            # A batch handed to the old reader just before the swap may not have reached its
+            # thread yet: closing first would close the connection under it.
+            if self._read_batch is not None:
+                await asyncio.wait([self._read_batch])
             await old.close()
 
     async def close(self) -> None:
@@ -208,12 +213,15 @@ class SqliteBase:
                 if not batch:
                     continue
                 works = [work for work, _ in batch]
+                self._read_batch = asyncio.ensure_future(
+                    on_thread(self.reader, partial(run_reads, works=works))
+                )
                 try:
-                    outcomes = await asyncio.shield(
-                        on_thread(self.reader, partial(run_reads, works=works))
-                    )
+                    outcomes = await asyncio.shield(self._read_batch)
                 except Exception as exc:
                     outcomes = [(False, exc)] * len(batch)
+                finally:
+                    self._read_batch = None
                 _settle(batch, outcomes)
         finally:
             self._read_drainer = None

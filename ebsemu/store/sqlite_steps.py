@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Sequence
 
 from ebsemu.store.sqlite_base import SqliteBase
+
+_INSERT_STEP = (
+    "INSERT INTO job_steps (job_id, seq, step, outcome, at) VALUES (?, "
+    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM job_steps WHERE job_id = ?), ?, ?, ?)"
+)
+
+
+def log_steps(conn: sqlite3.Connection, job_id: int, steps: Sequence[str], outcome: str) -> None:
+    """Append ``steps`` to the job's log with ``outcome``, in order."""
+    now = time.time()
+    for step in steps:
+        conn.execute(_INSERT_STEP, (job_id, job_id, step, outcome, now))
+
+
+def close_job(conn: sqlite3.Connection, job_id: int, error: str | None = None) -> None:
+    conn.execute(
+        "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+        ("failed" if error else "done", error, time.time(), job_id),
+    )
 
 
 class StepTables(SqliteBase):
     async def record_step(self, job_id: int, step: str, outcome: str) -> None:
-        await self._write(
-            "INSERT INTO job_steps (job_id, seq, step, outcome, at) VALUES (?, "
-            "(SELECT COALESCE(MAX(seq), 0) + 1 FROM job_steps WHERE job_id = ?), ?, ?, ?)",
-            (job_id, job_id, step, outcome, time.time()),
-        )
+        await self._commit(lambda conn: log_steps(conn, job_id, [step], outcome))
 
     async def job_steps(self, job_id: int) -> list[tuple[str, str]]:
         """(step, outcome) of the job in the order they were recorded."""

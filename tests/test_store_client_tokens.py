@@ -1,0 +1,41 @@
+"""One read answers what CreateVolume needs to know of a ClientToken: the owner's volume it
+created, or else the purged volume it created while the token is remembered."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+
+from ebsemu.model import VolumeState
+from ebsemu.store.sqlite import SqliteStore
+from tests.test_steps_close import VOLUME_ID, creating_volume
+
+OWNER = "000000000000"
+
+
+def test_a_token_names_its_volume_then_its_purged_volume_and_no_other_owner_sees_it(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "db.sqlite3")
+        await store.open()
+        try:
+            assert await store.client_token_use(OWNER, "token-1") == (None, None)
+            volume = dataclasses.replace(creating_volume(), client_token="token-1")
+            await store.insert_volume(volume)
+            found, retired = await store.client_token_use(OWNER, "token-1")
+            assert found is not None and found.id == VOLUME_ID and retired is None
+            assert await store.client_token_use("111111111111", "token-1") == (None, None)
+            assert await store.client_token_use(OWNER, "token-2") == (None, None)
+
+            assert await store.transition_volume(
+                VOLUME_ID, {VolumeState.CREATING}, VolumeState.DELETED
+            )
+            assert await store.purge_deleted_volumes(time.time() + 1) == [VOLUME_ID]
+            assert await store.client_token_use(OWNER, "token-1") == (None, VOLUME_ID)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
