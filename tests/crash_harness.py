@@ -25,6 +25,7 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +47,7 @@ BLOCK = 512 * 1024
 VOLUME_GIB = 1
 VOLUME_BLOCKS = VOLUME_GIB * 1024 * 1024 * 1024 // BLOCK
 SETTLE_SECONDS = 30.0
+DYING_SECONDS = 10.0  # how long a server whose socket closed may take to exit
 START_TIMEOUT_SECONDS = 120.0
 MAX_OPS_PER_ROUND = 40
 STABLE_VOLUME = {"available", "in-use", "error"}
@@ -145,6 +147,16 @@ class Harness:
     def alive(self) -> bool:
         return self.server.proc is not None and self.server.proc.poll() is None
 
+    def dying(self) -> bool:
+        """After a refused or dropped connection: whether the server is on its way out (a
+        fault kills it, and its socket closes a moment before the process is gone)."""
+        proc = self.server.proc
+        if proc is None:
+            return True
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=DYING_SECONDS)
+        return proc.poll() is not None
+
     def stop(self) -> None:
         self.server.stop()
 
@@ -216,8 +228,12 @@ class Harness:
         """A boto3 call; ServerDied if the server was killed under it."""
         try:
             return getattr(self.ec2, method)(**params)
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
             if not self.alive():
+                raise ServerDied() from exc
+            raise
+        except BotoCoreError as exc:  # no answer: the connection was refused or dropped
+            if self.dying():
                 raise ServerDied() from exc
             raise
 
