@@ -320,6 +320,12 @@ class RbdStorage:
         log.info("created volume %s of %d bytes in pool %s", volume_id, size_bytes, self._pool)
 
     async def delete(self, volume_id: str) -> None:
+        # Under the view lock: a view being dropped (`snap rm`) holds the image open, and
+        # `rbd rm` refuses an image with watchers.
+        async with self._view_lock:
+            await self._delete(volume_id)
+
+    async def _delete(self, volume_id: str) -> None:
         image = _check_volume(volume_id)
         try:
             entries = await self._entries()
