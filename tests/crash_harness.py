@@ -24,7 +24,6 @@ import hashlib
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -379,21 +378,18 @@ class Harness:
 
     def _check_store_and_disks(self) -> None:
         problems = self.tally.inconsistencies
-        db = self._db()
-        try:
-            states = dict(db.execute("SELECT id, state FROM volumes"))
-            snapshot_states = dict(db.execute("SELECT id, state FROM snapshots WHERE deleted = 0"))
-            referenced = {bytes(r[0]) for r in db.execute("SELECT digest FROM snapshot_blocks")}
-            completed_needed = {
-                bytes(r[0])
-                for r in db.execute(
-                    "SELECT b.digest FROM snapshot_blocks b JOIN snapshots s "
-                    "ON s.id = b.snapshot_id WHERE s.state = 'completed'"
-                )
-            }
-            with_manifest = {r[0] for r in db.execute("SELECT snapshot_id FROM snapshot_blocks")}
-        finally:
-            db.close()
+        rows = self._rows
+        states = dict(rows("SELECT id, state FROM volumes"))
+        snapshot_states = dict(rows("SELECT id, state FROM snapshots WHERE deleted = 0"))
+        referenced = {bytes(r[0]) for r in rows("SELECT digest FROM snapshot_blocks")}
+        completed_needed = {
+            bytes(r[0])
+            for r in rows(
+                "SELECT b.digest FROM snapshot_blocks b JOIN snapshots s "
+                "ON s.id = b.snapshot_id WHERE s.state = 'completed'"
+            )
+        }
+        with_manifest = {r[0] for r in rows("SELECT snapshot_id FROM snapshot_blocks")}
         storage = self.server.data_dir / "storage"
         dirs = {p.name for p in (storage / "volumes").iterdir() if not p.name.startswith(".")}
         for volume_id in sorted(dirs):
@@ -442,24 +438,14 @@ class Harness:
         return found
 
     def _known_volume_ids(self) -> set[str]:
-        db = self._db()
-        try:
-            return {r[0] for r in db.execute("SELECT id FROM volumes")}
-        finally:
-            db.close()
+        return {r[0] for r in self._rows("SELECT id FROM volumes")}
 
     def _running_jobs(self) -> int:
-        db = self._db()
-        try:
-            return int(
-                db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'running'").fetchone()[0]
-            )
-        finally:
-            db.close()
+        [(running,)] = self._rows("SELECT COUNT(*) FROM jobs WHERE state = 'running'")
+        return int(running)
 
-    def _db(self) -> sqlite3.Connection:
-        path = (self.server.data_dir / "ebsemu.sqlite3").resolve()
-        return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    def _rows(self, query: str) -> list[tuple[Any, ...]]:
+        return self.server.rows(query)
 
     # ---- the end: every completed snapshot restores byte-identical ------------------------
 

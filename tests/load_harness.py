@@ -18,7 +18,6 @@ import collections
 import contextlib
 import json
 import random
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -181,22 +180,18 @@ def run_load(
     return result, made
 
 
-def duplicate_tokens(database: Path) -> list[tuple[str, int]]:
+def duplicate_tokens(server: ServerProcess) -> list[tuple[str, int]]:
     """ClientTokens the store holds more than one volume for."""
-    path = database.resolve()
-    with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
-        rows = db.execute(
-            "SELECT client_token, COUNT(*) FROM volumes WHERE client_token IS NOT NULL "
-            "GROUP BY owner_id, client_token HAVING COUNT(*) > 1"
-        )
-        return [(str(r[0]), int(r[1])) for r in rows]
+    rows = server.rows(
+        "SELECT client_token, COUNT(*) FROM volumes WHERE client_token IS NOT NULL "
+        "GROUP BY owner_id, client_token HAVING COUNT(*) > 1"
+    )
+    return [(str(r[0]), int(r[1])) for r in rows]
 
 
-def attachments_per_volume(database: Path) -> dict[str, int]:
-    path = database.resolve()
-    with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT volume_id, COUNT(*) FROM attachments GROUP BY volume_id")
-        return {str(r[0]): int(r[1]) for r in rows}
+def attachments_per_volume(server: ServerProcess) -> dict[str, int]:
+    rows = server.rows("SELECT volume_id, COUNT(*) FROM attachments GROUP BY volume_id")
+    return {str(r[0]): int(r[1]) for r in rows}
 
 
 @dataclass
@@ -245,12 +240,9 @@ def make_shared(lab: Lab, count: int) -> list[str]:
 
 def settle_attachments(lab: Lab) -> None:
     """Wait until no attachment is `attaching` any more."""
-    database = lab.server.data_dir / "ebsemu.sqlite3"
 
     def settled() -> bool | None:
-        path = database.resolve()
-        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
-            [(n,)] = db.execute("SELECT COUNT(*) FROM attachments WHERE state = 'attaching'")
+        [(n,)] = lab.server.rows("SELECT COUNT(*) FROM attachments WHERE state = 'attaching'")
         return True if n == 0 else None
 
     poll(settled, timeout=120)
@@ -260,7 +252,7 @@ def double_attaches(lab: Lab, result: LoadResult, shared: list[str]) -> list[str
     """Every sign of a shared volume attached more than once: in the answers, the store, the
     VMs."""
     found = [f"{v}: {n} AttachVolume successes" for v, n in result.attach_wins.items() if n > 1]
-    per_volume = attachments_per_volume(lab.server.data_dir / "ebsemu.sqlite3")
+    per_volume = attachments_per_volume(lab.server)
     found += [f"{v}: {n} attachment records" for v, n in per_volume.items() if n > 1]
     holders: collections.Counter[str] = collections.Counter()
     for vm in lab.vms:
@@ -288,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
         )
         settle_attachments(lab)
-        duplicates = duplicate_tokens(lab.server.data_dir / "ebsemu.sqlite3")
+        duplicates = duplicate_tokens(lab.server)
         doubles = double_attaches(lab, result, shared)
     print(result.summary())
     print(f"ClientTokens with more than one volume in the store: {len(duplicates)}")

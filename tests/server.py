@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -196,25 +197,34 @@ class ServerProcess:
     def sql(self, statement: str, *params: Any) -> None:
         """Run one statement (SQLite's dialect, `?` placeholders) on the server's database,
         whichever store it runs on (to stage a crash while it is stopped)."""
+        self._on_database(statement, params)
+
+    def rows(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """The rows of one query (SQLite's dialect) on the server's database, whichever store
+        it runs on (to check what the server recorded)."""
+        return self._on_database(query, params)
+
+    def _on_database(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         if self.store_dsn is None:
-            with sqlite3.connect(self.data_dir / "ebsemu.sqlite3") as db:
-                db.execute(statement, params)
-            return
+            path = self.data_dir / "ebsemu.sqlite3"
+            with contextlib.closing(sqlite3.connect(path)) as db, db:
+                return [tuple(row) for row in db.execute(statement, params)]
         import asyncio
 
         import asyncpg
 
         from ebsemu.store.pg_dialect import bind, translate
 
-        async def run(dsn: str) -> None:
+        async def run(dsn: str) -> list[tuple[Any, ...]]:
             connection = await asyncpg.connect(dsn)
             try:
                 translation = translate(statement)
-                await connection.execute(translation.sql, *bind(translation, params))
+                found = await connection.fetch(translation.sql, *bind(translation, params))
+                return [tuple(row) for row in found]
             finally:
                 await connection.close()
 
-        asyncio.run(run(self.store_dsn))
+        return asyncio.run(run(self.store_dsn))
 
     def ebsemu(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run another `ebsemu` command (e.g. `accounts create`) on this server's data."""

@@ -4,7 +4,6 @@ real tgtd with per-volume CHAP, and the QEMU VM opens it as an iscsi:// block de
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,9 +39,8 @@ def lab(tmp_path: Path) -> Iterator[tuple[ServerProcess, Tgtd, QemuVm]]:
 
 
 def _recorded_chap_secret(server: ServerProcess, volume_id: str) -> Any:
-    with sqlite3.connect(server.data_dir / "ebsemu.sqlite3") as db:
-        rows = db.execute("SELECT record FROM exports WHERE volume_id = ?", (volume_id,))
-        found = [json.loads(record)["source"]["chap_secret"] for (record,) in rows]
+    rows = server.rows("SELECT record FROM exports WHERE volume_id = ?", volume_id)
+    found = [json.loads(record)["source"]["chap_secret"] for (record,) in rows]
     return found[0] if found else None
 
 

@@ -183,7 +183,8 @@ def test_secrets_of_created_keys_never_reach_the_server_log(
 
 
 def test_default_key_is_generated_once_shown_once_and_kept_owner_only(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path / "data", TEST_CONFIG, env=NO_ENV_KEY)
+    # On SQLite whatever EBSEMU_TEST_STORE says: the database file's mode is checked.
+    proc = ServerProcess(tmp_path / "data", TEST_CONFIG, env=NO_ENV_KEY, store_dsn="")
     proc.start()
     try:
         shown = proc.stdout_path.read_text()
@@ -241,7 +242,7 @@ def test_an_existing_data_dir_and_database_are_made_owner_only(tmp_path: Path) -
     data.chmod(0o755)
     (data / "ebsemu.sqlite3").touch()
     (data / "ebsemu.sqlite3").chmod(0o644)
-    proc = ServerProcess(data, TEST_CONFIG)
+    proc = ServerProcess(data, TEST_CONFIG, store_dsn="")  # an SQLite database file's mode
     proc.start()
     proc.stop()
     assert mode(data) == 0o700

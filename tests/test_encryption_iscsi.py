@@ -70,5 +70,5 @@ def test_encrypted_volume_over_iscsi_opens_as_luks_in_qemu_and_stays_ciphertext_
     ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
     segment = volume_segment(server.data_dir, volume_id)
     assert not file_holds(segment, PLAIN)
-    done = qemu_io_with_key(segment, passphrase_of(server.data_dir, volume_id), "read -P 0x5a 0 1M")
+    done = qemu_io_with_key(segment, passphrase_of(server, volume_id), "read -P 0x5a 0 1M")
     assert done.returncode == 0 and "verification failed" not in done.stdout, done.stderr

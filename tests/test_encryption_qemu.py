@@ -10,7 +10,6 @@ drive); reads go through a read-only NBD export of the VM's block node, checked 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,13 +177,12 @@ def block_files(data_dir: Path) -> list[Path]:
     return [p for p in (data_dir / "blocks").rglob("*") if p.is_file()]
 
 
-def passphrase_of(data_dir: Path, resource_id: str) -> str:
+def passphrase_of(server: ServerProcess, resource_id: str) -> str:
     """The resource's LUKS passphrase: its wrapped data key, unwrapped by the master key."""
-    with contextlib.closing(sqlite3.connect(data_dir / "ebsemu.sqlite3")) as db:
-        (wrapped,) = db.execute(
-            "SELECT wrapped_key FROM data_keys WHERE resource_id = ?", (resource_id,)
-        ).fetchone()
-    return KeyVault(data_dir / "master.key").passphrase(wrapped)
+    [(wrapped,)] = server.rows(
+        "SELECT wrapped_key FROM data_keys WHERE resource_id = ?", resource_id
+    )
+    return KeyVault(server.data_dir / "master.key").passphrase(wrapped)
 
 
 def qemu_io_with_key(path: Path, passphrase: str, command: str) -> subprocess.CompletedProcess[str]:
@@ -278,11 +276,9 @@ def test_only_the_volumes_own_data_key_opens_its_file(lab: Lab) -> None:
     write_through_vm(lab, qdev_id, "write -P 0x5a 0 1M")
     detach(lab, volume_id)
     segment = volume_segment(lab.server.data_dir, volume_id)
-    right = qemu_io_with_key(
-        segment, passphrase_of(lab.server.data_dir, volume_id), "read -P 0x5a 0 1M"
-    )
+    right = qemu_io_with_key(segment, passphrase_of(lab.server, volume_id), "read -P 0x5a 0 1M")
     assert right.returncode == 0 and "verification failed" not in right.stdout, right.stderr
-    wrong = qemu_io_with_key(segment, passphrase_of(lab.server.data_dir, other_id), "read 0 1M")
+    wrong = qemu_io_with_key(segment, passphrase_of(lab.server, other_id), "read 0 1M")
     assert wrong.returncode != 0
     assert "Invalid password" in wrong.stderr
     # Opened without the luks layer, the file shows only ciphertext.
@@ -296,8 +292,8 @@ def test_only_the_volumes_own_data_key_opens_its_file(lab: Lab) -> None:
     assert "verification failed" in raw.stdout
     # Neither key was ever written to the server's log.
     log = lab.server.log_path.read_text(errors="replace")
-    assert passphrase_of(lab.server.data_dir, volume_id) not in log
-    assert passphrase_of(lab.server.data_dir, other_id) not in log
+    assert passphrase_of(lab.server, volume_id) not in log
+    assert passphrase_of(lab.server, other_id) not in log
 
 
 def test_a_vmm_that_cannot_open_luks_is_refused_the_volume(lab: Lab) -> None:

@@ -27,7 +27,7 @@ def test_64_clients_get_no_5xx_no_duplicate_volume_and_no_double_attach(tmp_path
             lab.server.url, clients=CLIENTS, calls=CALLS, shared=shared, instances=lab.instances
         )
         settle_attachments(lab)
-        duplicates = duplicate_tokens(lab.server.data_dir / "ebsemu.sqlite3")
+        duplicates = duplicate_tokens(lab.server)
         doubles = double_attaches(lab, result, shared)
     print(result.summary())
     assert result.calls >= 1000

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,7 @@ def _block_path(data_dir: Path, data: bytes) -> Path:
 
 
 def _query(server: ServerProcess, sql: str, *params: Any) -> list[Any]:
-    with sqlite3.connect(server.data_dir / "ebsemu.sqlite3") as db:
-        return list(db.execute(sql, params))
+    return server.rows(sql, *params)
 
 
 def test_dry_run_reports_orphans_without_touching_them_and_a_real_run_removes_only_ours(
@@ -134,9 +132,9 @@ def test_an_offline_run_finishes_a_deletion_a_crash_left_half_done(
     ec2 = fresh_server.client()
     volume_id = new_volume(ec2)
     fresh_server.stop()
-    with sqlite3.connect(fresh_server.data_dir / "ebsemu.sqlite3") as db:
-        db.execute("UPDATE volumes SET state = 'deleting' WHERE id = ?", (volume_id,))
-        db.execute("DELETE FROM jobs")
+    fresh_server.sql("UPDATE volumes SET state = 'deleting' WHERE id = ?", volume_id)
+    fresh_server.sql("DELETE FROM job_steps")
+    fresh_server.sql("DELETE FROM jobs")
 
     _, report = _reconcile(fresh_server, "--dry-run")
     assert _kinds(report)["stranded"] == {volume_id}
@@ -175,9 +173,9 @@ def test_a_disk_in_a_vm_that_no_attachment_records_is_detached_by_reconcile(
             assert volume_id in json.dumps(run(qmp(vm, "query-block")))
         finally:
             server.stop()
-        with sqlite3.connect(server.data_dir / "ebsemu.sqlite3") as db:  # the record is lost
-            db.execute("DELETE FROM attachments WHERE volume_id = ?", (volume_id,))
-            db.execute("UPDATE volumes SET state = 'available' WHERE id = ?", (volume_id,))
+        # the record is lost
+        server.sql("DELETE FROM attachments WHERE volume_id = ?", volume_id)
+        server.sql("UPDATE volumes SET state = 'available' WHERE id = ?", volume_id)
 
         _, report = _reconcile(server, "--dry-run")
         orphan = f"{instance_id('rec-kvm', 'recvm')}/{volume_id}"

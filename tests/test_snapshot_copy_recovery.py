@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from typing import Any
 
 from tests.api_support import FAST, block_path, new_snapshot, new_volume, poll, volume_segment
@@ -13,8 +12,7 @@ BLOCK = 512 * 1024
 
 
 def _sql(server: ServerProcess, statement: str, *params: Any) -> None:
-    with sqlite3.connect(server.data_dir / "ebsemu.sqlite3") as db:
-        db.execute(statement, params)
+    server.sql(statement, *params)
 
 
 def _source(server: ServerProcess, ec2: Any, blocks: dict[int, bytes]) -> str:
@@ -47,6 +45,7 @@ def test_copy_left_pending_without_its_job_completes_after_restart_as_a_copy(
     ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[copy_id], WaiterConfig=FAST)
     fresh_server.stop()
     _sql(fresh_server, "UPDATE snapshots SET state = 'pending' WHERE id = ?", copy_id)
+    _sql(fresh_server, "DELETE FROM job_steps")
     _sql(fresh_server, "DELETE FROM jobs")
     fresh_server.start()
     # Resumed as a copy (it has no frozen view to capture): completed, not error.

@@ -8,13 +8,11 @@ what a restore produces with it block for block, walking only the files' data ex
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import random
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -184,28 +182,16 @@ def block_path(server: ServerProcess, digest_hex: str) -> Path:
     return server.data_dir / "blocks" / digest_hex[:2] / digest_hex[2:4] / digest_hex
 
 
-@contextlib.contextmanager
-def database(server: ServerProcess) -> Iterator[sqlite3.Connection]:
-    uri = f"file:{server.data_dir / 'ebsemu.sqlite3'}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-        yield db
-
-
 def manifest(server: ServerProcess, snapshot_id: str) -> dict[int, str]:
     """A snapshot's manifest rows: block index -> digest hex."""
-    with database(server) as db:
-        rows = db.execute(
-            "SELECT block_index, digest FROM snapshot_blocks WHERE snapshot_id = ?",
-            (snapshot_id,),
-        ).fetchall()
+    rows = server.rows(
+        "SELECT block_index, digest FROM snapshot_blocks WHERE snapshot_id = ?", snapshot_id
+    )
     return {int(index): bytes(d).hex() for index, d in rows}
 
 
 def snapshot_rows(server: ServerProcess, snapshot_id: str) -> int:
-    with database(server) as db:
-        (count,) = db.execute(
-            "SELECT COUNT(*) FROM snapshots WHERE id = ?", (snapshot_id,)
-        ).fetchone()
+    [(count,)] = server.rows("SELECT COUNT(*) FROM snapshots WHERE id = ?", snapshot_id)
     return int(count)
 
 
@@ -532,8 +518,7 @@ def test_deleting_a_snapshot_frees_only_blocks_no_other_snapshot_uses(
 
     delete_snapshot(server, ec2, newer)
     assert stored_blocks(server) == {}
-    with database(server) as db:
-        assert db.execute("SELECT COUNT(*) FROM snapshot_blocks").fetchone() == (0,)
+    assert server.rows("SELECT COUNT(*) FROM snapshot_blocks") == [(0,)]
 
 
 def test_snapshots_restore_after_their_source_volume_is_deleted(

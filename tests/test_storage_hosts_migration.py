@@ -20,8 +20,7 @@ ZONE = "[region us-east-1]\nzones = us-east-1a\n"
 
 
 def _hosts(server: ServerProcess) -> dict[str, str]:
-    with sqlite3.connect(server.data_dir / "ebsemu.sqlite3") as db:
-        return dict(db.execute("SELECT id, storage_host FROM volumes"))
+    return dict(server.rows("SELECT id, storage_host FROM volumes"))
 
 
 def test_volumes_of_the_single_storage_section_stay_on_the_default_host(tmp_path: Path) -> None:
@@ -35,7 +34,10 @@ def test_volumes_of_the_single_storage_section_stay_on_the_default_host(tmp_path
     assert _hosts(server) == {old: "default"}
 
     server.config_path.write_text(
-        TEST_CONFIG + ZONE + f"[storage new]\nzone = us-east-1a\npath = {tmp_path / 'new'}\n"
+        TEST_CONFIG
+        + ZONE
+        + f"[storage new]\nzone = us-east-1a\npath = {tmp_path / 'new'}\n"
+        + server.store_config
     )
     with pytest.raises(RuntimeError, match="server exited"):
         server.start()
@@ -47,6 +49,7 @@ def test_volumes_of_the_single_storage_section_stay_on_the_default_host(tmp_path
         + ZONE
         + f"[storage default]\nzone = us-east-1a\npath = {storage}\n"
         + f"[storage new]\nzone = us-east-1a\npath = {tmp_path / 'new'}\n"
+        + server.store_config
     )
     server.start()
     try:
