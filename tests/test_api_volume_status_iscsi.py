@@ -48,6 +48,17 @@ def _status(ec2: Any, volume_id: str) -> dict[str, Any]:
     return dict(item)
 
 
+def _checked_status(ec2: Any, volume_id: str) -> dict[str, Any]:
+    """The status once the volume is checked: `insufficient-data` while its attach job is
+    still finishing (a volume with work in progress is not checked)."""
+
+    def checked() -> dict[str, Any] | None:
+        item = _status(ec2, volume_id)
+        return item if item["VolumeStatus"]["Status"] != "insufficient-data" else None
+
+    return poll(checked)
+
+
 def _tid(tgtd: Tgtd, volume_id: str) -> str:
     match = re.search(rf"^Target (\d+): \S+:{volume_id}$", tgtd.show_targets(), re.M)
     assert match is not None, tgtd.show_targets()
@@ -65,7 +76,7 @@ def test_a_target_deleted_from_tgtd_impairs_the_attached_volume(
     ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device="/dev/sdf")
     poll(lambda: _attached(ec2, volume_id))
 
-    item = _status(ec2, volume_id)
+    item = _checked_status(ec2, volume_id)
     assert item["VolumeStatus"]["Status"] == "ok"
     assert item["AttachmentStatuses"] == [
         {"InstanceId": instance_id, "IoPerformance": "not-applicable"}
