@@ -45,26 +45,27 @@ def error_items(failed: Sequence[ZoneError]) -> list[dict[str, Any]]:
     ]
 
 
-@action
-async def enable_fast_snapshot_restores(svc: Services, ctx: RequestContext, p: Params) -> Result:
-    done, failed = await svc.fast_restores.enable(
-        ctx,
+def _zone_answer(done: list[FastRestore], failed: list[ZoneError]) -> Result:
+    return {"Successful": [fast_restore_view(r) for r in done], "Unsuccessful": error_items(failed)}
+
+
+def _targets(p: Params) -> tuple[Any, Any, Any]:
+    """The snapshots and zones an Enable or Disable call names."""
+    return (
         p.get("SourceSnapshotIds", []),
         p.get("AvailabilityZones", []),
         p.get("AvailabilityZoneIds", []),
     )
-    return {"Successful": [fast_restore_view(r) for r in done], "Unsuccessful": error_items(failed)}
+
+
+@action
+async def enable_fast_snapshot_restores(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    return _zone_answer(*await svc.fast_restores.enable(ctx, *_targets(p)))
 
 
 @action
 async def disable_fast_snapshot_restores(svc: Services, ctx: RequestContext, p: Params) -> Result:
-    done, failed = await svc.fast_restores.disable(
-        ctx,
-        p.get("SourceSnapshotIds", []),
-        p.get("AvailabilityZones", []),
-        p.get("AvailabilityZoneIds", []),
-    )
-    return {"Successful": [fast_restore_view(r) for r in done], "Unsuccessful": error_items(failed)}
+    return _zone_answer(*await svc.fast_restores.disable(ctx, *_targets(p)))
 
 
 @action

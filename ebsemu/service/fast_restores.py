@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from backends.base import FastRestoreKeeper
@@ -103,16 +104,8 @@ class FastRestoreService:
                 continue
             started = False
             for zone in zones:
-                record = FastRestore(
-                    account_id=ctx.account_id,
-                    snapshot_id=snapshot_id,
-                    zone=zone.name,
-                    zone_id=zone.zone_id,
-                    region=ctx.region,
-                    state=FastRestoreState.ENABLING,
-                    reason=USER_INITIATED,
-                    snapshot_owner_id=snapshot.owner_id,
-                    enabling_time=utcnow(),
+                record = _new_record(
+                    ctx, snapshot, zone, FastRestoreState.ENABLING, enabling_time=utcnow()
                 )
                 outcome = await self._core.store.begin_fast_restore(record, SNAPSHOT_LIMIT)
                 if outcome is None:
@@ -159,16 +152,8 @@ class FastRestoreService:
                 now = utcnow()
                 record = current.get(zone.name)
                 if record is None:
-                    record = FastRestore(
-                        account_id=ctx.account_id,
-                        snapshot_id=snapshot_id,
-                        zone=zone.name,
-                        zone_id=zone.zone_id,
-                        region=ctx.region,
-                        state=FastRestoreState.DISABLED,
-                        reason=USER_INITIATED,
-                        snapshot_owner_id=snapshot.owner_id,
-                        disabled_time=now,
+                    record = _new_record(
+                        ctx, snapshot, zone, FastRestoreState.DISABLED, disabled_time=now
                     )
                 elif await self._core.store.transition_fast_restore(
                     record, ACTIVE_STATES, FastRestoreState.DISABLING, USER_INITIATED, now
@@ -349,3 +334,28 @@ def _wanted(
             "The request must contain the parameter AvailabilityZone or AvailabilityZoneId"
         )
     return wanted
+
+
+def _new_record(
+    ctx: RequestContext,
+    snapshot: Snapshot,
+    zone: Zone,
+    state: FastRestoreState,
+    *,
+    enabling_time: datetime | None = None,
+    disabled_time: datetime | None = None,
+) -> FastRestore:
+    """The caller's fast restore of ``snapshot`` in ``zone``, new in ``state`` (a user's
+    request) with the time of that state."""
+    return FastRestore(
+        account_id=ctx.account_id,
+        snapshot_id=snapshot.id,
+        zone=zone.name,
+        zone_id=zone.zone_id,
+        region=ctx.region,
+        state=state,
+        reason=USER_INITIATED,
+        snapshot_owner_id=snapshot.owner_id,
+        enabling_time=enabling_time,
+        disabled_time=disabled_time,
+    )
