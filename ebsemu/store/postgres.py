@@ -22,12 +22,12 @@ import uuid
 from collections.abc import Sequence
 
 from ebsemu.store.postgres_base import PostgresBase
-from ebsemu.store.sqlite import SqliteStore
+from ebsemu.store.sqlite import SqlStore
 
 _NOW = "extract(epoch FROM clock_timestamp())"
 
 
-class PostgresStore(PostgresBase, SqliteStore):
+class PostgresStore(PostgresBase, SqlStore):
     shared = True
 
     def __init__(self, dsn: str, instance_id: str, lease_seconds: float = 30.0) -> None:

@@ -1,4 +1,4 @@
-"""The PostgreSQL connections under the store, shaped like the SQLite base it replaces.
+"""The PostgreSQL engine of the store (see ``sql_base``): a connection pool.
 
 Every query of the store is written once, in the SQLite modules, and runs here through
 ``pg_dialect``. The store uses its database in three ways, and each has its counterpart:
@@ -45,7 +45,7 @@ import asyncpg
 
 from ebsemu.store.pg_dialect import Translation, bind, changed_rows, translate
 from ebsemu.store.pg_schema import PG_MIGRATIONS
-from ebsemu.store.sqlite_base import Rollback, SqliteBase, Work
+from ebsemu.store.sql_base import Rollback, SqlBase, Work
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,9 @@ class Transaction:
         await run_many(self.connection, sql, rows)
 
 
-class PostgresBase(SqliteBase):
+class PostgresBase(SqlBase):
     def __init__(self, dsn: str, instance_id: str, lease_seconds: float = 30.0) -> None:
-        super().__init__(path=None)  # type: ignore[arg-type]  # no file: a server holds the data
+        super().__init__()
         self._dsn = dsn
         self._pool: asyncpg.Pool | None = None
         self._threads: ThreadPoolExecutor | None = None

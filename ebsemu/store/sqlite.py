@@ -1,4 +1,6 @@
-"""SQLite store through aiosqlite: WAL, synchronous commits, versioned migrations.
+"""The store's queries, written once in SQLite's SQL (``SqlStore``), and the SQLite store:
+those queries on the SQLite engine (``SqliteStore``: WAL, synchronous commits, versioned
+migrations). ``PostgresStore`` runs the same queries on PostgreSQL.
 
 Every state change is a compare-and-set (`UPDATE … WHERE id = ? AND state IN (…)`), so two
 requests can never both move one resource out of the same state.
@@ -32,6 +34,7 @@ from ebsemu.store.rows import (
     snapshot_values,
     volume_from_row,
 )
+from ebsemu.store.sql_base import Rollback, fetch, placeholders, prefixed
 from ebsemu.store.sql_filters import (
     SNAPSHOT_FILTERS,
     TAG_FILTERS,
@@ -40,7 +43,6 @@ from ebsemu.store.sql_filters import (
     filter_sql,
 )
 from ebsemu.store.sqlite_accounts import AccountTables
-from ebsemu.store.sqlite_base import Rollback, fetch, placeholders, prefixed
 from ebsemu.store.sqlite_direct import DirectTables
 from ebsemu.store.sqlite_encryption import EncryptionTables
 from ebsemu.store.sqlite_fast_restores import FastRestoreTables
@@ -56,7 +58,7 @@ from ebsemu.timefmt import from_wire, to_wire
 log = logging.getLogger(__name__)
 
 
-class SqliteStore(
+class SqlStore(
     InstanceTables,
     AccountTables,
     DirectTables,
@@ -67,16 +69,12 @@ class SqliteStore(
     ReconcileTables,
     StepTables,
     FastRestoreTables,
-    LeaseTables,
 ):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self._volume_counts: dict[str, int] = {}  # owner id -> volumes not deleted
+    """Every query of the store, on whichever engine a subclass adds."""
 
-    async def open(self) -> None:
-        """Open (creating and migrating) the database, readable by its owner only."""
-        private_database(self._path)
-        await super().open()
+    def __init__(self) -> None:
+        super().__init__()
+        self._volume_counts: dict[str, int] = {}  # owner id -> volumes not deleted
 
     # ---- volumes -------------------------------------------------------------------------
 
@@ -647,7 +645,7 @@ def _insert_volume(
         if existing is None:
             raise
         return existing, None
-    for sql, params in SqliteStore._tag_statements(
+    for sql, params in SqlStore._tag_statements(
         [(volume.id, "volume")], volume.owner_id, volume.tags
     ):
         conn.execute(sql, params)
@@ -660,3 +658,15 @@ def _insert_volume(
         attachments=[],
     )
     return stored, job_id
+
+
+class SqliteStore(LeaseTables, SqlStore):
+    """The store on one SQLite file, which one server instance holds."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+
+    async def open(self) -> None:
+        """Open (creating and migrating) the database, readable by its owner only."""
+        private_database(self._path)
+        await super().open()

@@ -10,10 +10,10 @@ import time
 from collections.abc import Sequence
 
 from ebsemu.store.base import AccountRecord
-from ebsemu.store.sqlite_base import Rollback, SqliteBase, placeholders
+from ebsemu.store.sql_base import Rollback, SqlBase, placeholders
 
 
-class AccountTables(SqliteBase):
+class AccountTables(SqlBase):
     # ---- accounts and keys ---------------------------------------------------------------
 
     async def insert_account(self, account_id: str, name: str) -> bool:

@@ -1,4 +1,4 @@
-"""The SQLite connections every store table shares: one writer, one reader, migrations.
+"""The SQLite engine of the store (see ``sql_base``): one writer, one reader, migrations.
 
 Writes go through one connection. A transaction on a connection takes in every statement run
 on it until COMMIT, so each use of the writer (an async ``_transaction``, or a batch of queued
@@ -22,56 +22,19 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 
-from ebsemu.model import Instance, Snapshot, Volume
-from ebsemu.store.base import ListQuery, Page
 from ebsemu.store.schema import MIGRATIONS
+from ebsemu.store.sql_base import Rollback, SqlBase, T, Work, fetch
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R", Volume, Snapshot, Instance)
-T = TypeVar("T")
-# A unit of work: runs on a connection's thread with the plain sqlite3 connection.
-Work = Callable[[sqlite3.Connection], T]
 _Outcome = tuple[bool, Any]  # (succeeded, result or exception)
-
-
-class Rollback(Exception):
-    """Raised inside ``_transaction`` to undo it without an error reaching the caller."""
-
-
-def placeholders(count: int) -> str:
-    return ",".join("?" * count)
-
-
-def prefixed(alias: str, columns: str) -> str:
-    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
-
-
-def fetch(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-    return conn.execute(sql, params).fetchall()
-
-
-def tags_into(conn: sqlite3.Connection, items: Sequence[R]) -> None:
-    """Load the tags of ``items`` into them."""
-    by_id = {item.id: item for item in items}
-    ids = list(by_id)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        rows = fetch(
-            conn,
-            f"SELECT resource_id, key, value FROM tags "
-            f"WHERE resource_id IN ({placeholders(len(chunk))}) ORDER BY rowid",
-            chunk,
-        )
-        for resource_id, key, value in rows:
-            by_id[resource_id].tags[key] = value
 
 
 def run_batch(conn: sqlite3.Connection, works: Sequence[Work[Any]]) -> list[_Outcome]:
@@ -126,8 +89,9 @@ async def on_thread(connection: aiosqlite.Connection, work: Work[T]) -> T:
     return result
 
 
-class SqliteBase:
+class SqliteBase(SqlBase):
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self._path = path
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -158,6 +122,15 @@ class SqliteBase:
         await self.db.execute("PRAGMA foreign_keys=ON")
         await self._migrate()
         await self.refresh_statistics()
+
+    async def open_read_only(self) -> None:
+        """Open an existing database for reading only (for a dry-run report while a server may
+        be using it): no migration, no statistics, nothing written."""
+        if not self._path.exists():
+            raise FileNotFoundError(f"no database at {self._path}")
+        uri = f"{self._path.resolve().as_uri()}?mode=ro"
+        connection = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+        self._db = self._reader = connection  # reads and (refused) writes alike
 
     async def refresh_statistics(self) -> None:
         """Give the query planner table statistics (bounded work), so listing pages walk the
@@ -296,54 +269,3 @@ class SqliteBase:
         # OperationalError: the BEGIN never ran, so there is nothing to undo.
         with contextlib.suppress(sqlite3.OperationalError):
             await asyncio.shield(self.db.execute("ROLLBACK"))
-
-    # ---- shared query helpers ------------------------------------------------------------
-
-    @staticmethod
-    def _scope(alias: str, query: ListQuery, params: list[object]) -> list[str]:
-        where = [
-            f"{alias}.owner_id IN ({placeholders(len(query.owner_ids))})",
-            f"{alias}.region = ?",
-        ]
-        params += [*query.owner_ids, query.region]
-        if query.ids:
-            where.append(f"{alias}.id IN ({placeholders(len(query.ids))})")
-            params += query.ids
-        return where
-
-    @staticmethod
-    def _page_sql(
-        select: str, where: list[str], params: list[object], query: ListQuery, seq: str
-    ) -> str:
-        if query.after_seq:
-            where.append(f"{seq} > ?")
-            params.append(query.after_seq)
-        sql = f"{select} WHERE {' AND '.join(where)} ORDER BY {seq}"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            params.append(query.limit + 1)
-        return sql
-
-    async def _page_rows(
-        self,
-        select: str,
-        where: list[str],
-        params: list[object],
-        query: ListQuery,
-        seq: str,
-    ) -> list[sqlite3.Row]:
-        return await self._rows(self._page_sql(select, where, params, query, seq), params)
-
-    @staticmethod
-    def _paginate(rows: list[sqlite3.Row], query: ListQuery, convert: Any) -> Page[Any]:
-        more = query.limit is not None and len(rows) > query.limit
-        if more:
-            rows = rows[: query.limit]
-        return Page(
-            items=[convert(row) for row in rows], last_seq=int(rows[-1][0]) if more else None
-        )
-
-    async def _with_tags(self, items: list[R]) -> list[R]:
-        if items:
-            await self._read(partial(tags_into, items=items))
-        return items

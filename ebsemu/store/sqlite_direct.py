@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ebsemu.model import Snapshot, utcnow
 from ebsemu.store.direct import ZERO_DIGEST, ChangedRow, DirectMeta
 from ebsemu.store.rows import SNAPSHOT_COLUMNS, snapshot_values
-from ebsemu.store.sqlite_base import SqliteBase, placeholders
+from ebsemu.store.sql_base import SqlBase, placeholders
 from ebsemu.timefmt import to_wire
 
 _META_COLUMNS = (
@@ -18,7 +18,7 @@ _META_COLUMNS = (
 )
 
 
-class DirectTables(SqliteBase):
+class DirectTables(SqlBase):
     async def direct_key(self, name: str, fresh: bytes) -> bytes:
         async with self._transaction() as db:
             await db.execute(
@@ -132,7 +132,7 @@ class DirectTables(SqliteBase):
                 "full_size_bytes = ? WHERE id = ? AND state = 'pending' AND deleted = 0",
                 (to_wire(utcnow()), full_size_bytes, snapshot_id),
             )
-            done = cur.rowcount == 1
+            done = bool(cur.rowcount == 1)
             await cur.close()
             if done:
                 await db.execute(

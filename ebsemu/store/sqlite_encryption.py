@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ebsemu.store.base import EncryptionSettings
-from ebsemu.store.sqlite_base import SqliteBase
+from ebsemu.store.sql_base import SqlBase
 
 
-class EncryptionTables(SqliteBase):
+class EncryptionTables(SqlBase):
     async def encryption_settings(self, account_id: str, region: str) -> EncryptionSettings:
         rows = await self._rows(
             "SELECT by_default, kms_key_id FROM ebs_encryption_settings "

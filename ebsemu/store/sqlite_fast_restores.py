@@ -8,8 +8,8 @@ from typing import Any
 
 from ebsemu.fast_restore import ACTIVE_STATES, FastRestore, FastRestoreState
 from ebsemu.store.base import ListQuery, Page
+from ebsemu.store.sql_base import Rollback, SqlBase, placeholders, prefixed
 from ebsemu.store.sql_filters import filter_sql
-from ebsemu.store.sqlite_base import Rollback, SqliteBase, placeholders, prefixed
 from ebsemu.timefmt import from_wire, to_wire
 
 FAST_RESTORE_COLUMNS = (
@@ -56,7 +56,7 @@ def fast_restore_from_row(row: Sequence[Any]) -> FastRestore:
     )
 
 
-class FastRestoreTables(SqliteBase):
+class FastRestoreTables(SqlBase):
     async def begin_fast_restore(
         self, record: FastRestore, limit: int
     ) -> tuple[FastRestore, bool] | None:

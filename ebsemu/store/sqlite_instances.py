@@ -15,15 +15,15 @@ from ebsemu.store.rows import (
     attachment_from_row,
     instance_from_row,
 )
-from ebsemu.store.sql_filters import INSTANCE_DEVICES, INSTANCE_FILTERS, filter_sql
-from ebsemu.store.sqlite_base import (
+from ebsemu.store.sql_base import (
     Rollback,
-    SqliteBase,
+    SqlBase,
     fetch,
     placeholders,
     prefixed,
     tags_into,
 )
+from ebsemu.store.sql_filters import INSTANCE_DEVICES, INSTANCE_FILTERS, filter_sql
 from ebsemu.timefmt import to_wire
 
 _RELEASE_VOLUME = (
@@ -33,7 +33,7 @@ _RELEASE_VOLUME = (
 )
 
 
-class InstanceTables(SqliteBase):
+class InstanceTables(SqlBase):
     # ---- instances -----------------------------------------------------------------------
 
     async def sync_instances(self, vmm: str, seen: Sequence[Instance]) -> list[str]:

@@ -4,10 +4,10 @@ beyond what the state indexes cover."""
 from __future__ import annotations
 
 from ebsemu.store.base import Inventory
-from ebsemu.store.sqlite_base import SqliteBase
+from ebsemu.store.sql_base import SqlBase
 
 
-class InventoryTables(SqliteBase):
+class InventoryTables(SqlBase):
     async def inventory(self) -> Inventory:
         volumes = await self._rows("SELECT state, COUNT(*) FROM volumes GROUP BY state")
         snapshots = await self._rows(

@@ -20,8 +20,8 @@ from ebsemu.modification import (
     VolumeSettings,
 )
 from ebsemu.store.base import ListQuery, Page
+from ebsemu.store.sql_base import Rollback, SqlBase, placeholders, prefixed
 from ebsemu.store.sql_filters import filter_sql
-from ebsemu.store.sqlite_base import Rollback, SqliteBase, placeholders, prefixed
 from ebsemu.timefmt import from_wire, to_wire
 
 MODIFICATION_COLUMNS = (
@@ -91,7 +91,7 @@ def modification_from_row(row: Sequence[Any]) -> VolumeModification:
     )
 
 
-class ModificationTables(SqliteBase):
+class ModificationTables(SqlBase):
     async def begin_modification(self, modification: VolumeModification) -> bool:
         """Record a new modification of the volume, replacing its previous one, unless that
         one is still active (modifying or optimizing): then nothing changes and False."""

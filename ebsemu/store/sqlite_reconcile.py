@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import aiosqlite
-
 from ebsemu.model import Attachment, Instance
 from ebsemu.store.rows import (
     ATTACHMENT_COLUMNS,
@@ -11,19 +9,10 @@ from ebsemu.store.rows import (
     attachment_from_row,
     instance_from_row,
 )
-from ebsemu.store.sqlite_base import SqliteBase
+from ebsemu.store.sql_base import SqlBase
 
 
-class ReconcileTables(SqliteBase):
-    async def open_read_only(self) -> None:
-        """Open an existing database for reading only (for a dry-run report while a server may
-        be using it): no migration, no statistics, nothing written."""
-        if not self._path.exists():
-            raise FileNotFoundError(f"no database at {self._path}")
-        uri = f"{self._path.resolve().as_uri()}?mode=ro"
-        connection = await aiosqlite.connect(uri, uri=True, isolation_level=None)
-        self._db = self._reader = connection  # reads and (refused) writes alike
-
+class ReconcileTables(SqlBase):
     async def volume_states(self) -> dict[str, str]:
         """Every volume record's state by id (`deleted` ones included until purged)."""
         rows = await self._rows("SELECT id, state FROM volumes")

@@ -6,7 +6,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from ebsemu.store.sqlite_base import SqliteBase
+from ebsemu.store.sql_base import SqlBase
 
 _INSERT_STEP = (
     "INSERT INTO job_steps (job_id, seq, step, outcome, at) VALUES (?, "
@@ -28,7 +28,7 @@ def close_job(conn: sqlite3.Connection, job_id: int, error: str | None = None) -
     )
 
 
-class StepTables(SqliteBase):
+class StepTables(SqlBase):
     async def record_step(self, job_id: int, step: str, outcome: str) -> None:
         await self._commit(lambda conn: log_steps(conn, job_id, [step], outcome))
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from ebsemu.store.base import VolumeIo
-from ebsemu.store.sqlite_base import SqliteBase, placeholders
+from ebsemu.store.sql_base import SqlBase, placeholders
 from ebsemu.timefmt import from_wire, to_wire
 
 
-class VolumeIoTables(SqliteBase):
+class VolumeIoTables(SqlBase):
     async def volume_io(self, volume_ids: Sequence[str]) -> dict[str, VolumeIo]:
         found = {volume_id: VolumeIo() for volume_id in volume_ids}
         ids = list(found)
