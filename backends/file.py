@@ -46,11 +46,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from backends import heap, luks, sparse
 from backends.batching import GroupRunner
 from backends.errors import BackendError, CapacityError, SetupError
+from ebsemu.logs import REQUEST_ID
 from ebsemu.model import BLOCK_SIZE
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,14 @@ def _create_error(volume_id: str, exc: BaseException) -> BaseException:
             return CapacityError(f"cannot create volume {volume_id}: {exc}")
         return BackendError(f"cannot create volume {volume_id}: {exc}")
     return exc
+
+
+class _Create(NamedTuple):
+    """A create queued for the next batch."""
+
+    volume_id: str
+    size_bytes: int
+    request_id: str | None  # the caller's: the batch runs in the first caller's context
 
 
 class _Staged:
@@ -363,7 +372,7 @@ class FileStorage:
         )
 
     async def create(self, volume_id: str, size_bytes: int) -> None:
-        await self._creates.run((volume_id, size_bytes))
+        await self._creates.run(_Create(volume_id, size_bytes, REQUEST_ID.get()))
 
     async def delete(self, volume_id: str) -> None:
         await asyncio.to_thread(self._remove, self._volumes, _check_id(volume_id))
@@ -490,7 +499,7 @@ class FileStorage:
     def _staging(parent: Path, kind: str, name: str) -> Path:
         return parent / f".{kind}-{name}-{secrets.token_hex(4)}"
 
-    def _create_batch(self, items: Sequence[tuple[str, int]]) -> list[BaseException | None]:
+    def _create_batch(self, items: Sequence[_Create]) -> list[BaseException | None]:
         """Create the volumes of one batch (volume id, size): stage each one's segments and
         layout in a staging directory, make every staged file and directory durable, rename
         each into place, then fsync the volumes directory once. As with one create at a time,
@@ -498,7 +507,7 @@ class FileStorage:
         call returns only once the rename is; the batch shares the journal commits."""
         results: list[BaseException | None] = [None] * len(items)
         staged: list[tuple[int, _Staged]] = []
-        for position, (volume_id, size_bytes) in enumerate(items):
+        for position, (volume_id, size_bytes, _) in enumerate(items):
             try:
                 staging = self._stage_plain(volume_id, size_bytes)
             except (BackendError, OSError) as exc:
@@ -528,12 +537,13 @@ class FileStorage:
                 for position, staging in moved:
                     results[position] = _create_error(staging.final.name, exc)
                 return results
-        for _, staging in moved:
+        for position, staging in moved:
             logger.info(
                 "created volume %s: %s in %d segment file(s)",
                 staging.final.name,
                 format_bytes(staging.layout.size_bytes),
                 staging.layout.segment_count,
+                extra={"request_id": items[position].request_id},
             )
         return results
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,27 @@ def test_text_log_lines_of_a_request_and_its_job_carry_its_request_id(
     refused = [line for line in lines if "InvalidVolume.NotFound" in line]
     assert refused and all(f" [{error_rid}]: " in line for line in refused)
     assert SECRET_ACCESS_KEY not in fresh_server.log_path.read_text()
+
+
+def test_volumes_created_together_log_each_under_its_own_request(
+    json_server: ServerProcess,
+) -> None:
+    """The file backend creates concurrent volumes in one batch, run in the first caller's
+    context: each volume's line must still carry the request that asked for it."""
+    ec2 = json_server.client()
+    with ThreadPoolExecutor(8) as pool:
+        created = list(
+            pool.map(lambda _: ec2.create_volume(AvailabilityZone=ZONE, Size=1), range(16))
+        )
+    requests = {c["VolumeId"]: request_id(c) for c in created}
+    ec2.get_waiter("volume_available").wait(VolumeIds=list(requests), WaiterConfig=FAST)
+
+    entries = [json.loads(line) for line in json_server.log_path.read_text().splitlines()]
+    lines = [e for e in entries if e["message"].startswith("created volume ")]
+    assert {e["message"].split()[2].rstrip(":") for e in lines} == set(requests)
+    for entry in lines:
+        volume_id = entry["message"].split()[2].rstrip(":")
+        assert entry.get("request_id") == requests[volume_id], entry
 
 
 def test_json_log_is_one_object_per_line_with_the_request_id(json_server: ServerProcess) -> None:
