@@ -102,6 +102,7 @@ def changed_in(new: Iterable[BlockMap], base: Iterable[BlockMap]) -> Iterator[tu
 
 @dataclass
 class ChangeStats:
+    compared: bool = False  # changed_blocks was called
     changed: int = 0  # blocks reported changed
     read: int = 0  # of those, read from the view (the others are holes in it now)
 
@@ -155,6 +156,7 @@ class ChangedFileView(FileView):
         if self._base is None:
             raise BackendError(f"view {self._view_id} is closed")
         base = self._base
+        self.stats.compared = True
         layout = self._new_layout
         per_segment = layout.segment_bytes // BLOCK_SIZE
         fds = self._open_segments()
@@ -206,6 +208,7 @@ class ChangedFileView(FileView):
         base, self._base = self._base, None
         if base is not None:
             base.close()
+        if base is not None and self.stats.compared:
             logger.info(
                 "view %s: %d blocks changed since %s (%d read, %d now holes)",
                 self._view_id,
