@@ -18,6 +18,7 @@ import pytest
 
 from tests.api_support import FAST, new_snapshot, new_volume, poll, volume_segment
 from tests.server import TEST_CONFIG, ServerProcess
+from tests.test_api_modify import wait_finished
 from tests.test_file_storage import _mount, _run
 
 BLOCK = 512 * 1024
@@ -41,7 +42,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     target = work / "xfs"
     mounts = _mount(["mount", "-o", "loop", str(image), str(target)], target)
     mounted = next(mounts)
-    proc = ServerProcess(mounted / "data", TEST_CONFIG)
+    config = TEST_CONFIG.replace("[limits]\n", "[limits]\nmodification_cooldown_seconds = 0\n")
+    proc = ServerProcess(mounted / "data", config)
     try:
         proc.start()
         yield proc
@@ -178,6 +180,29 @@ def test_reconcile_and_a_restart_leave_the_base_to_the_next_snapshot(
     _write(server, volume_id, changes)
     second = new_snapshot(ec2, volume_id)
     assert _captured(server, second) == (2, first)
+    restored = new_volume(ec2, SnapshotId=second)
+    assert _digest(server, restored) == _digest(server, volume_id)
+    for vid in (restored, volume_id):
+        ec2.delete_volume(VolumeId=vid)
+    for snapshot_id in (first, second):
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+
+
+def test_after_the_volume_grew_only_data_past_the_base_and_changes_are_read(
+    server: ServerProcess, ec2: Any
+) -> None:
+    rng = random.Random(14)
+    volume_id = _volume_with_data(server, ec2, rng)
+    first = new_snapshot(ec2, volume_id)
+    _kept(server, volume_id, first)
+    ec2.modify_volume(VolumeId=volume_id, Size=2)
+    assert wait_finished(ec2, volume_id)["ModificationState"] == "completed"
+
+    _write(server, volume_id, {5: rng.randbytes(BLOCK), 3000: rng.randbytes(BLOCK)})
+    second = new_snapshot(ec2, volume_id)
+    assert _captured(server, second) == (2, first)
+    (snapshot,) = ec2.describe_snapshots(SnapshotIds=[second])["Snapshots"]
+    assert snapshot["VolumeSize"] == 2
     restored = new_volume(ec2, SnapshotId=second)
     assert _digest(server, restored) == _digest(server, volume_id)
     for vid in (restored, volume_id):
