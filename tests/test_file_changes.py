@@ -15,7 +15,9 @@ from backends import sparse
 from backends.base import ChangedBlocksSource, ViewKeeper
 from backends.file import FileStorage, FileView
 from backends.file_changes import UNSURE, ChangedFileView, block_maps, changed_in
+from backends.luks import LuksFormatter
 from ebsemu.model import BLOCK_SIZE
+from hostcmds import LocalRunner, load_templates
 from tests.test_file_storage import xfs_reflink
 
 __all__ = ["xfs_reflink"]
@@ -196,6 +198,23 @@ def test_deleting_the_volume_removes_its_base_and_start_up_collects_strays(
         os.rename(root / "views" / view_id, root / "bases" / f"vol-b@{view_id}")
     asyncio.run(FileStorage(root).check_setup())
     assert sorted(p.name for p in (root / "bases").iterdir()) == ["vol-b@snap-d"]
+
+
+def test_an_encrypted_volume_takes_the_same_path_its_ciphertext_compared(
+    xfs_reflink: Path,
+) -> None:
+    root = xfs_reflink / "data"
+    storage = FileStorage(root, luks_formatter=LuksFormatter(LocalRunner(), load_templates()))
+    asyncio.run(storage.check_setup())
+    if storage.encryption_unavailable() is not None:
+        pytest.skip(f"needs qemu-img to format LUKS images: {storage.encryption_unavailable()}")
+    asyncio.run(storage.create_encrypted("vol-e", 64 * MIB, "a passphrase of the test"))
+    asyncio.run(storage.freeze("vol-e", "snap-1"))
+    asyncio.run(storage.keep_view("snap-1"))
+    written = {10: os.urandom(BLOCK_SIZE)}  # as the VMM writes ciphertext into the file
+    _write(root, "vol-e", written)
+    asyncio.run(storage.freeze("vol-e", "snap-2"))
+    assert _changes(storage, "snap-2") == ("snap-1", written)
 
 
 def test_views_on_a_copying_filesystem_are_never_kept(tmp_path: Path) -> None:
