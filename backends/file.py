@@ -6,6 +6,7 @@ Layout under the data directory::
     volumes/<volume_id>/seg-0000        raw sparse file, ``segment_bytes`` long
     volumes/<volume_id>/seg-0001        … the last segment holds the remainder
     views/<view_id>/…                   frozen point-in-time copies, same layout
+    bases/<volume_id>@<view_id>/…       a captured view kept as the volume's next view's base
 
 Why segments: a volume is created by truncating sparse files, so creation takes the same few
 milliseconds for 1 GiB as for 64 TiB (the EBS maximum) and uses no space until written. But a
@@ -28,7 +29,10 @@ Freezing a volume for a snapshot clones each segment with a reflink (FICLONE) wh
 filesystem supports it (XFS with reflink=1, btrfs): instant and no extra space until the volume
 is written again. Elsewhere (ext4, tmpfs) it copies the data extents only, so holes stay holes.
 The freeze is a point-in-time copy of what the files hold; a writer attached to the volume must
-be quiesced by the caller for the copy to be consistent.
+be quiesced by the caller for the copy to be consistent. A reflinked view whose snapshot has
+completed is kept as the base of the volume's next view (``keep_view``, backends/file_base.py),
+which then reads only the blocks whose extents differ from the base's (FIEMAP,
+backends/file_changes.py); a copied view is never kept.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from typing import Any, NamedTuple, Self
 from backends import heap, luks, sparse
 from backends.batching import GroupRunner
 from backends.errors import BackendError, CapacityError, SetupError
+from backends.file_base import FileBases
 from ebsemu.logs import REQUEST_ID
 from ebsemu.model import BLOCK_SIZE
 
@@ -320,6 +325,7 @@ class FileStorage:
         self._root = root
         self._volumes = root / "volumes"
         self._views = root / "views"
+        self._bases = FileBases(self._views, root / "bases", self._volumes, META_NAME)
         self._segment_bytes = segment_bytes
         self._luks = luks_formatter
         self._luks_unavailable: str | None = (
@@ -375,7 +381,7 @@ class FileStorage:
         await self._creates.run(_Create(volume_id, size_bytes, REQUEST_ID.get()))
 
     async def delete(self, volume_id: str) -> None:
-        await asyncio.to_thread(self._remove, self._volumes, _check_id(volume_id))
+        await asyncio.to_thread(self._delete, _check_id(volume_id))
 
     async def extend(self, volume_id: str, size_bytes: int, *, one_device: bool = False) -> None:
         await asyncio.to_thread(self._extend, volume_id, size_bytes, one_device)
@@ -386,8 +392,16 @@ class FileStorage:
     async def freeze(self, volume_id: str, view_id: str) -> None:
         await asyncio.to_thread(self._freeze, volume_id, view_id)
 
+    async def keep_view(self, view_id: str) -> None:
+        """Keep a captured view as the base of its volume's next view, where it was reflinked
+        (see backends/file_base.py); else drop it."""
+        try:
+            await asyncio.to_thread(self._bases.keep, _check_id(view_id))
+        except OSError as exc:
+            raise BackendError(f"cannot keep view {view_id}: {exc}") from exc
+
     async def drop_view(self, view_id: str) -> None:
-        await asyncio.to_thread(self._remove, self._views, _check_id(view_id))
+        await asyncio.to_thread(self._drop_view, _check_id(view_id))
 
     async def list_views(self) -> list[str]:
         return await asyncio.to_thread(self._list, self._views)
@@ -398,8 +412,12 @@ class FileStorage:
     # -- data path (blocking) --
 
     def open_view(self, view_id: str) -> FileView:
+        """The view, reading only its changes since its volume's kept base where it has one
+        (backends/file_changes.py builds on FileView, hence imported here)."""
+        from backends import file_changes
+
         directory = self._views / _check_id(view_id)
-        return FileView(directory, self._layout_of(directory, "view"))
+        return file_changes.open_view(directory, self._layout_of(directory, "view"), self._bases)
 
     def write_blocks(self, volume_id: str, blocks: Iterable[tuple[int, bytes]]) -> None:
         """Write blocks into the volume, then fsync the segments written. An all-zero block
@@ -474,9 +492,10 @@ class FileStorage:
 
     def _check_setup(self) -> None:
         try:
-            for directory in (self._volumes, self._views):
+            for directory in (self._volumes, self._views, self._bases.directory):
                 directory.mkdir(parents=True, exist_ok=True)
                 self._remove_leftovers(directory)
+            self._bases.collect()
             self._segment_size()
         except OSError as exc:
             raise SetupError(
@@ -673,7 +692,12 @@ class FileStorage:
                 )
                 for index in range(layout.segment_count)
             }
-            sparse.write_json_atomic(staging / META_NAME, layout.to_json(volume_id=volume_id))
+            description = layout.to_json(
+                volume_id=volume_id,
+                frozen_by="+".join(sorted(methods)),
+                frozen_ns=str(time.time_ns()),
+            )
+            sparse.write_json_atomic(staging / META_NAME, description)
             os.rename(staging, final)
             sparse.fsync_dir(self._views)
         except OSError as exc:
@@ -723,6 +747,14 @@ class FileStorage:
                     f"its backing file {name} is {length} bytes, not {layout.segment_size(index)}"
                 )
         return None
+
+    def _delete(self, volume_id: str) -> None:
+        self._remove(self._volumes, volume_id)
+        self._bases.drop_volume(volume_id)
+
+    def _drop_view(self, view_id: str) -> None:
+        self._remove(self._views, view_id)
+        self._bases.drop(view_id)
 
     @staticmethod
     def _remove(parent: Path, name: str) -> None:

@@ -1,0 +1,211 @@
+"""Incremental snapshots of the file backend on XFS with reflink, through boto3 against a real
+server whose data directory is on a loop-mounted XFS filesystem: the second snapshot reads only
+the blocks changed since the first (whose view the server keeps as the volume's base), restores
+byte for byte, and the base goes with its snapshot or its volume, never with reconciliation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.api_support import FAST, new_snapshot, new_volume, poll, volume_segment
+from tests.server import TEST_CONFIG, ServerProcess
+from tests.test_api_modify import wait_finished
+from tests.test_file_storage import _mount, _run
+
+BLOCK = 512 * 1024
+VOLUME_BLOCKS = 2048  # 1 GiB
+GIB = 1024**3
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server whose data directory is on its own XFS filesystem (reflink=1)."""
+    mkfs = shutil.which("mkfs.xfs")
+    if mkfs is None:
+        pytest.skip("needs mkfs.xfs (xfsprogs) to make an XFS filesystem with reflink")
+    work = tmp_path_factory.mktemp("api-file-changes")
+    image = work / "xfs.img"
+    with image.open("wb") as f:
+        f.truncate(3 * GIB)
+    made = _run([mkfs, "-q", "-m", "reflink=1", str(image)])
+    if made.returncode != 0:
+        pytest.skip(f"mkfs.xfs -m reflink=1 failed: {made.stderr}")
+    target = work / "xfs"
+    mounts = _mount(["mount", "-o", "loop", str(image), str(target)], target)
+    mounted = next(mounts)
+    config = TEST_CONFIG.replace("[limits]\n", "[limits]\nmodification_cooldown_seconds = 0\n")
+    proc = ServerProcess(mounted / "data", config)
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.stop()
+        next(mounts, None)  # unmounts
+
+
+@pytest.fixture(scope="module")
+def ec2(server: ServerProcess) -> Any:
+    return server.client()
+
+
+def _write(server: ServerProcess, volume_id: str, blocks: dict[int, bytes]) -> None:
+    """Write whole blocks into the volume's file, as a guest would."""
+    fd = os.open(volume_segment(server.data_dir, volume_id), os.O_WRONLY)
+    try:
+        for index, data in blocks.items():
+            os.pwrite(fd, data, index * BLOCK)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _digest(server: ServerProcess, volume_id: str) -> str:
+    digest = hashlib.sha256()
+    with volume_segment(server.data_dir, volume_id).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(8 * 1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _bases(server: ServerProcess) -> list[str]:
+    directory = server.data_dir / "storage" / "bases"
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+
+
+def _kept(server: ServerProcess, volume_id: str, snapshot_id: str) -> None:
+    """Wait until the snapshot's view is the volume's base (kept once the snapshot completed)."""
+    poll(lambda: True if f"{volume_id}@{snapshot_id}" in _bases(server) else None)
+
+
+def _volume_with_data(server: ServerProcess, ec2: Any, rng: random.Random) -> str:
+    volume_id = new_volume(ec2, Size=1)
+    _write(server, volume_id, {i * 17: rng.randbytes(BLOCK) for i in range(100)})
+    return volume_id
+
+
+def _changes(rng: random.Random) -> dict[int, bytes]:
+    """1% of the volume's blocks: new data over old data and into holes, and one block of
+    data overwritten with zeros."""
+    indexes = rng.sample(range(VOLUME_BLOCKS), VOLUME_BLOCKS // 100)
+    changes = {i: rng.randbytes(BLOCK) for i in indexes}
+    changes[17] = bytes(BLOCK)
+    return changes
+
+
+def _captured(server: ServerProcess, snapshot_id: str) -> tuple[int, str | None]:
+    """(blocks read, base snapshot) from the log line the snapshot's capture wrote."""
+    log = server.log_path.read_text(errors="replace")
+    found = re.search(
+        rf"snapshot {snapshot_id}: captured \d+ blocks, \d+ new, (\d+) read"
+        r"(?: \(changes since (snap-\w+)\))?",
+        log,
+    )
+    assert found, server.log_tail()
+    return int(found.group(1)), found.group(2)
+
+
+def test_second_snapshot_reads_only_the_changed_blocks_and_restores_identical(
+    server: ServerProcess, ec2: Any
+) -> None:
+    rng = random.Random(11)
+    volume_id = _volume_with_data(server, ec2, rng)
+    first = new_snapshot(ec2, volume_id)
+    assert _captured(server, first) == (100, None)
+    _kept(server, volume_id, first)
+
+    changes = _changes(rng)
+    _write(server, volume_id, changes)
+    second = new_snapshot(ec2, volume_id)
+    assert _captured(server, second) == (len(changes), first)
+    _kept(server, volume_id, second)
+    assert f"{volume_id}@{first}" not in _bases(server)  # replaced
+
+    restored = new_volume(ec2, SnapshotId=second)
+    assert _digest(server, restored) == _digest(server, volume_id)
+    for vid in (restored, volume_id):
+        ec2.delete_volume(VolumeId=vid)
+    poll(lambda: True if not any(b.startswith(volume_id) for b in _bases(server)) else None)
+    for snapshot_id in (first, second):
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+
+
+def test_deleting_the_first_snapshot_while_the_second_is_pending_keeps_the_second_whole(
+    server: ServerProcess, ec2: Any
+) -> None:
+    rng = random.Random(12)
+    volume_id = _volume_with_data(server, ec2, rng)
+    first = new_snapshot(ec2, volume_id)
+    _kept(server, volume_id, first)
+    _write(server, volume_id, _changes(rng))
+    second = new_snapshot(ec2, volume_id, wait=False)
+    ec2.delete_snapshot(SnapshotId=first)
+    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[second], WaiterConfig=FAST)
+
+    restored = new_volume(ec2, SnapshotId=second)
+    assert _digest(server, restored) == _digest(server, volume_id)
+    _kept(server, volume_id, second)
+    assert [b for b in _bases(server) if b.startswith(volume_id)] == [f"{volume_id}@{second}"]
+    for vid in (restored, volume_id):
+        ec2.delete_volume(VolumeId=vid)
+    ec2.delete_snapshot(SnapshotId=second)
+
+
+def test_reconcile_and_a_restart_leave_the_base_to_the_next_snapshot(
+    server: ServerProcess, ec2: Any
+) -> None:
+    rng = random.Random(13)
+    volume_id = _volume_with_data(server, ec2, rng)
+    first = new_snapshot(ec2, volume_id)
+    _kept(server, volume_id, first)
+    server.stop()
+    try:
+        done = server.ebsemu("reconcile", "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert not [f for f in report["Findings"] if first in f["resource"]], report
+        assert f"{volume_id}@{first}" in _bases(server)
+    finally:
+        server.start()
+
+    changes = {3: rng.randbytes(BLOCK), 1500: rng.randbytes(BLOCK)}
+    _write(server, volume_id, changes)
+    second = new_snapshot(ec2, volume_id)
+    assert _captured(server, second) == (2, first)
+    restored = new_volume(ec2, SnapshotId=second)
+    assert _digest(server, restored) == _digest(server, volume_id)
+    for vid in (restored, volume_id):
+        ec2.delete_volume(VolumeId=vid)
+    for snapshot_id in (first, second):
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+
+
+def test_after_the_volume_grew_only_data_past_the_base_and_changes_are_read(
+    server: ServerProcess, ec2: Any
+) -> None:
+    rng = random.Random(14)
+    volume_id = _volume_with_data(server, ec2, rng)
+    first = new_snapshot(ec2, volume_id)
+    _kept(server, volume_id, first)
+    ec2.modify_volume(VolumeId=volume_id, Size=2)
+    assert wait_finished(ec2, volume_id)["ModificationState"] == "completed"
+
+    _write(server, volume_id, {5: rng.randbytes(BLOCK), 3000: rng.randbytes(BLOCK)})
+    second = new_snapshot(ec2, volume_id)
+    assert _captured(server, second) == (2, first)
+    (snapshot,) = ec2.describe_snapshots(SnapshotIds=[second])["Snapshots"]
+    assert snapshot["VolumeSize"] == 2
+    restored = new_volume(ec2, SnapshotId=second)
+    assert _digest(server, restored) == _digest(server, volume_id)
+    for vid in (restored, volume_id):
+        ec2.delete_volume(VolumeId=vid)
+    for snapshot_id in (first, second):
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
