@@ -4,14 +4,18 @@ outcome, and a volume appears under its own name only complete."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
+from backends import sparse
 from backends.batching import GroupRunner
 from backends.errors import BackendError
-from backends.file import FileStorage
+from backends.file import FileStorage, _Create
 from ebsemu.model import GIB
 
 
@@ -64,6 +68,43 @@ def test_a_failing_create_fails_only_its_own_caller(tmp_path: Path) -> None:
     assert isinstance(outcomes[2], BackendError) and "invalid volume" in str(outcomes[2])
     assert asyncio.run(storage.list_volumes()) == ["vol-a", "vol-b", "vol-taken"]
     assert _volume_files(tmp_path, "vol-taken")["segment"] == 2 * GIB
+
+
+def test_a_batch_is_made_durable_by_one_syncfs_not_an_fsync_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each fsync costs a cache flush on most disks: a batch of creates syncs its filesystem
+    once before the renames, then fsyncs the volumes directory once after them."""
+    storage = FileStorage(tmp_path, segment_bytes=64 * GIB)
+    asyncio.run(storage.check_setup())
+    calls: list[str] = []
+    real_fsync, real_sync = os.fsync, sparse.sync_filesystem
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        sparse, "sync_filesystem", lambda path: (calls.append("syncfs"), real_sync(path))[1]
+    )
+    results = storage._create_batch([_Create(f"vol-{i:04d}", GIB, None) for i in range(24)])
+
+    assert results == [None] * 24
+    assert calls == ["syncfs", "fsync"]
+    assert asyncio.run(storage.list_volumes()) == [f"vol-{i:04d}" for i in range(24)]
+
+
+def test_a_failed_syncfs_fails_the_batch_and_leaves_no_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage(tmp_path, segment_bytes=64 * GIB)
+    asyncio.run(storage.check_setup())
+
+    def broken(path: Path) -> None:
+        raise OSError(errno.EIO, "syncfs: Input/output error")
+
+    monkeypatch.setattr(sparse, "sync_filesystem", broken)
+    results = storage._create_batch([_Create(f"vol-{i}", GIB, None) for i in range(3)])
+
+    assert all(isinstance(r, BackendError) and "Input/output" in str(r) for r in results)
+    assert asyncio.run(storage.list_volumes()) == []
+    assert os.listdir(tmp_path / "volumes") == []
 
 
 def test_group_runner_batches_what_queues_while_a_batch_runs() -> None:
