@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
+
 from ebsemu.model import (
     Attachment,
     AttachmentState,
@@ -28,6 +30,7 @@ from ebsemu.store.postgres import PostgresStore
 from ebsemu.store.postgres_base import redact_dsn
 from ebsemu.store.schema import MIGRATIONS
 from ebsemu.store.sql_filters import glob_pattern
+from ebsemu.store.sqlite_steps import JobNotHeld
 from tests.pg_fixtures import PostgresServer
 from tests.store_fixtures import NewStore, migrated_database, postgres_store_factory
 
@@ -349,6 +352,41 @@ def test_a_live_instances_jobs_are_claimed_only_once_its_lease_runs_out(
     assert lost == set()
     assert unfinished == [(1, "create_volume", "vol-1", "{}")]
     assert after == []
+
+
+def test_a_job_taken_over_is_not_closed_by_its_old_instance_with_its_volume(
+    postgres_server: PostgresServer,
+) -> None:
+    """CreateVolume's job ends in one write with its volume's `available`: an instance whose
+    lease ran out (another took the job over) must change neither."""
+    dsn = migrated_database(postgres_server, "takeover")
+
+    async def scenario() -> tuple[object, ...]:
+        late, other = PostgresStore(dsn, "one", 1.0), PostgresStore(dsn, "two", 1.0)
+        await late.open()
+        await other.open()
+        try:
+            await late.insert_volume(volume("vol-1", state=VolumeState.CREATING))
+            job = await late.start_job("create_volume", "vol-1")
+            await asyncio.sleep(1.5)
+            taken = await other.claim_jobs()
+            with pytest.raises(JobNotHeld):
+                await late.transition_volume_closing_job(
+                    "vol-1", {VolumeState.CREATING}, VolumeState.AVAILABLE, job, ["allocate"]
+                )
+            untouched = (await other.get_volume("vol-1"), await other.job_steps(job))
+            closed = await other.transition_volume_closing_job(
+                "vol-1", {VolumeState.CREATING}, VolumeState.AVAILABLE, job, ["allocate"]
+            )
+            return taken, untouched, closed, await other.unfinished_jobs()
+        finally:
+            await late.close()
+            await other.close()
+
+    taken, (stored, steps), closed, unfinished = asyncio.run(scenario())
+    assert taken == [(1, "create_volume", "vol-1", "{}")]
+    assert stored is not None and stored.state is VolumeState.CREATING and steps == []
+    assert closed is True and unfinished == []
 
 
 def test_an_io_incident_disables_io_unless_auto_enable_io_is_set(new_store: NewStore) -> None:

@@ -17,12 +17,14 @@ database must:
 
 from __future__ import annotations
 
-import time
+import contextlib
 import uuid
 from collections.abc import Sequence
+from functools import partial
 
 from ebsemu.store.postgres_base import PostgresBase
 from ebsemu.store.sqlite import SqlStore
+from ebsemu.store.sqlite_steps import JobNotHeld, close_job
 
 _NOW = "extract(epoch FROM clock_timestamp())"
 
@@ -50,12 +52,14 @@ class PostgresStore(PostgresBase, SqlStore):
         )
         return int(rows[0][0])
 
+    def _job_holder(self) -> str:
+        return self.owner
+
     async def finish_job(self, job_id: int, error: str | None = None) -> None:
-        await self._write(
-            "UPDATE jobs SET state = ?, error = ?, updated_at = ?, lease_until = NULL "
-            "WHERE id = ? AND state = 'running' AND owner = ?",
-            ("failed" if error else "done", error, time.time(), job_id, self.owner),
-        )
+        """Close the job while this run holds it; a job another instance took over is left
+        to that instance."""
+        with contextlib.suppress(JobNotHeld):
+            await self._commit(partial(close_job, job_id=job_id, error=error, holder=self.owner))
 
     async def claim_jobs(self, running: Sequence[int] = ()) -> list[tuple[int, str, str, str]]:
         rows = await self.pool.fetch(

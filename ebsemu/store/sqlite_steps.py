@@ -21,11 +21,27 @@ def log_steps(conn: sqlite3.Connection, job_id: int, steps: Sequence[str], outco
         conn.execute(_INSERT_STEP, (job_id, job_id, step, outcome, now))
 
 
-def close_job(conn: sqlite3.Connection, job_id: int, error: str | None = None) -> None:
-    conn.execute(
-        "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?",
-        ("failed" if error else "done", error, time.time(), job_id),
-    )
+class JobNotHeld(Exception):
+    """A job's end was to be written by an instance that no longer holds the job (its lease
+    ran out and another instance took it over): nothing of that write is kept."""
+
+
+def close_job(
+    conn: sqlite3.Connection, job_id: int, error: str | None = None, holder: str | None = None
+) -> None:
+    """Mark the job done (or failed with ``error``). With ``holder`` (on a store shared by
+    several instances), only while that instance holds the job: JobNotHeld otherwise."""
+    outcome = ("failed" if error else "done", error, time.time(), job_id)
+    if holder is None:
+        conn.execute("UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?", outcome)
+        return
+    closed = conn.execute(
+        "UPDATE jobs SET state = ?, error = ?, updated_at = ?, lease_until = NULL "
+        "WHERE id = ? AND state = 'running' AND owner = ?",
+        (*outcome, holder),
+    ).rowcount
+    if not closed:
+        raise JobNotHeld(f"job {job_id} is no longer held by {holder}")
 
 
 class StepTables(SqlBase):
