@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import pytest
 
+from ebsemu.fast_restore import FastRestore, FastRestoreState
 from ebsemu.model import (
     Attachment,
     AttachmentState,
@@ -387,6 +388,46 @@ def test_a_job_taken_over_is_not_closed_by_its_old_instance_with_its_volume(
     assert taken == [(1, "create_volume", "vol-1", "{}")]
     assert stored is not None and stored.state is VolumeState.CREATING and steps == []
     assert closed is True and unfinished == []
+
+
+def test_the_fast_restore_limit_holds_when_two_instances_enable_at_once(
+    postgres_server: PostgresServer,
+) -> None:
+    dsn = migrated_database(postgres_server, "fsr_limit")
+
+    def record(snapshot_id: str) -> FastRestore:
+        return FastRestore(
+            account_id=OWNER,
+            snapshot_id=snapshot_id,
+            zone="us-east-1a",
+            zone_id="use1-az1",
+            region=REGION,
+            state=FastRestoreState.ENABLING,
+            reason="Client.UserInitiated",
+            snapshot_owner_id=OWNER,
+            enabling_time=utcnow(),
+        )
+
+    async def scenario() -> list[FastRestore]:
+        stores = [PostgresStore(dsn, "one"), PostgresStore(dsn, "two")]
+        for store in stores:
+            await store.open()
+        try:
+            await asyncio.gather(
+                *(
+                    stores[i % 2].begin_fast_restore(record(f"snap-{i:017x}"), limit=3)
+                    for i in range(12)
+                )
+            )
+            listed: list[FastRestore] = []
+            for i in range(12):
+                listed += await stores[0].fast_restores_of(f"snap-{i:017x}")
+            return listed
+        finally:
+            for store in stores:
+                await store.close()
+
+    assert len({r.snapshot_id for r in asyncio.run(scenario())}) == 3
 
 
 def test_an_io_incident_disables_io_unless_auto_enable_io_is_set(new_store: NewStore) -> None:

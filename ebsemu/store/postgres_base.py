@@ -323,6 +323,10 @@ class PostgresBase(SqlBase):
                 raise
             await transaction.commit()
 
+    async def _serialize(self, db: Any, name: str) -> None:
+        """A transaction-scoped advisory lock named ``name``, released at COMMIT or ROLLBACK."""
+        await db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"ebsemu:{name}",))
+
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[None]:
         """A session advisory lock named ``name``, held on its own connection for the block:

@@ -109,6 +109,11 @@ class SqlBase(abc.ABC):
         ``executemany`` are awaited, as on aiosqlite's connection."""
 
     @abc.abstractmethod
+    async def _serialize(self, db: Any, name: str) -> None:
+        """Inside ``_transaction`` (``db`` its object): make every other transaction that
+        serializes on ``name`` wait until this one ends, on every server instance."""
+
+    @abc.abstractmethod
     def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
         """Held for the block by one server instance at a time (reconciliation)."""
 

@@ -265,6 +265,9 @@ class SqliteBase(SqlBase):
                 raise
             await self.db.execute("COMMIT")
 
+    async def _serialize(self, db: Any, name: str) -> None:
+        """Nothing to do: a transaction holds the writer, so transactions run one at a time."""
+
     async def _rollback(self) -> None:
         # OperationalError: the BEGIN never ran, so there is nothing to undo.
         with contextlib.suppress(sqlite3.OperationalError):

@@ -69,6 +69,9 @@ class FastRestoreTables(SqlBase):
         key = (record.account_id, record.snapshot_id, record.zone)
         found: FastRestore | None = None
         async with self._transaction() as db:
+            # The limit is counted and kept by one enabling transaction of the account and
+            # region at a time (server instances sharing a database included).
+            await self._serialize(db, f"fast-restores:{record.account_id}:{record.region}")
             async with db.execute(
                 f"SELECT seq, {FAST_RESTORE_COLUMNS} FROM fast_snapshot_restores "
                 "WHERE account_id = ? AND snapshot_id = ? AND zone = ?",
