@@ -289,37 +289,45 @@ class LocalBlockStore:
                 unflushed = [self._pending.pop(d) for d in wanted if d in self._pending]
             removed = unflushed + self._index.remove(wanted)
             try:
+                by_pack: dict[int, list[Location]] = {}
                 for location in removed:
-                    self._punch(location)
-                for number in {location.pack for location in removed}:
-                    self._unlink_if_empty(number)
+                    by_pack.setdefault(location.pack, []).append(location)
+                for number, locations in by_pack.items():
+                    if not self._unlink_if_empty(number):
+                        self._punch(number, locations)
                 for digest in wanted:
                     self._files.delete(digest)
             except OSError as exc:
                 raise BackendError(f"cannot free deleted blocks in {self._root}: {exc}") from exc
 
-    def _punch(self, location: Location) -> None:
+    def _punch(self, number: int, locations: list[Location]) -> None:
+        """Punch holes where the blocks were, one per run of adjacent blocks."""
         try:
-            fd = os.open(pack_path(self._root, location.pack), os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(pack_path(self._root, number), os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return
         try:
-            sparse.punch_hole(fd, location.offset, aligned(location.length))
+            for start, end in _runs(locations):
+                sparse.punch_hole(fd, start, end - start)
         finally:
             os.close(fd)
 
-    def _unlink_if_empty(self, number: int) -> None:
-        """Unlink a pack nothing is appended to and no block is in (called under _commit)."""
+    def _unlink_if_empty(self, number: int) -> bool:
+        """Unlink a pack nothing is appended to and no block is in (called under _commit);
+        True if it is gone."""
         with self._lock:
             if number in self._held:
-                return
-        fd = lock_pack(pack_path(self._root, number))
+                return False
+        path = pack_path(self._root, number)
+        fd = lock_pack(path)
         if fd is None:
-            return  # gone already, or another process appends to it
+            return not path.exists()  # gone already, or another process appends to it
         try:
-            if not self._index.pack_in_use(number):
-                pack_path(self._root, number).unlink(missing_ok=True)
-                self._index.forget_pack(number)
+            if self._index.pack_in_use(number):
+                return False
+            path.unlink(missing_ok=True)
+            self._index.forget_pack(number)
+            return True
         finally:
             os.close(fd)
 
@@ -389,6 +397,19 @@ class LocalBlockStore:
             raise SetupError(f"cannot create the block store {self._root}: {exc}") from exc
         if not os.access(self._root, os.W_OK | os.X_OK):
             raise SetupError(f"the block store {self._root} is not writable by this user")
+
+
+def _runs(locations: list[Location]) -> Iterator[tuple[int, int]]:
+    """(start, end) of each run of adjacent blocks' aligned byte ranges."""
+    start = end = -1
+    for location in sorted(locations, key=lambda location: location.offset):
+        if location.offset != end:
+            if end > start:
+                yield start, end
+            start = location.offset
+        end = location.offset + aligned(location.length)
+    if end > start:
+        yield start, end
 
 
 def _check_digest(digest: bytes) -> None:

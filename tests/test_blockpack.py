@@ -1,8 +1,10 @@
 """The packed local block store on real files: blocks of the earlier one-file-per-block layout,
-puts from many threads, and what a crash leaves (a killed process, interrupted deletes)."""
+puts from many threads, what a crash leaves (a killed process, interrupted deletes), and blocks
+stored as reflinks of a frozen view's extents on XFS (copied on ext4)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -19,7 +21,11 @@ import pytest
 
 from backends.blockstore import LocalBlockStore
 from backends.errors import CorruptBlockError
+from backends.file import FileStorage
 from ebsemu.model import BLOCK_SIZE
+from tests.test_file_storage import MIB, xfs_reflink
+
+__all__ = ["xfs_reflink"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -192,3 +198,58 @@ def test_start_up_cleanup_leaves_a_pack_another_process_appends_to(tmp_path: Pat
     assert (tmp_path / "packs" / "1.pack").stat().st_size == BLOCK_SIZE
     writer.flush()
     assert other.get(digest) == data
+
+
+def _free(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def _captured(storage: FileStorage, store: LocalBlockStore) -> None:
+    """Freeze volume vol-a and put its view's blocks as the capture does."""
+    asyncio.run(storage.freeze("vol-a", "snap-1"))
+    with storage.open_view("snap-1") as view:
+        for index, data in view.iter_blocks():
+            fd, offset = view.block_location(index)
+            assert os.pread(fd, len(data), offset) == data
+            assert store.put_clone(hashlib.sha256(data).digest(), data, fd, offset) is True
+    store.flush()
+    asyncio.run(storage.drop_view("snap-1"))
+
+
+def test_put_clone_on_xfs_shares_the_views_extents_instead_of_copying_them(
+    xfs_reflink: Path,
+) -> None:
+    storage = FileStorage(xfs_reflink / "data")
+    store = LocalBlockStore(xfs_reflink / "blocks")
+    try:
+        written = {i * 3: os.urandom(BLOCK_SIZE) for i in range(32)}  # 16 MiB
+        asyncio.run(storage.create("vol-a", 64 * MIB))
+        storage.write_blocks("vol-a", written.items())
+        os.sync()
+        free = _free(xfs_reflink)
+
+        _captured(storage, store)
+        os.sync()
+        assert free - _free(xfs_reflink) < 2 * MIB  # a copy would take 16 MiB
+        pack = xfs_reflink / "blocks" / "packs" / "1.pack"
+        assert pack.stat().st_blocks * 512 >= 16 * MIB  # extents shared with the volume
+        asyncio.run(storage.delete("vol-a"))
+        assert all(store.get(hashlib.sha256(d).digest()) == d for d in written.values())
+    finally:
+        store.close()  # its open pack would keep the filesystem from being unmounted
+
+
+def test_put_clone_writes_the_bytes_where_the_filesystem_cannot_share_extents(
+    tmp_path: Path,
+) -> None:
+    storage = FileStorage(tmp_path / "data")
+    store = LocalBlockStore(tmp_path / "blocks")
+    written = {i * 3: os.urandom(BLOCK_SIZE) for i in range(8)}
+    asyncio.run(storage.create("vol-a", 64 * MIB))
+    storage.write_blocks("vol-a", written.items())
+    _captured(storage, store)
+    os.sync()
+    assert all(store.get(hashlib.sha256(data).digest()) == data for data in written.values())
+    pack = tmp_path / "blocks" / "packs" / "1.pack"
+    assert pack.stat().st_blocks * 512 >= 8 * BLOCK_SIZE
