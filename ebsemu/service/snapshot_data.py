@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -61,14 +61,14 @@ Batch = list[tuple[int, bytes, bytes]]  # (block index, digest, data)
 
 
 def _read_batch(blocks: Iterator[tuple[int, bytes]]) -> Batch:
-    """The next BATCH_BLOCKS blocks (fewer at the end), read, then hashed in two threads."""
-    read: list[tuple[int, bytes]] = []
-    for row in blocks:
-        read.append(row)
-        if len(read) == BATCH_BLOCKS:
+    """The next BATCH_BLOCKS blocks (fewer at the end): each block is hashed in one of two
+    threads while the next ones are read."""
+    hashing: list[tuple[int, Future[bytes], bytes]] = []
+    for index, data in blocks:
+        hashing.append((index, _HASHERS.submit(_sha256, data), data))
+        if len(hashing) == BATCH_BLOCKS:
             break
-    digests = _HASHERS.map(_sha256, [data for _, data in read])
-    return [(index, digest, data) for (index, data), digest in zip(read, digests, strict=True)]
+    return [(index, digest.result(), data) for index, digest, data in hashing]
 
 
 def _sha256(data: bytes) -> bytes:
