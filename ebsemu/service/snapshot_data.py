@@ -10,7 +10,8 @@ a sweep could delete blocks that a put still running then writes, left in the st
 SHA-256 runs in two threads (hashlib releases the GIL on large buffers). Where the view can say
 where a block lives in a file it holds (a file backend's view) and the block store can share a
 file's extents (the local store on XFS or btrfs), a new block is stored as a reflink of the
-view's range instead of a copy of its bytes.
+view's range instead of a copy of its bytes. A restore reads and verifies blocks in two threads
+ahead of the thread that writes them.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import TypeVar
 
 from backends.base import (
@@ -40,6 +43,7 @@ from ebsemu.store.direct import ZERO_DIGEST
 log = logging.getLogger(__name__)
 
 BATCH_BLOCKS = 64  # 32 MiB per batch
+READ_AHEAD_BLOCKS = 16  # 8 MiB read and verified ahead of a restore's writes
 _HASHERS = ThreadPoolExecutor(2, thread_name_prefix="sha256")
 
 T = TypeVar("T")
@@ -220,12 +224,31 @@ async def restore(core: Core, snapshot_id: str, volume_id: str, storage: Storage
     holes stay holes. Every block is verified against its digest as it is read back
     (CorruptBlockError otherwise)."""
     manifest = await core.store.manifest(snapshot_id)
+    await _finish(
+        _in_thread(lambda: storage.write_blocks(volume_id, _read_ahead(core.blocks, manifest)))
+    )
 
-    def produce() -> Iterator[tuple[int, bytes]]:
-        for index, digest in manifest:
-            yield index, core.blocks.get(digest)
 
-    await _finish(_in_thread(lambda: storage.write_blocks(volume_id, produce())))
+def _read_ahead(
+    blocks: BlockStore, manifest: list[tuple[int, bytes]]
+) -> Iterator[tuple[int, bytes]]:
+    """(index, data) of each manifest row in order, read and verified by two threads up to
+    READ_AHEAD_BLOCKS ahead of the consumer (which writes them meanwhile)."""
+    rows = iter(manifest)
+    with ThreadPoolExecutor(2, thread_name_prefix="restore-read") as readers:
+        ahead: deque[tuple[int, Future[bytes]]] = deque(
+            (index, readers.submit(blocks.get, digest))
+            for index, digest in islice(rows, READ_AHEAD_BLOCKS)
+        )
+        try:
+            while ahead:
+                index, data = ahead.popleft()
+                for later, digest in islice(rows, 1):
+                    ahead.append((later, readers.submit(blocks.get, digest)))
+                yield index, data.result()
+        finally:
+            for _, data in ahead:
+                data.cancel()
 
 
 async def sweep(core: Core, snapshot_id: str) -> int:
