@@ -193,8 +193,8 @@ class LocalBlockStore:
                     os.fsync(pack.fd)
             except OSError as exc:
                 raise BackendError(f"cannot sync the packs of {self._root}: {exc}") from exc
-            self._index.add(batch.items())
-            with self._lock:
+            with self._lock:  # a block is pending or indexed, never both nor neither
+                self._index.add(batch.items())
                 for digest in batch:
                     del self._pending[digest]
                 self._release_packs()
@@ -260,9 +260,9 @@ class LocalBlockStore:
 
     def iter_digests(self) -> Iterator[bytes]:
         with self._lock:
-            pending = list(self._pending)
+            pending = set(self._pending)
         yield from pending
-        yield from self._index.digests()
+        yield from (digest for digest in self._index.digests() if digest not in pending)
         for entry in self._files.entries():
             yield bytes.fromhex(entry.name)
 
@@ -270,8 +270,9 @@ class LocalBlockStore:
         """Sum of the stored blocks' sizes."""
         with self._lock:
             pending = sum(location.length for location in self._pending.values())
+            indexed = self._index.stored_bytes()
         files = sum(entry.stat().st_size for entry in self._files.entries())
-        return pending + self._index.stored_bytes() + files
+        return pending + indexed + files
 
     # -- deleting --
 
