@@ -181,7 +181,7 @@ class BlockStore(Protocol):
         ...
 
     def flush(self) -> None:
-        """Make every block put so far durable (fsync / syncfs)."""
+        """Make every block put so far durable (fsync; then the index commit, if any)."""
         ...
 
     def iter_digests(self) -> Iterator[bytes]:
@@ -199,6 +199,35 @@ class BlockStore(Protocol):
     def check_setup(self) -> None:
         """Raise SetupError saying what is missing when blocks cannot be stored (start-up and
         ``ebsemu check-host``)."""
+        ...
+
+
+@runtime_checkable
+class BatchDeletingBlockStore(Protocol):
+    """A BlockStore that deletes many blocks for the cost of one (one index commit)."""
+
+    def delete_many(self, digests: Iterable[bytes]) -> None:
+        """Remove blocks, as ``delete`` does each. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class CloningBlockStore(Protocol):
+    """A BlockStore that can store a block by sharing a file's extents (reflink)."""
+
+    def put_clone(self, digest: bytes, data: bytes, fd: int, offset: int) -> bool:
+        """``put``, where ``data`` are the bytes at ``offset`` of the file open as ``fd``,
+        which nothing changes meanwhile; writes the bytes where extents cannot be shared."""
+        ...
+
+
+@runtime_checkable
+class BlockLocator(Protocol):
+    """A SnapshotSource whose blocks are ranges of files it holds open and that nothing
+    changes while it is open (a frozen view's files)."""
+
+    def block_location(self, index: int) -> tuple[int, int]:
+        """(file descriptor, byte offset) of block ``index``, valid until the source closes."""
         ...
 
 

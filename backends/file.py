@@ -278,6 +278,14 @@ class FileView:
                     yield first_index + local, data
             done = max(done, stop)
 
+    def block_location(self, index: int) -> tuple[int, int]:
+        """(segment file descriptor, offset) of block ``index``. A view's files are never
+        written once frozen, so a block store on the same filesystem may share their extents."""
+        segment, local = divmod(index, self._layout.segment_bytes // BLOCK_SIZE)
+        if not 0 <= segment < len(self._fds):
+            raise ValueError(f"block {index} is outside the view")
+        return self._fds[segment], local * BLOCK_SIZE
+
     def close(self) -> None:
         fds, self._fds = self._fds, []
         for fd in fds:

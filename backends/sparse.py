@@ -1,5 +1,6 @@
 """Sparse-file primitives: data extents (SEEK_DATA/SEEK_HOLE), physical extents (FIEMAP), reflink
-clones, extent copies, atomic small files. Blocking; callers run them in worker threads."""
+clones of files and of ranges, hole punching, extent copies, whole-filesystem syncs, atomic small
+files. Blocking; callers run them in worker threads."""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ from typing import Any
 from backends.errors import BackendError
 
 _FICLONE = 0x40049409  # _IOW(0x94, 9, int): clone a whole file by reference
+_FICLONERANGE = 0x4020940D  # _IOW(0x94, 13, struct file_clone_range): clone a byte range
+_FILE_CLONE_RANGE = struct.Struct("=qQQQ")  # src_fd, src_offset, src_length, dest_offset
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
 _COPY_CHUNK = 8 * 1024 * 1024
-_NO_REFLINK = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS})
+NO_REFLINK = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS})
 _NO_COPY_FILE_RANGE = frozenset({errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
 
 # FIEMAP (linux/fiemap.h): struct fiemap, then fm_extent_count struct fiemap_extent.
@@ -212,7 +217,7 @@ def clone_file(src_path: Path, dst_path: Path, size: int) -> str:
                 fcntl.ioctl(dst, _FICLONE, src)
                 method = "reflink"
             except OSError as exc:
-                if exc.errno not in _NO_REFLINK:
+                if exc.errno not in NO_REFLINK:
                     raise
                 os.ftruncate(dst, size)
                 for start, end in data_extents(src, 0, size):
@@ -224,3 +229,29 @@ def clone_file(src_path: Path, dst_path: Path, size: int) -> str:
     finally:
         os.close(src)
     return method
+
+
+def clone_range(src: int, src_offset: int, length: int, dst: int, dst_offset: int) -> None:
+    """Make bytes [dst_offset, dst_offset + length) of ``dst`` share the extents of the same
+    range of ``src`` (FICLONERANGE: offsets and length aligned to the filesystem's block size,
+    or the length reaching the end of ``src``). OSError with an errno in NO_REFLINK means the
+    filesystems cannot share extents (different filesystems, no reflink, unaligned range)."""
+    arg = _FILE_CLONE_RANGE.pack(src, src_offset, length, dst_offset)
+    fcntl.ioctl(dst, _FICLONERANGE, arg)
+
+
+@functools.cache
+def _fallocate() -> Callable[[int, int, int, int], int]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    func = libc.fallocate
+    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    func.restype = ctypes.c_int
+    return func
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free bytes [offset, offset + length) of ``fd``: they read as zeros, the file keeps its
+    size (fallocate PUNCH_HOLE | KEEP_SIZE). Only whole filesystem blocks are freed."""
+    if _fallocate()(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"fallocate(PUNCH_HOLE) failed: {os.strerror(code)}")

@@ -4,7 +4,6 @@ requests."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import ssl
 import time
@@ -25,6 +24,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, WaiterError
 
+from tests.block_support import StoredBlock
 from tests.server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, ZONE
 
 T = TypeVar("T")
@@ -237,7 +237,6 @@ def volume_segment(data_dir: Path, volume_id: str) -> Path:
     return path
 
 
-def block_path(data_dir: Path, data: bytes) -> Path:
-    """Where the local block store keeps the snapshot block holding ``data``."""
-    name = hashlib.sha256(data).hexdigest()
-    return data_dir / "blocks" / name[0:2] / name[2:4] / name
+def block_path(data_dir: Path, data: bytes) -> StoredBlock:
+    """The snapshot block holding ``data`` in the local block store."""
+    return StoredBlock.of(data_dir / "blocks", data)

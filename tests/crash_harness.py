@@ -39,6 +39,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ebsemu import faults
 from ebsemu.service.instances import instance_id
+from tests.block_support import stored_blocks
 from tests.server import TEST_CONFIG, ZONE, ServerProcess
 from tests.vmm_fixtures import HAVE_QEMU, QemuVm, qmp, run, running_vm
 
@@ -401,11 +402,7 @@ class Harness:
         views = sorted(p.name for p in (storage / "views").iterdir())
         if views:
             problems.append(f"frozen views left with nothing pending: {views}")
-        stored = {
-            bytes.fromhex(p.name)
-            for p in (self.server.data_dir / "blocks").glob("*/*/*")
-            if not p.name.startswith(".")
-        }
+        stored = {bytes.fromhex(name) for name in stored_blocks(self.server.data_dir / "blocks")}
         if stored - referenced:
             problems.append(f"{len(stored - referenced)} block(s) without a manifest row")
         if completed_needed - stored:

@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ from tests.api_support import (
     poll,
     volume_segment,
 )
+from tests.block_support import StoredBlock
 from tests.server import ZONE, ServerProcess
 from tests.vmm_fixtures import HAVE_QEMU, NEEDS_QEMU, QemuVm, qmp, run, running_vm
 
@@ -469,10 +469,13 @@ def test_attach_of_an_attached_volume_is_volume_in_use_and_a_used_device_invalid
 
 
 @contextlib.contextmanager
-def block_held_back(path: Path, data: bytes) -> Iterator[None]:
-    """Replace the block store's file ``path`` with a FIFO: a restore that reads it waits
-    (in its worker thread) until the block is fed in on exit; then the file is put back."""
-    path.unlink()
+def block_held_back(block: StoredBlock, data: bytes) -> Iterator[None]:
+    """Replace the stored block with a FIFO where the store also looks for blocks (the earlier
+    one-file-per-block layout): a restore that reads it waits (in its worker thread) until the
+    block is fed in on exit; then the block stays there as a file."""
+    block.unlink()
+    path = block.legacy_path
+    path.parent.mkdir(parents=True, exist_ok=True)
     os.mkfifo(path)
     try:
         yield

@@ -29,6 +29,7 @@ from tests.api_support import (
     unique,
     volume_segment,
 )
+from tests.block_support import stored_blocks
 from tests.server import DEFAULT_ACCOUNT, REGION, TEST_CONFIG, ZONE, ServerProcess
 
 BLOCK = 512 * 1024
@@ -75,9 +76,8 @@ class Lab:
         return sha.hexdigest()
 
     def block_files(self) -> dict[str, int]:
-        """Every block file of the block store: name -> size."""
-        root = self.server.data_dir / "blocks"
-        return {p.name: p.stat().st_size for p in root.glob("??/??/*") if len(p.name) == 64}
+        """Every block of the block store: digest hex -> size."""
+        return stored_blocks(self.server.data_dir / "blocks")
 
     def source(self, blocks: dict[int, bytes], **params: Any) -> tuple[str, str]:
         """A volume in region A holding ``blocks`` and a completed snapshot of it."""

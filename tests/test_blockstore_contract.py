@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +48,25 @@ def _block(size: int = BLOCK_SIZE) -> tuple[bytes, bytes]:
 
 
 def _local(tmp_path: Path) -> StoreCase:
-    store = LocalBlockStore(tmp_path / "blocks")
+    root = tmp_path / "blocks"
+    store = LocalBlockStore(root)
+
+    def indexed() -> dict[bytes, tuple[int, int]]:
+        store.flush()  # the index holds flushed blocks only
+        with closing(sqlite3.connect(root / "index.sqlite3")) as db:
+            rows = db.execute("SELECT digest, pack, offset FROM blocks").fetchall()
+        return {bytes(digest): (pack, offset) for digest, pack, offset in rows}
 
     def overwrite(digest: bytes, data: bytes) -> None:
-        store.path_of(digest).write_bytes(data)
+        pack, offset = indexed()[digest]
+        with (root / "packs" / f"{pack}.pack").open("r+b") as f:
+            f.seek(offset)
+            f.write(data)
+        with closing(sqlite3.connect(root / "index.sqlite3")) as db, db:
+            db.execute("UPDATE blocks SET length = ? WHERE digest = ?", (len(data), digest))
 
     def objects() -> list[str]:
-        return [p.name for p in (tmp_path / "blocks").rglob("*") if p.is_file()]
+        return [digest.hex() for digest in indexed()]
 
     return StoreCase(store, overwrite, objects)
 

@@ -35,6 +35,10 @@ class WatchedBlocks(LocalBlockStore):
         self.events.append("put")
         return super().put(digest, data)
 
+    def put_clone(self, digest: bytes, data: bytes, fd: int, offset: int) -> bool:
+        self.events.append("put")
+        return super().put_clone(digest, data, fd, offset)
+
     def flush(self) -> None:
         self.events.append("flush")
         super().flush()

@@ -15,6 +15,7 @@ import pytest
 
 from ebsemu.service.instances import instance_id
 from tests.api_support import FAST, new_snapshot, new_volume, poll
+from tests.block_support import StoredBlock
 from tests.server import TEST_CONFIG, ZONE, ServerProcess
 from tests.vmm_fixtures import HAVE_QEMU, NEEDS_QEMU, qmp, run, running_vm
 
@@ -116,7 +117,7 @@ def test_a_completed_snapshot_whose_block_is_lost_becomes_error_with_a_message(
     fresh_server.start()
     snapshot_id = new_snapshot(ec2, volume_id)
     fresh_server.stop()
-    _block_path(fresh_server.data_dir, data).unlink()
+    StoredBlock.of(fresh_server.data_dir / "blocks", data).unlink()
 
     _, report = _reconcile(fresh_server)
     assert _kinds(report)["missing-blocks"] == {snapshot_id}

@@ -12,22 +12,23 @@ import hashlib
 import json
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from ebsemu.model import BLOCK_SIZE, GIB
+from tests import block_support
+from tests.block_support import StoredBlock
 from tests.server import TEST_CONFIG, ZONE, ServerProcess
 
 MIB = 1024**2
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 ZERO_DIGEST = hashlib.sha256(ZERO_BLOCK).hexdigest()
-BLOCK_NAME = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
 
 
@@ -168,18 +169,12 @@ def volume_files(server: ServerProcess, volume_id: str) -> VolumeFiles:
 
 
 def stored_blocks(server: ServerProcess) -> dict[str, int]:
-    """Every block file in the store: digest hex -> size in bytes."""
-    root = server.data_dir / "blocks"
-    found: dict[str, int] = {}
-    for path in root.glob("*/*/*"):
-        if BLOCK_NAME.fullmatch(path.name):
-            assert path.parent.parent.name + path.parent.name == path.name[:4], path
-            found[path.name] = path.stat().st_size
-    return found
+    """Every block in the store: digest hex -> size in bytes."""
+    return block_support.stored_blocks(server.data_dir / "blocks")
 
 
-def block_path(server: ServerProcess, digest_hex: str) -> Path:
-    return server.data_dir / "blocks" / digest_hex[:2] / digest_hex[2:4] / digest_hex
+def block_path(server: ServerProcess, digest_hex: str) -> StoredBlock:
+    return StoredBlock(server.data_dir / "blocks", bytes.fromhex(digest_hex))
 
 
 def manifest(server: ServerProcess, snapshot_id: str) -> dict[int, str]:
@@ -469,11 +464,9 @@ def test_corrupt_stored_block_fails_the_restore_and_removes_the_partial_volume(
     # Flip one byte in the block restored last, so the restore writes data before it finds it.
     rows = manifest(fresh_server, snapshot_id)
     victim = block_path(fresh_server, rows[max(rows)])
-    with victim.open("r+b") as f:
-        f.seek(BLOCK_SIZE // 2)
-        byte = f.read(1)[0]
-        f.seek(BLOCK_SIZE // 2)
-        f.write(bytes([byte ^ 0x01]))
+    flipped = bytearray(victim.read_bytes())
+    flipped[BLOCK_SIZE // 2] ^= 0x01
+    victim.write_bytes(bytes(flipped))
 
     restored_id = ec2.create_volume(AvailabilityZone=ZONE, SnapshotId=snapshot_id)["VolumeId"]
     assert settled_volume(ec2, restored_id) == "error"
@@ -597,7 +590,8 @@ def test_deleting_a_snapshot_while_it_is_captured_leaves_no_block_behind_and_no_
 
     snapshot_id = ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
     # Delete while the first batch of blocks is being put.
-    poll("capture stores its first blocks", lambda: stored_blocks(server) or None, interval=0.002)
+    packed = partial(block_support.packed_bytes, server.data_dir / "blocks")
+    poll("capture stores its first blocks", lambda: packed() or None, interval=0.002)
     delete_snapshot(server, ec2, snapshot_id)
     assert stored_blocks(server) == {}
 
