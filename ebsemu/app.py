@@ -80,6 +80,7 @@ def build_services(core: Core) -> Services:
     snapshots = SnapshotService(core, volumes, encryption)
     instances = InstanceService(core)
     exports = ExportService(core)
+    fast_restores = FastRestoreService(core, snapshots)
     return Services(
         config=core.config,
         volumes=volumes,
@@ -89,12 +90,12 @@ def build_services(core: Core) -> Services:
         attachments=AttachmentService(core, volumes, instances, exports, encryption),
         exports=exports,
         encryption=encryption,
-        sharing=SharingService(core, snapshots.get),
+        sharing=SharingService(core, snapshots.get, fast_restores.disable_unshared),
         copies=SnapshotCopyService(core, snapshots, encryption),
         multi_snapshots=MultiSnapshotService(core, volumes, instances, encryption),
         volume_status=VolumeStatusService(core, volumes),
         modifications=ModificationService(core, volumes, instances),
-        fast_restores=FastRestoreService(core, snapshots),
+        fast_restores=fast_restores,
     )
 
 

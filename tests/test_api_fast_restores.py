@@ -211,6 +211,35 @@ def test_a_shared_snapshot_can_be_enabled_and_its_deletion_disables_it(
     assert _settled(owner, snapshot_id, "disabled", {ZONE_B})
 
 
+def test_unsharing_a_snapshot_disables_the_fast_restores_of_those_it_was_shared_with(
+    fsr_server: ServerProcess, other: tuple[str, Any]
+) -> None:
+    owner = fsr_server.client()
+    snapshot_id = _snapshot(owner)
+    reader_id, reader = other
+    for operation in ("add", "remove"):
+        if operation == "remove":
+            _settled(reader, snapshot_id, "enabled", {ZONE})
+            _settled(owner, snapshot_id, "enabled", {ZONE})
+        owner.modify_snapshot_attribute(
+            SnapshotId=snapshot_id,
+            Attribute="createVolumePermission",
+            OperationType=operation,
+            UserIds=[reader_id],
+        )
+        if operation == "add":
+            for ec2 in (reader, owner):
+                ec2.enable_fast_snapshot_restores(
+                    SourceSnapshotIds=[snapshot_id], AvailabilityZones=[ZONE]
+                )
+
+    unshared = _settled(reader, snapshot_id, "disabled", {ZONE})
+    assert unshared[ZONE]["StateTransitionReason"] != "Client.UserInitiated"
+    assert _states(owner, snapshot_id) == {ZONE: "enabled"}  # the owner's own stays
+    _disable_all(owner, [snapshot_id])
+    _settled(owner, snapshot_id, "disabled", {ZONE})
+
+
 def test_describe_filters_and_pages(fsr_server: ServerProcess) -> None:
     ec2 = fsr_server.client()
     snapshots = [_snapshot(ec2) for _ in range(3)]

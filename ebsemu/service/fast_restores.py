@@ -13,14 +13,17 @@ and volumes are restored block by block as without fast restores: the data is th
 the speed differs.
 
 Deleting a snapshot disables its fast restores (AWS: "When you delete a snapshot that you own,
-fast snapshot restore is automatically disabled for that snapshot").
+fast snapshot restore is automatically disabled for that snapshot"), and so does unsharing it for
+the accounts it was shared with ("If you enabled fast snapshot restore for a snapshot that is
+shared with you, and the snapshot owner deletes or unshares it, fast snapshot restore is
+automatically disabled for the shared snapshot in your account").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -38,7 +41,7 @@ from ebsemu.fast_restore import (
     FastRestoreState,
 )
 from ebsemu.model import Snapshot, SnapshotState, utcnow
-from ebsemu.service import listing
+from ebsemu.service import listing, sharing
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.store.base import ListQuery, Store
@@ -191,6 +194,23 @@ class FastRestoreService:
         )
         page = await listing.fetch_page(self._core.store.list_fast_restores, query)
         return page.items, listing.next_token("fsr", page)
+
+    async def disable_unshared(self, snapshot: Snapshot, grantees: Collection[str]) -> None:
+        """The snapshot's permissions changed: the fast restores of every account that may no
+        longer create volumes from it begin disabling (the owner's are kept)."""
+        started = False
+        for record in await self._core.store.fast_restores_of(snapshot.id):
+            if sharing.may_restore(record.account_id, snapshot, grantees):
+                continue
+            started |= await self._core.store.transition_fast_restore(
+                record, ACTIVE_STATES, FastRestoreState.DISABLING, SNAPSHOT_DELETED, utcnow()
+            )
+        if started:
+            log.info(
+                "snapshot %s: fast restores of accounts it is no longer shared with disabling",
+                snapshot.id,
+            )
+            await self._core.jobs.submit(JOB, snapshot.id)
 
     # ---- the job -------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ NO_OWNER_ALIASES = frozenset({"amazon", "aws-marketplace", "aws-backup-vault"})
 # The caller's own snapshot, or the AWS error (NotFound, or UnauthorizedOperation when the
 # caller sees the snapshot without owning it).
 OwnedSnapshot = Callable[[RequestContext, str], Awaitable[Snapshot]]
+# Told of a snapshot's grantees after some were removed (fast restores of the others stop).
+Unshared = Callable[[Snapshot, Collection[str]], Awaitable[None]]
 
 
 def may_restore(account_id: str, snapshot: Snapshot, grantees: Collection[str]) -> bool:
@@ -174,9 +176,16 @@ def permission_view(grantees: Iterable[str]) -> list[dict[str, str]]:
 class SharingService:
     """ModifySnapshotAttribute, DescribeSnapshotAttribute, ResetSnapshotAttribute."""
 
-    def __init__(self, core: Core, owned_snapshot: OwnedSnapshot) -> None:
+    def __init__(
+        self, core: Core, owned_snapshot: OwnedSnapshot, unshared: Unshared | None = None
+    ) -> None:
         self._core = core
         self._owned = owned_snapshot
+        self._unshared = unshared
+
+    async def _after_change(self, snapshot: Snapshot) -> None:
+        if self._unshared is not None:
+            await self._unshared(snapshot, await self._core.store.snapshot_grantees(snapshot.id))
 
     async def modify(self, ctx: RequestContext, snapshot_id: str, change: PermissionChange) -> None:
         # The snapshot's lock: a restore that checked the permission finishes its insert first.
@@ -185,6 +194,8 @@ class SharingService:
             add = [grantee for grantee in change.add if grantee != snapshot.owner_id]
             encryption.check_shareable(snapshot, add)
             await self._core.store.change_snapshot_grantees(snapshot_id, add, change.remove)
+            if change.remove:
+                await self._after_change(snapshot)
 
     async def describe(
         self, ctx: RequestContext, snapshot_id: str, attribute: str
@@ -203,5 +214,6 @@ class SharingService:
                 f"Only {CREATE_VOLUME_PERMISSION} can be reset."
             )
         async with self._core.locks.hold(snapshot_id):
-            await self._owned(ctx, snapshot_id)
+            snapshot = await self._owned(ctx, snapshot_id)
             await self._core.store.clear_snapshot_grantees(snapshot_id)
+            await self._after_change(snapshot)
