@@ -22,8 +22,8 @@ from tests.api_support import (
 )
 from tests.server import ZONE, ServerProcess
 
-# The module's server tests run on each store.
-API_STORES = ("sqlite", "postgresql")
+# The module's server tests run on each store and storage backend.
+API_COMBINATIONS = (("sqlite", "file"), ("postgresql", "file"), ("sqlite", "rbd"))
 
 BLOCK = 512 * 1024
 ACCOUNT = "000000000000"  # the embedded default's account

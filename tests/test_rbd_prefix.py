@@ -1,0 +1,103 @@
+"""Two rbd storage backends on one pool keep apart by ``image_prefix`` (real single-node Ceph
+cluster, tests/ceph_fixtures.py): each lists, views, deletes and collects only its own images,
+and a backend without a prefix sees none of theirs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import pytest
+
+from backends.base import RbdSource
+from backends.errors import BackendError, SetupError
+from backends.rbd import RbdStorage
+from ebsemu.model import BLOCK_SIZE
+from hostcmds import LocalRunner, load_templates
+from tests.ceph_fixtures import CephCluster, ceph_cluster
+
+__all__ = ["ceph_cluster"]
+
+MIB = 1 << 20
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{os.urandom(8).hex()}0"
+
+
+def _storage(cluster: CephCluster, prefix: str | None) -> RbdStorage:
+    options = {"pool": cluster.pool, "conf": str(cluster.conf)}
+    if prefix is not None:
+        options["image_prefix"] = prefix
+    backend = RbdStorage.from_options(options, runner=LocalRunner(), templates=load_templates())
+    asyncio.run(backend.check_setup())
+    return backend
+
+
+def test_backends_with_prefixes_share_a_pool_without_seeing_each_other(
+    ceph_cluster: CephCluster,
+) -> None:
+    first, second = _storage(ceph_cluster, "one-"), _storage(ceph_cluster, "two.")
+    bare = _storage(ceph_cluster, None)
+    volume, view = _id("vol"), _id("snap")
+    asyncio.run(first.create(volume, 16 * MIB))
+    asyncio.run(second.create(volume, 32 * MIB))  # the same id: another image
+    images = ceph_cluster.images()
+    assert f"one-{volume}" in images and f"two.{volume}" in images and volume not in images
+    assert volume in asyncio.run(first.list_volumes())
+    assert asyncio.run(first.health({volume: 16 * MIB})) == {}
+    assert asyncio.run(second.health({volume: 32 * MIB})) == {}
+    assert volume not in asyncio.run(bare.list_volumes())
+    assert first.device_path(volume) == f"{ceph_cluster.pool}/one-{volume}"
+    assert first.disk_source(volume) == RbdSource(
+        ceph_cluster.pool, f"one-{volume}", str(ceph_cluster.conf), "admin"
+    )
+
+    block = random.Random(3).randbytes(BLOCK_SIZE)
+    first.write_blocks(volume, [(2, block)])
+    asyncio.run(first.freeze(volume, view))
+    assert view in asyncio.run(first.list_views())
+    assert view not in asyncio.run(second.list_views())
+    assert view not in asyncio.run(bare.list_views())
+    reader = first.open_view(view)
+    try:
+        assert dict(reader.iter_blocks()) == {2: block}
+    finally:
+        reader.close()
+    with pytest.raises(BackendError, match=f"no view {view}"):
+        second.open_view(view)
+
+    # deleted with a pending view: kept as deleted.one-vol-…, which the others never collect
+    asyncio.run(first.delete(volume))
+    assert f"deleted.one-{volume}" in ceph_cluster.images()
+    asyncio.run(second.drop_view(view))  # not its view: nothing happens
+    asyncio.run(bare.delete(_id("vol")))  # collects deleted images of its own only
+    assert f"deleted.one-{volume}" in ceph_cluster.images()
+    assert volume in asyncio.run(second.list_volumes())
+    asyncio.run(first.drop_view(view))
+    assert f"deleted.one-{volume}" not in ceph_cluster.images()
+    asyncio.run(second.delete(volume))
+    assert f"two.{volume}" not in ceph_cluster.images()
+
+
+def test_a_backend_without_a_prefix_leaves_prefixed_images_alone(
+    ceph_cluster: CephCluster,
+) -> None:
+    prefixed, bare = _storage(ceph_cluster, "own-"), _storage(ceph_cluster, None)
+    volume = _id("vol")
+    asyncio.run(bare.create(volume, 8 * MIB))
+    assert volume not in asyncio.run(prefixed.list_volumes())
+    asyncio.run(prefixed.delete(volume))  # no own-vol-…: nothing to delete
+    assert volume in ceph_cluster.images()
+    asyncio.run(bare.delete(volume))
+
+
+@pytest.mark.parametrize("prefix", ["a/b-", "x@", "deleted.x-", "two words"])
+def test_an_image_prefix_rbd_would_misread_is_refused(prefix: str) -> None:
+    with pytest.raises(SetupError, match="image_prefix"):
+        RbdStorage.from_options(
+            {"pool": "rbd", "image_prefix": prefix},
+            runner=LocalRunner(),
+            templates=load_templates(),
+        )
