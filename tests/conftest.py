@@ -77,6 +77,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(_scope(item.nodeid), len(rank)))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*names): run only on these backends of the module's API_COMBINATIONS"
+    )
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under ``--dist loadscope`` (scripts/test) a worker runs a whole module, so its module
     fixtures (servers, VMs, tgtd) start once, and the modules of one SHARED_WORKER entry
@@ -107,6 +113,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A module naming ``API_COMBINATIONS`` ((store, backend) pairs) runs its server tests
     once on each of them, with ids like ``sqlite-rbd``."""
     combinations = getattr(metafunc.module, "API_COMBINATIONS", None)
+    only = metafunc.definition.get_closest_marker("backends")
+    if combinations and only is not None:  # @pytest.mark.backends("file"): those backends only
+        combinations = [c for c in combinations if c[1] in only.args]
     names = metafunc.fixturenames
     if combinations and "store_kind" in names and "backend_kind" in names:
         metafunc.parametrize(

@@ -489,7 +489,8 @@ def test_a_modification_interrupted_by_a_restart_is_resumed_and_completes(
         ec2.modify_volume(VolumeId=volume_id, Size=2)
         poll(lambda: modification(ec2, volume_id)["ModificationState"] == "optimizing" or None)
         proc.stop()
-        proc.config_path.write_text(_config(modification_cooldown_seconds=0) + proc.store_config)
+        config = _config(modification_cooldown_seconds=0)
+        proc.config_path.write_text(config + proc.storage_config + proc.store_config)
         proc.start()
         done = wait_finished(proc.client(), volume_id)
         assert done["ModificationState"] == "completed"

@@ -14,26 +14,19 @@ from tests.api_support import (
     poll,
     tag_spec,
     unique,
-    volume_segment,
 )
 from tests.server import ZONE, ServerProcess
+from tests.volume_data import read_blocks, write_blocks
 
 BLOCK = 512 * 1024
 
 
 def write_block(server: ServerProcess, volume_id: str, index: int, data: bytes) -> None:
-    fd = os.open(volume_segment(server.data_dir, volume_id), os.O_WRONLY)
-    try:
-        os.pwrite(fd, data, index * BLOCK)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_blocks(server, volume_id, {index: data})
 
 
 def read_block(server: ServerProcess, volume_id: str, index: int) -> bytes:
-    with volume_segment(server.data_dir, volume_id).open("rb") as handle:
-        handle.seek(index * BLOCK)
-        return handle.read(BLOCK)
+    return read_blocks(server, volume_id, [index])[index]
 
 
 def snapshot_view(ec2: Any, snapshot_id: str) -> dict[str, Any]:
