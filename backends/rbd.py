@@ -332,9 +332,11 @@ class RbdStorage:
 
     async def delete(self, volume_id: str) -> None:
         # Under the view lock: a view being dropped (`snap rm`) holds the image open, and
-        # `rbd rm` refuses an image with watchers.
+        # `rbd rm` refuses an image with watchers. Free space is read after it: `ceph df`
+        # takes about a second, which deletes and views of other volumes need not wait for.
         async with self._view_lock:
             await self._delete(volume_id)
+        await self._refresh(f"cannot delete volume {volume_id}")
 
     async def _delete(self, volume_id: str) -> None:
         image = self._image_of(volume_id)
@@ -356,7 +358,6 @@ class RbdStorage:
             else:
                 await self._run("removeCmd", image=image)
             await self._collect(await self._entries())
-            await self._refresh_free()
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot delete volume {volume_id}") from exc
         log.info("deleted volume %s", volume_id)
@@ -426,10 +427,12 @@ class RbdStorage:
     async def keep_view(self, view_id: str) -> None:
         async with self._view_lock:
             await self._keep_view(view_id)
+        await self._refresh(f"cannot keep view {view_id}")
 
     async def drop_view(self, view_id: str) -> None:
         async with self._view_lock:
             await self._drop_view(view_id)
+        await self._refresh(f"cannot drop view {view_id}")
 
     async def _keep_view(self, view_id: str) -> None:
         """The view has been captured: keep it as the base of its volume's next diff,
@@ -459,7 +462,6 @@ class RbdStorage:
                 )
             for base in bases:
                 await self._remove_snap(base)
-            await self._refresh_free()
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot keep view {view_id}") from exc
         log.info("view %s: kept as the diff base of %s", view_id, view.image)
@@ -476,7 +478,6 @@ class RbdStorage:
                 await self._remove_snap(view)
                 entries = await self._entries()
             await self._collect(entries)
-            await self._refresh_free()
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot drop view {view_id}") from exc
 
@@ -526,6 +527,7 @@ class RbdStorage:
     async def release_fast_restores(self, view_id: str) -> None:
         async with self._view_lock:
             await self._release_fast_restores(view_id)
+        await self._refresh(f"cannot release view {view_id}")
 
     async def _keep_for_fast_restores(self, view_id: str) -> bool | None:
         """Keep the view's RBD snapshot as a protected ``….fsr`` that later views never
@@ -575,7 +577,6 @@ class RbdStorage:
                 await self._run(
                     "snapRenameCmd", image=held.image, snap=snap, newSnap=view_id + BASE_SUFFIX
                 )
-            await self._refresh_free()
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot release view {view_id}") from exc
         log.info("view %s: no longer kept for fast snapshot restores", view_id)
@@ -797,6 +798,12 @@ class RbdStorage:
                     log.info("removed %s: its last view has gone", image)
                 else:
                     log.warning("cannot remove %s yet: %s", image, result.stderr[-200:])
+
+    async def _refresh(self, doing: str) -> None:
+        try:
+            await self._refresh_free()
+        except HostCommandError as exc:
+            raise backend_error(exc, doing) from exc
 
     async def _refresh_free(self) -> None:
         result = await self._run("dfCmd", check=False)

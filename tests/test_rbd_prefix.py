@@ -1,12 +1,15 @@
 """Two rbd storage backends on one pool keep apart by ``image_prefix`` (real single-node Ceph
 cluster, tests/ceph_fixtures.py): each lists, views, deletes and collects only its own images,
-and a backend without a prefix sees none of theirs."""
+and a backend without a prefix sees none of theirs. A delete reads the pool's free space
+(``ceph df``, about a second) after letting go of the lock other deletes wait for."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -14,8 +17,8 @@ from backends.base import RbdSource
 from backends.errors import BackendError, SetupError
 from backends.rbd import RbdStorage
 from ebsemu.model import BLOCK_SIZE
-from hostcmds import LocalRunner, load_templates
-from tests.ceph_fixtures import CephCluster, ceph_cluster
+from hostcmds import CommandResult, LocalRunner, load_templates
+from tests.ceph_fixtures import COMMAND_TIMEOUT, CephCluster, ceph_cluster
 
 __all__ = ["ceph_cluster"]
 
@@ -101,3 +104,50 @@ def test_an_image_prefix_rbd_would_misread_is_refused(prefix: str) -> None:
             runner=LocalRunner(),
             templates=load_templates(),
         )
+
+
+class HeldDf:
+    """The real rbd and ceph commands; ``ceph df`` waits while ``go`` is clear."""
+
+    def __init__(self) -> None:
+        self.local = LocalRunner()
+        self.go = asyncio.Event()
+        self.held = 0  # ceph df calls that waited
+
+    async def run(self, argv: Sequence[str], **options: Any) -> CommandResult:
+        if argv[0] == "ceph" and not self.go.is_set():
+            self.held += 1
+            await self.go.wait()
+        return await self.local.run(argv, **options)
+
+
+def test_a_delete_waiting_for_ceph_df_holds_no_other_delete_back(
+    ceph_cluster: CephCluster,
+) -> None:
+    runner = HeldDf()
+    backend = RbdStorage.from_options(
+        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf), "image_prefix": "df-"},
+        runner=runner,
+        templates=load_templates(),
+    )
+    first, second = _id("vol"), _id("vol")
+
+    async def scenario() -> None:
+        runner.go.set()
+        await backend.create(first, 8 * MIB)
+        await backend.create(second, 8 * MIB)
+        runner.go.clear()
+        deleting = asyncio.create_task(backend.delete(first))
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            while runner.held < 1:  # the first delete waits for its ceph df …
+                await asyncio.sleep(0.05)
+            other = asyncio.create_task(backend.delete(second))
+            while runner.held < 2:  # … and the second has removed its image meanwhile
+                await asyncio.sleep(0.05)
+        removed = ceph_cluster.images()
+        runner.go.set()
+        await asyncio.gather(deleting, other)
+        assert f"df-{second}" not in removed
+
+    asyncio.run(scenario())
+    assert not {f"df-{first}", f"df-{second}"} & set(ceph_cluster.images())
