@@ -71,6 +71,7 @@ from backends.options import Options
 from backends.rbd_diff import DiffStats, diff_blocks, import_stream, parse_extents
 from ebsemu.model import BLOCK_SIZE
 from hostcmds import (
+    CommandError,
     CommandNotFound,
     CommandResult,
     CommandRunner,
@@ -110,10 +111,12 @@ FSR_SUFFIX = ".fsr"
 DELETED_PREFIX = "deleted."
 MIB = 1 << 20
 TRANSFER_BLOCKS = 64  # 32 MiB per import-diff command
+LIST_ATTEMPTS = 5
 
 _VOLUME = re.compile(r"vol-[0-9a-f]{8,17}")
 _VIEW = re.compile(r"snap-[0-9a-f]{8,17}")
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]*")
+_IMAGE_GONE = re.compile(r"listing images failed: \(2\) No such file or directory")
 _NO_SPACE = re.compile(r"no space left|ENOSPC|quota", re.I)
 
 
@@ -744,7 +747,17 @@ class RbdStorage:
         )
 
     async def _entries(self) -> list[Entry]:
-        return parse_listing((await self._run("listLongCmd")).text)
+        # `rbd ls --long` opens every image it has listed: one removed meanwhile (a delete of
+        # this service or of another user of the pool) fails the whole listing with ENOENT.
+        attempt = 1
+        while True:
+            try:
+                return parse_listing((await self._run("listLongCmd")).text)
+            except CommandError as exc:
+                if attempt == LIST_ATTEMPTS or not _IMAGE_GONE.search(exc.stderr):
+                    raise
+            log.info("rbd ls: an image went while it was listed; listing again")
+            attempt += 1
 
     async def _tag(self, image: str, volume_id: str) -> None:
         """Mark the image as the volume's; an image that cannot be marked is removed."""

@@ -1,7 +1,8 @@
 """Two rbd storage backends on one pool keep apart by ``image_prefix`` (real single-node Ceph
 cluster, tests/ceph_fixtures.py): each lists, views, deletes and collects only its own images,
 and a backend without a prefix sees none of theirs. A delete reads the pool's free space
-(``ceph df``, about a second) after letting go of the lock other deletes wait for."""
+(``ceph df``, about a second) after letting go of the lock other deletes wait for, and a
+listing that meets an image being removed is run again."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from backends.base import RbdSource
 from backends.errors import BackendError, SetupError
 from backends.rbd import RbdStorage
 from ebsemu.model import BLOCK_SIZE
-from hostcmds import CommandResult, LocalRunner, load_templates
+from hostcmds import CommandError, CommandResult, LocalRunner, load_templates
 from tests.ceph_fixtures import COMMAND_TIMEOUT, CephCluster, ceph_cluster
 
 __all__ = ["ceph_cluster"]
@@ -151,3 +152,37 @@ def test_a_delete_waiting_for_ceph_df_holds_no_other_delete_back(
 
     asyncio.run(scenario())
     assert not {f"df-{first}", f"df-{second}"} & set(ceph_cluster.images())
+
+
+class ImageGoneOnce:
+    """The real rbd commands, but the first ``rbd ls --long`` fails as it does when an image
+    is removed while it lists the pool (it opens every image it has listed)."""
+
+    def __init__(self) -> None:
+        self.local = LocalRunner()
+        self.listings = 0
+
+    async def run(self, argv: Sequence[str], **options: Any) -> CommandResult:
+        if "ls" in argv and "--long" in argv:
+            self.listings += 1
+            if self.listings == 1:
+                stderr = "rbd: listing images failed: (2) No such file or directory\n"
+                if options.get("check", True):
+                    raise CommandError(argv, 2, stderr)
+                return CommandResult(tuple(argv), 2, b"", stderr.encode())
+        return await self.local.run(argv, **options)
+
+
+def test_a_listing_that_meets_an_image_being_removed_is_run_again(
+    ceph_cluster: CephCluster,
+) -> None:
+    runner = ImageGoneOnce()
+    backend = RbdStorage.from_options(
+        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf), "image_prefix": "race-"},
+        runner=runner,
+        templates=load_templates(),
+    )
+    volume = _id("vol")
+    asyncio.run(backend.create(volume, 8 * MIB))
+    assert f"race-{volume}" in ceph_cluster.images() and runner.listings >= 2
+    asyncio.run(backend.delete(volume))
