@@ -111,7 +111,7 @@ FSR_SUFFIX = ".fsr"
 DELETED_PREFIX = "deleted."
 MIB = 1 << 20
 TRANSFER_BLOCKS = 64  # 32 MiB per import-diff command
-LIST_ATTEMPTS = 5
+LIST_PAUSE, LIST_PAUSE_MAX = 0.1, 20.0  # seconds: 0.1, 0.2, … 12.8 (about 25 s in all)
 
 _VOLUME = re.compile(r"vol-[0-9a-f]{8,17}")
 _VIEW = re.compile(r"snap-[0-9a-f]{8,17}")
@@ -747,17 +747,19 @@ class RbdStorage:
         )
 
     async def _entries(self) -> list[Entry]:
-        # `rbd ls --long` opens every image it has listed: one removed meanwhile (a delete of
-        # this service or of another user of the pool) fails the whole listing with ENOENT.
-        attempt = 1
+        # `rbd ls --long` opens every image it has listed: one being removed (by this service
+        # or another user of the pool; `rbd rm` of a large image takes seconds) fails the whole
+        # listing with ENOENT until it has gone. List again, waiting longer each time.
+        pause = LIST_PAUSE
         while True:
             try:
                 return parse_listing((await self._run("listLongCmd")).text)
             except CommandError as exc:
-                if attempt == LIST_ATTEMPTS or not _IMAGE_GONE.search(exc.stderr):
+                if pause > LIST_PAUSE_MAX or not _IMAGE_GONE.search(exc.stderr):
                     raise
-            log.info("rbd ls: an image went while it was listed; listing again")
-            attempt += 1
+            log.info("rbd ls: an image is being removed; listing again in %.1f s", pause)
+            await asyncio.sleep(pause)
+            pause *= 2
 
     async def _tag(self, image: str, volume_id: str) -> None:
         """Mark the image as the volume's; an image that cannot be marked is removed."""
