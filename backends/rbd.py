@@ -86,7 +86,9 @@ T = TypeVar("T")
 TOOL = "rbd"
 TEMPLATES = (
     "versionCmd",
+    "listCmd",
     "listLongCmd",
+    "infoCmd",
     "createCmd",
     "metaSetCmd",
     "metaGetCmd",
@@ -316,13 +318,12 @@ class RbdStorage:
         image = self._image_of(volume_id)
         size_mib = _mib(size_bytes)
         try:
-            existing = _image(await self._entries(), image)
+            existing = await self._size_of(image)
             if existing is not None:
                 await self._require_ours(image)
-                if existing.size_bytes != size_bytes:
+                if existing != size_bytes:
                     raise BackendError(
-                        f"volume {volume_id} exists with {existing.size_bytes} bytes, "
-                        f"not {size_bytes}"
+                        f"volume {volume_id} exists with {existing} bytes, not {size_bytes}"
                     )
                 log.info("volume %s already exists with that size", volume_id)
                 return
@@ -745,6 +746,17 @@ class RbdStorage:
         return await self._runner.run(
             argv, timeout=self._config.command_timeout, input=input, check=check
         )
+
+    async def _size_of(self, image: str) -> int | None:
+        """The image's size in bytes, None when the pool has no such image. Unlike the long
+        listing, `rbd ls` opens no image: an image being removed does not hold it back."""
+        try:
+            names = json.loads((await self._run("listCmd")).text or "[]")
+            if image not in names:
+                return None
+            return int(json.loads((await self._run("infoCmd", image=image)).text)["size"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"rbd printed no image listing or size: {exc}") from None
 
     async def _entries(self) -> list[Entry]:
         # `rbd ls --long` opens every image it has listed: one being removed (by this service

@@ -1,8 +1,8 @@
 """Two rbd storage backends on one pool keep apart by ``image_prefix`` (real single-node Ceph
 cluster, tests/ceph_fixtures.py): each lists, views, deletes and collects only its own images,
 and a backend without a prefix sees none of theirs. A delete reads the pool's free space
-(``ceph df``, about a second) after letting go of the lock other deletes wait for, and a
-listing that meets an image being removed is run again."""
+(``ceph df``, about a second) after letting go of the lock other deletes wait for; a create
+does not wait for images being removed, and a long listing that meets one is run again."""
 
 from __future__ import annotations
 
@@ -154,18 +154,19 @@ def test_a_delete_waiting_for_ceph_df_holds_no_other_delete_back(
     assert not {f"df-{first}", f"df-{second}"} & set(ceph_cluster.images())
 
 
-class ImageGoneOnce:
-    """The real rbd commands, but the first ``rbd ls --long`` fails as it does when an image
-    is removed while it lists the pool (it opens every image it has listed)."""
+class ImageBeingRemoved:
+    """The real rbd commands, but the first ``failures`` ``rbd ls --long`` fail as they do while
+    an image of the pool is being removed (the long listing opens every image it has listed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int) -> None:
         self.local = LocalRunner()
+        self.failures = failures
         self.listings = 0
 
     async def run(self, argv: Sequence[str], **options: Any) -> CommandResult:
         if "ls" in argv and "--long" in argv:
             self.listings += 1
-            if self.listings == 1:
+            if self.listings <= self.failures:
                 stderr = "rbd: listing images failed: (2) No such file or directory\n"
                 if options.get("check", True):
                     raise CommandError(argv, 2, stderr)
@@ -173,16 +174,29 @@ class ImageGoneOnce:
         return await self.local.run(argv, **options)
 
 
-def test_a_listing_that_meets_an_image_being_removed_is_run_again(
-    ceph_cluster: CephCluster,
-) -> None:
-    runner = ImageGoneOnce()
-    backend = RbdStorage.from_options(
-        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf), "image_prefix": "race-"},
+def _racing(cluster: CephCluster, runner: ImageBeingRemoved) -> RbdStorage:
+    return RbdStorage.from_options(
+        {"pool": cluster.pool, "conf": str(cluster.conf), "image_prefix": "race-"},
         runner=runner,
         templates=load_templates(),
     )
+
+
+def test_create_does_not_wait_for_an_image_being_removed(ceph_cluster: CephCluster) -> None:
+    runner = ImageBeingRemoved(failures=1000)
+    volume = _id("vol")
+    asyncio.run(_racing(ceph_cluster, runner).create(volume, 8 * MIB))
+    assert f"race-{volume}" in ceph_cluster.images() and runner.listings == 0
+    asyncio.run(_racing(ceph_cluster, ImageBeingRemoved(failures=0)).delete(volume))
+
+
+def test_a_listing_that_meets_an_image_being_removed_is_run_again(
+    ceph_cluster: CephCluster,
+) -> None:
+    runner = ImageBeingRemoved(failures=3)
+    backend = _racing(ceph_cluster, runner)
     volume = _id("vol")
     asyncio.run(backend.create(volume, 8 * MIB))
-    assert f"race-{volume}" in ceph_cluster.images() and runner.listings >= 2
+    assert volume in asyncio.run(backend.list_volumes())
+    assert runner.listings == 4
     asyncio.run(backend.delete(volume))
