@@ -430,11 +430,23 @@ def test_invalid_volume_parameters_are_refused_with_the_aws_error(
     assert ec2.describe_volumes(Filters=[{"Name": "tag:run", "Values": [run]}])["Volumes"] == []
 
 
+@pytest.mark.backends("file")  # LUKS in the volume's files; the rbd backend cannot encrypt
 def test_encrypted_volume_is_created_encrypted_under_a_key_arn(ec2: Any) -> None:
     # tests/test_api_encryption.py covers encryption in depth.
     volume = ec2.create_volume(AvailabilityZone=ZONE, Size=1, Encrypted=True)
     assert volume["Encrypted"] is True
     assert volume["KmsKeyId"].startswith("arn:aws:kms:")
+
+
+@pytest.mark.backends("rbd")
+def test_encrypted_volume_on_a_host_that_cannot_encrypt_is_unsupported_operation(
+    ec2: Any,
+) -> None:
+    code, message, status = aws_error(
+        ec2.create_volume, AvailabilityZone=ZONE, Size=1, Encrypted=True
+    )
+    assert (code, status) == ("UnsupportedOperation", 400)
+    assert "cannot encrypt at rest" in message
 
 
 def test_missing_availability_zone_is_missing_parameter(ec2: Any) -> None:
