@@ -115,6 +115,9 @@ def test_snapshot_completes_with_its_data_when_the_volume_is_deleted_at_once(
     assert got == blocks
 
 
+# On rbd a restore from the latest snapshot is an rbd clone of its kept view, not a read of the
+# stored blocks this test damages.
+@pytest.mark.backends("file")
 def test_volume_restored_from_a_corrupt_block_ends_in_error_and_cannot_be_snapshotted(
     server: ServerProcess, ec2: Any
 ) -> None:
@@ -122,7 +125,6 @@ def test_volume_restored_from_a_corrupt_block_ends_in_error_and_cannot_be_snapsh
     volume_id = new_volume(ec2, Size=1)
     write_blocks(server, volume_id, {3: data})
     snapshot_id = new_snapshot(ec2, volume_id)
-    later = new_snapshot(ec2, volume_id)  # on rbd its view replaces the first's: no clone path
     stored = block_path(server.data_dir, data)
     stored.write_bytes(os.urandom(BLOCK))  # damage the one stored block
 
@@ -136,7 +138,6 @@ def test_volume_restored_from_a_corrupt_block_ends_in_error_and_cannot_be_snapsh
     ec2.get_waiter("volume_deleted").wait(VolumeIds=[broken], WaiterConfig=FAST)
     ec2.delete_volume(VolumeId=volume_id)
     ec2.delete_snapshot(SnapshotId=snapshot_id)
-    ec2.delete_snapshot(SnapshotId=later)
 
 
 def test_snapshot_of_a_volume_being_deleted_is_refused(ec2: Any) -> None:
