@@ -113,7 +113,7 @@ FSR_SUFFIX = ".fsr"
 DELETED_PREFIX = "deleted."
 MIB = 1 << 20
 TRANSFER_BLOCKS = 64  # 32 MiB per import-diff command
-LIST_PAUSE, LIST_PAUSE_MAX = 0.1, 20.0  # seconds: 0.1, 0.2, … 12.8 (about 25 s in all)
+LIST_PAUSE, LIST_PAUSE_MAX = 0.1, 60.0  # seconds: 0.1, 0.2, … 51.2 (about 100 s in all)
 
 _VOLUME = re.compile(r"vol-[0-9a-f]{8,17}")
 _VIEW = re.compile(r"snap-[0-9a-f]{8,17}")
@@ -405,9 +405,10 @@ class RbdStorage:
             raise backend_error(exc, "cannot check volumes") from exc
         problems: dict[str, str] = {}
         for volume_id, size_bytes in sizes.items():
-            found = _image(entries, self._image_of(volume_id))
+            image = self._image_of(volume_id)
+            found = _image(entries, image)
             if found is None:
-                problems[volume_id] = f"its RBD image {self._pool}/{volume_id} is missing"
+                problems[volume_id] = f"its RBD image {self._pool}/{image} is missing"
             elif found.size_bytes != size_bytes:
                 problems[volume_id] = (
                     f"its RBD image holds {found.size_bytes} bytes, not {size_bytes}"
@@ -760,8 +761,8 @@ class RbdStorage:
 
     async def _entries(self) -> list[Entry]:
         # `rbd ls --long` opens every image it has listed: one being removed (by this service
-        # or another user of the pool; `rbd rm` of a large image takes seconds) fails the whole
-        # listing with ENOENT until it has gone. List again, waiting longer each time.
+        # or another user of the pool; `rbd rm` of a 64 TiB image takes 15 s or more) fails the
+        # whole listing with ENOENT until it has gone. List again, waiting longer each time.
         pause = LIST_PAUSE
         while True:
             try:

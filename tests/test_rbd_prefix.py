@@ -52,6 +52,9 @@ def test_backends_with_prefixes_share_a_pool_without_seeing_each_other(
     assert volume in asyncio.run(first.list_volumes())
     assert asyncio.run(first.health({volume: 16 * MIB})) == {}
     assert asyncio.run(second.health({volume: 32 * MIB})) == {}
+    missing = _id("vol")
+    problems = asyncio.run(first.health({missing: MIB}))
+    assert f"{ceph_cluster.pool}/one-{missing} is missing" in problems[missing]
     assert volume not in asyncio.run(bare.list_volumes())
     assert first.device_path(volume) == f"{ceph_cluster.pool}/one-{volume}"
     assert first.disk_source(volume) == RbdSource(
