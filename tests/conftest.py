@@ -15,7 +15,8 @@ from tests.store_fixtures import migrated_database, new_store  # noqa: F401  (a 
 
 # Modules that use one host singleton run in one worker, one after the other: there is one
 # libvirtd per host, the guest image is built into one cache on first use, and one single-node
-# Ceph cluster at a time is enough for this machine.
+# Ceph cluster at a time is enough for this machine (the API tests on an rbd combination join
+# the Ceph worker: their shared cluster stays up, idle, beside a later module's own).
 SHARED_WORKER = {
     "libvirtd": (
         "test_api_attach_libvirt",
