@@ -41,6 +41,12 @@ class Lab:
     other: Any  # another account's client
 
 
+@pytest.fixture(scope="session")
+def backend_kind() -> str:
+    """The file backend for this module's servers too: the tests hide volumes' segment files."""
+    return "file"
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     # The file backend: the tests impair volumes by hiding or truncating their segment files.
