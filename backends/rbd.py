@@ -16,7 +16,9 @@ Names in the pool (``rbd ls --long`` lists images and snapshots in one call)::
                             to serve; removed when the last of them goes
 
 Only names of these forms are ebsemu's, and delete removes an image only if it carries the
-image-meta key, so foreign images in a shared pool are never touched.
+image-meta key, so foreign images in a shared pool are never touched. With ``image_prefix`` set,
+every image name starts with it (``<prefix>vol-…``, ``deleted.<prefix>vol-…``) and only those are
+this backend's: several installations share one pool, each seeing its own volumes only.
 
 Create (``rbd create --size``) and extend (``rbd resize``) are O(1) whatever the size. Freeze is
 ``rbd snap create``. The service reads a view through ``open_view``: ``rbd export-diff
@@ -69,6 +71,7 @@ from backends.options import Options
 from backends.rbd_diff import DiffStats, diff_blocks, import_stream, parse_extents
 from ebsemu.model import BLOCK_SIZE
 from hostcmds import (
+    CommandError,
     CommandNotFound,
     CommandResult,
     CommandRunner,
@@ -83,7 +86,9 @@ T = TypeVar("T")
 TOOL = "rbd"
 TEMPLATES = (
     "versionCmd",
+    "listCmd",
     "listLongCmd",
+    "infoCmd",
     "createCmd",
     "metaSetCmd",
     "metaGetCmd",
@@ -101,16 +106,19 @@ TEMPLATES = (
     "importDiffCmd",
     "dfCmd",
 )
-OPTIONS = ("pool", "conf", "user", "command_timeout")
+OPTIONS = ("pool", "conf", "user", "command_timeout", "image_prefix")
 META_KEY = "ebsemu.volume"
 BASE_SUFFIX = ".base"
 FSR_SUFFIX = ".fsr"
 DELETED_PREFIX = "deleted."
 MIB = 1 << 20
 TRANSFER_BLOCKS = 64  # 32 MiB per import-diff command
+LIST_PAUSE, LIST_PAUSE_MAX = 0.1, 60.0  # seconds: 0.1, 0.2, … 51.2 (about 100 s in all)
 
 _VOLUME = re.compile(r"vol-[0-9a-f]{8,17}")
 _VIEW = re.compile(r"snap-[0-9a-f]{8,17}")
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]*")
+_IMAGE_GONE = re.compile(r"listing images failed: \(2\) No such file or directory")
 _NO_SPACE = re.compile(r"no space left|ENOSPC|quota", re.I)
 
 
@@ -139,12 +147,14 @@ def backend_error(exc: HostCommandError, doing: str) -> BackendError:
 @dataclass(frozen=True)
 class RbdConfig:
     """``pool``: the RBD pool; ``conf``: ceph.conf on the storage host (its keyring option
-    gives the key); ``user``: the Ceph client id (client.<user>)."""
+    gives the key); ``user``: the Ceph client id (client.<user>); ``image_prefix``: what
+    every image name of this backend starts with."""
 
     pool: str
     conf: str = "/etc/ceph/ceph.conf"
     user: str = "admin"
     command_timeout: float = 120.0
+    image_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -180,8 +190,13 @@ def parse_listing(text: str) -> list[Entry]:
     return entries
 
 
-def _ours(image: str) -> bool:
-    return bool(_VOLUME.fullmatch(image.removeprefix(DELETED_PREFIX)))
+def check_prefix(prefix: str) -> str:
+    if not _PREFIX.fullmatch(prefix) or prefix.startswith(DELETED_PREFIX):
+        raise SetupError(
+            f"[storage]: image_prefix {prefix!r} is not letters, digits and _.- "
+            f"(nor starts with {DELETED_PREFIX!r})"
+        )
+    return prefix
 
 
 class RbdView:
@@ -270,6 +285,7 @@ class RbdStorage:
             conf=opts.text("conf", RbdConfig.conf),
             user=opts.text("user", RbdConfig.user),
             command_timeout=opts.number("command_timeout", RbdConfig.command_timeout),
+            image_prefix=check_prefix(options.get("image_prefix", "").strip()),
         )
         return cls(runner, templates, config)
 
@@ -299,16 +315,15 @@ class RbdStorage:
         await self._refresh_free()
 
     async def create(self, volume_id: str, size_bytes: int) -> None:
-        image = _check_volume(volume_id)
+        image = self._image_of(volume_id)
         size_mib = _mib(size_bytes)
         try:
-            existing = _image(await self._entries(), image)
+            existing = await self._size_of(image)
             if existing is not None:
                 await self._require_ours(image)
-                if existing.size_bytes != size_bytes:
+                if existing != size_bytes:
                     raise BackendError(
-                        f"volume {volume_id} exists with {existing.size_bytes} bytes, "
-                        f"not {size_bytes}"
+                        f"volume {volume_id} exists with {existing} bytes, not {size_bytes}"
                     )
                 log.info("volume %s already exists with that size", volume_id)
                 return
@@ -321,12 +336,14 @@ class RbdStorage:
 
     async def delete(self, volume_id: str) -> None:
         # Under the view lock: a view being dropped (`snap rm`) holds the image open, and
-        # `rbd rm` refuses an image with watchers.
+        # `rbd rm` refuses an image with watchers. Free space is read after it: `ceph df`
+        # takes about a second, which deletes and views of other volumes need not wait for.
         async with self._view_lock:
             await self._delete(volume_id)
+        await self._refresh(f"cannot delete volume {volume_id}")
 
     async def _delete(self, volume_id: str) -> None:
-        image = _check_volume(volume_id)
+        image = self._image_of(volume_id)
         try:
             entries = await self._entries()
             if _image(entries, image) is None:
@@ -345,14 +362,13 @@ class RbdStorage:
             else:
                 await self._run("removeCmd", image=image)
             await self._collect(await self._entries())
-            await self._refresh_free()
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot delete volume {volume_id}") from exc
         log.info("deleted volume %s", volume_id)
 
     async def extend(self, volume_id: str, size_bytes: int, *, one_device: bool = False) -> None:
         # An RBD image is one device at any size: ``one_device`` asks for nothing more.
-        image = _check_volume(volume_id)
+        image = self._image_of(volume_id)
         size_mib = _mib(size_bytes)
         try:
             current = _image(await self._entries(), image)
@@ -374,7 +390,13 @@ class RbdStorage:
             entries = await self._entries()
         except HostCommandError as exc:
             raise backend_error(exc, "cannot list volumes") from exc
-        return sorted(e.image for e in entries if e.snap is None and _VOLUME.fullmatch(e.image))
+        return sorted(
+            volume
+            for e in entries
+            if e.snap is None
+            and not e.image.startswith(DELETED_PREFIX)
+            and (volume := self._volume_of(e.image))
+        )
 
     async def health(self, sizes: Mapping[str, int]) -> dict[str, str]:
         try:
@@ -383,9 +405,10 @@ class RbdStorage:
             raise backend_error(exc, "cannot check volumes") from exc
         problems: dict[str, str] = {}
         for volume_id, size_bytes in sizes.items():
-            found = _image(entries, _check_volume(volume_id))
+            image = self._image_of(volume_id)
+            found = _image(entries, image)
             if found is None:
-                problems[volume_id] = f"its RBD image {self._pool}/{volume_id} is missing"
+                problems[volume_id] = f"its RBD image {self._pool}/{image} is missing"
             elif found.size_bytes != size_bytes:
                 problems[volume_id] = (
                     f"its RBD image holds {found.size_bytes} bytes, not {size_bytes}"
@@ -393,7 +416,7 @@ class RbdStorage:
         return problems
 
     async def freeze(self, volume_id: str, view_id: str) -> None:
-        image, snap = _check_volume(volume_id), _check_view(view_id)
+        image, snap = self._image_of(volume_id), _check_view(view_id)
         try:
             entries = await self._entries()
             if _image(entries, image) is None:
@@ -409,10 +432,12 @@ class RbdStorage:
     async def keep_view(self, view_id: str) -> None:
         async with self._view_lock:
             await self._keep_view(view_id)
+        await self._refresh(f"cannot keep view {view_id}")
 
     async def drop_view(self, view_id: str) -> None:
         async with self._view_lock:
             await self._drop_view(view_id)
+        await self._refresh(f"cannot drop view {view_id}")
 
     async def _keep_view(self, view_id: str) -> None:
         """The view has been captured: keep it as the base of its volume's next diff,
@@ -420,7 +445,7 @@ class RbdStorage:
         snap = _check_view(view_id)
         try:
             entries = await self._entries()
-            view = _find_snap(entries, snap)
+            view = _find_snap(entries, snap, self._ours)
             if view is None:
                 log.info("view %s: gone; nothing to keep", view_id)
                 return
@@ -442,7 +467,6 @@ class RbdStorage:
                 )
             for base in bases:
                 await self._remove_snap(base)
-            await self._refresh_free()
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot keep view {view_id}") from exc
         log.info("view %s: kept as the diff base of %s", view_id, view.image)
@@ -451,7 +475,7 @@ class RbdStorage:
         snap = _check_view(view_id)
         try:
             entries = await self._entries()
-            view = _find_snap(entries, snap)
+            view = _find_snap(entries, snap, self._ours)
             if view is not None and self._defer_drop(view_id):
                 log.info("view %s: a view being read diffs against it; dropped after", view_id)
                 return
@@ -459,7 +483,6 @@ class RbdStorage:
                 await self._remove_snap(view)
                 entries = await self._entries()
             await self._collect(entries)
-            await self._refresh_free()
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot drop view {view_id}") from exc
 
@@ -470,18 +493,18 @@ class RbdStorage:
             raise backend_error(exc, "cannot list views") from exc
         return sorted(
             e.snap for e in entries
-            if e.snap is not None and _ours(e.image) and _VIEW.fullmatch(e.snap)
+            if e.snap is not None and self._ours(e.image) and _VIEW.fullmatch(e.snap)
         )  # fmt: skip
 
     async def clone_from_view(self, view_id: str, volume_id: str, size_bytes: int) -> bool:
         """Make the volume a clone of the view's kept base (O(1)), grown to ``size_bytes``.
         False when no base of that view is kept here (restore its blocks instead)."""
         names = (_check_view(view_id) + FSR_SUFFIX, view_id + BASE_SUFFIX)
-        image = _check_volume(volume_id)
+        image = self._image_of(volume_id)
         size_mib = _mib(size_bytes)
         try:
             entries = await self._entries()
-            base = next((e for e in entries if e.snap in names and _ours(e.image)), None)
+            base = next((e for e in entries if e.snap in names and self._ours(e.image)), None)
             if base is None or base.size_bytes > size_bytes:
                 return False
             snap = str(base.snap)
@@ -509,6 +532,7 @@ class RbdStorage:
     async def release_fast_restores(self, view_id: str) -> None:
         async with self._view_lock:
             await self._release_fast_restores(view_id)
+        await self._refresh(f"cannot release view {view_id}")
 
     async def _keep_for_fast_restores(self, view_id: str) -> bool | None:
         """Keep the view's RBD snapshot as a protected ``….fsr`` that later views never
@@ -518,7 +542,7 @@ class RbdStorage:
         against it): ask again."""
         snap = _check_view(view_id)
         try:
-            held = _find_snap(await self._entries(), snap)
+            held = _find_snap(await self._entries(), snap, self._ours)
             if held is None or held.image.startswith(DELETED_PREFIX):
                 return False
             if held.snap == snap or self._being_read(view_id):
@@ -544,7 +568,7 @@ class RbdStorage:
         snap = _check_view(view_id) + FSR_SUFFIX
         try:
             entries = await self._entries()
-            held = next((e for e in entries if e.snap == snap and _ours(e.image)), None)
+            held = next((e for e in entries if e.snap == snap and self._ours(e.image)), None)
             if held is None:
                 return
             bases = [
@@ -558,7 +582,6 @@ class RbdStorage:
                 await self._run(
                     "snapRenameCmd", image=held.image, snap=snap, newSnap=view_id + BASE_SUFFIX
                 )
-            await self._refresh_free()
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot release view {view_id}") from exc
         log.info("view %s: no longer kept for fast snapshot restores", view_id)
@@ -572,7 +595,7 @@ class RbdStorage:
     def open_view(self, view_id: str) -> RbdView:
         snap = _check_view(view_id)
         entries = self._on_loop(self._entries, f"cannot open view {view_id}")
-        view = next((e for e in entries if e.snap == snap and _ours(e.image)), None)
+        view = next((e for e in entries if e.snap == snap and self._ours(e.image)), None)
         if view is None:
             raise BackendError(f"no view {view_id} in pool {self._pool}")
         bases = [
@@ -624,7 +647,7 @@ class RbdStorage:
             return True
 
     def write_blocks(self, volume_id: str, blocks: Iterable[tuple[int, bytes]]) -> None:
-        image = _check_volume(volume_id)
+        image = self._image_of(volume_id)
         entries = self._on_loop(self._entries, f"cannot write volume {volume_id}")
         found = _image(entries, image)
         if found is None:
@@ -669,13 +692,13 @@ class RbdStorage:
 
     def device_path(self, volume_id: str) -> str:
         """``pool/image``: what tgt's rbd backing store and ``rbd device map`` take."""
-        return f"{self._pool}/{_check_volume(volume_id)}"
+        return f"{self._pool}/{self._image_of(volume_id)}"
 
     def disk_source(self, volume_id: str) -> RbdSource:
         """Where a VMM host with Ceph access (librbd) finds the volume."""
         return RbdSource(
             pool=self._pool,
-            image=_check_volume(volume_id),
+            image=self._image_of(volume_id),
             conf=self._config.conf,
             user=self._config.user,
         )
@@ -685,6 +708,20 @@ class RbdStorage:
     @property
     def _pool(self) -> str:
         return self._config.pool
+
+    def _image_of(self, volume_id: str) -> str:
+        return self._config.image_prefix + _check_volume(volume_id)
+
+    def _volume_of(self, image: str) -> str | None:
+        """The volume an image of this backend holds (deleted or not); None: not ours."""
+        name = image.removeprefix(DELETED_PREFIX)
+        if not name.startswith(self._config.image_prefix):
+            return None
+        volume = name.removeprefix(self._config.image_prefix)
+        return volume if _VOLUME.fullmatch(volume) else None
+
+    def _ours(self, image: str) -> bool:
+        return self._volume_of(image) is not None
 
     def _import(self, image: str, runs: list[tuple[int, list[bytes]]]) -> None:
         stream = import_stream(runs)
@@ -711,8 +748,31 @@ class RbdStorage:
             argv, timeout=self._config.command_timeout, input=input, check=check
         )
 
+    async def _size_of(self, image: str) -> int | None:
+        """The image's size in bytes, None when the pool has no such image. Unlike the long
+        listing, `rbd ls` opens no image: an image being removed does not hold it back."""
+        try:
+            names = json.loads((await self._run("listCmd")).text or "[]")
+            if image not in names:
+                return None
+            return int(json.loads((await self._run("infoCmd", image=image)).text)["size"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"rbd printed no image listing or size: {exc}") from None
+
     async def _entries(self) -> list[Entry]:
-        return parse_listing((await self._run("listLongCmd")).text)
+        # `rbd ls --long` opens every image it has listed: one being removed (by this service
+        # or another user of the pool; `rbd rm` of a 64 TiB image takes 15 s or more) fails the
+        # whole listing with ENOENT until it has gone. List again, waiting longer each time.
+        pause = LIST_PAUSE
+        while True:
+            try:
+                return parse_listing((await self._run("listLongCmd")).text)
+            except CommandError as exc:
+                if pause > LIST_PAUSE_MAX or not _IMAGE_GONE.search(exc.stderr):
+                    raise
+            log.info("rbd ls: an image is being removed; listing again in %.1f s", pause)
+            await asyncio.sleep(pause)
+            pause *= 2
 
     async def _tag(self, image: str, volume_id: str) -> None:
         """Mark the image as the volume's; an image that cannot be marked is removed."""
@@ -724,7 +784,7 @@ class RbdStorage:
 
     async def _require_ours(self, image: str) -> None:
         result = await self._run("metaGetCmd", image=image, metaKey=META_KEY, check=False)
-        if result.returncode != 0 or result.text.strip() != image.removeprefix(DELETED_PREFIX):
+        if result.returncode != 0 or result.text.strip() != self._volume_of(image):
             raise BackendError(
                 f"RBD image {self._pool}/{image} is not marked {META_KEY}={image}; "
                 "it is not ebsemu's and is left alone"
@@ -753,7 +813,7 @@ class RbdStorage:
             e.image for e in entries if e.snap is None and e.image.startswith(DELETED_PREFIX)
         }
         for image in sorted(deleted):
-            if not _ours(image):
+            if not self._ours(image):
                 continue
             snaps = _snaps(entries, image)
             for snap in snaps:
@@ -766,6 +826,12 @@ class RbdStorage:
                     log.info("removed %s: its last view has gone", image)
                 else:
                     log.warning("cannot remove %s yet: %s", image, result.stderr[-200:])
+
+    async def _refresh(self, doing: str) -> None:
+        try:
+            await self._refresh_free()
+        except HostCommandError as exc:
+            raise backend_error(exc, doing) from exc
 
     async def _refresh_free(self) -> None:
         result = await self._run("dfCmd", check=False)
@@ -791,8 +857,8 @@ def _snaps(entries: Iterable[Entry], image: str) -> list[Entry]:
     return [e for e in entries if e.image == image and e.snap is not None]
 
 
-def _find_snap(entries: Iterable[Entry], view_id: str) -> Entry | None:
+def _find_snap(entries: Iterable[Entry], view_id: str, ours: Callable[[str], bool]) -> Entry | None:
     """The view's snapshot (pending, kept as a base or for fast restores) on one of ebsemu's
     images."""
     names = (view_id, view_id + BASE_SUFFIX, view_id + FSR_SUFFIX)
-    return next((e for e in entries if e.snap in names and _ours(e.image)), None)
+    return next((e for e in entries if e.snap in names and ours(e.image)), None)

@@ -3,15 +3,20 @@ authentication off, everything (config, keyring, data, sockets, logs) under one 
 
 It starts in about 10 s and holds its data in memory (1 GiB of memstore), so a test module
 shares one cluster (``ceph_cluster`` fixture) and each test uses image names of its own.
+Test servers on the rbd backend (EBSEMU_TEST_BACKEND=rbd, or an API module's rbd combination)
+share one cluster per test process (``rbd_storage_section``), each with an image prefix of its
+own.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -153,3 +158,32 @@ def running_ceph(root: Path) -> Iterator[CephCluster]:
 def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
     with running_ceph(tmp_path_factory.mktemp("ceph")) as cluster:
         yield cluster
+
+
+_shared: CephCluster | None = None
+
+
+def shared_cluster() -> CephCluster:
+    """A cluster shared by the whole test process: started at first use, stopped at exit."""
+    global _shared
+    if not HAVE_CEPH:
+        raise RuntimeError(NEEDS_CEPH)
+    if _shared is None:
+        root = Path(tempfile.mkdtemp(prefix="ebsemu-ceph-"))
+        cluster = CephCluster(root, free_port())
+        atexit.register(shutil.rmtree, root, True)
+        atexit.register(cluster.stop)
+        cluster.start()
+        _shared = cluster
+    return _shared
+
+
+def rbd_storage_section() -> str:
+    """A [storage] section on the shared cluster's pool with an image prefix of its own, so a
+    server lists, reconciles and deletes only its own images."""
+    cluster = shared_cluster()
+    prefix = f"t{uuid.uuid4().hex[:10]}-"
+    return (
+        f"\n[storage]\nbackend = rbd\npool = {cluster.pool}\nconf = {cluster.conf}\n"
+        f"image_prefix = {prefix}\n"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,12 +10,13 @@ from typing import Any
 import pytest
 
 from tests.pg_fixtures import PostgresServer, postgres_server  # noqa: F401  (a fixture)
-from tests.server import RUNNING, TEST_CONFIG, TEST_STORE, ServerProcess
+from tests.server import RUNNING, TEST_BACKEND, TEST_CONFIG, TEST_STORE, ServerProcess
 from tests.store_fixtures import migrated_database, new_store  # noqa: F401  (a fixture)
 
 # Modules that use one host singleton run in one worker, one after the other: there is one
 # libvirtd per host, the guest image is built into one cache on first use, and one single-node
-# Ceph cluster at a time is enough for this machine.
+# Ceph cluster at a time is enough for this machine (the API tests on an rbd combination join
+# the Ceph worker: their shared cluster stays up, idle, beside a later module's own).
 SHARED_WORKER = {
     "libvirtd": (
         "test_api_attach_libvirt",
@@ -29,6 +31,7 @@ SHARED_WORKER = {
         "test_blockstore_contract",
         "test_fast_restores_rbd",
         "test_rbd_export",
+        "test_rbd_prefix",
         "test_rbd_storage",
     ),
 }
@@ -56,8 +59,16 @@ LONG_FIRST = (
 )
 
 
+# The id of a test run on an API_COMBINATIONS combination with the rbd backend.
+_ON_RBD = re.compile(r"[\[-](sqlite|postgresql)-rbd[\]-]")
+
+
 def _scope(nodeid: str) -> str:
+    """A test's scheduling unit: its module or SHARED_WORKER group; a module's tests on an rbd
+    combination go with the Ceph group (the cluster their servers share is started once)."""
     module = nodeid.split("::", 1)[0]
+    if _ON_RBD.search(nodeid):
+        return "ceph"
     return _WORKER_OF.get(module, module)
 
 
@@ -65,6 +76,12 @@ def _scope(nodeid: str) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {scope: place for place, scope in enumerate(LONG_FIRST)}
     items.sort(key=lambda item: rank.get(_scope(item.nodeid), len(rank)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*names): run only on these backends of the module's API_COMBINATIONS"
+    )
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
@@ -94,17 +111,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A module naming ``API_STORES`` runs its server tests once on each of those stores."""
-    stores = getattr(metafunc.module, "API_STORES", None)
-    if stores and "store_kind" in metafunc.fixturenames:
-        metafunc.parametrize("store_kind", stores, indirect=True, scope="session")
+    """A module naming ``API_COMBINATIONS`` ((store, backend) pairs) runs its server tests
+    once on each of them, with ids like ``sqlite-rbd``."""
+    combinations = getattr(metafunc.module, "API_COMBINATIONS", None)
+    only = metafunc.definition.get_closest_marker("backends")
+    if combinations and only is not None:  # @pytest.mark.backends("file"): those backends only
+        combinations = [c for c in combinations if c[1] in only.args]
+    names = metafunc.fixturenames
+    if combinations and "store_kind" in names and "backend_kind" in names:
+        metafunc.parametrize(
+            ("store_kind", "backend_kind"),
+            combinations,
+            ids=[f"{store}-{backend}" for store, backend in combinations],
+            indirect=True,
+            scope="session",
+        )
 
 
 @pytest.fixture(scope="session")
 def store_kind(request: pytest.FixtureRequest) -> str:
-    """The store of the test servers: a module's ``API_STORES`` parameter, else the
+    """The store of the test servers: a module's ``API_COMBINATIONS`` parameter, else the
     EBSEMU_TEST_STORE default."""
     return str(getattr(request, "param", TEST_STORE))
+
+
+@pytest.fixture(scope="session")
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    """The storage backend of the test servers: a module's ``API_COMBINATIONS`` parameter,
+    else the EBSEMU_TEST_BACKEND default."""
+    return str(getattr(request, "param", TEST_BACKEND))
 
 
 def _store_dsn(request: pytest.FixtureRequest, store_kind: str) -> str:
@@ -116,14 +151,18 @@ def _store_dsn(request: pytest.FixtureRequest, store_kind: str) -> str:
 
 @pytest.fixture(scope="session")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, store_kind: str
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    store_kind: str,
+    backend_kind: str,
 ) -> Iterator[ServerProcess]:
-    """One server for the session (per store); tests keep to their own resources (unique
-    tags/ids)."""
+    """One server for the session (per store and backend); tests keep to their own resources
+    (unique tags/ids)."""
     proc = ServerProcess(
         tmp_path_factory.mktemp("ebsemu") / "data",
         TEST_CONFIG,
         store_dsn=_store_dsn(request, store_kind),
+        backend=backend_kind,
     )
     proc.start()
     yield proc
@@ -132,10 +171,15 @@ def server(
 
 @pytest.fixture
 def fresh_server(
-    tmp_path: Path, request: pytest.FixtureRequest, store_kind: str
+    tmp_path: Path, request: pytest.FixtureRequest, store_kind: str, backend_kind: str
 ) -> Iterator[ServerProcess]:
     """A server of the test's own, for tests that restart it or count everything it holds."""
-    proc = ServerProcess(tmp_path / "data", TEST_CONFIG, store_dsn=_store_dsn(request, store_kind))
+    proc = ServerProcess(
+        tmp_path / "data",
+        TEST_CONFIG,
+        store_dsn=_store_dsn(request, store_kind),
+        backend=backend_kind,
+    )
     proc.start()
     yield proc
     proc.stop()

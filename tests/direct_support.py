@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.api_support import volume_segment
+from tests import volume_data
 from tests.server import ServerProcess
 
 BLOCK = 512 * 1024
@@ -85,20 +85,9 @@ def random_blocks(indexes: Iterable[int]) -> dict[int, bytes]:
 
 
 def write_blocks(server: ServerProcess, volume_id: str, blocks: Mapping[int, bytes]) -> None:
-    """Write whole blocks into a volume's backing file, as a guest would."""
-    fd = os.open(volume_segment(server.data_dir, volume_id), os.O_WRONLY)
-    try:
-        for index, data in blocks.items():
-            os.pwrite(fd, data, index * BLOCK)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write whole blocks into a volume, as a guest would (either backend)."""
+    volume_data.write_blocks(server, volume_id, dict(blocks))
 
 
 def read_blocks(server: ServerProcess, volume_id: str, indexes: Iterable[int]) -> dict[int, bytes]:
-    with volume_segment(server.data_dir, volume_id).open("rb") as handle:
-        out = {}
-        for index in indexes:
-            handle.seek(index * BLOCK)
-            out[index] = handle.read(BLOCK)
-        return out
+    return volume_data.read_blocks(server, volume_id, list(indexes))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -28,6 +29,11 @@ SECRET_ACCESS_KEY = "secret"
 DEFAULT_ACCOUNT = "000000000000"
 # The store every test server runs on: sqlite (default) or postgresql (a fresh database each).
 TEST_STORE = os.environ.get("EBSEMU_TEST_STORE", "sqlite")
+# The storage backend of every test server whose configuration names none: file (default) or
+# rbd (an image prefix of its own on one Ceph cluster shared by the test process).
+TEST_BACKEND = os.environ.get("EBSEMU_TEST_BACKEND", "file")
+BACKENDS = ("file", "rbd")
+_STORAGE_SECTION = re.compile(r"^\[storage(\s[^]]*)?\]", re.M)
 
 
 def free_port() -> int:
@@ -47,7 +53,9 @@ class ServerProcess:
     clients here sign); ``env`` adds to or overrides the environment (a None value removes
     the variable), ``args`` are extra `serve` flags. ``store_dsn`` runs it on that PostgreSQL
     database; without it, EBSEMU_TEST_STORE=postgresql gives it a fresh one (an empty
-    ``store_dsn`` keeps it on SQLite whatever that variable says).
+    ``store_dsn`` keeps it on SQLite whatever that variable says). ``backend`` (file or rbd)
+    is its storage backend; without it, a configuration with a [storage…] section keeps its
+    own and any other gets EBSEMU_TEST_BACKEND's.
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class ServerProcess:
         tls: bool = False,
         store_dsn: str | None = None,
         job_lease_seconds: float = 30.0,
+        backend: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -71,7 +80,12 @@ class ServerProcess:
         self.store_dsn = store_dsn or None
         # The [store] section, for a test that rewrites the configuration to keep.
         self.store_config = store_section(store_dsn, job_lease_seconds) if store_dsn else ""
-        self.config_path.write_text(config_text + self.store_config)
+        if backend is None:
+            backend = "file" if _STORAGE_SECTION.search(config_text) else TEST_BACKEND
+        self.backend = backend
+        # The [storage] section the backend adds, for a test that rewrites the configuration.
+        self.storage_config = storage_section(backend)
+        self.config_path.write_text(config_text + self.storage_config + self.store_config)
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.stdout_path = data_dir.parent / f"{data_dir.name}.stdout"
         self.env = {
@@ -250,6 +264,17 @@ class ServerProcess:
             raise RuntimeError(f"accounts create failed: {done.stderr}")
         created = json.loads(done.stdout)
         return created["AccountId"], (created["AccessKeyId"], created["SecretAccessKey"])
+
+
+def storage_section(backend: str) -> str:
+    """The [storage] section of a test server on ``backend`` ("" for the default, file)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown test backend {backend!r} (one of {', '.join(BACKENDS)})")
+    if backend == "file":
+        return ""
+    from tests.ceph_fixtures import rbd_storage_section
+
+    return rbd_storage_section()
 
 
 def store_section(dsn: str, lease_seconds: float = 30.0) -> str:

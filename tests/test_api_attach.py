@@ -100,7 +100,8 @@ detach_timeout = 10
             name: stack.enter_context(running_vm(dirs[vmm], name, ports=ports))
             for name, (vmm, ports) in VMS.items()
         }
-        server = ServerProcess(work / "data", config)
+        # The file backend: the VMs' disks are the volumes' segment files (assert_vm_holds).
+        server = ServerProcess(work / "data", config, backend="file")
         stack.callback(server.stop)
         server.start()
         ids = {name: instance_id(vmm, name) for name, (vmm, _) in VMS.items()}

@@ -72,7 +72,8 @@ driver = host
 zone = {ZONE}
 domain = {DOMAIN}
 """
-    server = ServerProcess(work / "data", config)
+    # The file backend: the host VMM loop-mounts the volumes' segment files.
+    server = ServerProcess(work / "data", config, backend="file")
     try:
         server.start()
         yield HostLab(server, server.client(), instance_id(VMM, DOMAIN))

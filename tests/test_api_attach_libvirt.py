@@ -59,7 +59,8 @@ zone = {ZONE}
 uri = {uri}
 detach_timeout = 20
 """
-            server = ServerProcess(work / "data", config)
+            # The file backend: the domains' disk sources are the volumes' segment files.
+            server = ServerProcess(work / "data", config, backend="file")
             try:
                 server.start()
                 yield LibvirtLab(server, server.client(), domain, instance_id(VMM, domain))

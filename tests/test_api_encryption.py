@@ -29,7 +29,9 @@ LUKS_MAGIC = b"LUKS\xba\xbe"
 
 @pytest.fixture(scope="module")
 def regions_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("encryption") / "data", CONFIG)
+    # The file backend: encryption at rest is LUKS in the volumes' files (the rbd backend
+    # refuses Encrypted volumes), and the tests read the LUKS headers.
+    proc = ServerProcess(tmp_path_factory.mktemp("encryption") / "data", CONFIG, backend="file")
     proc.start()
     yield proc
     proc.stop()
@@ -384,7 +386,7 @@ def test_encrypted_snapshots_share_only_under_a_customer_key_and_never_publicly(
 def plain_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server whose qemu-img cannot be found: encryption at rest is unavailable."""
     config = TEST_CONFIG + "\n[hostcmds qemu-img]\nversionCmd = /nonexistent/qemu-img --version\n"
-    proc = ServerProcess(tmp_path / "data", config)
+    proc = ServerProcess(tmp_path / "data", config, backend="file")  # LUKS, as above
     proc.start()
     yield proc
     proc.stop()

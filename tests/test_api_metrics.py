@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from ebsemu.model import BLOCK_SIZE
-from tests.api_support import aws_error, poll, raw_request, volume_segment
+from tests.api_support import aws_error, poll, raw_request
 from tests.server import TEST_CONFIG, ZONE, ServerProcess
+from tests.volume_data import write_blocks
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 SAMPLE = re.compile(rf"({NAME})(?:\{{(.*)\}})? (\S+)")
@@ -119,8 +120,7 @@ def test_counters_histograms_and_gauges_after_known_calls(metrics_server: Server
     unsupported = raw_request(server.url, {"Action": "LaunchRockets", "Version": "2016-11-15"})
     assert unsupported.error()[0] == "InvalidAction"
 
-    with volume_segment(server.data_dir, volume_id).open("r+b") as handle:
-        handle.write(b"\x5a" * BLOCK_SIZE)  # one block of data, stored once
+    write_blocks(server, volume_id, {0: b"\x5a" * BLOCK_SIZE})  # one block, stored once
     ec2.create_snapshot(VolumeId=volume_id)
     after = poll(lambda: _once_completed(server))
 

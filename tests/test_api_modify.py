@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from ebsemu.model import GIB
+from ebsemu.model import BLOCK_SIZE, GIB
 from tests.api_support import FAST, aws_error, new_volume, poll, unique, volume_segment
 from tests.server import TEST_CONFIG, ServerProcess
 from tests.test_api_cli import aws, aws_json
+from tests.volume_data import volume_file, write_blocks
 
 
 def _config(**limits: float) -> str:
@@ -38,6 +39,19 @@ def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         tmp_path_factory.mktemp("modify-slow") / "data",
         _config(modification_cooldown_seconds=0, modification_optimizing_seconds=3600),
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def quick_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """As ``quick``, on the file backend: for a test that breaks a volume's layout file."""
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("modify-file") / "data",
+        _config(modification_cooldown_seconds=0),
+        backend="file",
     )
     proc.start()
     yield proc
@@ -93,30 +107,24 @@ def test_grow_answers_modifying_then_completes_with_the_new_size_in_describe_vol
     assert volume(ec2, volume_id)["Size"] == 3
 
 
-def test_the_volume_file_grows_and_the_data_written_before_is_intact(
+def test_the_volume_grows_and_the_data_written_before_is_intact(
     ec2: Any, quick: ServerProcess
 ) -> None:
     volume_id = new_volume(ec2, Size=1)
-    path = volume_segment(quick.data_dir, volume_id)
-    head = os.urandom(4096)
-    tail = os.urandom(4096)
-    with path.open("r+b") as handle:
-        handle.write(head)
-        handle.seek(GIB - len(tail))
-        handle.write(tail)
-        os.fsync(handle.fileno())
-    assert path.stat().st_size == GIB
+    last, grown = GIB // BLOCK_SIZE - 1, 3 * GIB // BLOCK_SIZE
+    head, tail = os.urandom(BLOCK_SIZE), os.urandom(BLOCK_SIZE)
+    write_blocks(quick, volume_id, {0: head, last: tail})
 
     ec2.modify_volume(VolumeId=volume_id, Size=5)
     assert wait_finished(ec2, volume_id)["ModificationState"] == "completed"
 
-    assert path.stat().st_size == 5 * GIB
-    with path.open("rb") as handle:
-        assert handle.read(4096) == head
-        handle.seek(GIB - len(tail))
-        assert handle.read(4096) == tail
-        handle.seek(3 * GIB)
-        assert handle.read(4096) == bytes(4096)  # the new space reads as zeros
+    with volume_file(quick, volume_id) as path, path.open("rb") as handle:
+        assert path.stat().st_size == 5 * GIB
+        found = {}
+        for index in (0, last, grown):
+            handle.seek(index * BLOCK_SIZE)
+            found[index] = handle.read(BLOCK_SIZE)
+    assert found == {0: head, last: tail, grown: bytes(BLOCK_SIZE)}  # new space reads as zeros
 
 
 def test_type_change_to_io2_with_iops_changes_type_and_iops(ec2: Any) -> None:
@@ -252,10 +260,11 @@ def test_a_modification_within_the_cooldown_is_refused(server: ServerProcess) ->
 
 
 def test_a_modification_the_storage_cannot_carry_out_fails_and_the_volume_keeps_its_size(
-    quick: ServerProcess, ec2: Any
+    quick_file: ServerProcess,
 ) -> None:
+    ec2 = quick_file.client()
     volume_id = new_volume(ec2, Size=1, VolumeType="gp3")
-    layout = volume_segment(quick.data_dir, volume_id).with_name("volume.json")
+    layout = volume_segment(quick_file.data_dir, volume_id).with_name("volume.json")
     layout.write_text("not a layout")  # the storage backend can no longer read the volume
     ec2.modify_volume(VolumeId=volume_id, Size=4, VolumeType="io2", Iops=500)
     done = wait_finished(ec2, volume_id)
@@ -489,12 +498,14 @@ def test_a_modification_interrupted_by_a_restart_is_resumed_and_completes(
         ec2.modify_volume(VolumeId=volume_id, Size=2)
         poll(lambda: modification(ec2, volume_id)["ModificationState"] == "optimizing" or None)
         proc.stop()
-        proc.config_path.write_text(_config(modification_cooldown_seconds=0) + proc.store_config)
+        config = _config(modification_cooldown_seconds=0)
+        proc.config_path.write_text(config + proc.storage_config + proc.store_config)
         proc.start()
         done = wait_finished(proc.client(), volume_id)
         assert done["ModificationState"] == "completed"
         assert volume(proc.client(), volume_id)["Size"] == 2
-        assert volume_segment(proc.data_dir, volume_id).stat().st_size == 2 * GIB
+        with volume_file(proc, volume_id) as path:
+            assert path.stat().st_size == 2 * GIB
         assert "resuming job" in proc.log_path.read_text()
     finally:
         proc.stop()

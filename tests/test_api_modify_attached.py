@@ -48,7 +48,8 @@ detach_timeout = 10
 """
     with contextlib.ExitStack() as stack:
         vm = stack.enter_context(running_vm(sockets, VM, ports=4))
-        server = ServerProcess(work / "data", config)
+        # The file backend: the tests check the grown segment files and their layout.
+        server = ServerProcess(work / "data", config, backend="file")
         stack.callback(server.stop)
         server.start()
         yield Lab(server, server.client(), vm, instance_id(VMM, VM))

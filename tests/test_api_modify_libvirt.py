@@ -49,7 +49,8 @@ zone = {ZONE}
 uri = {uri}
 detach_timeout = 20
 """
-            server = ServerProcess(work / "data", config)
+            # The file backend: the domains' disk sources are the volumes' segment files.
+            server = ServerProcess(work / "data", config, backend="file")
             try:
                 server.start()
                 yield server, domain

@@ -94,7 +94,8 @@ socket_dir = {socket_dir}
     )
     with contextlib.ExitStack() as stack:
         vm = stack.enter_context(watched_vm(socket_dir, work / "watch.sock"))
-        server = ServerProcess(work / "data", config)
+        # The file backend: the tests read and break the volumes' segment files.
+        server = ServerProcess(work / "data", config, backend="file")
         stack.callback(server.stop)
         server.start()
         ec2 = server.client()

@@ -14,26 +14,11 @@ from tests.api_support import (
     poll,
     tag_spec,
     unique,
-    volume_segment,
 )
 from tests.server import ZONE, ServerProcess
+from tests.volume_data import read_blocks, write_blocks
 
 BLOCK = 512 * 1024
-
-
-def write_block(server: ServerProcess, volume_id: str, index: int, data: bytes) -> None:
-    fd = os.open(volume_segment(server.data_dir, volume_id), os.O_WRONLY)
-    try:
-        os.pwrite(fd, data, index * BLOCK)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_block(server: ServerProcess, volume_id: str, index: int) -> bytes:
-    with volume_segment(server.data_dir, volume_id).open("rb") as handle:
-        handle.seek(index * BLOCK)
-        return handle.read(BLOCK)
 
 
 def snapshot_view(ec2: Any, snapshot_id: str) -> dict[str, Any]:
@@ -55,7 +40,7 @@ def test_volumes_snapshots_tags_and_client_tokens_survive_a_restart(
         ClientToken=token,
         TagSpecifications=tag_spec("volume", run=run, Name="kept"),
     )
-    write_block(fresh_server, volume_id, 7, data)
+    write_blocks(fresh_server, volume_id, {7: data})
     snapshot_id = new_snapshot(
         ec2,
         volume_id,
@@ -92,8 +77,7 @@ def test_volumes_snapshots_tags_and_client_tokens_survive_a_restart(
 
     # A snapshot taken before the restart restores afterwards, with its bytes.
     restored_id = new_volume(ec2, SnapshotId=snapshot_id)
-    assert read_block(fresh_server, restored_id, 7) == data
-    assert read_block(fresh_server, restored_id, 0) == bytes(BLOCK)
+    assert read_blocks(fresh_server, restored_id, [7, 0]) == {7: data, 0: bytes(BLOCK)}
 
     # And everything can still be deleted.
     for vid in (volume_id, other_id, restored_id):
@@ -134,8 +118,7 @@ def test_snapshot_interrupted_by_a_crash_completes_after_the_restart(
     ec2 = fresh_server.client()
     volume_id = new_volume(ec2)
     blocks = {index * 15: os.urandom(BLOCK) for index in range(130)}
-    for index, data in blocks.items():
-        write_block(fresh_server, volume_id, index, data)
+    write_blocks(fresh_server, volume_id, blocks)
     snapshot_id = ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
     fresh_server.stop(signal.SIGKILL)  # very likely mid-capture; either way it must complete
     fresh_server.start()
@@ -145,4 +128,4 @@ def test_snapshot_interrupted_by_a_crash_completes_after_the_restart(
     finished = snapshot_view(ec2, snapshot_id)
     assert (finished["State"], finished["Progress"]) == ("completed", "100%")
     restored_id = new_volume(ec2, SnapshotId=snapshot_id)
-    assert all(read_block(fresh_server, restored_id, i) == d for i, d in blocks.items())
+    assert read_blocks(fresh_server, restored_id, list(blocks)) == blocks

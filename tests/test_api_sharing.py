@@ -24,9 +24,9 @@ from tests.api_support import (
     new_volume,
     raw_request,
     tag_spec,
-    volume_segment,
 )
 from tests.server import DEFAULT_ACCOUNT, TEST_CONFIG, ServerProcess
+from tests.volume_data import read_blocks, write_blocks
 
 BLOCK = 512 * 1024
 PERMISSION = "createVolumePermission"
@@ -49,24 +49,13 @@ class Lab:
     def shared_snapshot(self, data: dict[int, bytes] | None = None) -> str:
         """A completed snapshot of the owner's (of a volume holding ``data`` by block)."""
         volume_id = new_volume(self.owner.ec2)
-        fd = os.open(volume_segment(self.server.data_dir, volume_id), os.O_WRONLY)
-        try:
-            for index, block in (data or {}).items():
-                os.pwrite(fd, block, index * BLOCK)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_blocks(self.server, volume_id, data or {})
         return new_snapshot(
             self.owner.ec2, volume_id, TagSpecifications=tag_spec("snapshot", secret="x")
         )
 
     def read(self, volume_id: str, indexes: list[int]) -> dict[int, bytes]:
-        with volume_segment(self.server.data_dir, volume_id).open("rb") as handle:
-            out = {}
-            for index in indexes:
-                handle.seek(index * BLOCK)
-                out[index] = handle.read(BLOCK)
-            return out
+        return read_blocks(self.server, volume_id, indexes)
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,10 @@ from tests.api_support import (
     poll,
     tag_spec,
     unique,
-    volume_segment,
 )
 from tests.block_support import stored_blocks
 from tests.server import DEFAULT_ACCOUNT, REGION, TEST_CONFIG, ZONE, ServerProcess
+from tests.volume_data import read_blocks, volume_file, write_blocks
 
 BLOCK = 512 * 1024
 REGION_B = "eu-west-1"
@@ -59,18 +59,12 @@ class Lab:
     friend: Any  # another account, region A
 
     def write(self, volume_id: str, blocks: dict[int, bytes]) -> None:
-        fd = os.open(volume_segment(self.server.data_dir, volume_id), os.O_WRONLY)
-        try:
-            for index, data in blocks.items():
-                os.pwrite(fd, data, index * BLOCK)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_blocks(self.server, volume_id, blocks)
 
     def digest(self, volume_id: str) -> str:
         """SHA-256 of a volume's whole file (holes read as zeros)."""
         sha = hashlib.sha256()
-        with volume_segment(self.server.data_dir, volume_id).open("rb") as handle:
+        with volume_file(self.server, volume_id) as path, path.open("rb") as handle:
             while chunk := handle.read(8 * 1024 * 1024):
                 sha.update(chunk)
         return sha.hexdigest()
@@ -195,10 +189,7 @@ def test_copy_stores_no_new_block_and_survives_the_deletion_of_its_source(lab: L
     # The source's manifest is gone; every block the copy names is still stored.
     assert all(block_path(lab.server.data_dir, data).exists() for data in blocks.values())
     restored_id = new_volume(lab.b, SnapshotId=copy_id, AvailabilityZone=ZONE_B)
-    with volume_segment(lab.server.data_dir, restored_id).open("rb") as handle:
-        for index, data in blocks.items():
-            handle.seek(index * BLOCK)
-            assert handle.read(BLOCK) == data
+    assert read_blocks(lab.server, restored_id, list(blocks)) == blocks
     lab.b.delete_volume(VolumeId=restored_id)
     # The copy was the last to name them: deleting it frees the blocks.
     lab.b.delete_snapshot(SnapshotId=copy_id)
@@ -275,9 +266,7 @@ def test_snapshot_shared_by_another_account_can_be_copied_and_the_copy_is_the_ca
     # The owner deletes the original: the friend's copy still restores its bytes.
     lab.a.delete_snapshot(SnapshotId=source_id)
     restored_id = new_volume(lab.friend, SnapshotId=copy_id)
-    with volume_segment(lab.server.data_dir, restored_id).open("rb") as handle:
-        handle.seek(5 * BLOCK)
-        assert handle.read(BLOCK) == data[5]
+    assert read_blocks(lab.server, restored_id, [5])[5] == data[5]
     lab.friend.delete_volume(VolumeId=restored_id)
     lab.a.delete_volume(VolumeId=volume_id)
 

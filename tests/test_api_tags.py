@@ -10,8 +10,8 @@ import pytest
 from tests.api_support import DRY_RUN_MESSAGE, aws_error, new_snapshot, new_volume, unique
 from tests.server import ServerProcess
 
-# The module's server tests run on each store.
-API_STORES = ("sqlite", "postgresql")
+# The module's server tests run on each store and storage backend.
+API_COMBINATIONS = (("sqlite", "file"), ("postgresql", "file"), ("sqlite", "rbd"))
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,8 @@ def far(tmp_path: Path) -> Iterator[FarHost]:
         f"[vmm {VMM}]\ndriver = host\nzone = {ZONE}\ndomain = {DOMAIN}\n"
         f"url = {sshd.url}\nkey_file = {sshd.client_key}\nknown_hosts = {sshd.known_hosts}\n"
     )
-    server = ServerProcess(tmp_path / "data", config)
+    # The file backend: the remote VMM is given the volumes' segment file paths.
+    server = ServerProcess(tmp_path / "data", config, backend="file")
     try:
         server.start()
         yield FarHost(sshd, server, server.client(), instance_id(VMM, DOMAIN))

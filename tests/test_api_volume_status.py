@@ -41,9 +41,18 @@ class Lab:
     other: Any  # another account's client
 
 
+@pytest.fixture(scope="session")
+def backend_kind() -> str:
+    """The file backend for this module's servers too: the tests hide volumes' segment files."""
+    return "file"
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    server = ServerProcess(tmp_path_factory.mktemp("volstatus") / "data", TEST_CONFIG)
+    # The file backend: the tests impair volumes by hiding or truncating their segment files.
+    server = ServerProcess(
+        tmp_path_factory.mktemp("volstatus") / "data", TEST_CONFIG, backend="file"
+    )
     server.start()
     try:
         _, key = server.new_account(OTHER_ACCOUNT)

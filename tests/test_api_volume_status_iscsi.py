@@ -30,7 +30,8 @@ def lab(tmp_path: Path) -> Iterator[tuple[ServerProcess, Tgtd]]:
             "[vmm kvm1]\ndriver = qemu\nzone = us-east-1a\n"
             f"socket_dir = {sockets}\ninitiator_address = 127.0.0.1\n"
         )
-        server = ServerProcess(tmp_path / "data", config)
+        # The file backend: tgt exports the volumes' files.
+        server = ServerProcess(tmp_path / "data", config, backend="file")
         server.start()
         try:
             yield server, tgtd
