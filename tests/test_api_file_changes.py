@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -20,6 +19,7 @@ from tests.api_support import FAST, new_snapshot, new_volume, poll, volume_segme
 from tests.server import TEST_CONFIG, ServerProcess
 from tests.test_api_modify import wait_finished
 from tests.test_file_storage import _mount, _run
+from tests.volume_data import write_blocks
 
 BLOCK = 512 * 1024
 VOLUME_BLOCKS = 2048  # 1 GiB
@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     mounts = _mount(["mount", "-o", "loop", str(image), str(target)], target)
     mounted = next(mounts)
     config = TEST_CONFIG.replace("[limits]\n", "[limits]\nmodification_cooldown_seconds = 0\n")
-    proc = ServerProcess(mounted / "data", config)
+    proc = ServerProcess(mounted / "data", config, backend="file")  # reflink views are its own
     try:
         proc.start()
         yield proc
@@ -55,17 +55,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def ec2(server: ServerProcess) -> Any:
     return server.client()
-
-
-def _write(server: ServerProcess, volume_id: str, blocks: dict[int, bytes]) -> None:
-    """Write whole blocks into the volume's file, as a guest would."""
-    fd = os.open(volume_segment(server.data_dir, volume_id), os.O_WRONLY)
-    try:
-        for index, data in blocks.items():
-            os.pwrite(fd, data, index * BLOCK)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _digest(server: ServerProcess, volume_id: str) -> str:
@@ -88,7 +77,7 @@ def _kept(server: ServerProcess, volume_id: str, snapshot_id: str) -> None:
 
 def _volume_with_data(server: ServerProcess, ec2: Any, rng: random.Random) -> str:
     volume_id = new_volume(ec2, Size=1)
-    _write(server, volume_id, {i * 17: rng.randbytes(BLOCK) for i in range(100)})
+    write_blocks(server, volume_id, {i * 17: rng.randbytes(BLOCK) for i in range(100)})
     return volume_id
 
 
@@ -123,7 +112,7 @@ def test_second_snapshot_reads_only_the_changed_blocks_and_restores_identical(
     _kept(server, volume_id, first)
 
     changes = _changes(rng)
-    _write(server, volume_id, changes)
+    write_blocks(server, volume_id, changes)
     second = new_snapshot(ec2, volume_id)
     assert _captured(server, second) == (len(changes), first)
     _kept(server, volume_id, second)
@@ -145,7 +134,7 @@ def test_deleting_the_first_snapshot_while_the_second_is_pending_keeps_the_secon
     volume_id = _volume_with_data(server, ec2, rng)
     first = new_snapshot(ec2, volume_id)
     _kept(server, volume_id, first)
-    _write(server, volume_id, _changes(rng))
+    write_blocks(server, volume_id, _changes(rng))
     second = new_snapshot(ec2, volume_id, wait=False)
     ec2.delete_snapshot(SnapshotId=first)
     ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[second], WaiterConfig=FAST)
@@ -177,7 +166,7 @@ def test_reconcile_and_a_restart_leave_the_base_to_the_next_snapshot(
         server.start()
 
     changes = {3: rng.randbytes(BLOCK), 1500: rng.randbytes(BLOCK)}
-    _write(server, volume_id, changes)
+    write_blocks(server, volume_id, changes)
     second = new_snapshot(ec2, volume_id)
     assert _captured(server, second) == (2, first)
     restored = new_volume(ec2, SnapshotId=second)
@@ -198,7 +187,7 @@ def test_after_the_volume_grew_only_data_past_the_base_and_changes_are_read(
     ec2.modify_volume(VolumeId=volume_id, Size=2)
     assert wait_finished(ec2, volume_id)["ModificationState"] == "completed"
 
-    _write(server, volume_id, {5: rng.randbytes(BLOCK), 3000: rng.randbytes(BLOCK)})
+    write_blocks(server, volume_id, {5: rng.randbytes(BLOCK), 3000: rng.randbytes(BLOCK)})
     second = new_snapshot(ec2, volume_id)
     assert _captured(server, second) == (2, first)
     (snapshot,) = ec2.describe_snapshots(SnapshotIds=[second])["Snapshots"]

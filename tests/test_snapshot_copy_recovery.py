@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tests.api_support import FAST, block_path, new_snapshot, new_volume, poll, volume_segment
+from tests.api_support import FAST, block_path, new_snapshot, new_volume, poll
 from tests.server import REGION, ServerProcess
+from tests.volume_data import read_blocks, write_blocks
 
 BLOCK = 512 * 1024
 
@@ -17,13 +18,7 @@ def _sql(server: ServerProcess, statement: str, *params: Any) -> None:
 
 def _source(server: ServerProcess, ec2: Any, blocks: dict[int, bytes]) -> str:
     volume_id = new_volume(ec2)
-    fd = os.open(volume_segment(server.data_dir, volume_id), os.O_WRONLY)
-    try:
-        for index, data in blocks.items():
-            os.pwrite(fd, data, index * BLOCK)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_blocks(server, volume_id, blocks)
     return new_snapshot(ec2, volume_id)
 
 
@@ -53,9 +48,7 @@ def test_copy_left_pending_without_its_job_completes_after_restart_as_a_copy(
     log = fresh_server.log_path.read_text()
     assert f"copy_snapshot {copy_id} was left without its job" in log
     restored_id = new_volume(ec2, SnapshotId=copy_id)
-    with volume_segment(fresh_server.data_dir, restored_id).open("rb") as handle:
-        handle.seek(9 * BLOCK)
-        assert handle.read(BLOCK) == data[9]
+    assert read_blocks(fresh_server, restored_id, [9]) == data
 
 
 def test_copy_naming_a_block_missing_from_the_store_ends_in_error(
