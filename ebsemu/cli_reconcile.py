@@ -19,7 +19,7 @@ from backends.errors import BackendError, SetupError
 from ebsemu.config import Config
 from ebsemu.runlock import DataDirBusy, DataDirLock
 from ebsemu.service.reconcile import Reconciler, Report
-from ebsemu.store.sqlite import SqliteStore
+from ebsemu.store.sql_base import SqlBase
 
 EXIT_BUSY = 3
 
@@ -39,7 +39,7 @@ async def reconcile(config: Config, *, apply: bool) -> Report:
     core = build_core(config)
     services = build_services(core)
     store = core.store
-    assert isinstance(store, SqliteStore)
+    assert isinstance(store, SqlBase)  # either engine: read-only open, exclusive section
     if apply:
         await store.open()
     else:
