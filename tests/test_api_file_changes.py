@@ -102,6 +102,20 @@ def _captured(server: ServerProcess, snapshot_id: str) -> tuple[int, str | None]
     return int(found.group(1)), found.group(2)
 
 
+def _restores_identical(server: ServerProcess, ec2: Any, volume_id: str, snapshot_id: str) -> str:
+    """A new volume from ``snapshot_id`` holds the same bytes as ``volume_id``; its id."""
+    restored = new_volume(ec2, SnapshotId=snapshot_id)
+    assert _digest(server, restored) == _digest(server, volume_id)
+    return restored
+
+
+def _delete(ec2: Any, volume_ids: tuple[str, ...], snapshot_ids: tuple[str, ...]) -> None:
+    for vid in volume_ids:
+        ec2.delete_volume(VolumeId=vid)
+    for snapshot_id in snapshot_ids:
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+
+
 def test_second_snapshot_reads_only_the_changed_blocks_and_restores_identical(
     server: ServerProcess, ec2: Any
 ) -> None:
@@ -118,13 +132,10 @@ def test_second_snapshot_reads_only_the_changed_blocks_and_restores_identical(
     _kept(server, volume_id, second)
     assert f"{volume_id}@{first}" not in _bases(server)  # replaced
 
-    restored = new_volume(ec2, SnapshotId=second)
-    assert _digest(server, restored) == _digest(server, volume_id)
-    for vid in (restored, volume_id):
-        ec2.delete_volume(VolumeId=vid)
+    restored = _restores_identical(server, ec2, volume_id, second)
+    _delete(ec2, (restored, volume_id), ())
     poll(lambda: True if not any(b.startswith(volume_id) for b in _bases(server)) else None)
-    for snapshot_id in (first, second):
-        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    _delete(ec2, (), (first, second))
 
 
 def test_deleting_the_first_snapshot_while_the_second_is_pending_keeps_the_second_whole(
@@ -139,13 +150,10 @@ def test_deleting_the_first_snapshot_while_the_second_is_pending_keeps_the_secon
     ec2.delete_snapshot(SnapshotId=first)
     ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[second], WaiterConfig=FAST)
 
-    restored = new_volume(ec2, SnapshotId=second)
-    assert _digest(server, restored) == _digest(server, volume_id)
+    restored = _restores_identical(server, ec2, volume_id, second)
     _kept(server, volume_id, second)
     assert [b for b in _bases(server) if b.startswith(volume_id)] == [f"{volume_id}@{second}"]
-    for vid in (restored, volume_id):
-        ec2.delete_volume(VolumeId=vid)
-    ec2.delete_snapshot(SnapshotId=second)
+    _delete(ec2, (restored, volume_id), (second,))
 
 
 def test_reconcile_and_a_restart_leave_the_base_to_the_next_snapshot(
@@ -169,12 +177,8 @@ def test_reconcile_and_a_restart_leave_the_base_to_the_next_snapshot(
     write_blocks(server, volume_id, changes)
     second = new_snapshot(ec2, volume_id)
     assert _captured(server, second) == (2, first)
-    restored = new_volume(ec2, SnapshotId=second)
-    assert _digest(server, restored) == _digest(server, volume_id)
-    for vid in (restored, volume_id):
-        ec2.delete_volume(VolumeId=vid)
-    for snapshot_id in (first, second):
-        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    restored = _restores_identical(server, ec2, volume_id, second)
+    _delete(ec2, (restored, volume_id), (first, second))
 
 
 def test_after_the_volume_grew_only_data_past_the_base_and_changes_are_read(
@@ -192,9 +196,5 @@ def test_after_the_volume_grew_only_data_past_the_base_and_changes_are_read(
     assert _captured(server, second) == (2, first)
     (snapshot,) = ec2.describe_snapshots(SnapshotIds=[second])["Snapshots"]
     assert snapshot["VolumeSize"] == 2
-    restored = new_volume(ec2, SnapshotId=second)
-    assert _digest(server, restored) == _digest(server, volume_id)
-    for vid in (restored, volume_id):
-        ec2.delete_volume(VolumeId=vid)
-    for snapshot_id in (first, second):
-        ec2.delete_snapshot(SnapshotId=snapshot_id)
+    restored = _restores_identical(server, ec2, volume_id, second)
+    _delete(ec2, (restored, volume_id), (first, second))
