@@ -57,7 +57,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from backends.base import RbdSource
@@ -118,6 +118,8 @@ LIST_PAUSE, LIST_PAUSE_MAX = 0.1, 60.0  # seconds: 0.1, 0.2, … 51.2 (about 100
 _VOLUME = re.compile(r"vol-[0-9a-f]{8,17}")
 _VIEW = re.compile(r"snap-[0-9a-f]{8,17}")
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]*")
+_ALREADY_PROTECTED = re.compile(r"snap is already protected")
+_PROTECTED = re.compile(r"is protected from removal")
 _IMAGE_GONE = re.compile(r"listing images failed: \(2\) No such file or directory")
 _NO_SPACE = re.compile(r"no space left|ENOSPC|quota", re.I)
 
@@ -499,31 +501,41 @@ class RbdStorage:
     async def clone_from_view(self, view_id: str, volume_id: str, size_bytes: int) -> bool:
         """Make the volume a clone of the view's kept base (O(1)), grown to ``size_bytes``.
         False when no base of that view is kept here (restore its blocks instead)."""
-        names = (_check_view(view_id) + FSR_SUFFIX, view_id + BASE_SUFFIX)
         image = self._image_of(volume_id)
-        size_mib = _mib(size_bytes)
         try:
-            entries = await self._entries()
-            base = next((e for e in entries if e.snap in names and self._ours(e.image)), None)
-            if base is None or base.size_bytes > size_bytes:
+            # Under the view lock: between the listing and the clone, a delete of the source
+            # volume or a drop of the view would unprotect and remove the base it found.
+            async with self._view_lock:
+                base = await self._clone(view_id, volume_id, size_bytes)
+            if base is None:
                 return False
-            snap = str(base.snap)
-            if _image(entries, image) is not None:
-                raise BackendError(f"volume {volume_id} exists already; cannot clone it")
-            if not base.protected:
-                await self._run("snapProtectCmd", image=base.image, snap=snap)
-            await self._run("cloneCmd", image=base.image, snap=snap, child=image)
             try:
                 await self._tag(image, volume_id)
                 if base.size_bytes < size_bytes:
-                    await self._run("resizeCmd", image=image, sizeMiB=size_mib)
+                    await self._run("resizeCmd", image=image, sizeMiB=_mib(size_bytes))
             except HostCommandError:
                 await self._run("removeCmd", image=image, check=False)
                 raise
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot clone {view_id} as {volume_id}") from exc
-        log.info("volume %s: cloned from %s@%s", volume_id, base.image, snap)
+        log.info("volume %s: cloned from %s@%s", volume_id, base.image, base.snap)
         return True
+
+    async def _clone(self, view_id: str, volume_id: str, size_bytes: int) -> Entry | None:
+        """Clone the view's kept base (for fast restores or as a diff base) as the volume's
+        image; the base cloned, or None when none is kept or it is larger than the volume."""
+        names = (_check_view(view_id) + FSR_SUFFIX, view_id + BASE_SUFFIX)
+        image = self._image_of(volume_id)
+        entries = await self._entries()
+        base = next((e for e in entries if e.snap in names and self._ours(e.image)), None)
+        if base is None or base.size_bytes > size_bytes:
+            return None
+        if _image(entries, image) is not None:
+            raise BackendError(f"volume {volume_id} exists already; cannot clone it")
+        if not base.protected:
+            await self._protect(base)
+        await self._run("cloneCmd", image=base.image, snap=str(base.snap), child=image)
+        return base
 
     async def keep_for_fast_restores(self, view_id: str) -> bool | None:
         async with self._view_lock:
@@ -555,7 +567,7 @@ class RbdStorage:
                     newSnap=snap + FSR_SUFFIX,
                 )
             if not held.protected:
-                await self._run("snapProtectCmd", image=held.image, snap=snap + FSR_SUFFIX)
+                await self._protect(replace(held, snap=snap + FSR_SUFFIX))
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot keep view {view_id} for fast restores") from exc
         log.info("view %s: kept as %s@%s%s for clones", view_id, held.image, snap, FSR_SUFFIX)
@@ -790,6 +802,16 @@ class RbdStorage:
                 "it is not ebsemu's and is left alone"
             )
 
+    async def _protect(self, snap: Entry) -> None:
+        """Protect one of ebsemu's snapshots for clones. Another instance sharing the pool
+        may have protected it since the listing: that is as good."""
+        assert snap.snap is not None
+        try:
+            await self._run("snapProtectCmd", image=snap.image, snap=snap.snap)
+        except CommandError as exc:
+            if not _ALREADY_PROTECTED.search(exc.stderr):
+                raise
+
     async def _remove_snap(self, snap: Entry) -> None:
         """Remove one of ebsemu's snapshots; a protected one with clones is kept (logged)."""
         assert snap.snap is not None
@@ -804,7 +826,13 @@ class RbdStorage:
                     snap.snap,
                 )
                 return
-        await self._run("snapRemoveCmd", image=snap.image, snap=snap.snap)
+        try:
+            await self._run("snapRemoveCmd", image=snap.image, snap=snap.snap)
+        except CommandError as exc:
+            # protected since the listing (by another instance sharing the pool): once more
+            if snap.protected or not _PROTECTED.search(exc.stderr):
+                raise
+            await self._remove_snap(replace(snap, protected=True))
 
     async def _collect(self, entries: list[Entry]) -> None:
         """Remove deleted volumes' images whose last snapshot has gone, and the bases of

@@ -247,6 +247,35 @@ def test_clone_from_a_kept_view_is_byte_identical_and_survives_the_snapshot(
     assert f"deleted.{volume}" not in ceph_cluster.images()
 
 
+def test_clones_of_one_view_made_while_its_volume_is_deleted_all_succeed(
+    storage: RbdStorage, ceph_cluster: CephCluster
+) -> None:
+    """Two restores of one snapshot at once, while its source volume is being deleted: each
+    clone finds the base protected by the other or protects it, and the delete keeps it."""
+    volume, view, clones = _id("vol"), _id("snap"), [_id("vol"), _id("vol")]
+    written = _random_blocks(random.Random(6), [2, 17])
+    asyncio.run(storage.create(volume, 32 * MIB))
+    _write(ceph_cluster, volume, written)
+    asyncio.run(storage.freeze(volume, view))
+    asyncio.run(storage.keep_view(view))
+    expected = _read_image(ceph_cluster, f"{volume}@{view}.base", 32 * MIB)
+
+    async def restore_twice_and_delete() -> list[bool | None]:
+        return await asyncio.gather(
+            storage.clone_from_view(view, clones[0], 32 * MIB),
+            storage.clone_from_view(view, clones[1], 64 * MIB),
+            storage.delete(volume),
+        )
+
+    assert asyncio.run(restore_twice_and_delete())[:2] == [True, True]
+    assert volume not in asyncio.run(storage.list_volumes())
+    assert _read_image(ceph_cluster, clones[0], 32 * MIB) == expected
+    assert _read_image(ceph_cluster, clones[1], 64 * MIB) == expected + bytes(32 * MIB)
+    for clone in clones:
+        asyncio.run(storage.delete(clone))
+    assert f"deleted.{volume}" not in ceph_cluster.images()
+
+
 def test_volume_deleted_with_a_pending_view_stays_until_the_view_is_dropped(
     storage: RbdStorage, ceph_cluster: CephCluster
 ) -> None:
