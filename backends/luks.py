@@ -22,6 +22,7 @@ does not notice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import struct
@@ -32,6 +33,8 @@ from backends.errors import BackendError
 from hostcmds import CommandRunner, CommandTemplates, HostCommandError
 from hostcmds.errors import CommandError
 
+log = logging.getLogger(__name__)
+
 TOOL = "qemu-img"
 MAGIC = b"LUKS\xba\xbe"
 SECTOR = 512
@@ -40,6 +43,8 @@ SECTOR = 512
 PAYLOAD_BYTES = 4096 + 8 * 258048
 PADDED_HEADER_BYTES = 2 * 1024 * 1024  # PAYLOAD_BYTES rounded up to whole 512 KiB blocks
 SECRET_ID = "ebs-key"
+CREATE_ATTEMPTS = 3
+NO_CPU_TIME = "Unable to get accurate CPU usage"
 
 
 def image_bytes(size_bytes: int) -> int:
@@ -105,12 +110,26 @@ class LuksFormatter:
                 path=str(path),
                 sizeBytes=size_bytes,
             )
-            await self.runner.run(argv, timeout=self.timeout, secrets=[passphrase])
+            await self._create(argv, path, passphrase)
         except HostCommandError as exc:
             raise BackendError(f"cannot format {path.name} as LUKS: {exc}") from exc
         finally:
             key_file.unlink(missing_ok=True)
         await asyncio.to_thread(check_image, path, size_bytes)
+
+    async def _create(self, argv: list[str], path: Path, passphrase: str) -> None:
+        """Run ``qemu-img create``. It times its key derivation by the thread's CPU time first;
+        when that reads as no time at all (the clock's ticks missed it, on a busy host), it
+        fails with "Unable to get accurate CPU usage": that one failure is tried again (the
+        create truncates what the failed one left)."""
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                await self.runner.run(argv, timeout=self.timeout, secrets=[passphrase])
+                return
+            except CommandError as exc:
+                if attempt == CREATE_ATTEMPTS or NO_CPU_TIME not in exc.stderr:
+                    raise
+                log.warning("qemu-img could not time the key derivation of %s; again", path.name)
 
 
 def check_image(path: Path, size_bytes: int) -> None:

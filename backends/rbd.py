@@ -52,11 +52,14 @@ scheduler still places volumes there when no other host of the zone has known sp
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import logging
 import re
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -68,7 +71,7 @@ from backends.errors import (
 )
 from backends.loop_bridge import LoopBridge
 from backends.options import Options
-from backends.rbd_diff import DiffStats, diff_blocks, import_stream, parse_extents
+from backends.rbd_diff import DiffStats, Read, diff_blocks, import_stream, parse_extents
 from ebsemu.model import BLOCK_SIZE
 from hostcmds import (
     CommandError,
@@ -77,6 +80,7 @@ from hostcmds import (
     CommandRunner,
     CommandTemplates,
     HostCommandError,
+    StreamingRunner,
 )
 
 log = logging.getLogger(__name__)
@@ -206,13 +210,13 @@ class RbdView:
 
     def __init__(
         self,
-        read: Callable[[str | None], bytes],
+        open_diff: Callable[[str | None], AbstractContextManager[Read]],
         size_bytes: int,
         view_id: str,
         base_view_id: str | None,
         release: Callable[[], None] = lambda: None,
     ) -> None:
-        self._read = read  # (base snapshot name or None) -> the diff stream
+        self._open_diff = open_diff  # (base snapshot name or None) -> the diff stream's reader
         self._release = release  # called once, at close (lets the base go)
         self._size = size_bytes
         self._view_id = view_id
@@ -229,18 +233,19 @@ class RbdView:
         return self._base_view_id
 
     def iter_blocks(self, start_index: int = 0) -> Iterator[tuple[int, bytes]]:
-        stream = self._read(None)
-        blocks = diff_blocks(parse_extents(stream, self.stats), self._size, whole_blocks=False)
-        for index, data in blocks:
-            if index >= start_index and data != bytes(BLOCK_SIZE):
-                yield index, data
+        with self._open_diff(None) as read:
+            extents = parse_extents(read, self.stats)
+            for index, data in diff_blocks(extents, self._size, whole_blocks=False):
+                if index >= start_index and data != bytes(BLOCK_SIZE):
+                    yield index, data
 
     def changed_blocks(self) -> Iterator[tuple[int, bytes]]:
         """Every block that differs from the base view (zero blocks included), index order."""
         if self._base_view_id is None:
             raise BackendError(f"view {self._view_id} has no base to read changes from")
-        stream = self._read(self._base_view_id + BASE_SUFFIX)
-        yield from diff_blocks(parse_extents(stream, self.stats), self._size, whole_blocks=True)
+        with self._open_diff(self._base_view_id + BASE_SUFFIX) as read:
+            extents = parse_extents(read, self.stats)
+            yield from diff_blocks(extents, self._size, whole_blocks=True)
 
     def close(self) -> None:
         release, self._release = self._release, lambda: None
@@ -617,22 +622,41 @@ class RbdStorage:
         base = max(bases, key=lambda e: e.snap_id, default=None)
         base_view_id = None if base is None else str(base.snap).removesuffix(BASE_SUFFIX)
 
-        def read(from_snap: str | None) -> bytes:
+        def open_diff(from_snap: str | None) -> AbstractContextManager[Read]:
             if from_snap is None:
-                make = lambda: self._run("exportDiffCmd", image=view.image, snap=snap)  # noqa: E731
-            else:
-                make = lambda: self._run(  # noqa: E731
-                    "exportDiffFromCmd", image=view.image, snap=snap, fromSnap=from_snap
-                )
-            return self._on_loop(make, f"cannot read view {view_id}").stdout
+                return self._diff_stream(view_id, "exportDiffCmd", image=view.image, snap=snap)
+            return self._diff_stream(
+                view_id, "exportDiffFromCmd", image=view.image, snap=snap, fromSnap=from_snap
+            )
 
         if base_view_id is None:
-            return RbdView(read, view.size_bytes, view_id, None)
+            return RbdView(open_diff, view.size_bytes, view_id, None)
         with self._guard:
             self._bases_read[base_view_id] = self._bases_read.get(base_view_id, 0) + 1
         return RbdView(
-            read, view.size_bytes, view_id, base_view_id, lambda: self._done_reading(base_view_id)
+            open_diff,
+            view.size_bytes,
+            view_id,
+            base_view_id,
+            lambda: self._done_reading(base_view_id),
         )
+
+    @contextlib.contextmanager
+    def _diff_stream(self, view_id: str, key: str, **values: str) -> Iterator[Read]:
+        """An export-diff stream of the view, read as rbd writes it. A runner that cannot
+        stream (an ssh:// host's) returns the whole diff at once: it is then held in memory."""
+        doing = f"cannot read view {view_id}"
+        if not isinstance(self._runner, StreamingRunner):
+            run = lambda: self._run(key, input=None, check=True, **values)  # noqa: E731
+            stream = self._on_loop(run, doing).stdout
+            yield io.BytesIO(stream).read
+            return
+        argv = self._argv(key, **values)
+        try:
+            with self._runner.read_stream(argv, timeout=self._config.command_timeout) as read:
+                yield read
+        except HostCommandError as exc:
+            raise backend_error(exc, doing) from exc
 
     def _done_reading(self, base_view_id: str) -> None:
         """A view diffing against ``base_view_id`` closed: drop the base if that waited."""
@@ -752,13 +776,16 @@ class RbdStorage:
         self, key: str, *, input: bytes | None = None, check: bool = True, **values: str | int
     ) -> CommandResult:
         self._bridge.remember()
-        argv = self._templates.render(
-            TOOL, key, {"conf": self._config.conf, "user": self._config.user, "pool": self._pool},
-            **values,
-        )  # fmt: skip
+        argv = self._argv(key, **values)
         return await self._runner.run(
             argv, timeout=self._config.command_timeout, input=input, check=check
         )
+
+    def _argv(self, key: str, **values: str | int) -> list[str]:
+        return self._templates.render(
+            TOOL, key, {"conf": self._config.conf, "user": self._config.user, "pool": self._pool},
+            **values,
+        )  # fmt: skip
 
     async def _size_of(self, image: str) -> int | None:
         """The image's size in bytes, None when the pool has no such image. Unlike the long

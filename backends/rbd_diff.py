@@ -15,7 +15,7 @@ Reading turns the records into 512 KiB blocks; writing builds a stream from bloc
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from backends.errors import BackendError
@@ -27,6 +27,9 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _EXTENT = struct.Struct("<QQ")
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
+READ_CHUNK = 1 << 20  # bytes asked of the stream at a time
+
+Read = Callable[[int], bytes]  # up to n more bytes of a stream; b"" at its end
 
 
 @dataclass
@@ -45,38 +48,81 @@ class Extent:
     data: memoryview | None  # None: the range reads as zeros
 
 
-def parse_extents(stream: bytes, stats: DiffStats) -> Iterator[Extent]:
-    """The 'w' and 'z' records of a v1 diff stream, in stream order."""
-    view = memoryview(stream)
-    if bytes(view[: len(HEADER)]) != HEADER:
+def parse_extents(read: Read, stats: DiffStats) -> Iterator[Extent]:
+    """The 'w' and 'z' records of a v1 diff stream, in stream order. ``read(n)`` gives up to
+    n more bytes of the stream (b"" at its end): a data record is read and yielded in pieces
+    of at most one block, so memory stays bounded whatever the stream's size."""
+    source = _Source(read)
+    if source.take(len(HEADER), "header") != HEADER:
         raise BackendError("rbd export-diff wrote no 'rbd diff v1' header")
-    pos = len(HEADER)
-    while pos < len(view):
-        tag = bytes(view[pos : pos + 1])
-        pos += 1
+    while not source.at_end():
+        tag = source.take(1, "record")
         if tag == b"e":
             return
         if tag in (b"f", b"t"):
-            (length,) = _U32.unpack_from(view, pos)
-            pos += _U32.size + length
+            (length,) = _U32.unpack(source.take(_U32.size, "snapshot name"))
+            source.take(length, "snapshot name")
         elif tag == b"s":
-            pos += _U64.size
+            source.take(_U64.size, "size record")
         elif tag in (b"w", b"z"):
-            offset, length = _EXTENT.unpack_from(view, pos)
-            pos += _EXTENT.size
+            offset, length = _EXTENT.unpack(source.take(_EXTENT.size, "extent record"))
             if tag == b"w":
-                if pos + length > len(view):
-                    raise BackendError("rbd diff stream ends inside a data record")
                 stats.data_extents += 1
                 stats.data_bytes += length
-                yield Extent(offset, length, view[pos : pos + length])
-                pos += length
+                yield from _data_pieces(source, offset, length)
             else:
                 stats.zero_extents += 1
                 yield Extent(offset, length, None)
         else:
-            raise BackendError(f"rbd diff stream holds an unknown record {tag!r} at byte {pos - 1}")
+            raise BackendError(
+                f"rbd diff stream holds an unknown record {tag!r} at byte {source.position - 1}"
+            )
     raise BackendError("rbd diff stream ends without its 'e' record")
+
+
+def _data_pieces(source: _Source, offset: int, length: int) -> Iterator[Extent]:
+    """A data record's bytes as extents that end on block boundaries (the last one excepted),
+    so a record covering whole blocks still does piece by piece."""
+    end = offset + length
+    while offset < end:
+        take = min(BLOCK_SIZE - offset % BLOCK_SIZE, end - offset)
+        yield Extent(offset, take, memoryview(source.take(take, "data record")))
+        offset += take
+
+
+class _Source:
+    """Exact reads from a stream read in chunks of at least READ_CHUNK bytes."""
+
+    def __init__(self, read: Read) -> None:
+        self._read = read
+        self._buffer = bytearray()
+        self._start = 0  # bytes of the buffer already taken
+        self.position = 0  # bytes of the stream taken
+
+    def at_end(self) -> bool:
+        return not self._fill(1)
+
+    def take(self, count: int, what: str) -> bytes:
+        if not self._fill(count):
+            if what == "header":
+                raise BackendError("rbd export-diff wrote no 'rbd diff v1' header")
+            raise BackendError(f"rbd diff stream ends inside a {what}")
+        data = bytes(self._buffer[self._start : self._start + count])
+        self._start += count
+        self.position += count
+        return data
+
+    def _fill(self, count: int) -> bool:
+        """Whether ``count`` more bytes are buffered, reading as needed."""
+        while len(self._buffer) - self._start < count:
+            if self._start:
+                del self._buffer[: self._start]
+                self._start = 0
+            chunk = self._read(max(READ_CHUNK, count - len(self._buffer)))
+            if not chunk:
+                return False
+            self._buffer += chunk
+        return True
 
 
 def diff_blocks(

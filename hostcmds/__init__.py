@@ -12,7 +12,7 @@ from hostcmds.errors import (
 )
 from hostcmds.local import LocalRunner
 from hostcmds.recording import RecordedCall, RecordingRunner, Reply, UnscriptedCommand
-from hostcmds.runner import CommandResult, CommandRunner
+from hostcmds.runner import CommandResult, CommandRunner, StreamingRunner
 from hostcmds.ssh import (
     HostAuthFailed,
     HostKeyRejected,
@@ -42,6 +42,7 @@ __all__ = [
     "Reply",
     "SshHost",
     "SshRunner",
+    "StreamingRunner",
     "Template",
     "TemplateError",
     "UnsafeValueError",

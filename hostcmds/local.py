@@ -10,7 +10,9 @@ import shlex
 import signal
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 
+from hostcmds import local_stream
 from hostcmds.errors import CommandError, CommandNotFound, CommandTimeout
 from hostcmds.runner import CommandResult, decode, finish, mask, mask_argv, validate_argv
 
@@ -69,6 +71,14 @@ class LocalRunner:
                 mask(decode(stderr), secrets).strip()[-STDERR_LOG_CHARS:],
             )
         return finish(masked, returncode, stdout, stderr, secrets=secrets, check=check)
+
+    def read_stream(
+        self, argv: Sequence[str], *, timeout: float, secrets: Sequence[str] = ()
+    ) -> AbstractContextManager[local_stream.Read]:
+        """From a worker thread: the command's stdout read as it writes it (StreamingRunner)."""
+        return local_stream.read_stream(
+            argv, timeout=timeout, env=self._env, kill_wait=self._kill_wait, secrets=secrets
+        )
 
     async def _start(
         self, argv: Sequence[str], masked: tuple[str, ...], *, stdin: bool

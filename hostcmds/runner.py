@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -44,6 +45,20 @@ class CommandRunner(Protocol):
         secrets: Sequence[str] = (),
         check: bool = True,
     ) -> CommandResult: ...
+
+
+@runtime_checkable
+class StreamingRunner(Protocol):
+    """A runner that can also read a command's stdout as it is written, from a worker thread
+    (no event loop): for commands whose output is as large as a volume's data.
+
+    ``read(n)`` gives up to n more bytes, b"" at the end, each within ``timeout``. Leaving the
+    block checks the exit status (CommandError); leaving it by an exception kills the command.
+    """
+
+    def read_stream(
+        self, argv: Sequence[str], *, timeout: float, secrets: Sequence[str] = ()
+    ) -> AbstractContextManager[Callable[[int], bytes]]: ...
 
 
 def mask(text: str, secrets: Sequence[str]) -> str:

@@ -91,9 +91,15 @@ def running_postgres(root: Path) -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    with running_postgres(tmp_path_factory.mktemp("postgres")) as server:
-        yield server
+def postgres_server() -> Iterator[PostgresServer]:
+    # Not under pytest's temporary directory: the postgres user must reach its data, and
+    # every pytest session started on the machine makes /tmp/pytest-of-<user> private again.
+    root = Path(tempfile.mkdtemp(prefix="ebsemu-pg-"))
+    try:
+        with running_postgres(root) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 _shared: PostgresServer | None = None

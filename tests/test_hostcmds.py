@@ -20,6 +20,7 @@ from hostcmds import (
     MissingValueError,
     RecordingRunner,
     Reply,
+    StreamingRunner,
     TemplateError,
     UnsafeValueError,
     UnscriptedCommand,
@@ -243,6 +244,60 @@ def test_cancelling_a_run_kills_the_command(tmp_path: Path) -> None:
             await task
 
     run(scenario())
+    assert process_gone(int(pidfile.read_text()))
+
+
+def test_a_streamed_command_is_read_as_it_writes_without_holding_its_output() -> None:
+    runner = LocalRunner(env={"EBS_TEST_VALUE": "x"})
+    assert isinstance(runner, StreamingRunner)
+    megabytes = 64
+    code = (
+        "import os,sys; chunk = os.environ['EBS_TEST_VALUE'].encode() * (1 << 20)\n"
+        f"for _ in range({megabytes}): sys.stdout.buffer.write(chunk)"
+    )
+    total, largest = 0, 0
+    with runner.read_stream(python(code), timeout=10) as read:
+        while chunk := read(1 << 20):
+            total += len(chunk)
+            largest = max(largest, len(chunk))
+            assert set(chunk) == {ord("x")}
+    assert total == megabytes << 20 and largest <= 1 << 20
+
+
+def test_a_streamed_command_that_fails_raises_its_exit_status_and_stderr() -> None:
+    failing = python(
+        "import sys; print('partial'); sys.stderr.write('disk on fire\\n'); sys.exit(4)"
+    )
+    runner = LocalRunner()
+    with pytest.raises(CommandError) as caught, runner.read_stream(failing, timeout=10) as read:
+        assert read(100) == b"partial\n"
+        assert read(100) == b""
+    assert (caught.value.returncode, caught.value.stderr) == (4, "disk on fire\n")
+    with pytest.raises(CommandNotFound), runner.read_stream(["/nonexistent/tool"], timeout=10):
+        pass
+
+
+WRITE_PID = "import os,sys,time; open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+
+
+def test_a_silent_streamed_command_times_out_and_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    silent = python(WRITE_PID + "time.sleep(60)", str(pidfile))
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout), LocalRunner().read_stream(silent, timeout=0.5) as read:
+        read(10)
+    assert time.monotonic() - started < 5 and process_gone(int(pidfile.read_text()))
+
+
+def test_a_streamed_command_left_by_an_exception_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    endless = python(
+        WRITE_PID + "while True: sys.stdout.buffer.write(os.urandom(65536))", str(pidfile)
+    )
+    runner = LocalRunner()
+    with pytest.raises(ValueError, match="enough"), runner.read_stream(endless, timeout=10) as read:
+        read(1000)
+        raise ValueError("read enough")
     assert process_gone(int(pidfile.read_text()))
 
 

@@ -8,7 +8,7 @@ import asyncio
 import base64
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,14 @@ from ebsemu import errors
 from ebsemu.keyvault import KeyVault, KeyVaultError
 from ebsemu.model import BLOCK_SIZE
 from ebsemu.service import kms_keys
-from hostcmds import LocalRunner, RecordingRunner, Reply, load_templates
+from hostcmds import (
+    CommandError,
+    CommandResult,
+    LocalRunner,
+    RecordingRunner,
+    Reply,
+    load_templates,
+)
 from tests import test_backend_compliance as compliance
 from tests.vmm_fixtures import QemuVm, new_volume_id, qmp, run, running_vm
 
@@ -209,6 +216,39 @@ def test_create_luks_command_keeps_the_passphrase_off_the_command_line(tmp_path:
     assert all(secret not in arg for arg in call.argv)
     assert seen == [secret]  # the file held it while qemu-img ran, and is gone after
     assert not Path(key_file).exists()
+
+
+class TimingFailsOnce(LocalRunner):
+    """qemu-img, whose first LUKS create fails as it does when it reads no CPU time."""
+
+    def __init__(self, stderr: str) -> None:
+        super().__init__()
+        self.stderr = stderr
+        self.creates = 0
+
+    async def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        if "luks" in argv:
+            self.creates += 1
+            if self.creates == 1:
+                Path(argv[-2]).write_bytes(b"partial")
+                raise CommandError(argv, 1, f"qemu-img: {argv[-2]}: {self.stderr}\n")
+        return await super().run(argv, **kwargs)
+
+
+def test_a_luks_create_that_could_not_time_its_key_derivation_is_run_again(
+    tmp_path: Path,
+) -> None:
+    runner = TimingFailsOnce(luks.NO_CPU_TIME)
+    formatter = LuksFormatter(runner, load_templates())
+    segment = tmp_path / "seg-0000"
+    asyncio.run(formatter.format(segment, 8 * MIB, passphrase()))
+    assert runner.creates == 2
+    assert luks.payload_offset(segment.read_bytes()[:4096]) == luks.PAYLOAD_BYTES
+
+    other = TimingFailsOnce("Could not create image: No space left on device")
+    with pytest.raises(BackendError, match="No space left"):
+        asyncio.run(LuksFormatter(other, load_templates()).format(tmp_path / "seg-1", 8 * MIB, "k"))
+    assert other.creates == 1
 
 
 # ---- QEMU opens the image ----------------------------------------------------------------------

@@ -8,7 +8,9 @@ import asyncio
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,7 @@ from backends.base import ChangedBlocksSource, RbdSource, StorageBackend
 from backends.errors import BackendError, SetupError
 from backends.rbd import RbdStorage, RbdView
 from ebsemu.model import BLOCK_SIZE
-from hostcmds import LocalRunner, load_templates
+from hostcmds import CommandResult, LocalRunner, load_templates
 from tests.ceph_fixtures import CephCluster, ceph_cluster
 
 __all__ = ["ceph_cluster"]
@@ -191,6 +193,57 @@ def test_second_view_reads_only_the_objects_changed_since_the_kept_one(
     assert [s["name"] for s in snaps] == [f"{second}.base"]
 
 
+class StreamSpy(LocalRunner):
+    """A local runner noting which commands were streamed and which returned whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streamed: list[str] = []
+        self.whole: list[str] = []
+
+    def read_stream(
+        self, argv: Sequence[str], *, timeout: float, secrets: Sequence[str] = ()
+    ) -> AbstractContextManager[Callable[[int], bytes]]:
+        self.streamed.append(" ".join(argv))
+        return super().read_stream(argv, timeout=timeout, secrets=secrets)
+
+    async def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        self.whole.append(" ".join(argv))
+        return await super().run(argv, **kwargs)
+
+
+def test_views_are_read_from_a_streamed_export_diff_never_held_whole(
+    ceph_cluster: CephCluster,
+) -> None:
+    runner = StreamSpy()
+    storage = RbdStorage.from_options(
+        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf)},
+        runner=runner,
+        templates=load_templates(),
+    )
+    volume, first, second = _id("vol"), _id("snap"), _id("snap")
+    rng = random.Random(7)
+    asyncio.run(storage.create(volume, 32 * MIB))
+    written = _random_blocks(rng, [0, 1, 40])
+    _write(ceph_cluster, volume, written)
+    asyncio.run(storage.freeze(volume, first))
+    assert dict(_view_blocks(storage.open_view(first))) == written
+    asyncio.run(storage.keep_view(first))
+    later = _random_blocks(rng, [8])
+    _write(ceph_cluster, volume, later)
+    asyncio.run(storage.freeze(volume, second))
+    source = storage.open_view(second)
+    try:
+        assert dict(source.changed_blocks())[8] == later[8]
+    finally:
+        source.close()
+    assert [c for c in runner.streamed if " export-diff " in c] == runner.streamed
+    assert len(runner.streamed) == 2 and "--from-snap" in runner.streamed[1]
+    assert not [c for c in runner.whole if " export-diff " in c]
+    asyncio.run(storage.drop_view(second))
+    asyncio.run(storage.delete(volume))
+
+
 def test_restore_through_import_diff_keeps_holes_and_bytes(
     storage: RbdStorage, ceph_cluster: CephCluster
 ) -> None:
@@ -260,7 +313,7 @@ def test_clones_of_one_view_made_while_its_volume_is_deleted_all_succeed(
     asyncio.run(storage.keep_view(view))
     expected = _read_image(ceph_cluster, f"{volume}@{view}.base", 32 * MIB)
 
-    async def restore_twice_and_delete() -> list[bool | None]:
+    async def restore_twice_and_delete() -> tuple[bool, bool, None]:
         return await asyncio.gather(
             storage.clone_from_view(view, clones[0], 32 * MIB),
             storage.clone_from_view(view, clones[1], 64 * MIB),
