@@ -114,6 +114,7 @@ OPTIONS = ("pool", "conf", "user", "command_timeout", "image_prefix")
 META_KEY = "ebsemu.volume"
 BASE_SUFFIX = ".base"
 FSR_SUFFIX = ".fsr"
+GONE_SUFFIX = ".gone"  # a snapshot no longer wanted, kept only while clones of it exist
 DELETED_PREFIX = "deleted."
 MIB = 1 << 20
 TRANSFER_BLOCKS = 64  # 32 MiB per import-diff command
@@ -487,7 +488,7 @@ class RbdStorage:
                 log.info("view %s: a view being read diffs against it; dropped after", view_id)
                 return
             if view is not None:
-                await self._remove_snap(view)
+                await self._remove_snap(view, gone=True)
                 entries = await self._entries()
             await self._collect(entries)
         except HostCommandError as exc:
@@ -537,9 +538,19 @@ class RbdStorage:
             return None
         if _image(entries, image) is not None:
             raise BackendError(f"volume {volume_id} exists already; cannot clone it")
-        if not base.protected:
-            await self._protect(base)
-        await self._run("cloneCmd", image=base.image, snap=str(base.snap), child=image)
+        try:
+            if not base.protected:
+                await self._protect(base)
+            await self._run("cloneCmd", image=base.image, snap=str(base.snap), child=image)
+        except CommandError:
+            # Another instance sharing the pool may have removed the base since the listing
+            # (this one's view lock does not reach it): then restore the blocks instead.
+            now = next((e for e in _snaps(await self._entries(), base.image)
+                        if e.snap == base.snap), None)  # fmt: skip
+            if now is not None and now.protected:
+                raise
+            log.warning("view %s: its RBD snapshot went while being cloned", view_id)
+            return None
         return base
 
     async def keep_for_fast_restores(self, view_id: str) -> bool | None:
@@ -593,7 +604,7 @@ class RbdStorage:
                 if e.snap is not None and e.snap.endswith(BASE_SUFFIX)
             ]  # fmt: skip
             if bases or held.image.startswith(DELETED_PREFIX):
-                await self._remove_snap(held)
+                await self._remove_snap(held, gone=True)
                 await self._collect(await self._entries())
             else:
                 await self._run(
@@ -839,19 +850,26 @@ class RbdStorage:
             if not _ALREADY_PROTECTED.search(exc.stderr):
                 raise
 
-    async def _remove_snap(self, snap: Entry) -> None:
-        """Remove one of ebsemu's snapshots; a protected one with clones is kept (logged)."""
+    async def _remove_snap(self, snap: Entry, *, gone: bool = False) -> None:
+        """Remove one of ebsemu's snapshots. A protected one with clones is kept (logged):
+        ``gone`` says no view needs it any more, so it is renamed ``<view>.gone``, which
+        ``_collect`` removes once its last clone has been deleted."""
         assert snap.snap is not None
         if snap.protected:
             result = await self._run(
                 "snapUnprotectCmd", image=snap.image, snap=snap.snap, check=False
             )
             if result.returncode != 0:
-                log.warning(
-                    "RBD snapshot %s@%s has clones; kept until they are deleted",
-                    snap.image,
-                    snap.snap,
-                )
+                log.info("RBD snapshot %s@%s has clones; kept until they are deleted",
+                         snap.image, snap.snap)  # fmt: skip
+                if gone and not snap.snap.endswith(GONE_SUFFIX):
+                    view = snap.snap.removesuffix(BASE_SUFFIX).removesuffix(FSR_SUFFIX)
+                    await self._run(
+                        "snapRenameCmd",
+                        image=snap.image,
+                        snap=snap.snap,
+                        newSnap=view + GONE_SUFFIX,
+                    )
                 return
         try:
             await self._run("snapRemoveCmd", image=snap.image, snap=snap.snap)
@@ -859,28 +877,34 @@ class RbdStorage:
             # protected since the listing (by another instance sharing the pool): once more
             if snap.protected or not _PROTECTED.search(exc.stderr):
                 raise
-            await self._remove_snap(replace(snap, protected=True))
+            await self._remove_snap(replace(snap, protected=True), gone=gone)
 
     async def _collect(self, entries: list[Entry]) -> None:
-        """Remove deleted volumes' images whose last snapshot has gone, and the bases of
-        deleted volumes that no clone needs any more."""
+        """Remove the snapshots no longer wanted whose last clone has gone (``….gone``, and
+        the bases of deleted volumes), then deleted volumes' images left with no snapshot."""
+        for snap in entries:
+            if snap.snap is None or not self._ours(snap.image):
+                continue
+            unwanted = snap.snap.endswith(GONE_SUFFIX) or (
+                snap.snap.endswith(BASE_SUFFIX) and snap.image.startswith(DELETED_PREFIX)
+            )
+            if unwanted:
+                await self._remove_snap(snap)
         deleted = {
             e.image for e in entries if e.snap is None and e.image.startswith(DELETED_PREFIX)
         }
+        if not deleted:
+            return
+        entries = await self._entries()
         for image in sorted(deleted):
-            if not self._ours(image):
+            if not self._ours(image) or _snaps(entries, image):
                 continue
-            snaps = _snaps(entries, image)
-            for snap in snaps:
-                if snap.snap is not None and snap.snap.endswith(BASE_SUFFIX) and snap.protected:
-                    await self._remove_snap(snap)
-            if not _snaps(await self._entries(), image):
-                await self._require_ours(image)
-                result = await self._run("removeCmd", image=image, check=False)
-                if result.returncode == 0:
-                    log.info("removed %s: its last view has gone", image)
-                else:
-                    log.warning("cannot remove %s yet: %s", image, result.stderr[-200:])
+            await self._require_ours(image)
+            result = await self._run("removeCmd", image=image, check=False)
+            if result.returncode == 0:
+                log.info("removed %s: its last view has gone", image)
+            else:
+                log.warning("cannot remove %s yet: %s", image, result.stderr[-200:])
 
     async def _refresh(self, doing: str) -> None:
         try:

@@ -21,7 +21,12 @@ from tests.api_support import (
 from tests.server import ZONE, ServerProcess
 
 # The module's server tests run on each store and storage backend.
-API_COMBINATIONS = (("sqlite", "file"), ("postgresql", "file"), ("sqlite", "rbd"))
+API_COMBINATIONS = (
+    ("sqlite", "file"),
+    ("postgresql", "file"),
+    ("sqlite", "rbd"),
+    ("postgresql", "rbd"),
+)
 
 MISSING_VOLUME = "vol-0123456789abcdef0"
 MISSING_SNAPSHOT = "snap-0123456789abcdef0"

@@ -270,8 +270,10 @@ def test_a_streamed_command_that_fails_raises_its_exit_status_and_stderr() -> No
     )
     runner = LocalRunner()
     with pytest.raises(CommandError) as caught, runner.read_stream(failing, timeout=10) as read:
-        assert read(100) == b"partial\n"
-        assert read(100) == b""
+        output = b""
+        while chunk := read(100):  # each read gives what has been written, up to 100 bytes
+            output += chunk
+        assert output == b"partial\n"
     assert (caught.value.returncode, caught.value.stderr) == (4, "disk on fire\n")
     with pytest.raises(CommandNotFound), runner.read_stream(["/nonexistent/tool"], timeout=10):
         pass

@@ -329,6 +329,61 @@ def test_clones_of_one_view_made_while_its_volume_is_deleted_all_succeed(
     assert f"deleted.{volume}" not in ceph_cluster.images()
 
 
+def test_a_snapshot_dropped_while_clones_need_it_goes_with_its_last_clone(
+    storage: RbdStorage, ceph_cluster: CephCluster
+) -> None:
+    """The volume lives on; its snapshot is deleted while a volume restored from it (a clone)
+    exists. The RBD snapshot stays for the clone, and goes when the clone is deleted."""
+    volume, view, clone = _id("vol"), _id("snap"), _id("vol")
+    asyncio.run(storage.create(volume, 16 * MIB))
+    _write(ceph_cluster, volume, _random_blocks(random.Random(8), [3]))
+    asyncio.run(storage.freeze(volume, view))
+    asyncio.run(storage.keep_view(view))
+    assert asyncio.run(storage.clone_from_view(view, clone, 16 * MIB))
+
+    def snaps() -> list[str]:
+        listing = ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}")
+        return [s["name"] for s in json.loads(listing)]
+
+    asyncio.run(storage.drop_view(view))
+    assert snaps() == [f"{view}.gone"]  # still the clone's parent, no view's any more
+    assert not asyncio.run(storage.clone_from_view(view, _id("vol"), 16 * MIB))
+    asyncio.run(storage.delete(clone))
+    assert snaps() == []
+    asyncio.run(storage.delete(volume))
+    assert volume not in ceph_cluster.images()
+
+
+class RemovesTheBaseFirst(LocalRunner):
+    """Another instance sharing the pool removes the base between a listing and its protect."""
+
+    def __init__(self, cluster: CephCluster) -> None:
+        super().__init__()
+        self.cluster = cluster
+
+    async def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        if "protect" in argv:
+            self.cluster.rbd("snap", "rm", argv[-1])
+        return await super().run(argv, **kwargs)
+
+
+def test_a_base_removed_by_another_instance_while_cloned_leaves_a_block_restore(
+    storage: RbdStorage, ceph_cluster: CephCluster
+) -> None:
+    volume, view, clone = _id("vol"), _id("snap"), _id("vol")
+    asyncio.run(storage.create(volume, 16 * MIB))
+    asyncio.run(storage.freeze(volume, view))
+    asyncio.run(storage.keep_view(view))
+    racing = RbdStorage.from_options(
+        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf)},
+        runner=RemovesTheBaseFirst(ceph_cluster),
+        templates=load_templates(),
+    )
+    assert not asyncio.run(racing.clone_from_view(view, clone, 16 * MIB))
+    assert clone not in ceph_cluster.images()
+    asyncio.run(storage.delete(volume))
+
+
 def test_volume_deleted_with_a_pending_view_stays_until_the_view_is_dropped(
     storage: RbdStorage, ceph_cluster: CephCluster
 ) -> None:
