@@ -658,8 +658,11 @@ class RbdStorage:
         stream (an ssh:// host's) returns the whole diff at once: it is then held in memory."""
         doing = f"cannot read view {view_id}"
         if not isinstance(self._runner, StreamingRunner):
-            run = lambda: self._run(key, input=None, check=True, **values)  # noqa: E731
-            stream = self._on_loop(run, doing).stdout
+
+            async def whole() -> CommandResult:
+                return await self._run(key, input=None, check=True, **values)
+
+            stream = self._on_loop(whole, doing).stdout
             yield io.BytesIO(stream).read
             return
         argv = self._argv(key, **values)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 
 from hostcmds import local_stream
-from hostcmds.errors import CommandError, CommandNotFound, CommandTimeout
+from hostcmds.errors import CommandTimeout
 from hostcmds.runner import CommandResult, decode, finish, mask, mask_argv, validate_argv
 
 log = logging.getLogger(__name__)
@@ -92,12 +92,8 @@ class LocalRunner:
                 env=self._env,
                 start_new_session=True,
             )
-        except FileNotFoundError as exc:
-            log.warning("not found: %s", masked[0])
-            raise CommandNotFound(masked, 127, f"{masked[0]}: {exc.strerror}") from None
-        except PermissionError as exc:
-            log.warning("cannot execute: %s", masked[0])
-            raise CommandError(masked, 126, f"{masked[0]}: {exc.strerror}") from None
+        except (FileNotFoundError, PermissionError) as exc:
+            raise local_stream.start_failure(exc, masked) from None
 
     async def _kill(self, proc: asyncio.subprocess.Process) -> None:
         """Kill the command's whole process group (children included) and reap it."""

@@ -99,12 +99,19 @@ def _start(
             env=env,
             start_new_session=True,
         )
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PermissionError) as exc:
+        raise start_failure(exc, masked) from None
+
+
+def start_failure(
+    exc: FileNotFoundError | PermissionError, masked: tuple[str, ...]
+) -> CommandError:
+    """The error of a program that could not be started, as a shell would give it (logged)."""
+    if isinstance(exc, FileNotFoundError):
         log.warning("not found: %s", masked[0])
-        raise CommandNotFound(masked, 127, f"{masked[0]}: {exc.strerror}") from None
-    except PermissionError as exc:
-        log.warning("cannot execute: %s", masked[0])
-        raise CommandError(masked, 126, f"{masked[0]}: {exc.strerror}") from None
+        return CommandNotFound(masked, 127, f"{masked[0]}: {exc.strerror}")
+    log.warning("cannot execute: %s", masked[0])
+    return CommandError(masked, 126, f"{masked[0]}: {exc.strerror}")
 
 
 def _kill(proc: subprocess.Popen[bytes], kill_wait: float) -> None:
