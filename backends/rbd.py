@@ -885,13 +885,14 @@ class RbdStorage:
     async def _collect(self, entries: list[Entry]) -> None:
         """Remove the snapshots no longer wanted whose last clone has gone (``….gone``, and
         the bases of deleted volumes), then deleted volumes' images left with no snapshot."""
+        parents = {e.parent for e in entries if e.parent is not None}  # clones' image@snap
         for snap in entries:
             if snap.snap is None or not self._ours(snap.image):
                 continue
             unwanted = snap.snap.endswith(GONE_SUFFIX) or (
                 snap.snap.endswith(BASE_SUFFIX) and snap.image.startswith(DELETED_PREFIX)
             )
-            if unwanted:
+            if unwanted and f"{snap.image}@{snap.snap}" not in parents:
                 await self._remove_snap(snap)
         deleted = {
             e.image for e in entries if e.snap is None and e.image.startswith(DELETED_PREFIX)

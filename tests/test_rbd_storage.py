@@ -347,6 +347,9 @@ def test_a_snapshot_dropped_while_clones_need_it_goes_with_its_last_clone(
 
     asyncio.run(storage.drop_view(view))
     assert snaps() == [f"{view}.gone"]  # still the clone's parent, no view's any more
+    listing = json.loads(ceph_cluster.rbd("ls", "--long", "--format", "json", "rbd"))
+    (child,) = [row for row in listing if row["image"] == clone]
+    assert (child["parent"]["image"], child["parent"]["snapshot"]) == (volume, f"{view}.gone")
     assert not asyncio.run(storage.clone_from_view(view, _id("vol"), 16 * MIB))
     asyncio.run(storage.delete(clone))
     assert snaps() == []
