@@ -474,6 +474,10 @@ class RbdStorage:
                     "snapRenameCmd", image=view.image, snap=snap, newSnap=snap + BASE_SUFFIX
                 )
             for base in bases:
+                older = str(base.snap).removesuffix(BASE_SUFFIX)
+                if self._defer_drop(older):  # a view being read diffs against it
+                    log.info("view %s: base %s is being read; dropped after", view_id, older)
+                    continue
                 await self._remove_snap(base)
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot keep view {view_id}") from exc

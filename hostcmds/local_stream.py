@@ -25,6 +25,7 @@ from hostcmds.runner import decode, finish, mask, mask_argv, validate_argv
 log = logging.getLogger("hostcmds.local")
 
 STDERR_LOG_CHARS = 2000
+FAILED_EXIT_WAIT = 1.0  # seconds a command whose output was cut short gets to exit
 
 Read = Callable[[int], bytes]
 
@@ -63,12 +64,29 @@ def read_stream(
         try:
             yield read
             returncode = proc.wait(timeout)
-        except BaseException as exc:
+        except subprocess.TimeoutExpired:
             _kill(proc, kill_wait)
-            if not isinstance(exc, CommandTimeout | subprocess.TimeoutExpired):
+            log.warning("no exit %g s after its output ended, killed: %s", timeout, shown)
+            raise CommandTimeout(masked, timeout) from None
+        except CommandTimeout:
+            _kill(proc, kill_wait)
+            raise
+        except Exception as exc:
+            # The reader gave up: often because the command failed (its output cut short),
+            # and then its own error says why better than the reader's.
+            failed = _exit_status(proc, min(timeout, FAILED_EXIT_WAIT))
+            _kill(proc, kill_wait)
+            if not failed:
                 log.warning("stopped reading, killed: %s", shown)
-            if isinstance(exc, subprocess.TimeoutExpired):
-                raise CommandTimeout(masked, timeout) from None
+                raise
+            errors.seek(0)
+            message = mask(decode(errors.read()), secrets)
+            log.warning("exit %d (streamed, output cut short): %s; stderr: %s",
+                        failed, shown, message.strip()[-STDERR_LOG_CHARS:])  # fmt: skip
+            raise CommandError(masked, failed, message) from exc
+        except BaseException:
+            _kill(proc, kill_wait)
+            log.warning("stopped reading, killed: %s", shown)
             raise
         finally:
             proc.stdout.close()
@@ -112,6 +130,14 @@ def start_failure(
         return CommandNotFound(masked, 127, f"{masked[0]}: {exc.strerror}")
     log.warning("cannot execute: %s", masked[0])
     return CommandError(masked, 126, f"{masked[0]}: {exc.strerror}")
+
+
+def _exit_status(proc: subprocess.Popen[bytes], wait: float) -> int | None:
+    """The command's exit status once it has exited (waiting ``wait`` seconds at most)."""
+    try:
+        return proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _kill(proc: subprocess.Popen[bytes], kill_wait: float) -> None:

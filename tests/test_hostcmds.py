@@ -279,6 +279,23 @@ def test_a_streamed_command_that_fails_raises_its_exit_status_and_stderr() -> No
         pass
 
 
+def test_a_stream_cut_short_by_its_commands_failure_raises_that_failure() -> None:
+    """The reader fails on a stream that ends too soon; the command's own error says why."""
+    failing = python(
+        "import sys; sys.stdout.write('half a rec'); sys.stdout.flush();"
+        "sys.stderr.write('snapshot removed\\n'); sys.exit(2)"
+    )
+    with (
+        pytest.raises(CommandError) as caught,
+        LocalRunner().read_stream(failing, timeout=10) as read,
+    ):
+        while read(100):
+            pass
+        raise ValueError("the stream ends inside a record")
+    assert (caught.value.returncode, caught.value.stderr) == (2, "snapshot removed\n")
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
 WRITE_PID = "import os,sys,time; open(sys.argv[1], 'w').write(str(os.getpid()))\n"
 
 

@@ -244,6 +244,34 @@ def test_views_are_read_from_a_streamed_export_diff_never_held_whole(
     asyncio.run(storage.delete(volume))
 
 
+def test_a_base_replaced_while_a_view_still_diffs_against_it_goes_after_that_read(
+    storage: RbdStorage, ceph_cluster: CephCluster
+) -> None:
+    """Snapshots of one volume captured out of order: the third is kept (replacing the first
+    as the volume's base) while the second, which diffs against the first, is still read."""
+    volume, first, second, third = _id("vol"), _id("snap"), _id("snap"), _id("snap")
+    rng = random.Random(9)
+    asyncio.run(storage.create(volume, 16 * MIB))
+    _write(ceph_cluster, volume, _random_blocks(rng, [1]))
+    asyncio.run(storage.freeze(volume, first))
+    asyncio.run(storage.keep_view(first))
+    changed = _random_blocks(rng, [2])
+    _write(ceph_cluster, volume, changed)
+    asyncio.run(storage.freeze(volume, second))
+    asyncio.run(storage.freeze(volume, third))
+    slow = storage.open_view(second)  # opened: it diffs against the first's base
+    asyncio.run(storage.keep_view(third))
+    try:
+        assert slow.base_view_id == first
+        assert dict(slow.changed_blocks())[2] == changed[2]
+    finally:
+        slow.close()  # now the first's base goes
+    snaps = json.loads(ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}"))
+    assert sorted(s["name"] for s in snaps) == sorted([second, f"{third}.base"])
+    asyncio.run(storage.keep_view(second))  # older than the base kept: removed
+    asyncio.run(storage.delete(volume))
+
+
 def test_restore_through_import_diff_keeps_holes_and_bytes(
     storage: RbdStorage, ceph_cluster: CephCluster
 ) -> None:
