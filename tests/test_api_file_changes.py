@@ -9,16 +9,15 @@ import hashlib
 import json
 import random
 import re
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.api_support import FAST, new_snapshot, new_volume, poll, volume_segment
+from tests.fs_fixtures import xfs_reflink_at
 from tests.server import TEST_CONFIG, ServerProcess
 from tests.test_api_modify import wait_finished
-from tests.test_file_storage import _mount, _run
 from tests.volume_data import write_blocks
 
 BLOCK = 512 * 1024
@@ -29,27 +28,14 @@ GIB = 1024**3
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server whose data directory is on its own XFS filesystem (reflink=1)."""
-    mkfs = shutil.which("mkfs.xfs")
-    if mkfs is None:
-        pytest.skip("needs mkfs.xfs (xfsprogs) to make an XFS filesystem with reflink")
-    work = tmp_path_factory.mktemp("api-file-changes")
-    image = work / "xfs.img"
-    with image.open("wb") as f:
-        f.truncate(3 * GIB)
-    made = _run([mkfs, "-q", "-m", "reflink=1", str(image)])
-    if made.returncode != 0:
-        pytest.skip(f"mkfs.xfs -m reflink=1 failed: {made.stderr}")
-    target = work / "xfs"
-    mounts = _mount(["mount", "-o", "loop", str(image), str(target)], target)
-    mounted = next(mounts)
     config = TEST_CONFIG.replace("[limits]\n", "[limits]\nmodification_cooldown_seconds = 0\n")
-    proc = ServerProcess(mounted / "data", config, backend="file")  # reflink views are its own
-    try:
-        proc.start()
-        yield proc
-    finally:
-        proc.stop()
-        next(mounts, None)  # unmounts
+    with xfs_reflink_at(tmp_path_factory.mktemp("api-file-changes"), 3 * GIB) as mounted:
+        proc = ServerProcess(mounted / "data", config, backend="file")  # reflink views are its own
+        try:
+            proc.start()
+            yield proc
+        finally:
+            proc.stop()
 
 
 @pytest.fixture(scope="module")

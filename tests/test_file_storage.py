@@ -6,8 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,51 +17,24 @@ from backends.errors import BackendError, CapacityError, SetupError
 from backends.file import MAX_SEGMENT_BYTES, FileStorage, probe_segment_bytes
 from backends.sparse import clone_file
 from ebsemu.model import BLOCK_SIZE, GIB
+from tests.fs_fixtures import mounted, xfs_reflink_at
 
 MIB = 1024**2
-
-
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-
-
-def _mount(argv: list[str], target: Path) -> Iterator[Path]:
-    """Mount with ``argv`` (its last item is ``target``), yield, unmount; skip if it fails."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a private filesystem")
-    target.mkdir()
-    result = _run(argv)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a private filesystem ({' '.join(argv)}): {result.stderr}")
-    try:
-        yield target
-    finally:
-        _run(["umount", str(target)])
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A private 32 MiB tmpfs: free space only this test changes, and it fills up fast."""
     target = tmp_path / "tmpfs"
-    yield from _mount(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(target)], target)
+    with mounted(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(target)], target):
+        yield target
 
 
 @pytest.fixture
 def xfs_reflink(tmp_path: Path) -> Iterator[Path]:
     """A loop-mounted XFS filesystem with reflink=1."""
-    mkfs = shutil.which("mkfs.xfs")
-    if mkfs is None:
-        pytest.skip("needs mkfs.xfs (xfsprogs) to make an XFS filesystem with reflink")
-    if os.geteuid() != 0:
-        pytest.skip("needs root to loop-mount an XFS image")
-    image = tmp_path / "xfs.img"
-    with image.open("wb") as f:
-        f.truncate(640 * MIB)
-    made = _run([mkfs, "-q", "-m", "reflink=1", str(image)])
-    if made.returncode != 0:
-        pytest.skip(f"mkfs.xfs -m reflink=1 failed: {made.stderr}")
-    target = tmp_path / "xfs"
-    yield from _mount(["mount", "-o", "loop", str(image), str(target)], target)
+    with xfs_reflink_at(tmp_path, 640 * MIB) as target:
+        yield target
 
 
 def _random_block() -> bytes:
