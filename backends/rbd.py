@@ -29,8 +29,11 @@ completed the service calls ``keep_view``: the view's RBD snapshot is renamed to
 the previous base goes. ``drop_view`` removes a view or a base (when its snapshot is deleted;
 a base that an open view is diffing against goes when that view is closed).
 A volume deleted while views of it are pending is renamed to ``deleted.vol-…`` and removed
-with its last view. The diff streams pass through the runner in one piece: a view's changed
-data is held in memory while it is read.
+with its last view. The diff streams are parsed as ``rbd`` writes them, one block at a time
+(a runner that cannot stream, an ``ssh://`` host's, returns each diff whole, held in memory).
+
+Calls that read the listing and then change a volume's image or its views' snapshots (delete,
+keep, drop, clone, fast restores) hold that volume's lock; calls on other volumes go on.
 
 ``clone_from_view`` makes a volume from a kept base with ``rbd clone`` (O(1)); the base is
 protected first (clone format 1; format 2 clusters accept that too). A protected base with
@@ -58,7 +61,8 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -72,6 +76,7 @@ from backends.errors import (
 from backends.loop_bridge import LoopBridge
 from backends.options import Options
 from backends.rbd_diff import DiffStats, Read, diff_blocks, import_stream, parse_extents
+from ebsemu.locks import ResourceLocks
 from ebsemu.model import BLOCK_SIZE
 from hostcmds import (
     CommandError,
@@ -98,7 +103,9 @@ TEMPLATES = (
     "metaGetCmd",
     "resizeCmd",
     "renameCmd",
-    "removeCmd",
+    "trashMoveCmd",
+    "trashRemoveCmd",
+    "trashListCmd",
     "snapCreateCmd",
     "snapRenameCmd",
     "snapRemoveCmd",
@@ -118,7 +125,7 @@ GONE_SUFFIX = ".gone"  # a snapshot no longer wanted, kept only while clones of 
 DELETED_PREFIX = "deleted."
 MIB = 1 << 20
 TRANSFER_BLOCKS = 64  # 32 MiB per import-diff command
-LIST_PAUSE, LIST_PAUSE_MAX = 0.1, 60.0  # seconds: 0.1, 0.2, … 51.2 (about 100 s in all)
+LIST_PAUSE, LIST_PAUSE_MAX, LIST_WAIT = 0.1, 2.0, 100.0  # s: 0.1, 0.2, … 1.6, 2, 2, … ≤ 100
 
 _VOLUME = re.compile(r"vol-[0-9a-f]{8,17}")
 _VIEW = re.compile(r"snap-[0-9a-f]{8,17}")
@@ -126,6 +133,7 @@ _PREFIX = re.compile(r"[A-Za-z0-9_.-]*")
 _ALREADY_PROTECTED = re.compile(r"snap is already protected")
 _PROTECTED = re.compile(r"is protected from removal")
 _IMAGE_GONE = re.compile(r"listing images failed: \(2\) No such file or directory")
+_NO_TRASH_ENTRY = re.compile(r"from trash: \(2\) No such file or directory")
 _NO_SPACE = re.compile(r"no space left|ENOSPC|quota", re.I)
 
 
@@ -278,9 +286,13 @@ class RbdStorage:
         self._bases_read: dict[str, int] = {}
         self._drop_after_read: set[str] = set()
         self._guard = threading.Lock()
-        # Held while a view's RBD snapshot is renamed or removed: keeping a view as a base,
-        # keeping one for fast restores and dropping one read the listing, then change it.
-        self._view_lock = asyncio.Lock()
+        # One lock per volume, held while its image or its views' RBD snapshots change in
+        # several steps (read the listing, then protect, clone, rename or remove): a delete,
+        # a view kept, dropped or cloned. Calls on different volumes run side by side.
+        self._locks = ResourceLocks()
+        # The volume whose image holds each view's RBD snapshot, as of the last listing (a
+        # view never moves to another volume's image).
+        self._view_volumes: dict[str, str] = {}
 
     @classmethod
     def from_options(
@@ -319,7 +331,8 @@ class RbdStorage:
                 f"client.{self._config.user} ({exc}); create it with `ceph osd pool create "
                 f"{pool}` and `rbd pool init {pool}`, or set pool = … in [storage]"
             ) from exc
-        await self._collect(entries)
+        await self._collect(entries, holding=None)
+        await self._purge_trash()
         await self._refresh_free()
 
     async def create(self, volume_id: str, size_bytes: int) -> None:
@@ -343,10 +356,10 @@ class RbdStorage:
         log.info("created volume %s of %d bytes in pool %s", volume_id, size_bytes, self._pool)
 
     async def delete(self, volume_id: str) -> None:
-        # Under the view lock: a view being dropped (`snap rm`) holds the image open, and
-        # `rbd rm` refuses an image with watchers. Free space is read after it: `ceph df`
-        # takes about a second, which deletes and views of other volumes need not wait for.
-        async with self._view_lock:
+        # Under the volume's lock: a view of it being dropped (`snap rm`) holds the image open,
+        # and rbd moves no image with watchers to the trash. Free space is read after it: `ceph df`
+        # takes about a second, which other calls on the volume need not wait for.
+        async with self._locks.hold(volume_id):
             await self._delete(volume_id)
         await self._refresh(f"cannot delete volume {volume_id}")
 
@@ -356,7 +369,7 @@ class RbdStorage:
             entries = await self._entries()
             if _image(entries, image) is None:
                 log.info("volume %s: no image; nothing to delete", volume_id)
-                await self._collect(entries)
+                await self._collect(entries, holding=volume_id)
                 return
             await self._require_ours(image)
             for snap in _snaps(entries, image):
@@ -368,8 +381,8 @@ class RbdStorage:
                 await self._run("renameCmd", image=image, newImage=DELETED_PREFIX + image)
                 log.info("volume %s: kept as %s%s for %s", volume_id, DELETED_PREFIX, image, kept)
             else:
-                await self._run("removeCmd", image=image)
-            await self._collect(await self._entries())
+                await self._remove_image(image)
+            await self._collect(await self._entries(), holding=volume_id)
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot delete volume {volume_id}") from exc
         log.info("deleted volume %s", volume_id)
@@ -433,21 +446,22 @@ class RbdStorage:
                 log.info("view %s already exists; kept", view_id)
                 return
             await self._run("snapCreateCmd", image=image, snap=snap)
+            self._view_volumes[snap] = volume_id
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot freeze volume {volume_id} as {view_id}") from exc
         log.info("froze volume %s as view %s", volume_id, view_id)
 
     async def keep_view(self, view_id: str) -> None:
-        async with self._view_lock:
-            await self._keep_view(view_id)
+        async with self._holding_view(view_id) as volume_id:
+            await self._keep_view(view_id, volume_id)
         await self._refresh(f"cannot keep view {view_id}")
 
     async def drop_view(self, view_id: str) -> None:
-        async with self._view_lock:
-            await self._drop_view(view_id)
+        async with self._holding_view(view_id) as volume_id:
+            await self._drop_view(view_id, volume_id)
         await self._refresh(f"cannot drop view {view_id}")
 
-    async def _keep_view(self, view_id: str) -> None:
+    async def _keep_view(self, view_id: str, volume_id: str) -> None:
         """The view has been captured: keep it as the base of its volume's next diff,
         replacing the volume's older base; a newer base already kept wins (this view goes)."""
         snap = _check_view(view_id)
@@ -467,7 +481,7 @@ class RbdStorage:
             deleted = view.image.startswith(DELETED_PREFIX)  # no next view to diff
             if deleted or any(b.snap_id > view.snap_id for b in bases):
                 await self._remove_snap(view)
-                await self._collect(await self._entries())
+                await self._collect(await self._entries(), holding=volume_id)
                 return
             if view.snap == snap:
                 await self._run(
@@ -483,7 +497,7 @@ class RbdStorage:
             raise backend_error(exc, f"cannot keep view {view_id}") from exc
         log.info("view %s: kept as the diff base of %s", view_id, view.image)
 
-    async def _drop_view(self, view_id: str) -> None:
+    async def _drop_view(self, view_id: str, volume_id: str) -> None:
         snap = _check_view(view_id)
         try:
             entries = await self._entries()
@@ -494,7 +508,7 @@ class RbdStorage:
             if view is not None:
                 await self._remove_snap(view, gone=True)
                 entries = await self._entries()
-            await self._collect(entries)
+            await self._collect(entries, holding=volume_id)
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot drop view {view_id}") from exc
 
@@ -513,9 +527,9 @@ class RbdStorage:
         False when no base of that view is kept here (restore its blocks instead)."""
         image = self._image_of(volume_id)
         try:
-            # Under the view lock: between the listing and the clone, a delete of the source
-            # volume or a drop of the view would unprotect and remove the base it found.
-            async with self._view_lock:
+            # Under the source volume's lock: between the listing and the clone, a delete of
+            # that volume or a drop of the view would unprotect and remove the base it found.
+            async with self._holding_view(view_id):
                 base = await self._clone(view_id, volume_id, size_bytes)
             if base is None:
                 return False
@@ -524,7 +538,7 @@ class RbdStorage:
                 if base.size_bytes < size_bytes:
                     await self._run("resizeCmd", image=image, sizeMiB=_mib(size_bytes))
             except HostCommandError:
-                await self._run("removeCmd", image=image, check=False)
+                await self._discard_image(image)
                 raise
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot clone {view_id} as {volume_id}") from exc
@@ -548,7 +562,7 @@ class RbdStorage:
             await self._run("cloneCmd", image=base.image, snap=str(base.snap), child=image)
         except CommandError:
             # Another instance sharing the pool may have removed the base since the listing
-            # (this one's view lock does not reach it): then restore the blocks instead.
+            # (this one's locks do not reach it): then restore the blocks instead.
             now = next((e for e in _snaps(await self._entries(), base.image)
                         if e.snap == base.snap), None)  # fmt: skip
             if now is not None and now.protected:
@@ -558,12 +572,12 @@ class RbdStorage:
         return base
 
     async def keep_for_fast_restores(self, view_id: str) -> bool | None:
-        async with self._view_lock:
+        async with self._holding_view(view_id):
             return await self._keep_for_fast_restores(view_id)
 
     async def release_fast_restores(self, view_id: str) -> None:
-        async with self._view_lock:
-            await self._release_fast_restores(view_id)
+        async with self._holding_view(view_id) as volume_id:
+            await self._release_fast_restores(view_id, volume_id)
         await self._refresh(f"cannot release view {view_id}")
 
     async def _keep_for_fast_restores(self, view_id: str) -> bool | None:
@@ -593,7 +607,7 @@ class RbdStorage:
         log.info("view %s: kept as %s@%s%s for clones", view_id, held.image, snap, FSR_SUFFIX)
         return True
 
-    async def _release_fast_restores(self, view_id: str) -> None:
+    async def _release_fast_restores(self, view_id: str, volume_id: str) -> None:
         """Fast snapshot restores of the view are disabled: its ``….fsr`` becomes the volume's
         diff base again when the volume has none, else it is removed (kept, logged, while
         clones of it exist). Idempotent."""
@@ -609,7 +623,7 @@ class RbdStorage:
             ]  # fmt: skip
             if bases or held.image.startswith(DELETED_PREFIX):
                 await self._remove_snap(held, gone=True)
-                await self._collect(await self._entries())
+                await self._collect(await self._entries(), holding=volume_id)
             else:
                 await self._run(
                     "snapRenameCmd", image=held.image, snap=snap, newSnap=view_id + BASE_SUFFIX
@@ -617,6 +631,17 @@ class RbdStorage:
         except HostCommandError as exc:
             raise backend_error(exc, f"cannot release view {view_id}") from exc
         log.info("view %s: no longer kept for fast snapshot restores", view_id)
+
+    @contextlib.asynccontextmanager
+    async def _holding_view(self, view_id: str) -> AsyncIterator[str]:
+        """Hold the lock of the volume whose image holds the view's RBD snapshot; yield that
+        volume (the view's own id when the pool has no such snapshot: nothing to change)."""
+        volume_id = self._view_volumes.get(view_id)
+        if volume_id is None:
+            await self._entries()  # maps the views of the pool
+            volume_id = self._view_volumes.get(view_id, view_id)
+        async with self._locks.hold(volume_id):
+            yield volume_id
 
     def _being_read(self, view_id: str) -> bool:
         with self._guard:
@@ -817,27 +842,75 @@ class RbdStorage:
             raise BackendError(f"rbd printed no image listing or size: {exc}") from None
 
     async def _entries(self) -> list[Entry]:
-        # `rbd ls --long` opens every image it has listed: one being removed (by this service
-        # or another user of the pool; `rbd rm` of a 64 TiB image takes 15 s or more) fails the
-        # whole listing with ENOENT until it has gone. List again, waiting longer each time.
-        pause = LIST_PAUSE
+        # `rbd ls --long` opens every image it has listed: one whose name goes meanwhile fails
+        # the whole listing with ENOENT. This service removes images through the trash (the
+        # name goes at once); another user of the pool may `rbd rm` one, which keeps the name
+        # until its objects have gone (15 s or more for 64 TiB). List again, for 100 s at most.
+        pause, deadline = LIST_PAUSE, time.monotonic() + LIST_WAIT
         while True:
             try:
-                return parse_listing((await self._run("listLongCmd")).text)
+                entries = parse_listing((await self._run("listLongCmd")).text)
+                self._view_volumes = {
+                    _view_of(e.snap): volume
+                    for e in entries
+                    if e.snap is not None and (volume := self._volume_of(e.image))
+                }
+                return entries
             except CommandError as exc:
-                if pause > LIST_PAUSE_MAX or not _IMAGE_GONE.search(exc.stderr):
+                if time.monotonic() + pause > deadline or not _IMAGE_GONE.search(exc.stderr):
                     raise
             log.info("rbd ls: an image is being removed; listing again in %.1f s", pause)
             await asyncio.sleep(pause)
-            pause *= 2
+            pause = min(2 * pause, LIST_PAUSE_MAX)
 
     async def _tag(self, image: str, volume_id: str) -> None:
         """Mark the image as the volume's; an image that cannot be marked is removed."""
         try:
             await self._run("metaSetCmd", image=image, metaKey=META_KEY, metaValue=volume_id)
         except HostCommandError:
-            await self._run("removeCmd", image=image, check=False)
+            await self._discard_image(image)
             raise
+
+    async def _remove_image(self, image: str) -> None:
+        """Remove an image: ``rbd trash mv`` takes its name away at once, then ``rbd trash rm``
+        removes its objects (15 s for an empty 64 TiB image). A plain ``rbd rm`` keeps the
+        name until the end, and every long listing of the pool fails with ENOENT meanwhile."""
+        result = await self._run("infoCmd", image=image)
+        try:
+            image_id = str(json.loads(result.text)["id"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise BackendError(f"rbd info printed no id of {self._pool}/{image}: {exc}") from None
+        await self._run("trashMoveCmd", image=image)
+        await self._empty_trash(image, image_id)
+
+    async def _empty_trash(self, image: str, image_id: str) -> None:
+        result = await self._run("trashRemoveCmd", imageId=image_id, check=False)
+        stderr = result.stderr.decode(errors="replace")
+        if result.returncode != 0 and not _NO_TRASH_ENTRY.search(stderr):
+            log.warning(
+                "%s (id %s) is in the trash of pool %s, not removed from it yet: %s; removed "
+                "at the next start", image, image_id, self._pool, stderr[-200:].strip(),
+            )  # fmt: skip
+
+    async def _discard_image(self, image: str) -> None:
+        """Remove an image made by a call that failed, if it was made; errors only logged."""
+        try:
+            if await self._size_of(image) is not None:
+                await self._remove_image(image)
+        except (HostCommandError, BackendError) as exc:
+            log.warning("cannot remove %s after a failed call: %s", image, exc)
+
+    async def _purge_trash(self) -> None:
+        """Remove this backend's images left in the pool's trash (a remove cut short)."""
+        result = await self._run("trashListCmd")
+        try:
+            trash = [(str(e["name"]), str(e["id"])) for e in json.loads(result.text or "[]")]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise BackendError(f"rbd printed no trash listing: {exc}") from None
+        for image, image_id in trash:
+            if self._ours(image):
+                log.info("removing %s (id %s) from the trash", image, image_id)
+                await self._empty_trash(image, image_id)
 
     async def _require_ours(self, image: str) -> None:
         result = await self._run("metaGetCmd", image=image, metaKey=META_KEY, check=False)
@@ -870,12 +943,11 @@ class RbdStorage:
                 log.info("RBD snapshot %s@%s has clones; kept until they are deleted",
                          snap.image, snap.snap)  # fmt: skip
                 if gone and not snap.snap.endswith(GONE_SUFFIX):
-                    view = snap.snap.removesuffix(BASE_SUFFIX).removesuffix(FSR_SUFFIX)
                     await self._run(
                         "snapRenameCmd",
                         image=snap.image,
                         snap=snap.snap,
-                        newSnap=view + GONE_SUFFIX,
+                        newSnap=_view_of(snap.snap) + GONE_SUFFIX,
                     )
                 return
         try:
@@ -886,9 +958,11 @@ class RbdStorage:
                 raise
             await self._remove_snap(replace(snap, protected=True), gone=gone)
 
-    async def _collect(self, entries: list[Entry]) -> None:
+    async def _collect(self, entries: list[Entry], *, holding: str | None) -> None:
         """Remove the snapshots no longer wanted whose last clone has gone (``….gone``, and
-        the bases of deleted volumes), then deleted volumes' images left with no snapshot."""
+        the bases of deleted volumes), then deleted volumes' images left with no snapshot.
+        The caller holds the lock of volume ``holding``; another volume's lock is taken only
+        if free, else its leftovers stay for a later call to remove."""
         parents = {e.parent for e in entries if e.parent is not None}  # clones' image@snap
         for snap in entries:
             if snap.snap is None or not self._ours(snap.image):
@@ -897,7 +971,9 @@ class RbdStorage:
                 snap.snap.endswith(BASE_SUFFIX) and snap.image.startswith(DELETED_PREFIX)
             )
             if unwanted and f"{snap.image}@{snap.snap}" not in parents:
-                await self._remove_snap(snap)
+                async with self._holding_if_free(snap.image, holding) as mine:
+                    if mine:
+                        await self._remove_snap(snap)
         deleted = {
             e.image for e in entries if e.snap is None and e.image.startswith(DELETED_PREFIX)
         }
@@ -907,12 +983,29 @@ class RbdStorage:
         for image in sorted(deleted):
             if not self._ours(image) or _snaps(entries, image):
                 continue
-            await self._require_ours(image)
-            result = await self._run("removeCmd", image=image, check=False)
-            if result.returncode == 0:
-                log.info("removed %s: its last view has gone", image)
-            else:
-                log.warning("cannot remove %s yet: %s", image, result.stderr[-200:])
+            async with self._holding_if_free(image, holding) as mine:
+                if not mine:
+                    continue
+                try:
+                    await self._require_ours(image)
+                    await self._remove_image(image)
+                except HostCommandError as exc:
+                    log.warning("cannot remove %s yet: %s", image, exc)
+                    continue
+            log.info("removed %s: its last view has gone", image)
+
+    @contextlib.asynccontextmanager
+    async def _holding_if_free(self, image: str, holding: str | None) -> AsyncIterator[bool]:
+        """Whether the image's volume is ``holding`` (locked by the caller already) or its
+        lock was free and is now held until the block ends."""
+        volume_id = self._volume_of(image)
+        if volume_id is None or volume_id == holding:
+            yield volume_id is not None
+            return
+        async with self._locks.try_hold(volume_id) as mine:
+            if not mine:
+                log.info("%s: its volume is busy; its leftovers are removed later", image)
+            yield mine
 
     async def _refresh(self, doing: str) -> None:
         try:
@@ -934,6 +1027,13 @@ class RbdStorage:
         if free is None and self._free_bytes is not None:
             log.warning("ceph df gives no statistics of pool %s (no ceph-mgr?)", self._pool)
         self._free_bytes = None if free is None else int(free)
+
+
+def _view_of(snap: str) -> str:
+    """The view an RBD snapshot of ebsemu's is (pending, a base, kept for clones or gone)."""
+    for suffix in (BASE_SUFFIX, FSR_SUFFIX, GONE_SUFFIX):
+        snap = snap.removesuffix(suffix)
+    return snap
 
 
 def _image(entries: Iterable[Entry], image: str) -> Entry | None:

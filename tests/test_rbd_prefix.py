@@ -1,7 +1,7 @@
 """Two rbd storage backends on one pool keep apart by ``image_prefix`` (real single-node Ceph
 cluster, tests/ceph_fixtures.py): each lists, views, deletes and collects only its own images,
 and a backend without a prefix sees none of theirs. A delete reads the pool's free space
-(``ceph df``, about a second) after letting go of the lock other deletes wait for; a create
+(``ceph df``, about a second) after letting go of its volume's lock; a create
 does not wait for images being removed, and a long listing that meets one is run again."""
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from backends.base import ChangedBlocksSource, RbdSource, StorageBackend
 from backends.errors import BackendError, SetupError
 from backends.rbd import RbdStorage, RbdView
 from ebsemu.model import BLOCK_SIZE
-from hostcmds import CommandResult, LocalRunner, load_templates
-from tests.ceph_fixtures import CephCluster, ceph_cluster
+from hostcmds import CommandError, CommandResult, LocalRunner, load_templates
+from tests.ceph_fixtures import COMMAND_TIMEOUT, CephCluster, ceph_cluster
 
 __all__ = ["ceph_cluster"]
 
@@ -348,7 +348,8 @@ def test_clones_of_one_view_made_while_its_volume_is_deleted_all_succeed(
             storage.delete(volume),
         )
 
-    assert asyncio.run(restore_twice_and_delete())[:2] == [True, True]
+    first, second, _ = asyncio.run(restore_twice_and_delete())
+    assert first and second
     assert volume not in asyncio.run(storage.list_volumes())
     assert _read_image(ceph_cluster, clones[0], 32 * MIB) == expected
     assert _read_image(ceph_cluster, clones[1], 64 * MIB) == expected + bytes(32 * MIB)
@@ -383,6 +384,93 @@ def test_a_snapshot_dropped_while_clones_need_it_goes_with_its_last_clone(
     assert snaps() == []
     asyncio.run(storage.delete(volume))
     assert volume not in ceph_cluster.images()
+
+
+class HoldsTheFirstRemove(LocalRunner):
+    """The real rbd commands, but the first image removal (``rbd trash rm``, or ``rbd rm``)
+    waits until ``go`` is set: an image whose removal takes long (many objects, a busy
+    cluster). Counts the long listings that fail meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.held = asyncio.Event()
+        self.failed_listings = 0
+
+    async def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        if "rm" in argv and "snap" not in argv and not self.held.is_set():
+            self.held.set()
+            await self.go.wait()
+        result = await super().run(argv, **{**kwargs, "check": False})
+        if "--long" in argv and result.returncode != 0:
+            self.failed_listings += 1
+        if kwargs.get("check", True) and result.returncode != 0:
+            raise CommandError(argv, result.returncode, result.stderr.decode())
+        return result
+
+
+def test_a_slow_delete_holds_back_no_call_on_another_volume(ceph_cluster: CephCluster) -> None:
+    """While one volume's image is being removed, a clone of another volume's view, a view
+    kept and a view dropped go ahead: each waits only for calls on its own volume."""
+    slow, volume, clone = _id("vol"), _id("vol"), _id("vol")
+    first, second = _id("snap"), _id("snap")
+    runner = HoldsTheFirstRemove()
+    backend = RbdStorage.from_options(
+        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf)},
+        runner=runner,
+        templates=load_templates(),
+    )
+
+    async def scenario() -> None:
+        await backend.create(slow, 16 * MIB)
+        await backend.create(volume, 16 * MIB)
+        await backend.freeze(volume, first)
+        await backend.keep_view(first)
+        deleting = asyncio.create_task(backend.delete(slow))
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            await runner.held.wait()
+            assert await backend.clone_from_view(first, clone, 16 * MIB)
+            await backend.freeze(volume, second)
+            await backend.keep_view(second)
+            await backend.drop_view(first)
+        assert not deleting.done()
+        runner.go.set()
+        await deleting
+        for gone in (clone, volume):
+            await backend.delete(gone)
+
+    asyncio.run(scenario())
+    assert not {slow, volume, clone} & set(ceph_cluster.images())
+
+
+def test_listings_go_on_while_a_large_image_is_removed(ceph_cluster: CephCluster) -> None:
+    """Removing an empty 64 TiB image takes seconds (rbd visits every object). The backend
+    removes it through the trash, so its name goes at once: `rbd ls --long`, which opens every
+    image it lists, does not fail meanwhile (with `rbd rm` it fails until the removal ends)."""
+    runner = HoldsTheFirstRemove()
+    runner.go.set()
+    backend = RbdStorage.from_options(
+        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf)},
+        runner=runner,
+        templates=load_templates(),
+    )
+    large, other = _id("vol"), _id("vol")
+
+    async def scenario() -> None:
+        await backend.create(large, 64 << 40)
+        await backend.create(other, 16 * MIB)
+        deleting = asyncio.create_task(backend.delete(large))
+        await runner.held.wait()
+        await asyncio.sleep(0.5)
+        for _ in range(3):
+            assert other in await backend.list_volumes()
+        assert not deleting.done(), "the removal ended before the listings: nothing was shown"
+        await deleting
+        await backend.delete(other)
+
+    asyncio.run(scenario())
+    assert runner.failed_listings == 0
+    assert not {large, other} & set(ceph_cluster.images())
 
 
 class RemovesTheBaseFirst(LocalRunner):

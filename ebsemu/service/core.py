@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from backends.base import BlockStore, ExportBackend, Initiator, StorageBackend, VmmBackend
 from ebsemu import errors
 from ebsemu.config import Config, Zone
+from ebsemu.locks import ResourceLocks
 from ebsemu.model import Snapshot, Volume
-from ebsemu.service.jobs import Jobs, ResourceLocks
+from ebsemu.service.jobs import Jobs
 from ebsemu.service.storage_hosts import StorageHosts
 from ebsemu.store.base import Store
 
