@@ -443,6 +443,28 @@ def test_a_slow_delete_holds_back_no_call_on_another_volume(ceph_cluster: CephCl
     assert not {slow, volume, clone} & set(ceph_cluster.images())
 
 
+def test_a_removal_cut_short_in_the_trash_is_finished_at_the_next_start(
+    storage: RbdStorage, ceph_cluster: CephCluster
+) -> None:
+    """The process died between `rbd trash mv` and `rbd trash rm`: the next check_setup removes
+    its own image from the trash, and leaves a foreign one there."""
+    volume, foreign = _id("vol"), f"foreign-{os.urandom(4).hex()}"
+    asyncio.run(storage.create(volume, 16 * MIB))
+    ceph_cluster.rbd("create", "--size", "16", f"{ceph_cluster.pool}/{foreign}")
+    for image in (volume, foreign):
+        ceph_cluster.rbd("trash", "mv", f"{ceph_cluster.pool}/{image}")
+
+    def trash() -> dict[str, str]:  # name: id
+        listing = ceph_cluster.rbd("trash", "ls", "--format", "json", ceph_cluster.pool)
+        return {entry["name"]: entry["id"] for entry in json.loads(listing)}
+
+    assert {volume, foreign} <= trash().keys()
+    asyncio.run(_storage(ceph_cluster).check_setup())
+    left = trash()
+    assert volume not in left and foreign in left
+    ceph_cluster.rbd("trash", "rm", "--pool", ceph_cluster.pool, "--image-id", left[foreign])
+
+
 def test_listings_go_on_while_a_large_image_is_removed(ceph_cluster: CephCluster) -> None:
     """Removing an empty 64 TiB image takes seconds (rbd visits every object). The backend
     removes it through the trash, so its name goes at once: `rbd ls --long`, which opens every
