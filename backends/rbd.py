@@ -651,16 +651,9 @@ class RbdStorage:
 
     def open_view(self, view_id: str) -> RbdView:
         snap = _check_view(view_id)
-        entries = self._on_loop(self._entries, f"cannot open view {view_id}")
-        view = next((e for e in entries if e.snap == snap and self._ours(e.image)), None)
-        if view is None:
-            raise BackendError(f"no view {view_id} in pool {self._pool}")
-        bases = [
-            e for e in _snaps(entries, view.image)
-            if e.snap is not None and e.snap.endswith(BASE_SUFFIX) and e.snap_id < view.snap_id
-        ]  # fmt: skip
-        base = max(bases, key=lambda e: e.snap_id, default=None)
-        base_view_id = None if base is None else str(base.snap).removesuffix(BASE_SUFFIX)
+        view, base_view_id = self._on_loop(
+            lambda: self._view_and_base(view_id), f"cannot open view {view_id}"
+        )
 
         def open_diff(from_snap: str | None) -> AbstractContextManager[Read]:
             if from_snap is None:
@@ -671,8 +664,6 @@ class RbdStorage:
 
         if base_view_id is None:
             return RbdView(open_diff, view.size_bytes, view_id, None)
-        with self._guard:
-            self._bases_read[base_view_id] = self._bases_read.get(base_view_id, 0) + 1
         return RbdView(
             open_diff,
             view.size_bytes,
@@ -680,6 +671,29 @@ class RbdStorage:
             base_view_id,
             lambda: self._done_reading(base_view_id),
         )
+
+    async def _view_and_base(self, view_id: str) -> tuple[Entry, str | None]:
+        """The view's RBD snapshot and the view whose kept base it diffs against, marked as
+        being read until ``_done_reading``. Under the volume's lock: a view kept or dropped
+        meanwhile would remove the base between the listing and the mark."""
+        snap = _check_view(view_id)
+        async with self._holding_view(view_id):
+            entries = await self._entries()
+            view = next((e for e in entries if e.snap == snap and self._ours(e.image)), None)
+            if view is None:
+                raise BackendError(f"no view {view_id} in pool {self._pool}")
+            bases = [
+                e for e in _snaps(entries, view.image)
+                if e.snap is not None and e.snap.endswith(BASE_SUFFIX)
+                and e.snap_id < view.snap_id
+            ]  # fmt: skip
+            base = max(bases, key=lambda e: e.snap_id, default=None)
+            if base is None:
+                return view, None
+            base_view_id = _view_of(str(base.snap))
+            with self._guard:
+                self._bases_read[base_view_id] = self._bases_read.get(base_view_id, 0) + 1
+            return view, base_view_id
 
     @contextlib.contextmanager
     def _diff_stream(self, view_id: str, key: str, **values: str) -> Iterator[Read]:

@@ -272,6 +272,67 @@ def test_a_base_replaced_while_a_view_still_diffs_against_it_goes_after_that_rea
     asyncio.run(storage.delete(volume))
 
 
+class HoldsAListingsAnswer(LocalRunner):
+    """The real rbd commands; once armed, the next long listing's answer is handed back only
+    when ``go`` is set (a busy pool: what it lists may have changed by then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.held = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        result = await super().run(argv, **kwargs)
+        if self.armed and "--long" in argv:
+            self.armed = False
+            self.held.set()
+            await self.go.wait()
+        return result
+
+
+def test_a_view_kept_while_the_next_is_opened_leaves_that_one_its_base(
+    ceph_cluster: CephCluster,
+) -> None:
+    """The second view is being opened (its listing names the first's base) when the third is
+    kept, which replaces that base: the base stays until the second view's read ends."""
+    runner = HoldsAListingsAnswer()
+    backend = RbdStorage.from_options(
+        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf)},
+        runner=runner,
+        templates=load_templates(),
+    )
+    volume, first, second, third = _id("vol"), _id("snap"), _id("snap"), _id("snap")
+    rng = random.Random(12)
+    changed = _random_blocks(rng, [5])
+
+    async def scenario() -> dict[int, bytes]:
+        await backend.create(volume, 16 * MIB)
+        await backend.freeze(volume, first)
+        await backend.keep_view(first)
+        await asyncio.to_thread(_write, ceph_cluster, volume, changed)
+        await backend.freeze(volume, second)
+        await backend.freeze(volume, third)
+        runner.armed = True
+        opening = asyncio.create_task(asyncio.to_thread(backend.open_view, second))
+        await runner.held.wait()
+        keeping = asyncio.create_task(backend.keep_view(third))
+        await asyncio.sleep(2.0)  # time to remove the first's base, were it not held back
+        runner.go.set()
+        view = await opening
+        try:
+            assert view.base_view_id == first
+            return await asyncio.to_thread(lambda: dict(view.changed_blocks()))
+        finally:
+            await keeping
+            await asyncio.to_thread(view.close)  # now the first's base goes
+
+    assert asyncio.run(scenario())[5] == changed[5]
+    snaps = json.loads(ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}"))
+    assert sorted(s["name"] for s in snaps) == sorted([second, f"{third}.base"])
+    asyncio.run(backend.delete(volume))
+
+
 def test_restore_through_import_diff_keeps_holes_and_bytes(
     storage: RbdStorage, ceph_cluster: CephCluster
 ) -> None:
