@@ -133,6 +133,7 @@ _PREFIX = re.compile(r"[A-Za-z0-9_.-]*")
 _ALREADY_PROTECTED = re.compile(r"snap is already protected")
 _PROTECTED = re.compile(r"is protected from removal")
 _IMAGE_GONE = re.compile(r"listing images failed: \(2\) No such file or directory")
+_NO_POOL = re.compile(r"error opening pool")
 _NO_TRASH_ENTRY = re.compile(r"from trash: \(2\) No such file or directory")
 _NO_SPACE = re.compile(r"no space left|ENOSPC|quota", re.I)
 
@@ -332,7 +333,10 @@ class RbdStorage:
                 f"{pool}` and `rbd pool init {pool}`, or set pool = … in [storage]"
             ) from exc
         await self._collect(entries, holding=None)
-        await self._purge_trash()
+        try:
+            await self._purge_trash()
+        except (HostCommandError, BackendError) as exc:  # only space is at stake: start anyway
+            log.warning("cannot remove this backend's images from pool %s's trash: %s", pool, exc)
         await self._refresh_free()
 
     async def create(self, volume_id: str, size_bytes: int) -> None:
@@ -871,7 +875,8 @@ class RbdStorage:
                 }
                 return entries
             except CommandError as exc:
-                if time.monotonic() + pause > deadline or not _IMAGE_GONE.search(exc.stderr):
+                gone = _IMAGE_GONE.search(exc.stderr) and not _NO_POOL.search(exc.stderr)
+                if not gone or time.monotonic() + pause > deadline:
                     raise
             log.info("rbd ls: an image is being removed; listing again in %.1f s", pause)
             await asyncio.sleep(pause)

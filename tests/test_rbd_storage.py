@@ -622,13 +622,16 @@ def test_attach_source_is_the_rbd_image(storage: RbdStorage, ceph_cluster: CephC
 
 
 def test_check_setup_names_a_pool_that_does_not_exist(ceph_cluster: CephCluster) -> None:
+    """At once: rbd's ENOENT for a missing pool is not taken for an image being removed."""
+    runner = HoldsTheFirstRemove()
     backend = RbdStorage.from_options(
         {"pool": "no-such-pool", "conf": str(ceph_cluster.conf), "command_timeout": "20"},
-        runner=LocalRunner(),
+        runner=runner,
         templates=load_templates(),
     )
     with pytest.raises(SetupError, match="RBD pool no-such-pool is not usable"):
         asyncio.run(backend.check_setup())
+    assert runner.failed_listings == 1
 
 
 def test_unknown_options_are_refused() -> None:
