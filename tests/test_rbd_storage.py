@@ -18,7 +18,7 @@ from backends.base import ChangedBlocksSource, RbdSource, StorageBackend
 from backends.errors import BackendError, SetupError
 from backends.rbd import RbdStorage, RbdView
 from ebsemu.model import BLOCK_SIZE
-from hostcmds import CommandError, CommandResult, LocalRunner, load_templates
+from hostcmds import CommandError, CommandResult, CommandRunner, LocalRunner, load_templates
 from tests.ceph_fixtures import COMMAND_TIMEOUT, CephCluster, ceph_cluster
 
 __all__ = ["ceph_cluster"]
@@ -32,10 +32,10 @@ def _id(prefix: str) -> str:
     return f"{prefix}-{os.urandom(8).hex()}0"
 
 
-def _storage(cluster: CephCluster) -> RbdStorage:
+def _storage(cluster: CephCluster, runner: CommandRunner | None = None) -> RbdStorage:
     return RbdStorage.from_options(
         {"pool": cluster.pool, "conf": str(cluster.conf)},
-        runner=LocalRunner(),
+        runner=runner or LocalRunner(),
         templates=load_templates(),
     )
 
@@ -216,11 +216,7 @@ def test_views_are_read_from_a_streamed_export_diff_never_held_whole(
     ceph_cluster: CephCluster,
 ) -> None:
     runner = StreamSpy()
-    storage = RbdStorage.from_options(
-        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf)},
-        runner=runner,
-        templates=load_templates(),
-    )
+    storage = _storage(ceph_cluster, runner)
     volume, first, second = _id("vol"), _id("snap"), _id("snap")
     rng = random.Random(7)
     asyncio.run(storage.create(volume, 32 * MIB))
@@ -297,11 +293,7 @@ def test_a_view_kept_while_the_next_is_opened_leaves_that_one_its_base(
     """The second view is being opened (its listing names the first's base) when the third is
     kept, which replaces that base: the base stays until the second view's read ends."""
     runner = HoldsAListingsAnswer()
-    backend = RbdStorage.from_options(
-        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf)},
-        runner=runner,
-        templates=load_templates(),
-    )
+    backend = _storage(ceph_cluster, runner)
     volume, first, second, third = _id("vol"), _id("snap"), _id("snap"), _id("snap")
     rng = random.Random(12)
     changed = _random_blocks(rng, [5])
@@ -476,11 +468,7 @@ def test_a_slow_delete_holds_back_no_call_on_another_volume(ceph_cluster: CephCl
     slow, volume, clone = _id("vol"), _id("vol"), _id("vol")
     first, second = _id("snap"), _id("snap")
     runner = HoldsTheFirstRemove()
-    backend = RbdStorage.from_options(
-        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf)},
-        runner=runner,
-        templates=load_templates(),
-    )
+    backend = _storage(ceph_cluster, runner)
 
     async def scenario() -> None:
         await backend.create(slow, 16 * MIB)
@@ -532,11 +520,7 @@ def test_listings_go_on_while_a_large_image_is_removed(ceph_cluster: CephCluster
     image it lists, does not fail meanwhile (with `rbd rm` it fails until the removal ends)."""
     runner = HoldsTheFirstRemove()
     runner.go.set()
-    backend = RbdStorage.from_options(
-        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf)},
-        runner=runner,
-        templates=load_templates(),
-    )
+    backend = _storage(ceph_cluster, runner)
     large, other = _id("vol"), _id("vol")
 
     async def scenario() -> None:
@@ -576,11 +560,7 @@ def test_a_base_removed_by_another_instance_while_cloned_leaves_a_block_restore(
     asyncio.run(storage.create(volume, 16 * MIB))
     asyncio.run(storage.freeze(volume, view))
     asyncio.run(storage.keep_view(view))
-    racing = RbdStorage.from_options(
-        {"pool": ceph_cluster.pool, "conf": str(ceph_cluster.conf)},
-        runner=RemovesTheBaseFirst(ceph_cluster),
-        templates=load_templates(),
-    )
+    racing = _storage(ceph_cluster, RemovesTheBaseFirst(ceph_cluster))
     assert not asyncio.run(racing.clone_from_view(view, clone, 16 * MIB))
     assert clone not in ceph_cluster.images()
     asyncio.run(storage.delete(volume))
