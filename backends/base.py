@@ -212,12 +212,15 @@ class BatchDeletingBlockStore(Protocol):
 
 
 @runtime_checkable
-class CloningBlockStore(Protocol):
-    """A BlockStore that can store a block by sharing a file's extents (reflink)."""
+class BatchPuttingBlockStore(Protocol):
+    """A BlockStore that stores many blocks for the cost of a few calls, and can store a block
+    by sharing a file's extents (reflink)."""
 
-    def put_clone(self, digest: bytes, data: bytes, fd: int, offset: int) -> bool:
-        """``put``, where ``data`` are the bytes at ``offset`` of the file open as ``fd``,
-        which nothing changes meanwhile; writes the bytes where extents cannot be shared."""
+    def put_many(self, blocks: Sequence[tuple[bytes, bytes, tuple[int, int] | None]]) -> int:
+        """``put`` each (digest, data, None). For (digest, data, (fd, offset)), ``data`` are
+        the bytes at ``offset`` of the file open as ``fd``, which nothing changes meanwhile: the
+        store may share that range's extents instead of writing the bytes. Returns how many
+        blocks were written (none that were stored already)."""
         ...
 
 

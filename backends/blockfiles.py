@@ -26,13 +26,27 @@ class BlockFiles:
 
     def __init__(self, root: Path) -> None:
         self._root = root
+        self._any: bool | None = None  # whether a fan-out directory exists; None: not looked
+
+    def _none_here(self) -> bool:
+        """True when the store has no fan-out directory, hence no block of this layout. Looked
+        at once: no block is written in this layout any more, so none can appear later."""
+        if self._any is None:
+            try:
+                with os.scandir(self._root) as entries:
+                    self._any = any(
+                        _FANOUT.fullmatch(entry.name) and entry.is_dir() for entry in entries
+                    )
+            except FileNotFoundError:
+                self._any = False
+        return not self._any
 
     def path_of(self, digest: bytes) -> Path:
         name = digest.hex()
         return self._root / name[0:2] / name[2:4] / name
 
     def contains(self, digest: bytes) -> bool:
-        return self.path_of(digest).exists()
+        return not self._none_here() and self.path_of(digest).exists()
 
     def read(self, digest: bytes) -> bytes | None:
         """The file's bytes, or None when there is no such block file."""

@@ -15,7 +15,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -114,6 +114,20 @@ class PackIndex:
                 "SELECT pack, offset, length FROM blocks WHERE digest = ?", (digest,)
             ).fetchone()
         return None if row is None else Location(*row)
+
+    def present(self, digests: Sequence[bytes]) -> set[bytes]:
+        """Those of ``digests`` that are indexed (one query per _PAGE of them)."""
+        found: set[bytes] = set()
+        with self._lock:
+            db = self._connection(False)
+            if db is None:
+                return found
+            for start in range(0, len(digests), _PAGE):
+                page = digests[start : start + _PAGE]
+                marks = ",".join("?" * len(page))
+                sql = f"SELECT digest FROM blocks WHERE digest IN ({marks})"
+                found.update(bytes(digest) for (digest,) in db.execute(sql, page))
+        return found
 
     def new_pack(self) -> int:
         """A pack number never handed out before (also by other processes)."""

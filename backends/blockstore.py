@@ -27,13 +27,14 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from backends import sparse
 from backends.blockfiles import BlockFiles
 from backends.blockpack import (
+    ALIGN,
     INDEX_NAME,
     PACKS_DIR,
     Location,
@@ -58,6 +59,9 @@ PACK_BYTES = 1024**3
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
+NewBlock = tuple[bytes, bytes, tuple[int, int] | None]  # (digest, data, (fd, offset) or None)
+
+
 @dataclass
 class _Pack:
     """A pack this process appends to, or wrote blocks into that are not flushed yet."""
@@ -66,6 +70,45 @@ class _Pack:
     fd: int  # read-write, exclusively flock'ed
     end: int  # where the next block goes
     writers: int = 0  # puts writing into it now
+
+
+@dataclass
+class _Claim:
+    """A block this thread writes at ``offset`` of ``pack``; others wait on ``done``."""
+
+    digest: bytes
+    data: bytes
+    source: tuple[int, int] | None  # (fd, offset) the bytes may be cloned from
+    pack: _Pack
+    offset: int
+    done: threading.Event
+
+
+def _runs_of(claims: list[_Claim]) -> Iterator[list[_Claim]]:
+    """Claims in runs that one FICLONERANGE can store: adjacent in one pack and in one
+    source file, each a whole number of ALIGN-sized pieces. A claim without a source is a run
+    of its own."""
+    run: list[_Claim] = []
+    for claim in claims:
+        if run and _follows(run[-1], claim):
+            run.append(claim)
+            continue
+        if run:
+            yield run
+        run = [claim]
+    if run:
+        yield run
+
+
+def _follows(last: _Claim, claim: _Claim) -> bool:
+    if last.source is None or claim.source is None or claim.pack is not last.pack:
+        return False
+    length = len(last.data)
+    return (
+        length % ALIGN == 0
+        and claim.offset == last.offset + length
+        and claim.source == (last.source[0], last.source[1] + length)
+    )
 
 
 class LocalBlockStore:
@@ -94,47 +137,94 @@ class LocalBlockStore:
     def put(self, digest: bytes, data: bytes) -> bool:
         """Store ``data`` under ``digest`` (trusted to be its SHA-256; ``get`` verifies).
         Returns False, writing nothing, when the block is already stored."""
-        return self._put(digest, data, None)
+        return self.put_many([(digest, data, None)]) == 1
 
     def put_clone(self, digest: bytes, data: bytes, fd: int, offset: int) -> bool:
         """``put``, where ``data`` are bytes [offset, offset + len(data)) of the file open as
         ``fd``, which nothing changes while the call runs: on a filesystem that can, the pack
         shares that range's extents (FICLONERANGE) instead of a copy of the bytes; elsewhere
         (another filesystem, no reflink, unaligned range) the bytes are written."""
-        return self._put(digest, data, (fd, offset))
+        return self.put_many([(digest, data, (fd, offset))]) == 1
 
-    def _put(self, digest: bytes, data: bytes, source: tuple[int, int] | None) -> bool:
-        _check_digest(digest)
-        while True:
-            with self._lock:
-                if digest in self._pending or self._stored(digest):
-                    return False
-                waiter = self._writing.get(digest)
-                if waiter is None:
-                    pack, offset = self._reserve(len(data))
-                    done = self._writing[digest] = threading.Event()
-                    break
-            waiter.wait()  # the same block is being written by another thread: see how it ends
+    def put_many(self, blocks: Sequence[NewBlock]) -> int:
+        """``put`` each (digest, data, None) and ``put_clone`` each (digest, data, (fd,
+        offset)), for the cost of a few: one index query for the lot, and one FICLONERANGE for
+        each run of blocks that are adjacent both in their source file and in the pack.
+        Returns how many blocks were written (a digest given twice is written once)."""
+        for digest, _, _ in blocks:
+            _check_digest(digest)
+        written = 0
+        while blocks:
+            claims, blocks, elsewhere = self._claim(blocks)
+            self._write(claims)
+            written += len(claims)
+            for done in elsewhere:
+                done.wait()  # another thread is writing these blocks: see how that ends
+        return written
+
+    def _claim(
+        self, blocks: Sequence[NewBlock]
+    ) -> tuple[list[_Claim], list[NewBlock], list[threading.Event]]:
+        """Reserve pack space for the blocks not stored, pending or being written yet; returns
+        those claims, the blocks another thread is writing now, and what to wait for."""
+        claims: list[_Claim] = []
+        later: list[NewBlock] = []
+        elsewhere: list[threading.Event] = []
+        seen: set[bytes] = set()
         try:
-            if source is None or not self._cloned(source, pack.fd, offset, len(data)):
-                sparse.pwrite_all(pack.fd, data, offset)
-        except BaseException as exc:
             with self._lock:
-                del self._writing[digest]
-                pack.writers -= 1
-            done.set()
-            if not isinstance(exc, OSError):
+                fresh = [d for d, _, _ in blocks if d not in self._pending]
+                indexed = self._index.present(fresh)
+                for digest, data, source in blocks:
+                    if digest in seen or digest in self._pending or digest in indexed:
+                        continue
+                    seen.add(digest)
+                    if (waiter := self._writing.get(digest)) is not None:
+                        later.append((digest, data, source))
+                        elsewhere.append(waiter)
+                    elif not self._files.contains(digest):
+                        pack, offset = self._reserve(len(data))  # may fail: no room for a pack
+                        done = self._writing[digest] = threading.Event()
+                        claims.append(_Claim(digest, data, source, pack, offset, done))
+        except BaseException:
+            self._settle(claims, stored=False)
+            raise
+        return claims, later, elsewhere
+
+    def _write(self, claims: list[_Claim]) -> None:
+        """Write claimed blocks into their packs, then make them pending; on failure, give
+        every claim up (its reserved space stays unused until start-up cleanup)."""
+        failed: _Claim | None = None
+        try:
+            for run in _runs_of(claims):
+                failed = run[0]
+                source = run[0].source
+                length = sum(len(claim.data) for claim in run)
+                if source is None or not self._cloned(
+                    source, run[0].pack.fd, run[0].offset, length
+                ):
+                    for claim in run:
+                        sparse.pwrite_all(claim.pack.fd, claim.data, claim.offset)
+        except BaseException as exc:
+            self._settle(claims, stored=False)
+            if not isinstance(exc, OSError) or failed is None:
                 raise
+            where = f"block {failed.digest.hex()}"
             if exc.errno in _NO_SPACE:
-                message = f"no space left for block {digest.hex()} in {self._root}"
-                raise CapacityError(message) from exc
-            raise BackendError(f"cannot store block {digest.hex()} in {self._root}: {exc}") from exc
+                raise CapacityError(f"no space left for {where} in {self._root}") from exc
+            raise BackendError(f"cannot store {where} in {self._root}: {exc}") from exc
+        self._settle(claims, stored=True)
+
+    def _settle(self, claims: list[_Claim], *, stored: bool) -> None:
         with self._lock:
-            self._pending[digest] = Location(pack.number, offset, len(data))
-            del self._writing[digest]
-            pack.writers -= 1
-        done.set()
-        return True
+            for claim in claims:
+                if stored:
+                    location = Location(claim.pack.number, claim.offset, len(claim.data))
+                    self._pending[claim.digest] = location
+                del self._writing[claim.digest]
+                claim.pack.writers -= 1
+        for claim in claims:
+            claim.done.set()
 
     def _cloned(self, source: tuple[int, int], fd: int, offset: int, length: int) -> bool:
         src, src_offset = source

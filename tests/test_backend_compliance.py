@@ -15,7 +15,7 @@ CASES: list[tuple[type[Any], type[Any]]] = [
     *((base.StorageBackend, cls) for cls in registry.STORAGE.values()),
     *((base.BlockStore, cls) for cls in registry.BLOCK_STORES.values()),
     (base.BatchDeletingBlockStore, registry.BLOCK_STORES["local"]),
-    (base.CloningBlockStore, registry.BLOCK_STORES["local"]),
+    (base.BatchPuttingBlockStore, registry.BLOCK_STORES["local"]),
     *((base.VmmBackend, cls) for cls in VMMS.values()),
     *((base.ExportBackend, cls) for cls in EXPORTS.values()),
 ]

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from backends import sparse
 from backends.blockstore import LocalBlockStore
-from backends.errors import CorruptBlockError
+from backends.errors import BackendError, CorruptBlockError
 from backends.file import FileStorage
 from ebsemu.model import BLOCK_SIZE
 from tests.test_file_storage import MIB, xfs_reflink
@@ -116,6 +117,117 @@ def test_puts_from_many_threads_with_flushes_among_them_store_each_block_once(
     fresh = LocalBlockStore(tmp_path)
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert list(pool.map(fresh.get, [d for d, _ in blocks])) == [data for _, data in blocks]
+
+
+def test_put_many_writes_each_new_block_once_and_skips_those_stored_or_pending(
+    tmp_path: Path,
+) -> None:
+    store = LocalBlockStore(tmp_path)
+    flushed, pending, new, other = (_block() for _ in range(4))
+    store.put(*flushed)
+    store.flush()
+    store.put(*pending)
+
+    batch = [flushed, new, pending, other, new]
+    assert store.put_many([(digest, data, None) for digest, data in batch]) == 2
+    assert store.put_many([(digest, data, None) for digest, data in batch]) == 0
+    store.flush()
+
+    rows = _rows(tmp_path)
+    assert sorted(rows) == sorted(digest for digest, _ in (flushed, pending, new, other))
+    assert LocalBlockStore(tmp_path).get(new[0]) == new[1]
+    assert store.stored_bytes() == 4 * BLOCK_SIZE
+
+
+def test_put_many_from_threads_with_overlapping_batches_stores_each_block_once(
+    tmp_path: Path,
+) -> None:
+    store = LocalBlockStore(tmp_path, pack_bytes=6 * BLOCK_SIZE)
+    blocks = [(digest, data, None) for digest, data in (_block() for _ in range(24))]
+    batches = [blocks[start : start + 8] for start in range(0, 24, 4)]  # each block in two
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        written = sum(pool.map(store.put_many, batches + batches[::-1]))
+    store.flush()
+
+    assert written == len(blocks)
+    rows = _rows(tmp_path)
+    assert sorted(rows) == sorted(digest for digest, _, _ in blocks)
+    spans = sorted((pack, offset, offset + length) for pack, offset, length in rows.values())
+    assert all(a[0] != b[0] or a[2] <= b[1] for a, b in pairwise(spans))  # no shared bytes
+    fresh = LocalBlockStore(tmp_path)
+    assert [fresh.get(digest) for digest, _, _ in blocks] == [data for _, data, _ in blocks]
+
+
+def test_a_put_many_that_fails_leaves_its_blocks_for_the_next_put(tmp_path: Path) -> None:
+    store = LocalBlockStore(tmp_path)
+    digest, data = _block()
+    not_open = 2**20 - 1  # a source that cannot be read: EBADF
+
+    with pytest.raises(BackendError, match=digest.hex()):
+        store.put_many([(digest, data, (not_open, 0))])
+    assert not store.contains(digest)
+    assert store.put(digest, data) is True
+    store.flush()
+    assert LocalBlockStore(tmp_path).get(digest) == data
+
+
+def test_a_put_many_that_finds_no_room_for_a_pack_gives_up_the_blocks_it_had_placed(
+    tmp_path: Path,
+) -> None:
+    store = LocalBlockStore(tmp_path, pack_bytes=2 * BLOCK_SIZE)
+    batch = [(digest, data, None) for digest, data in (_block() for _ in range(4))]
+    (tmp_path / "packs").mkdir()
+    (tmp_path / "packs" / "2.pack").touch()  # where the second pack would go
+
+    with pytest.raises(BackendError, match="cannot create a pack"):
+        store.put_many(batch)  # two blocks had their place in pack 1 by then
+    assert not any(store.contains(digest) for digest, _, _ in batch)
+    written: list[int] = []
+    retry = threading.Thread(target=lambda: written.append(store.put_many(batch)), daemon=True)
+    retry.start()
+    retry.join(timeout=30)  # a claim left behind would make it wait for good
+    assert written == [4]
+    store.flush()
+    assert [store.get(digest) for digest, _, _ in batch] == [data for _, data, _ in batch]
+
+
+def test_put_many_shares_each_run_of_adjacent_view_blocks_in_one_reflink_on_xfs(
+    xfs_reflink: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage(xfs_reflink / "data")
+    store = LocalBlockStore(xfs_reflink / "blocks")
+    clones: list[int] = []
+    clone_range = sparse.clone_range
+
+    def counted(src: int, src_offset: int, length: int, dst: int, dst_offset: int) -> None:
+        clones.append(length)
+        clone_range(src, src_offset, length, dst, dst_offset)
+
+    monkeypatch.setattr(sparse, "clone_range", counted)
+    try:
+        written = {i: os.urandom(BLOCK_SIZE) for i in [*range(16), *range(20, 24)]}
+        asyncio.run(storage.create("vol-a", 16 * MIB))
+        storage.write_blocks("vol-a", written.items())
+        os.sync()
+        free = _free(xfs_reflink)
+        asyncio.run(storage.freeze("vol-a", "snap-1"))
+        with storage.open_view("snap-1") as view:
+            batch = [
+                (hashlib.sha256(data).digest(), data, view.block_location(index))
+                for index, data in view.iter_blocks()
+            ]
+            assert store.put_many(batch) == len(written)
+        store.flush()
+        os.sync()
+
+        assert clones == [16 * BLOCK_SIZE, 4 * BLOCK_SIZE]  # two runs, two reflinks
+        assert free - _free(xfs_reflink) < 2 * MIB  # a copy would take 10 MiB
+        asyncio.run(storage.drop_view("snap-1"))
+        asyncio.run(storage.delete("vol-a"))
+        assert all(store.get(hashlib.sha256(d).digest()) == d for d in written.values())
+    finally:
+        store.close()  # its open pack would keep the filesystem from being unmounted
 
 
 CHILD = """

@@ -7,10 +7,12 @@ threads to end before it lets go of what they use: the view is not closed under 
 batch of manifest rows and blocks, once begun, is finished before the GC lock is released (else
 a sweep could delete blocks that a put still running then writes, left in the store for good).
 
-SHA-256 runs in two threads (hashlib releases the GIL on large buffers). Where the view can say
-where a block lives in a file it holds (a file backend's view) and the block store can share a
-file's extents (the local store on XFS or btrfs), a new block is stored as a reflink of the
-view's range instead of a copy of its bytes. A restore reads and verifies blocks in two threads
+SHA-256 runs in two threads (hashlib releases the GIL on large buffers). A batch's new blocks
+go to the block store in one call where it takes many (the local store: one index query, one
+write or reflink per run of adjacent blocks). Where the view can say where a block lives in a
+file it holds (a file backend's view) and the block store can share a file's extents (the
+local store on XFS or btrfs), a new block is stored as a reflink of the view's range instead
+of a copy of its bytes. A restore reads and verifies blocks in two threads
 ahead of the thread that writes them.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,10 +31,10 @@ from typing import TypeVar
 
 from backends.base import (
     BatchDeletingBlockStore,
+    BatchPuttingBlockStore,
     BlockLocator,
     BlockStore,
     ChangedBlocksSource,
-    CloningBlockStore,
     SnapshotSource,
     StorageBackend,
 )
@@ -44,7 +47,8 @@ log = logging.getLogger(__name__)
 
 BATCH_BLOCKS = 64  # 32 MiB per batch
 READ_AHEAD_BLOCKS = 16  # 8 MiB read and verified ahead of a restore's writes
-_HASHERS = ThreadPoolExecutor(2, thread_name_prefix="sha256")
+_HASHER_COUNT = 2
+_HASHERS = ThreadPoolExecutor(_HASHER_COUNT, thread_name_prefix="sha256")
 
 T = TypeVar("T")
 
@@ -65,34 +69,48 @@ Batch = list[tuple[int, bytes, bytes]]  # (block index, digest, data)
 
 
 def _read_batch(blocks: Iterator[tuple[int, bytes]]) -> Batch:
-    """The next BATCH_BLOCKS blocks (fewer at the end): each block is hashed in one of two
-    threads while the next ones are read."""
-    hashing: list[tuple[int, Future[bytes], bytes]] = []
-    for index, data in blocks:
-        hashing.append((index, _HASHERS.submit(_sha256, data), data))
-        if len(hashing) == BATCH_BLOCKS:
-            break
-    return [(index, digest.result(), data) for index, digest, data in hashing]
+    """The next BATCH_BLOCKS blocks (fewer at the end), in index order. Two threads take
+    blocks from ``blocks`` one at a time and each hashes what it took while the other reads."""
+    taking = threading.Lock()
+    taken = 0
+
+    def take() -> Batch:
+        nonlocal taken
+        rows: Batch = []
+        while True:
+            with taking:
+                item = next(blocks, None) if taken < BATCH_BLOCKS else None
+                if item is None:
+                    return rows
+                taken += 1
+            index, data = item
+            rows.append((index, _sha256(data), data))
+
+    halves = [_HASHERS.submit(take) for _ in range(_HASHER_COUNT)]
+    return sorted((row for half in halves for row in half.result()), key=lambda row: row[0])
 
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-Put = Callable[[int, bytes, bytes], bool]  # (block index, digest, data) -> written
+PutBatch = Callable[[Batch], int]  # stores a batch's blocks; returns how many were written
 
 
-def _putter(blocks: BlockStore, source: SnapshotSource) -> Put:
-    """How to store a block read from ``source``: a reflink of its range where both sides can,
-    else a write of its bytes."""
-    if isinstance(source, BlockLocator) and isinstance(blocks, CloningBlockStore):
-        locate, store = source.block_location, blocks
+def _putter(blocks: BlockStore, source: SnapshotSource) -> PutBatch:
+    """How to store a batch read from ``source``: in one call where the store takes many,
+    each block a reflink of the view's range where both sides can; else block by block."""
+    if not isinstance(blocks, BatchPuttingBlockStore):
+        return lambda batch: sum(blocks.put(digest, data) for _, digest, data in batch)
+    store = blocks
+    locate = source.block_location if isinstance(source, BlockLocator) else None
 
-        def put_clone(index: int, digest: bytes, data: bytes) -> bool:
-            return store.put_clone(digest, data, *locate(index))
+    def put_many(batch: Batch) -> int:
+        if locate is None:
+            return store.put_many([(digest, data, None) for _, digest, data in batch])
+        return store.put_many([(digest, data, locate(index)) for index, digest, data in batch])
 
-        return put_clone
-    return lambda _, digest, data: blocks.put(digest, data)
+    return put_many
 
 
 def _delete_blocks(blocks: BlockStore, digests: list[bytes]) -> None:
@@ -202,7 +220,7 @@ async def _drop_rows(core: Core, snapshot_id: str, indexes: list[int]) -> None:
         await _finish(_in_thread(lambda: _delete_blocks(core.blocks, list(unreferenced))))
 
 
-async def _store_batch(core: Core, snapshot_id: str, batch: Batch, put: Put) -> int:
+async def _store_batch(core: Core, snapshot_id: str, batch: Batch, put: PutBatch) -> int:
     """Add manifest rows first, then the blocks, under the GC lock. Returns blocks written.
 
     A batch once begun is finished even if the job is cancelled meanwhile: the lock is held
@@ -211,9 +229,7 @@ async def _store_batch(core: Core, snapshot_id: str, batch: Batch, put: Put) -> 
     async def rows_then_blocks() -> int:
         rows = [(index, digest) for index, digest, _ in batch]
         await core.store.add_manifest_rows(snapshot_id, rows)
-        return await asyncio.to_thread(
-            lambda: sum(put(index, digest, data) for index, digest, data in batch)
-        )
+        return await asyncio.to_thread(put, batch)
 
     async with core.block_gc_lock:
         return await _finish(asyncio.ensure_future(rows_then_blocks()))
