@@ -205,11 +205,7 @@ async def _start_from_base(core: Core, snapshot_id: str, source: SnapshotSource)
                 "snapshot %s: base %s is not a completed snapshot; read whole", snapshot_id, base_id
             )
             return None
-        await _finish(
-            asyncio.ensure_future(
-                core.store.add_manifest_rows(snapshot_id, await core.store.manifest(base_id))
-            )
-        )
+        await _finish(asyncio.ensure_future(core.store.copy_manifest(base_id, snapshot_id)))
     return base_id
 
 

@@ -380,6 +380,11 @@ class Store(
     async def add_manifest_rows(
         self, snapshot_id: str, rows: Sequence[tuple[int, bytes]]
     ) -> None: ...
+    async def copy_manifest(self, source_id: str, snapshot_id: str) -> None:
+        """Give ``snapshot_id`` every row of ``source_id``'s manifest (in the store, not
+        through the caller: a large volume's manifest has millions of rows)."""
+        ...
+
     async def clear_manifest(self, snapshot_id: str) -> list[bytes]:
         """Drop a snapshot's manifest; return the digests no manifest references any more."""
         ...

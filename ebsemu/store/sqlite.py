@@ -409,6 +409,13 @@ class SqlStore(
                 [(snapshot_id, index, digest) for index, digest in rows],
             )
 
+    async def copy_manifest(self, source_id: str, snapshot_id: str) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO snapshot_blocks (snapshot_id, block_index, digest) "
+            "SELECT ?, block_index, digest FROM snapshot_blocks WHERE snapshot_id = ?",
+            (snapshot_id, source_id),
+        )
+
     async def clear_manifest(self, snapshot_id: str) -> list[bytes]:
         digests = {
             bytes(row[0])
