@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,11 +42,13 @@ from backends.base import (
 from ebsemu import faults
 from ebsemu.model import BLOCK_SIZE, SnapshotState
 from ebsemu.service.core import Core
+from ebsemu.store.base import Store
 from ebsemu.store.direct import ZERO_DIGEST
 
 log = logging.getLogger(__name__)
 
 BATCH_BLOCKS = 64  # 32 MiB per batch
+PROGRESS_EVERY = 0.5  # seconds between two writes of a capture's progress, after its first
 READ_AHEAD_BLOCKS = 16  # 8 MiB read and verified ahead of a restore's writes
 _HASHER_COUNT = 2
 _HASHERS = ThreadPoolExecutor(_HASHER_COUNT, thread_name_prefix="sha256")
@@ -158,7 +161,7 @@ async def capture(core: Core, snapshot_id: str, storage: StorageBackend) -> Capt
         else:
             blocks = source.iter_blocks(0)
         zeroed: list[int] = []
-        reported = 0
+        progress = Progress(core.store, snapshot_id, total_blocks)
         put = _putter(core.blocks, source)
         batch = await _finish(_in_thread(lambda: _read_batch(blocks)))
         while batch:
@@ -169,10 +172,7 @@ async def capture(core: Core, snapshot_id: str, storage: StorageBackend) -> Capt
             if data:
                 stats.new_blocks += await _store_batch(core, snapshot_id, data, put)
             await faults.reach("snapshot.batch")
-            progress = min(99, batch[-1][0] * 100 // total_blocks)
-            if progress > reported:
-                reported = progress
-                await core.store.set_snapshot_progress(snapshot_id, progress)
+            await progress.reached(batch[-1][0])
             batch = await _finish(upcoming)
         if zeroed:
             await _drop_rows(core, snapshot_id, zeroed)
@@ -183,6 +183,26 @@ async def capture(core: Core, snapshot_id: str, storage: StorageBackend) -> Capt
             await _settle(upcoming)  # the reader must be done before the source closes
         await _finish(_in_thread(source.close))
     return stats
+
+
+class Progress:
+    """A capture's Progress: the first rise is written at once, later ones at most once per
+    PROGRESS_EVERY seconds (each write is a durable commit on the capture's path)."""
+
+    def __init__(self, store: Store, snapshot_id: str, total_blocks: int) -> None:
+        self._store = store
+        self._snapshot_id = snapshot_id
+        self._total = total_blocks
+        self._written = 0
+        self._at: float | None = None
+
+    async def reached(self, index: int) -> None:
+        """Block ``index`` (and every one before it) is captured."""
+        percent = min(99, index * 100 // self._total)
+        now = time.monotonic()
+        if percent > self._written and (self._at is None or now - self._at >= PROGRESS_EVERY):
+            self._written, self._at = percent, now
+            await self._store.set_snapshot_progress(self._snapshot_id, percent)
 
 
 async def _start_from_base(core: Core, snapshot_id: str, source: SnapshotSource) -> str | None:
