@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
 from typing import TypeVar
@@ -90,6 +90,7 @@ def _read_batch(blocks: Iterator[tuple[int, bytes]]) -> Batch:
             rows.append((index, _sha256(data), data))
 
     halves = [_HASHERS.submit(take) for _ in range(_HASHER_COUNT)]
+    wait(halves)  # both: if one fails, the other may still be reading from the source
     return sorted((row for half in halves for row in half.result()), key=lambda row: row[0])
 
 
