@@ -211,12 +211,15 @@ class BatchDeletingBlockStore(Protocol):
         ...
 
 
+NewBlock = tuple[bytes, bytes, tuple[int, int] | None]  # (digest, data, (fd, offset) or None)
+
+
 @runtime_checkable
 class BatchPuttingBlockStore(Protocol):
     """A BlockStore that stores many blocks for the cost of a few calls, and can store a block
     by sharing a file's extents (reflink)."""
 
-    def put_many(self, blocks: Sequence[tuple[bytes, bytes, tuple[int, int] | None]]) -> int:
+    def put_many(self, blocks: Sequence[NewBlock]) -> int:
         """``put`` each (digest, data, None). For (digest, data, (fd, offset)), ``data`` are
         the bytes at ``offset`` of the file open as ``fd``, which nothing changes meanwhile: the
         store may share that range's extents instead of writing the bytes. Returns how many

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends import sparse
+from backends.base import NewBlock
 from backends.blockfiles import BlockFiles
 from backends.blockpack import (
     ALIGN,
@@ -57,9 +58,6 @@ logger = logging.getLogger(__name__)
 DIGEST_BYTES = 32
 PACK_BYTES = 1024**3
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-NewBlock = tuple[bytes, bytes, tuple[int, int] | None]  # (digest, data, (fd, offset) or None)
 
 
 @dataclass

@@ -8,7 +8,8 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from backends.blockstore import LocalBlockStore, NewBlock
+from backends.base import NewBlock
+from backends.blockstore import LocalBlockStore
 from backends.file import FileStorage
 from ebsemu import config as config_module
 from ebsemu.app import build_services
