@@ -194,7 +194,14 @@ def moto(work_dir: Path, tag: str) -> Server:
 
 @contextlib.contextmanager
 def running(servers: list[Server]) -> Iterator[list[Server]]:
-    """Start every server (in order), stop them all when the block ends."""
+    """Start every server (in order), stop them all when the block ends.
+
+    Their data directories stay until the run ends and its work directory is removed: freeing
+    a row's thousands of files just before the next row would make that row pay for it. On
+    ext4 without a journal (this machine's root filesystem) a new file's inode is looked for
+    past every inode freed in the last 60 s (300 s more while its inode table block is still
+    to be written back): right after removing 3,000 volumes, CreateVolume cost 1.5 ms of
+    system time a call instead of 0.6."""
     try:
         for server in servers:
             server.start()
@@ -202,9 +209,6 @@ def running(servers: list[Server]) -> Iterator[list[Server]]:
     finally:
         for server in servers:
             server.stop()
-        for server in servers:
-            if server.data_dir is not None:
-                shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def pair(
