@@ -110,9 +110,9 @@ def _putter(blocks: BlockStore, source: SnapshotSource) -> PutBatch:
     locate = source.block_location if isinstance(source, BlockLocator) else None
 
     def put_many(batch: Batch) -> int:
-        if locate is None:
-            return store.put_many([(digest, data, None) for _, digest, data in batch])
-        return store.put_many([(digest, data, locate(index)) for index, digest, data in batch])
+        return store.put_many(
+            [(digest, data, locate(index) if locate else None) for index, digest, data in batch]
+        )
 
     return put_many
 
