@@ -97,6 +97,7 @@ def _snapshots(opts: Options, ec2: Any, data_dir: Path) -> list[DataResult]:
     write_s = disk.fill_random(source, size)
     read_s = disk.read_speed(source)
     write_mb, read_mb = _mb_s(size, write_s), _mb_s(size, read_s)
+    hash_mb = _mb_s(size, disk.hash_speed(size))
 
     before = disk.tree_bytes(blocks_dir)[1]
     _, first_s = _snapshotted(opts, ec2, volume_id)
@@ -125,7 +126,8 @@ def _snapshots(opts: Options, ec2: Any, data_dir: Path) -> list[DataResult]:
             f"sequential read {read_mb:,.0f} MB/s",
             first_mb / read_mb,
             f"stored {first_stored / disk.MIB:,.0f} MiB; "
-            f"{first_mb / write_mb:.2f} of sequential write + fsync ({write_mb:,.0f} MB/s)",
+            f"{first_mb / write_mb:.2f} of sequential write + fsync ({write_mb:,.0f} MB/s); "
+            f"{first_mb / hash_mb:.2f} of SHA-256 in two threads ({hash_mb:,.0f} MB/s)",
             measured=first_mb / read_mb,
         ),
         DataResult(
