@@ -79,9 +79,19 @@ def _write(lab: Lab, volume_id: str, blocks: dict[int, bytes]) -> None:
 
 
 def _snapshot(lab: Lab, volume_id: str) -> str:
+    """A completed snapshot of the volume, once its view is kept as the volume's base: that
+    happens just after the snapshot is marked completed, and the next snapshot's diff and a
+    clone from this one depend on it."""
     snapshot_id = new_snapshot(lab.ec2, volume_id)
     (snapshot,) = lab.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
     assert snapshot["State"] == "completed", lab.log_tail()
+
+    def kept() -> bool | None:
+        listed = lab.cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume_id}")
+        names = {snap["name"] for snap in json.loads(listed)}
+        return True if f"{snapshot_id}.base" in names else None
+
+    poll(kept)
     return snapshot_id
 
 
