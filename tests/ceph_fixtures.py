@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,6 +89,11 @@ class CephCluster:
 
     def images(self) -> list[str]:
         return self.rbd("ls", self.pool).split()
+
+    def snapshots(self, image: str) -> dict[str, dict[str, Any]]:
+        """The image's RBD snapshots by name, in the order rbd lists them."""
+        listed = json.loads(self.rbd("snap", "ls", "--format", "json", f"{self.pool}/{image}"))
+        return {snap["name"]: snap for snap in listed}
 
     def start(self, memstore_bytes: int = 1 << 30) -> None:
         for sub in ("run", "log", "mon", "osd"):

@@ -86,12 +86,7 @@ def _snapshot(lab: Lab, volume_id: str) -> str:
     (snapshot,) = lab.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
     assert snapshot["State"] == "completed", lab.log_tail()
 
-    def kept() -> bool | None:
-        listed = lab.cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume_id}")
-        names = {snap["name"] for snap in json.loads(listed)}
-        return True if f"{snapshot_id}.base" in names else None
-
-    poll(kept)
+    poll(lambda: True if f"{snapshot_id}.base" in lab.cluster.snapshots(volume_id) else None)
     return snapshot_id
 
 

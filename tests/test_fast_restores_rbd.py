@@ -38,11 +38,6 @@ def rbd_server(
     server.stop()
 
 
-def _snaps(cluster: CephCluster, image: str) -> dict[str, dict[str, Any]]:
-    listed = json.loads(cluster.rbd("snap", "ls", "--format", "json", f"{cluster.pool}/{image}"))
-    return {snap["name"]: snap for snap in listed}
-
-
 def _info(cluster: CephCluster, image: str) -> dict[str, Any]:
     info: dict[str, Any] = json.loads(
         cluster.rbd("info", "--format", "json", f"{cluster.pool}/{image}")
@@ -102,7 +97,7 @@ def test_a_volume_from_an_enabled_snapshot_is_a_clone_and_nothing_is_left_behind
     assert _matches(cluster, volume_id, first_blocks)
     ec2.enable_fast_snapshot_restores(SourceSnapshotIds=[first], AvailabilityZones=[ZONE])
     poll(lambda: _state(ec2, first, "enabled"))
-    kept = _snaps(cluster, volume_id)[f"{first}.fsr"]
+    kept = cluster.snapshots(volume_id)[f"{first}.fsr"]
     assert kept["protected"] == "true"
 
     # later snapshots keep their own base; the enabled one's RBD snapshot stays
@@ -110,7 +105,7 @@ def test_a_volume_from_an_enabled_snapshot_is_a_clone_and_nothing_is_left_behind
         _write(cluster, volume_id, {index: rng.randbytes(BLOCK_SIZE), 0: bytes(BLOCK_SIZE)})
         later = new_snapshot(ec2, volume_id)
     wanted = {f"{first}.fsr", f"{later}.base"}  # the base is kept just after completion
-    poll(lambda: True if set(_snaps(cluster, volume_id)) == wanted else None)
+    poll(lambda: True if set(cluster.snapshots(volume_id)) == wanted else None)
 
     restored = new_volume(ec2, SnapshotId=first)
     parent = _info(cluster, restored)["parent"]
@@ -126,21 +121,21 @@ def test_a_volume_from_an_enabled_snapshot_is_a_clone_and_nothing_is_left_behind
     poll(lambda: True if restored not in cluster.images() else None)
     ec2.disable_fast_snapshot_restores(SourceSnapshotIds=[first], AvailabilityZones=[ZONE])
     poll(lambda: _state(ec2, first, "disabled"))
-    poll(lambda: True if set(_snaps(cluster, volume_id)) == {f"{later}.base"} else None)
+    poll(lambda: True if set(cluster.snapshots(volume_id)) == {f"{later}.base"} else None)
     # the volume's last snapshot: disabling gives its RBD snapshot back as the diff base
     ec2.enable_fast_snapshot_restores(SourceSnapshotIds=[later], AvailabilityZones=[ZONE])
     poll(lambda: _state(ec2, later, "enabled"))
-    assert set(_snaps(cluster, volume_id)) == {f"{later}.fsr"}
+    assert set(cluster.snapshots(volume_id)) == {f"{later}.fsr"}
     ec2.disable_fast_snapshot_restores(SourceSnapshotIds=[later], AvailabilityZones=[ZONE])
     poll(lambda: _state(ec2, later, "disabled"))
-    assert set(_snaps(cluster, volume_id)) == {f"{later}.base"}
+    assert set(cluster.snapshots(volume_id)) == {f"{later}.base"}
     # deleting a snapshot while enabled disables it and removes its kept RBD snapshot
     ec2.enable_fast_snapshot_restores(SourceSnapshotIds=[later], AvailabilityZones=[ZONE])
     poll(lambda: _state(ec2, later, "enabled"))
-    assert set(_snaps(cluster, volume_id)) == {f"{later}.fsr"}
+    assert set(cluster.snapshots(volume_id)) == {f"{later}.fsr"}
     for snapshot in (first, later):
         ec2.delete_snapshot(SnapshotId=snapshot)
     poll(lambda: _state(ec2, later, "disabled"))
-    poll(lambda: True if _snaps(cluster, volume_id) == {} else None)
+    poll(lambda: True if cluster.snapshots(volume_id) == {} else None)
     ec2.delete_volume(VolumeId=volume_id)
     poll(lambda: True if volume_id not in cluster.images() else None)

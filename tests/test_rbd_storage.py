@@ -189,8 +189,7 @@ def test_second_view_reads_only_the_objects_changed_since_the_kept_one(
         assert data == changed.get(index, everything[index])
 
     asyncio.run(storage.keep_view(second))  # replaces the first as the base
-    snaps = json.loads(ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}"))
-    assert [s["name"] for s in snaps] == [f"{second}.base"]
+    assert list(ceph_cluster.snapshots(volume)) == [f"{second}.base"]
 
 
 class StreamSpy(LocalRunner):
@@ -262,8 +261,7 @@ def test_a_base_replaced_while_a_view_still_diffs_against_it_goes_after_that_rea
         assert dict(slow.changed_blocks())[2] == changed[2]
     finally:
         slow.close()  # now the first's base goes
-    snaps = json.loads(ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}"))
-    assert sorted(s["name"] for s in snaps) == sorted([second, f"{third}.base"])
+    assert sorted(ceph_cluster.snapshots(volume)) == sorted([second, f"{third}.base"])
     asyncio.run(storage.keep_view(second))  # older than the base kept: removed
     asyncio.run(storage.delete(volume))
 
@@ -320,8 +318,7 @@ def test_a_view_kept_while_the_next_is_opened_leaves_that_one_its_base(
             await asyncio.to_thread(view.close)  # now the first's base goes
 
     assert asyncio.run(scenario())[5] == changed[5]
-    snaps = json.loads(ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}"))
-    assert sorted(s["name"] for s in snaps) == sorted([second, f"{third}.base"])
+    assert sorted(ceph_cluster.snapshots(volume)) == sorted([second, f"{third}.base"])
     asyncio.run(backend.delete(volume))
 
 
@@ -424,8 +421,7 @@ def test_a_snapshot_dropped_while_clones_need_it_goes_with_its_last_clone(
     assert asyncio.run(storage.clone_from_view(view, clone, 16 * MIB))
 
     def snaps() -> list[str]:
-        listing = ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}")
-        return [s["name"] for s in json.loads(listing)]
+        return list(ceph_cluster.snapshots(volume))
 
     asyncio.run(storage.drop_view(view))
     assert snaps() == [f"{view}.gone"]  # still the clone's parent, no view's any more
@@ -636,10 +632,9 @@ def test_a_base_dropped_while_the_next_view_reads_from_it_goes_when_that_read_en
     source = storage.open_view(second)
     assert source.base_view_id == first
     asyncio.run(storage.drop_view(first))  # its snapshot is deleted meanwhile
-    snaps = ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}")
-    assert f"{first}.base" in snaps  # still there for the read
+    assert f"{first}.base" in ceph_cluster.snapshots(volume)  # still there for the read
     delta = dict(source.changed_blocks())
     source.close()
     assert delta[20] == changed[20]
-    snaps = ceph_cluster.rbd("snap", "ls", "--format", "json", f"rbd/{volume}")
+    snaps = ceph_cluster.snapshots(volume)
     assert f"{first}.base" not in snaps and second in snaps
