@@ -126,6 +126,48 @@ class ChangedBlocksSource(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class BlockDigests:
+    """What a completed snapshot holds: the SHA-256 of each of its non-zero 512 KiB blocks, by
+    block index (a block without a digest is zeros)."""
+
+    snapshot_id: str
+    digests: Mapping[int, bytes]
+
+
+@runtime_checkable
+class DigestFreezer(Protocol):
+    """A StorageBackend whose freeze copies a volume's data (no reflink on its filesystem),
+    and which can instead freeze only the blocks that differ from an earlier snapshot's."""
+
+    async def freezes_by_copy(self) -> bool:
+        """True when ``freeze`` would copy the volume's data rather than share it."""
+        ...
+
+    async def freeze_changes(self, volume_id: str, view_id: str, base: BlockDigests) -> None:
+        """Freeze the volume as a view holding only the blocks whose bytes differ from
+        ``base``: each block is read and hashed, and only the changed ones are copied. The
+        snapshot's manifest must already hold ``base``'s rows; the view reads back as a
+        ``SeededChangesSource``. Idempotent as ``freeze``."""
+        ...
+
+
+@runtime_checkable
+class SeededChangesSource(Protocol):
+    """A view frozen by ``DigestFreezer.freeze_changes``: it holds only the blocks that differ
+    from the snapshot its manifest was seeded with, and cannot be read whole."""
+
+    @property
+    def seeded_from(self) -> str:
+        """The snapshot whose manifest rows the new snapshot's manifest started as."""
+        ...
+
+    def changed_blocks(self) -> Iterator[tuple[int, bytes]]:
+        """(block index, 512 KiB) of every block that differs from ``seeded_from``, in index
+        order, all-zero blocks included (they replace its rows)."""
+        ...
+
+
 @runtime_checkable
 class ViewKeeper(Protocol):
     """A StorageBackend that keeps a captured view as the base of the volume's next one."""

@@ -32,7 +32,9 @@ The freeze is a point-in-time copy of what the files hold; a writer attached to 
 be quiesced by the caller for the copy to be consistent. A reflinked view whose snapshot has
 completed is kept as the base of the volume's next view (``keep_view``, backends/file_base.py),
 which then reads only the blocks whose extents differ from the base's (FIEMAP,
-backends/file_changes.py); a copied view is never kept.
+backends/file_changes.py); a copied view is never kept. Without reflink, a volume that has a
+completed snapshot can instead be frozen against that snapshot's block digests: only the blocks
+whose bytes differ are copied (``freeze_changes``, backends/file_digests.py).
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 from backends import heap, luks, sparse
+from backends.base import BlockDigests
 from backends.batching import GroupRunner
 from backends.errors import BackendError, CapacityError, SetupError
 from backends.file_base import FileBases
@@ -329,6 +332,7 @@ class FileStorage:
             "no LUKS formatter is configured" if luks_formatter is None else "not checked yet"
         )
         self._creates = GroupRunner(self._create_batch)
+        self._copies: bool | None = None  # freeze copies data (no reflink); None: not probed
 
     # -- control path (coroutines; the file work runs in worker threads) --
 
@@ -389,6 +393,20 @@ class FileStorage:
     async def freeze(self, volume_id: str, view_id: str) -> None:
         await asyncio.to_thread(self._freeze, volume_id, view_id)
 
+    async def freezes_by_copy(self) -> bool:
+        """True where the data filesystem has no reflink (probed once)."""
+        if self._copies is None:
+            self._copies = not await asyncio.to_thread(self._probe_reflink)
+        return self._copies
+
+    def _probe_reflink(self) -> bool:
+        self._views.mkdir(parents=True, exist_ok=True)
+        return sparse.reflinks(self._views)
+
+    async def freeze_changes(self, volume_id: str, view_id: str, base: BlockDigests) -> None:
+        """Freeze only the blocks that differ from ``base`` (backends/file_digests.py)."""
+        await asyncio.to_thread(self._freeze_changes, volume_id, view_id, base)
+
     async def keep_view(self, view_id: str) -> None:
         """Keep a captured view as the base of its volume's next view, where it was reflinked
         (see backends/file_base.py); else drop it."""
@@ -409,12 +427,17 @@ class FileStorage:
     # -- data path (blocking) --
 
     def open_view(self, view_id: str) -> FileView:
-        """The view, reading only its changes since its volume's kept base where it has one
-        (backends/file_changes.py builds on FileView, hence imported here)."""
-        from backends import file_changes
+        """The view, reading only its changes since its volume's kept base where it has one,
+        or only the blocks it was frozen with when it was frozen against a snapshot's digests
+        (backends/file_changes.py and file_digests.py build on FileView, hence imported here)."""
+        from backends import file_changes, file_digests
 
         directory = self._views / _check_id(view_id)
-        return file_changes.open_view(directory, self._layout_of(directory, "view"), self._bases)
+        layout = self._layout_of(directory, "view")
+        frozen_against_digests = file_digests.open_view(directory, layout)
+        if frozen_against_digests is not None:
+            return frozen_against_digests
+        return file_changes.open_view(directory, layout, self._bases)
 
     def write_blocks(self, volume_id: str, blocks: Iterable[tuple[int, bytes]]) -> None:
         """Write blocks into the volume, then fsync the segments written. An all-zero block
@@ -672,6 +695,44 @@ class FileStorage:
         )
 
     def _freeze(self, volume_id: str, view_id: str) -> None:
+        def clone(source: Path, staging: Path, layout: Layout) -> dict[str, str]:
+            methods = {
+                sparse.clone_file(
+                    source / segment_name(index),
+                    staging / segment_name(index),
+                    layout.segment_size(index),
+                )
+                for index in range(layout.segment_count)
+            }
+            return {"frozen_by": "+".join(sorted(methods))}
+
+        self._make_view(volume_id, view_id, clone)
+
+    def _freeze_changes(self, volume_id: str, view_id: str, base: BlockDigests) -> None:
+        from backends import file_digests
+
+        def compare(source: Path, staging: Path, layout: Layout) -> dict[str, str]:
+            changed = file_digests.freeze_changes(source, staging, layout, base.digests)
+            logger.info(
+                "volume %s: %d of %d blocks differ from snapshot %s",
+                volume_id,
+                changed,
+                -(-layout.size_bytes // BLOCK_SIZE),
+                base.snapshot_id,
+            )
+            return {"frozen_by": file_digests.DIGEST, "seeded_from": base.snapshot_id}
+
+        self._make_view(volume_id, view_id, compare)
+
+    def _make_view(
+        self,
+        volume_id: str,
+        view_id: str,
+        fill: Callable[[Path, Path, Layout], dict[str, str]],
+    ) -> None:
+        """Freeze the volume as the view: ``fill`` writes the view's segment files from the
+        volume's directory into a staging directory and says how (description keys); the view
+        then appears under its name, durably. An existing view is kept as it is."""
         source = self._volumes / _check_id(volume_id)
         final = self._views / _check_id(view_id)
         layout = self._layout_of(source, "volume")
@@ -683,19 +744,8 @@ class FileStorage:
         began = time.monotonic()
         try:
             staging.mkdir()
-            methods = {
-                sparse.clone_file(
-                    source / segment_name(index),
-                    staging / segment_name(index),
-                    layout.segment_size(index),
-                )
-                for index in range(layout.segment_count)
-            }
-            description = layout.to_json(
-                volume_id=volume_id,
-                frozen_by="+".join(sorted(methods)),
-                frozen_ns=str(time.time_ns()),
-            )
+            how = fill(source, staging, layout)
+            description = layout.to_json(volume_id=volume_id, frozen_ns=str(time.time_ns()), **how)
             sparse.write_json_atomic(staging / META_NAME, description)
             os.rename(staging, final)
             sparse.fsync_dir(self._views)
@@ -711,7 +761,7 @@ class FileStorage:
             "froze volume %s as view %s by %s in %.3f s",
             volume_id,
             view_id,
-            "+".join(sorted(methods)),
+            how["frozen_by"],
             time.monotonic() - began,
         )
 

@@ -107,7 +107,7 @@ def make_sparse(path: Path, size: int) -> None:
         os.close(fd)
 
 
-def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
@@ -229,6 +229,28 @@ def clone_file(src_path: Path, dst_path: Path, size: int) -> str:
     finally:
         os.close(src)
     return method
+
+
+def reflinks(directory: Path) -> bool:
+    """True when files in ``directory`` can share extents (FICLONE of a small probe file)."""
+    probe = directory / f".probe-{secrets.token_hex(4)}"
+    src = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        pwrite_all(src, bytes(4096), 0)
+        dst = os.open(f"{probe}-clone", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.ioctl(dst, _FICLONE, src)
+        except OSError as exc:
+            if exc.errno not in NO_REFLINK:
+                raise
+            return False
+        finally:
+            os.close(dst)
+            os.unlink(f"{probe}-clone")
+        return True
+    finally:
+        os.close(src)
+        os.unlink(probe)
 
 
 def clone_range(src: int, src_offset: int, length: int, dst: int, dst_offset: int) -> None:

@@ -1,4 +1,4 @@
-"""Private filesystems for tests: a tmpfs that fills up fast, an XFS image with reflink."""
+"""Private filesystems for tests: loop-mounted XFS images, with and without reflink."""
 
 from __future__ import annotations
 
@@ -34,15 +34,24 @@ def mounted(argv: list[str], target: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def xfs_reflink_at(work: Path, size_bytes: int) -> Iterator[Path]:
     """An XFS filesystem with reflink=1 of ``size_bytes``, loop-mounted at ``work/xfs``."""
+    with xfs_at(work, size_bytes, reflink=True) as mounted_at:
+        yield mounted_at
+
+
+@contextlib.contextmanager
+def xfs_at(work: Path, size_bytes: int, *, reflink: bool) -> Iterator[Path]:
+    """An XFS filesystem of ``size_bytes``, with or without reflink, loop-mounted at
+    ``work/xfs``."""
     mkfs = shutil.which("mkfs.xfs")
+    option = f"reflink={int(reflink)}"
     if mkfs is None:
-        pytest.skip("needs mkfs.xfs (xfsprogs) to make an XFS filesystem with reflink")
+        pytest.skip(f"needs mkfs.xfs (xfsprogs) to make an XFS filesystem with {option}")
     image = work / "xfs.img"
     with image.open("wb") as f:
         f.truncate(size_bytes)
-    made = run([mkfs, "-q", "-m", "reflink=1", str(image)])
+    made = run([mkfs, "-q", "-m", option, str(image)])
     if made.returncode != 0:
-        pytest.skip(f"mkfs.xfs -m reflink=1 failed: {made.stderr}")
+        pytest.skip(f"mkfs.xfs -m {option} failed: {made.stderr}")
     target = work / "xfs"
     with mounted(["mount", "-o", "loop", str(image), str(target)], target):
         yield target

@@ -5,50 +5,33 @@ byte for byte, and the base goes with its snapshot or its volume, never with rec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.api_support import FAST, new_snapshot, new_volume, poll, volume_segment
-from tests.fs_fixtures import xfs_reflink_at
-from tests.server import TEST_CONFIG, ServerProcess
+from tests.api_support import FAST, new_snapshot, new_volume, poll
+from tests.file_snapshot_support import captured, delete, server_on_xfs, volume_sha256
+from tests.server import ServerProcess
 from tests.test_api_modify import wait_finished
 from tests.volume_data import write_blocks
 
 BLOCK = 512 * 1024
 VOLUME_BLOCKS = 2048  # 1 GiB
-GIB = 1024**3
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server whose data directory is on its own XFS filesystem (reflink=1)."""
-    config = TEST_CONFIG.replace("[limits]\n", "[limits]\nmodification_cooldown_seconds = 0\n")
-    with xfs_reflink_at(tmp_path_factory.mktemp("api-file-changes"), 3 * GIB) as mounted:
-        proc = ServerProcess(mounted / "data", config, backend="file")  # reflink views are its own
-        try:
-            proc.start()
-            yield proc
-        finally:
-            proc.stop()
+    with server_on_xfs(tmp_path_factory.mktemp("api-file-changes"), reflink=True) as proc:
+        yield proc  # reflink views are the file backend's own
 
 
 @pytest.fixture(scope="module")
 def ec2(server: ServerProcess) -> Any:
     return server.client()
-
-
-def _digest(server: ServerProcess, volume_id: str) -> str:
-    digest = hashlib.sha256()
-    with volume_segment(server.data_dir, volume_id).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(8 * 1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _bases(server: ServerProcess) -> list[str]:
@@ -76,30 +59,11 @@ def _changes(rng: random.Random) -> dict[int, bytes]:
     return changes
 
 
-def _captured(server: ServerProcess, snapshot_id: str) -> tuple[int, str | None]:
-    """(blocks read, base snapshot) from the log line the snapshot's capture wrote."""
-    log = server.log_path.read_text(errors="replace")
-    found = re.search(
-        rf"snapshot {snapshot_id}: captured \d+ blocks, \d+ new, (\d+) read"
-        r"(?: \(changes since (snap-\w+)\))?",
-        log,
-    )
-    assert found, server.log_tail()
-    return int(found.group(1)), found.group(2)
-
-
 def _restores_identical(server: ServerProcess, ec2: Any, volume_id: str, snapshot_id: str) -> str:
     """A new volume from ``snapshot_id`` holds the same bytes as ``volume_id``; its id."""
     restored = new_volume(ec2, SnapshotId=snapshot_id)
-    assert _digest(server, restored) == _digest(server, volume_id)
+    assert volume_sha256(server, restored) == volume_sha256(server, volume_id)
     return restored
-
-
-def _delete(ec2: Any, volume_ids: tuple[str, ...], snapshot_ids: tuple[str, ...]) -> None:
-    for vid in volume_ids:
-        ec2.delete_volume(VolumeId=vid)
-    for snapshot_id in snapshot_ids:
-        ec2.delete_snapshot(SnapshotId=snapshot_id)
 
 
 def test_second_snapshot_reads_only_the_changed_blocks_and_restores_identical(
@@ -108,20 +72,20 @@ def test_second_snapshot_reads_only_the_changed_blocks_and_restores_identical(
     rng = random.Random(11)
     volume_id = _volume_with_data(server, ec2, rng)
     first = new_snapshot(ec2, volume_id)
-    assert _captured(server, first) == (100, None)
+    assert captured(server, first) == (100, None)
     _kept(server, volume_id, first)
 
     changes = _changes(rng)
     write_blocks(server, volume_id, changes)
     second = new_snapshot(ec2, volume_id)
-    assert _captured(server, second) == (len(changes), first)
+    assert captured(server, second) == (len(changes), first)
     _kept(server, volume_id, second)
     assert f"{volume_id}@{first}" not in _bases(server)  # replaced
 
     restored = _restores_identical(server, ec2, volume_id, second)
-    _delete(ec2, (restored, volume_id), ())
+    delete(ec2, (restored, volume_id), ())
     poll(lambda: True if not any(b.startswith(volume_id) for b in _bases(server)) else None)
-    _delete(ec2, (), (first, second))
+    delete(ec2, (), (first, second))
 
 
 def test_deleting_the_first_snapshot_while_the_second_is_pending_keeps_the_second_whole(
@@ -139,7 +103,7 @@ def test_deleting_the_first_snapshot_while_the_second_is_pending_keeps_the_secon
     restored = _restores_identical(server, ec2, volume_id, second)
     _kept(server, volume_id, second)
     assert [b for b in _bases(server) if b.startswith(volume_id)] == [f"{volume_id}@{second}"]
-    _delete(ec2, (restored, volume_id), (second,))
+    delete(ec2, (restored, volume_id), (second,))
 
 
 def test_reconcile_and_a_restart_leave_the_base_to_the_next_snapshot(
@@ -162,9 +126,9 @@ def test_reconcile_and_a_restart_leave_the_base_to_the_next_snapshot(
     changes = {3: rng.randbytes(BLOCK), 1500: rng.randbytes(BLOCK)}
     write_blocks(server, volume_id, changes)
     second = new_snapshot(ec2, volume_id)
-    assert _captured(server, second) == (2, first)
+    assert captured(server, second) == (2, first)
     restored = _restores_identical(server, ec2, volume_id, second)
-    _delete(ec2, (restored, volume_id), (first, second))
+    delete(ec2, (restored, volume_id), (first, second))
 
 
 def test_after_the_volume_grew_only_data_past_the_base_and_changes_are_read(
@@ -179,8 +143,8 @@ def test_after_the_volume_grew_only_data_past_the_base_and_changes_are_read(
 
     write_blocks(server, volume_id, {5: rng.randbytes(BLOCK), 3000: rng.randbytes(BLOCK)})
     second = new_snapshot(ec2, volume_id)
-    assert _captured(server, second) == (2, first)
+    assert captured(server, second) == (2, first)
     (snapshot,) = ec2.describe_snapshots(SnapshotIds=[second])["Snapshots"]
     assert snapshot["VolumeSize"] == 2
     restored = _restores_identical(server, ec2, volume_id, second)
-    _delete(ec2, (restored, volume_id), (first, second))
+    delete(ec2, (restored, volume_id), (first, second))

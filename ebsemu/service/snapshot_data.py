@@ -36,6 +36,7 @@ from backends.base import (
     BlockLocator,
     BlockStore,
     ChangedBlocksSource,
+    SeededChangesSource,
     SnapshotSource,
     StorageBackend,
 )
@@ -150,17 +151,24 @@ async def capture(core: Core, snapshot_id: str, storage: StorageBackend) -> Capt
     """Stream the frozen view named ``snapshot_id`` (on ``storage``, the host that froze it)
     into the block store and its manifest. When the view can read only its changes since a
     completed snapshot of the same volume, the manifest starts as that snapshot's and only
-    the changed blocks are read (a changed block now all zeros drops its row)."""
+    the changed blocks are read (a changed block now all zeros drops its row). A view frozen
+    against a snapshot's digests (``SeededChangesSource``) holds only its changed blocks; the
+    manifest was seeded with that snapshot's rows when it was frozen."""
     source: SnapshotSource = await _finish(_in_thread(lambda: storage.open_view(snapshot_id)))
     stats = CaptureStats()
     upcoming: asyncio.Future[Batch] | None = None
     try:
         total_blocks = max(1, source.size_bytes // BLOCK_SIZE)
-        stats.base_id = await _start_from_base(core, snapshot_id, source)
-        if stats.base_id is not None and isinstance(source, ChangedBlocksSource):
+        blocks: Iterator[tuple[int, bytes]]
+        if isinstance(source, SeededChangesSource):  # the manifest was seeded at the freeze
+            stats.base_id = source.seeded_from
             blocks = source.changed_blocks()
         else:
-            blocks = source.iter_blocks(0)
+            stats.base_id = await _start_from_base(core, snapshot_id, source)
+            if stats.base_id is not None and isinstance(source, ChangedBlocksSource):
+                blocks = source.changed_blocks()
+            else:
+                blocks = source.iter_blocks(0)
         zeroed: list[int] = []
         progress = Progress(core.store, snapshot_id, total_blocks)
         put = _putter(core.blocks, source)
@@ -228,6 +236,14 @@ async def _start_from_base(core: Core, snapshot_id: str, source: SnapshotSource)
             return None
         await _finish(asyncio.ensure_future(core.store.copy_manifest(base_id, snapshot_id)))
     return base_id
+
+
+async def seed_manifest(core: Core, base_id: str, snapshot_id: str) -> dict[int, bytes]:
+    """Start the snapshot's manifest as a copy of snapshot ``base_id``'s (under the GC lock, so
+    the base's blocks cannot go meanwhile) and return it: block index -> digest."""
+    async with core.block_gc_lock:
+        await _finish(asyncio.ensure_future(core.store.copy_manifest(base_id, snapshot_id)))
+    return dict(await core.store.manifest(snapshot_id))
 
 
 async def _drop_rows(core: Core, snapshot_id: str, indexes: list[int]) -> None:

@@ -1,7 +1,8 @@
 """Snapshots: point-in-time copies of volumes, kept in the block store.
 
-CreateSnapshot freezes the volume's bytes before it answers (reflink clone, backend snapshot or
-sparse copy); a job then streams the frozen view into the block store, raising Progress, and the
+CreateSnapshot freezes the volume's bytes before it answers (reflink clone, backend snapshot,
+sparse copy, or a copy of only the blocks that differ from its last snapshot: snapshot_freeze);
+a job then streams the frozen view into the block store, raising Progress, and the
 snapshot becomes `completed` (or `error` with a StatusMessage).
 """
 
@@ -15,7 +16,7 @@ from backends.base import ViewKeeper
 from backends.errors import BackendError
 from ebsemu import errors, faults
 from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_id, utcnow
-from ebsemu.service import fast_restores, listing, sharing, snapshot_data
+from ebsemu.service import fast_restores, listing, sharing, snapshot_data, snapshot_freeze
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
@@ -77,7 +78,9 @@ class SnapshotService:
             await self._core.store.insert_snapshot(snapshot)
             job_id = await self._core.jobs.record("capture_snapshot", snapshot.id)
             try:
-                await self._core.storage_for(volume).freeze(volume_id, snapshot.id)
+                await snapshot_freeze.freeze(
+                    self._core, self._core.storage_for(volume), volume_id, snapshot.id
+                )
             except (BackendError, OSError) as exc:
                 log.error("snapshot %s of %s: freeze failed: %s", snapshot.id, volume_id, exc)
                 await self._core.jobs.fail(job_id, f"freeze failed: {exc}")

@@ -353,6 +353,9 @@ class Store(
 
     async def count_snapshots(self, owner_id: str) -> int: ...
     async def volumes_restoring_from(self, snapshot_id: str) -> list[str]: ...
+    async def latest_completed_snapshot(self, volume_id: str) -> str | None:
+        """The id of the volume's newest completed snapshot not being deleted, if any."""
+        ...
 
     # storage hosts
     async def snapshot_storage_host(self, snapshot_id: str) -> str | None:

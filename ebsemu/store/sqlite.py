@@ -399,6 +399,14 @@ class SqlStore(
         )
         return [row[0] for row in rows]
 
+    async def latest_completed_snapshot(self, volume_id: str) -> str | None:
+        rows = await self._rows(
+            "SELECT id FROM snapshots WHERE volume_id = ? AND state = 'completed' "
+            "AND deleted = 0 ORDER BY seq DESC LIMIT 1",
+            (volume_id,),
+        )
+        return str(rows[0][0]) if rows else None
+
     # ---- manifests -----------------------------------------------------------------------
 
     async def add_manifest_rows(self, snapshot_id: str, rows: Sequence[tuple[int, bytes]]) -> None:

@@ -1,0 +1,206 @@
+"""Views of a file-backend volume that hold only the blocks changed since a completed snapshot.
+
+Without reflink (ext4, tmpfs) a plain freeze copies every data extent of the volume, and its
+capture then reads and hashes all of it again, to store the few blocks that changed. Given the
+SHA-256 of each block of an earlier snapshot of the volume (its manifest, ``BlockDigests``), the
+freeze here instead reads and hashes every data block of the volume and copies only the blocks
+whose digest differs; a block that is now a hole, or all zeros, differs where the earlier
+snapshot had data. The view then holds those blocks (a hole for the ones now zero) and their
+list (``changed-blocks``: ascending block indexes, little-endian 64-bit), and its description
+names the snapshot compared with (``seeded_from``). The service has already made the new
+snapshot's manifest a copy of that snapshot's, so its capture only lays these blocks over it.
+
+A block is unchanged only when its bytes hash to the digest the earlier snapshot stored for it:
+the same equality the block store relies on to store a block once. Such a view is never read
+whole (``iter_blocks`` raises) and never kept as a base. Blocking; run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import json
+import math
+import os
+import sys
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from backends import sparse
+from backends.errors import BackendError
+from backends.file import META_NAME, FileView, Layout, segment_name
+from ebsemu.model import BLOCK_SIZE
+
+DIGEST = "digest"  # a view description's frozen_by: frozen against an earlier snapshot's digests
+CHANGED_NAME = "changed-blocks"
+ZERO_DIGEST = hashlib.sha256(bytes(BLOCK_SIZE)).digest()
+_CHUNK_BLOCKS = 16  # blocks one hashing task reads (8 MiB)
+_HASHERS = 2  # hashlib releases the GIL on large buffers: both CPUs hash
+
+
+def freeze_changes(
+    source: Path, staging: Path, layout: Layout, digests: Mapping[int, bytes]
+) -> int:
+    """Write into the empty directory ``staging`` the segment files of a view of the volume in
+    ``source`` that hold only its blocks whose SHA-256 differs from ``digests`` (a block absent
+    from it is zeros), and the list of those blocks, all durable. Returns how many differ."""
+    per_segment = layout.segment_bytes // BLOCK_SIZE
+    changed = array("Q")
+    with ThreadPoolExecutor(_HASHERS, thread_name_prefix="freeze-sha256") as hashers:
+        for segment in range(layout.segment_count):
+            size = layout.segment_size(segment)
+            first = segment * per_segment
+            src = os.open(source / segment_name(segment), os.O_RDONLY)
+            try:
+                os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                dst = os.open(
+                    staging / segment_name(segment), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+                )
+                try:
+                    os.ftruncate(dst, size)
+                    compare = _SegmentCompare(src, dst, first, digests)
+                    changed.extend(compare.run(hashers, size))
+                    os.fsync(dst)
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+    _write_changed(staging / CHANGED_NAME, changed)
+    return len(changed)
+
+
+class _SegmentCompare:
+    """One segment of the volume compared with ``digests``, its changed blocks copied."""
+
+    def __init__(self, src: int, dst: int, first: int, digests: Mapping[int, bytes]) -> None:
+        self._src = src
+        self._dst = dst
+        self._first = first  # the volume's index of the segment's first block
+        self._digests = digests
+
+    def run(self, hashers: ThreadPoolExecutor, size: int) -> list[int]:
+        """Volume indexes of the segment's changed blocks, ascending."""
+        blocks = size // BLOCK_SIZE
+        runs = _data_runs(self._src, size)
+        chunks = [
+            range(start, min(start + _CHUNK_BLOCKS, stop))
+            for start_run, stop in runs
+            for start in range(start_run, stop, _CHUNK_BLOCKS)
+        ]
+        changed = [index for found in hashers.map(self._chunk, chunks) for index in found]
+        last = self._first + blocks
+        earlier = (index for index in self._digests if self._first <= index < last)
+        changed += [index for index in earlier if not _within(index - self._first, runs)]
+        return sorted(changed)
+
+    def _chunk(self, blocks: range) -> list[int]:
+        changed = []
+        data = bytearray(BLOCK_SIZE)  # one buffer for the chunk: no allocation per block
+        for local in blocks:
+            if os.preadv(self._src, [data], local * BLOCK_SIZE) != BLOCK_SIZE:
+                raise BackendError(f"block {self._first + local} is shorter than a block")
+            digest = hashlib.sha256(data).digest()
+            if digest != self._digests.get(self._first + local, ZERO_DIGEST):
+                changed.append(self._first + local)
+                if digest != ZERO_DIGEST:
+                    sparse.pwrite_all(self._dst, data, local * BLOCK_SIZE)
+        return changed
+
+
+def _data_runs(fd: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) block ranges of the file's first ``size`` bytes that hold data, merged."""
+    runs: list[tuple[int, int]] = []
+    for start, end in sparse.data_extents(fd, 0, size):
+        first, stop = start // BLOCK_SIZE, -(-end // BLOCK_SIZE)
+        if runs and runs[-1][1] >= first:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], stop))
+        else:
+            runs.append((first, stop))
+    return runs
+
+
+def _within(block: int, runs: Sequence[tuple[int, int]]) -> bool:
+    """True if ``block`` is in one of the ascending, disjoint ``runs``."""
+    position = bisect.bisect_right(runs, (block, math.inf)) - 1
+    return position >= 0 and block < runs[position][1]
+
+
+def _write_changed(path: Path, changed: array[int]) -> None:
+    if changed.itemsize != 8:
+        raise BackendError("this platform has no 64-bit array item")
+    data = changed.tobytes() if sys.byteorder == "little" else _swapped(changed)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        sparse.pwrite_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swapped(values: array[int]) -> bytes:
+    copy = array(values.typecode, values)
+    copy.byteswap()
+    return copy.tobytes()
+
+
+class DigestView(FileView):
+    """A view frozen by ``freeze_changes``: reads its changed blocks only."""
+
+    def __init__(self, directory: Path, layout: Layout, seeded_from: str) -> None:
+        self._name = directory.name
+        self._seeded_from = seeded_from
+        self._changed = _read_changed(directory / CHANGED_NAME, layout)
+        super().__init__(directory, layout)
+
+    @property
+    def seeded_from(self) -> str:
+        return self._seeded_from
+
+    def iter_blocks(self, start_index: int = 0) -> Iterator[tuple[int, bytes]]:
+        raise BackendError(
+            f"view {self._name} holds only the blocks changed since {self._seeded_from}"
+        )
+
+    def changed_blocks(self) -> Iterator[tuple[int, bytes]]:
+        for index in self._changed:
+            fd, offset = self.block_location(index)
+            data = os.pread(fd, BLOCK_SIZE, offset)
+            if len(data) != BLOCK_SIZE:
+                raise BackendError(f"view {self._name}: block {index} is short")
+            yield index, data
+
+
+def _read_changed(path: Path, layout: Layout) -> array[int]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BackendError(f"cannot read {path}: {exc}") from exc
+    if len(data) % 8:
+        raise BackendError(f"{path}: not a list of 64-bit block indexes")
+    changed = array("Q")
+    changed.frombytes(data)
+    if sys.byteorder != "little":
+        changed.byteswap()
+    limit = -(-layout.size_bytes // BLOCK_SIZE)
+    if any(index >= limit for index in changed) or any(
+        later <= earlier for earlier, later in itertools.pairwise(changed)
+    ):
+        raise BackendError(f"{path}: block indexes out of order or beyond the view")
+    return changed
+
+
+def open_view(directory: Path, layout: Layout) -> DigestView | None:
+    """The view as a DigestView if it was frozen against digests; None for any other view."""
+    try:
+        description = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"cannot read the description of view {directory.name}: {exc}") from exc
+    if not isinstance(description, dict) or description.get("frozen_by") != DIGEST:
+        return None
+    seeded_from = description.get("seeded_from")
+    if not isinstance(seeded_from, str) or not seeded_from:
+        raise BackendError(f"view {directory.name} names no snapshot it was compared with")
+    return DigestView(directory, layout, seeded_from)

@@ -1,0 +1,47 @@
+"""How CreateSnapshot freezes a volume's bytes before it answers.
+
+Most backends freeze by sharing the volume's data (a reflink clone, an RBD or LVM snapshot): the
+freeze is instant, and what changed since the last snapshot is found when the view is read. A
+file backend without reflink would copy the whole volume instead. There, when the volume has a
+completed snapshot, the new snapshot's manifest starts as a copy of that one's (under the GC
+lock: its blocks are then referenced by the new snapshot too, whatever happens to the old), and
+the freeze reads and hashes the volume against those digests, copying only the blocks that
+differ (``DigestFreezer``); the capture lays them over the copied manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from backends.base import BlockDigests, DigestFreezer, StorageBackend
+from backends.errors import BackendError
+from ebsemu.service import snapshot_data
+from ebsemu.service.core import Core
+
+log = logging.getLogger(__name__)
+
+
+async def freeze(core: Core, storage: StorageBackend, volume_id: str, snapshot_id: str) -> None:
+    """Freeze the volume as the view of ``snapshot_id`` (its row exists, its capture job is
+    recorded and not started). BackendError or OSError if it cannot be frozen; the snapshot's
+    manifest is then empty."""
+    if not (isinstance(storage, DigestFreezer) and await storage.freezes_by_copy()):
+        await storage.freeze(volume_id, snapshot_id)
+        return
+    base_id = await core.store.latest_completed_snapshot(volume_id)
+    if base_id is None:
+        await storage.freeze(volume_id, snapshot_id)
+        return
+    digests = await snapshot_data.seed_manifest(core, base_id, snapshot_id)
+    log.info(
+        "snapshot %s of %s: freezing the blocks that differ from snapshot %s (%d blocks)",
+        snapshot_id,
+        volume_id,
+        base_id,
+        len(digests),
+    )
+    try:
+        await storage.freeze_changes(volume_id, snapshot_id, BlockDigests(base_id, digests))
+    except (BackendError, OSError):
+        await snapshot_data.sweep(core, snapshot_id)
+        raise
