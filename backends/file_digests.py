@@ -48,6 +48,9 @@ def freeze_changes(
     ``source`` that hold only its blocks whose SHA-256 differs from ``digests`` (a block absent
     from it is zeros), and the list of those blocks, all durable. Returns how many differ."""
     per_segment = layout.segment_bytes // BLOCK_SIZE
+    beyond = [index for index in digests if index >= layout.size_bytes // BLOCK_SIZE]
+    if beyond:  # a volume never shrinks: these digests are not of an earlier state of it
+        raise BackendError(f"the digests name block {min(beyond)}, past the volume's end")
     changed = array("Q")
     with ThreadPoolExecutor(_HASHERS, thread_name_prefix="freeze-sha256") as hashers:
         for segment in range(layout.segment_count):

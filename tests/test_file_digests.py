@@ -143,3 +143,11 @@ def test_only_a_filesystem_without_reflink_freezes_by_copy(tmpfs: Path, tmp_path
     with xfs_reflink_at(tmp_path, 320 * MIB) as xfs:
         assert not asyncio.run(FileStorage(xfs).freezes_by_copy())
     assert not [path for path in tmpfs.rglob("*") if path.name.startswith(".probe-")]
+
+
+def test_digests_past_the_end_of_the_volume_are_refused(storage: FileStorage) -> None:
+    asyncio.run(storage.create(VOLUME, 16 * BLOCK_SIZE))
+    base = BlockDigests("snap-0000000000000000a", {16: hashlib.sha256(ZEROS).digest()})
+    with pytest.raises(BackendError, match="past the volume's end"):
+        asyncio.run(storage.freeze_changes(VOLUME, "snap-0000000000000000b", base))
+    assert asyncio.run(storage.list_views()) == []
