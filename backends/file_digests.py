@@ -32,11 +32,10 @@ from pathlib import Path
 from backends import sparse
 from backends.errors import BackendError
 from backends.file import META_NAME, FileView, Layout, segment_name
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, ZERO_DIGEST
 
 DIGEST = "digest"  # a view description's frozen_by: frozen against an earlier snapshot's digests
 CHANGED_NAME = "changed-blocks"
-ZERO_DIGEST = hashlib.sha256(bytes(BLOCK_SIZE)).digest()
 _CHUNK_BLOCKS = 16  # blocks one hashing task reads (8 MiB)
 _HASHERS = 2  # hashlib releases the GIL on large buffers: both CPUs hash
 

@@ -6,12 +6,15 @@ Enum values are botocore's wire values, so a record's state can be serialized as
 from __future__ import annotations
 
 import enum
+import hashlib
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 GIB = 1024**3
 BLOCK_SIZE = 512 * 1024  # EBS snapshot block size, bytes
+# The digest of an all-zero block: such a block is a hole, never a manifest row.
+ZERO_DIGEST = hashlib.sha256(bytes(BLOCK_SIZE)).digest()
 COPY_VOLUME_ID = "vol-ffffffff"  # the VolumeId EC2 gives a snapshot copy
 
 

@@ -9,9 +9,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ebsemu.model import Snapshot, SnapshotState, utcnow
+from ebsemu.model import ZERO_DIGEST, Snapshot, SnapshotState, utcnow
 from ebsemu.store.base import Store
-from ebsemu.store.direct import ZERO_DIGEST, ChangedRow, DirectMeta
+from ebsemu.store.direct import ChangedRow, DirectMeta
 from tests.store_fixtures import NewStore
 
 T = TypeVar("T")

@@ -28,11 +28,11 @@ from ebsemu.direct.access import (
     not_pending,
     validation,
 )
-from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, new_id, utcnow
+from ebsemu.model import BLOCK_SIZE, ZERO_DIGEST, Snapshot, SnapshotState, new_id, utcnow
 from ebsemu.service import snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
-from ebsemu.store.direct import ZERO_DIGEST, DirectMeta
+from ebsemu.store.direct import DirectMeta
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,9 @@ from backends.base import (
     StorageBackend,
 )
 from ebsemu import faults
-from ebsemu.model import BLOCK_SIZE, SnapshotState
+from ebsemu.model import BLOCK_SIZE, ZERO_DIGEST, SnapshotState
 from ebsemu.service.core import Core
 from ebsemu.store.base import Store
-from ebsemu.store.direct import ZERO_DIGEST
 
 log = logging.getLogger(__name__)
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ebsemu.model import BLOCK_SIZE, Snapshot
-
-# The digest of an all-zero block: put, it is a hole (no manifest row), as in captures.
-ZERO_DIGEST = hashlib.sha256(bytes(BLOCK_SIZE)).digest()
+from ebsemu.model import Snapshot
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from ebsemu.model import Snapshot, utcnow
-from ebsemu.store.direct import ZERO_DIGEST, ChangedRow, DirectMeta
+from ebsemu.model import ZERO_DIGEST, Snapshot, utcnow
+from ebsemu.store.direct import ChangedRow, DirectMeta
 from ebsemu.store.rows import SNAPSHOT_COLUMNS, snapshot_values
 from ebsemu.store.sql_base import SqlBase, placeholders
 from ebsemu.timefmt import to_wire
