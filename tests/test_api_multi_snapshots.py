@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from botocore.config import Config as BotoConfig
 
+from backends import sparse
 from backends.vmm.qmp import QmpClient
 from ebsemu.service.instances import instance_id
 from tests.api_support import (
@@ -317,6 +318,59 @@ def test_a_failing_view_resumes_the_vm_drops_the_views_taken_and_creates_nothing
     assert found["Snapshots"] == []
     after = set(os.listdir(views)) if views.exists() else set()
     assert after == before
+
+
+def _snapshot_all(lab: Lab) -> dict[str, str]:
+    """CreateSnapshots of the instance, waited for: volume id -> snapshot id."""
+    answer = lab.ec2.create_snapshots(InstanceSpecification={"InstanceId": lab.iid})
+    ids = {s["VolumeId"]: s["SnapshotId"] for s in answer["Snapshots"]}
+    waiter = lab.ec2.get_waiter("snapshot_completed")
+    waiter.wait(SnapshotIds=list(ids.values()), WaiterConfig=FAST)
+    return ids
+
+
+def test_later_views_hold_only_the_changed_blocks_and_a_failure_leaves_no_manifest(
+    lab: Lab,
+) -> None:
+    if sparse.reflinks(lab.server.data_dir / "storage"):
+        pytest.skip("the data filesystem has reflink: views share extents, nothing is hashed")
+    for device in DEVICES:
+        write_through_qemu(lab, device, 6, 0x21)
+    first = _snapshot_all(lab)
+    for device in DEVICES:
+        write_through_qemu(lab, device, 7, 0x31)
+    second = _snapshot_all(lab)
+    log = lab.log()
+    for volume_id, snapshot_id in second.items():
+        assert f"froze volume {volume_id} as view {snapshot_id} by digest" in log
+        differ = f"volume {volume_id}: 1 of 2048 blocks differ from snapshot {first[volume_id]}"
+        assert differ in log
+    restored = restore(lab, second[lab.volumes["/dev/sdf"]])
+    assert read_block(lab, restored, 6) == bytes([0x21]) * BLOCK
+    assert read_block(lab, restored, 7) == bytes([0x31]) * BLOCK
+    lab.ec2.delete_volume(VolumeId=restored)
+
+    # The last volume cannot be frozen: the two frozen before it had their manifests seeded.
+    layout = volume_segment(lab.server.data_dir, lab.volumes["/dev/sdh"]).with_name("volume.json")
+    hidden = layout.with_name(".volume.json.hidden")
+    log_start = len(lab.log())
+    layout.rename(hidden)
+    try:
+        code, _, _ = aws_error(
+            lab.once.create_snapshots, InstanceSpecification={"InstanceId": lab.iid}
+        )
+    finally:
+        hidden.rename(layout)
+    assert code == "InternalError"
+    log = lab.log()[log_start:]
+    given_up = re.findall(r"snapshot (snap-\w+) of (vol-\w+): freezing the blocks", log)
+    assert {volume_id for _, volume_id in given_up} == set(lab.volumes.values())
+    for snapshot_id, _ in given_up:
+        assert f"snapshot {snapshot_id}: manifest dropped" in log
+    manifests = {row[0] for row in lab.server.rows("SELECT snapshot_id FROM snapshot_blocks")}
+    assert manifests <= {*first.values(), *second.values()}
+    for snapshot_id in (*first.values(), *second.values()):
+        lab.ec2.delete_snapshot(SnapshotId=snapshot_id)
 
 
 def test_a_vm_paused_already_is_not_resumed_by_create_snapshots(lab: Lab) -> None:

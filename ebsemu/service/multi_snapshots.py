@@ -25,7 +25,7 @@ from backends.base import VmmBackend
 from backends.errors import BackendError
 from ebsemu import errors
 from ebsemu.model import Attachment, AttachmentState, Snapshot, SnapshotState, new_id, utcnow
-from ebsemu.service import listing, validation
+from ebsemu.service import listing, snapshot_data, snapshot_freeze, validation
 from ebsemu.service.attachments import ATTACHABLE_INSTANCE_STATES
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
@@ -138,7 +138,7 @@ class MultiSnapshotService:
                 await held.enter_async_context(self._core.locks.hold(volume_id))
             snapshots = await self._records(ctx, req, instance.id, volume_ids)
             vmm = self._instances.vmm_of(instance)
-            await self._views_at_one_instant(vmm, instance.domain, snapshots)
+            seeded = await self._views_at_one_instant(vmm, instance.domain, snapshots)
             try:
                 for snapshot in snapshots:  # an encrypted volume's snapshot keeps its data key
                     volume = await store.get_volume(snapshot.volume_id)
@@ -146,7 +146,7 @@ class MultiSnapshotService:
                         await self._encryption.keep_snapshot_key(volume, snapshot.id)
                 await store.insert_snapshots(snapshots)
             except BaseException:
-                await self._drop_views(snapshots)
+                await self._drop_views(snapshots, seeded)
                 for snapshot in snapshots:
                     await self._encryption.drop_key(snapshot.id)
                 raise
@@ -204,9 +204,11 @@ class MultiSnapshotService:
 
     async def _views_at_one_instant(
         self, vmm: VmmBackend, domain: str, snapshots: list[Snapshot]
-    ) -> None:
-        """Pause the domain, freeze every volume, resume it. On any failure the views taken
-        are dropped and InternalError is raised: nothing is left half made."""
+    ) -> set[str]:
+        """Pause the domain, freeze every volume, resume it; the ids of the snapshots whose
+        manifests the freeze seeded (snapshot_freeze). On any failure the views taken are
+        dropped, those manifests swept, and InternalError is raised: nothing is left half
+        made (a crash meanwhile leaves manifests of no snapshot, which reconciliation sweeps)."""
         try:
             paused = await vmm.pause(domain)
         except BackendError as exc:
@@ -216,14 +218,19 @@ class MultiSnapshotService:
             ) from None
         began = time.monotonic()
         taken: list[Snapshot] = []
+        seeded: set[str] = set()
         try:
             for snapshot in snapshots:
-                await self._core.storage_for(snapshot).freeze(snapshot.volume_id, snapshot.id)
+                storage = self._core.storage_for(snapshot)
+                if await snapshot_freeze.freeze(
+                    self._core, storage, snapshot.volume_id, snapshot.id
+                ):
+                    seeded.add(snapshot.id)
                 taken.append(snapshot)
         except BaseException as exc:
             if paused:
                 await asyncio.shield(self._resume(vmm, domain))
-            await self._drop_views(taken)
+            await self._drop_views(taken, seeded)
             if not isinstance(exc, BackendError | OSError):
                 raise
             failed = snapshots[len(taken)].volume_id
@@ -240,6 +247,7 @@ class MultiSnapshotService:
             time.monotonic() - began,
             "paused meanwhile" if paused else "not paused",
         )
+        return seeded
 
     async def _resume(self, vmm: VmmBackend, domain: str) -> None:
         for attempt in range(1, RESUME_ATTEMPTS + 1):
@@ -256,9 +264,12 @@ class MultiSnapshotService:
                 )
         log.critical("domain %s stays paused: resume it by hand", domain)
 
-    async def _drop_views(self, snapshots: Sequence[Snapshot]) -> None:
+    async def _drop_views(self, snapshots: Sequence[Snapshot], seeded: set[str]) -> None:
+        """Drop the snapshots' views, and sweep the manifests their freezes seeded."""
         for snapshot in snapshots:
             try:
                 await self._core.storage_for(snapshot).drop_view(snapshot.id)
             except (BackendError, OSError) as exc:
                 log.error("view %s: could not be dropped: %s", snapshot.id, exc)
+            if snapshot.id in seeded:
+                await snapshot_data.sweep(self._core, snapshot.id)

@@ -21,17 +21,18 @@ from ebsemu.service.core import Core
 log = logging.getLogger(__name__)
 
 
-async def freeze(core: Core, storage: StorageBackend, volume_id: str, snapshot_id: str) -> None:
-    """Freeze the volume as the view of ``snapshot_id`` (its row exists, its capture job is
-    recorded and not started). BackendError or OSError if it cannot be frozen; the snapshot's
-    manifest is then empty."""
+async def freeze(core: Core, storage: StorageBackend, volume_id: str, snapshot_id: str) -> bool:
+    """Freeze the volume as the view of ``snapshot_id`` (its capture is not started). True
+    when the snapshot's manifest was seeded: whoever gives up the snapshot before its capture
+    runs must sweep it (snapshot_data.sweep). BackendError or OSError if it cannot be frozen;
+    the manifest is then empty."""
     if not (isinstance(storage, DigestFreezer) and await storage.freezes_by_copy()):
         await storage.freeze(volume_id, snapshot_id)
-        return
+        return False
     base_id = await core.store.latest_completed_snapshot(volume_id)
     if base_id is None:
         await storage.freeze(volume_id, snapshot_id)
-        return
+        return False
     digests = await snapshot_data.seed_manifest(core, base_id, snapshot_id)
     log.info(
         "snapshot %s of %s: freezing the blocks that differ from snapshot %s (%d blocks)",
@@ -45,3 +46,4 @@ async def freeze(core: Core, storage: StorageBackend, volume_id: str, snapshot_i
     except (BackendError, OSError):
         await snapshot_data.sweep(core, snapshot_id)
         raise
+    return True
