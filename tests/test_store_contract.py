@@ -227,6 +227,30 @@ def test_tags_are_set_replaced_deleted_and_listed_in_pages(new_store: NewStore) 
     assert count == 2
 
 
+def test_a_volumes_latest_completed_snapshot_skips_pending_deleted_and_other_ones(
+    new_store: NewStore,
+) -> None:
+    async def scenario(store: Store) -> list[str | None]:
+        for snapshot_id, volume_id in (
+            ("snap-1", "vol-1"),
+            ("snap-2", "vol-1"),
+            ("snap-4", "vol-2"),
+        ):
+            await store.insert_snapshot(snapshot(snapshot_id, volume_id=volume_id))
+            assert await store.complete_snapshot(snapshot_id, 0)
+        await store.insert_snapshot(snapshot("snap-3"))  # newer, still pending
+        newest = await store.latest_completed_snapshot("vol-1")
+        assert await store.mark_snapshot_deleted("snap-2")
+        return [
+            newest,
+            await store.latest_completed_snapshot("vol-1"),
+            await store.latest_completed_snapshot("vol-2"),
+            await store.latest_completed_snapshot("vol-3"),
+        ]
+
+    assert run(new_store, scenario) == ["snap-2", "snap-1", "snap-4", None]
+
+
 def test_one_volume_gets_one_attachment_however_many_try_at_once(new_store: NewStore) -> None:
     async def scenario(store: Store) -> tuple[list[bool], object, object]:
         await store.insert_volume(volume("vol-1"))
