@@ -131,21 +131,22 @@ def _within(block: int, runs: Sequence[tuple[int, int]]) -> bool:
 
 
 def _write_changed(path: Path, changed: array[int]) -> None:
-    if changed.itemsize != 8:
-        raise BackendError("this platform has no 64-bit array item")
-    data = changed.tobytes() if sys.byteorder == "little" else _swapped(changed)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        sparse.pwrite_all(fd, data, 0)
+        sparse.pwrite_all(fd, _little_endian(changed).tobytes(), 0)
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _swapped(values: array[int]) -> bytes:
-    copy = array(values.typecode, values)
-    copy.byteswap()
-    return copy.tobytes()
+def _little_endian(values: array[int]) -> array[int]:
+    """``values`` in little-endian byte order, as the list of changes is stored (and back: a
+    byte swap is its own inverse)."""
+    if sys.byteorder == "little":
+        return values
+    swapped = array(values.typecode, values)
+    swapped.byteswap()
+    return swapped
 
 
 class DigestView(FileView):
@@ -182,10 +183,9 @@ def _read_changed(path: Path, layout: Layout) -> array[int]:
         raise BackendError(f"cannot read {path}: {exc}") from exc
     if len(data) % 8:
         raise BackendError(f"{path}: not a list of 64-bit block indexes")
-    changed = array("Q")
-    changed.frombytes(data)
-    if sys.byteorder != "little":
-        changed.byteswap()
+    stored = array("Q")
+    stored.frombytes(data)
+    changed = _little_endian(stored)
     limit = -(-layout.size_bytes // BLOCK_SIZE)
     if any(index >= limit for index in changed) or any(
         later <= earlier for earlier, later in itertools.pairwise(changed)

@@ -26,11 +26,9 @@ async def freeze(core: Core, storage: StorageBackend, volume_id: str, snapshot_i
     when the snapshot's manifest was seeded: whoever gives up the snapshot before its capture
     runs must sweep it (snapshot_data.sweep). BackendError or OSError if it cannot be frozen;
     the manifest is then empty."""
-    if not (isinstance(storage, DigestFreezer) and await storage.freezes_by_copy()):
-        await storage.freeze(volume_id, snapshot_id)
-        return False
-    base_id = await core.store.latest_completed_snapshot(volume_id)
-    if base_id is None:
+    copies = isinstance(storage, DigestFreezer) and await storage.freezes_by_copy()
+    base_id = await core.store.latest_completed_snapshot(volume_id) if copies else None
+    if base_id is None or not isinstance(storage, DigestFreezer):
         await storage.freeze(volume_id, snapshot_id)
         return False
     digests = await snapshot_data.seed_manifest(core, base_id, snapshot_id)
