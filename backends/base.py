@@ -279,6 +279,31 @@ class BlockLocator(Protocol):
         ...
 
 
+FileRange = tuple[str, int]  # (path of a file, byte offset) where a block's bytes lie
+LocatedBlock = tuple[int, bytes, FileRange | None]  # (block index, data, where data lies)
+
+
+@runtime_checkable
+class RangeReadingBlockStore(Protocol):
+    """A BlockStore that can say which file range holds the bytes of a block it returns."""
+
+    def get_located(self, digest: bytes) -> tuple[bytes, FileRange | None]:
+        """``get``, and the range of a file that holds exactly the bytes returned (None if no
+        file does). Those bytes do not change for as long as the block stays stored."""
+        ...
+
+
+@runtime_checkable
+class RangeCloningWriter(Protocol):
+    """A StorageBackend that can fill a volume's blocks by sharing extents (reflink)."""
+
+    def write_located_blocks(self, volume_id: str, blocks: Iterable[LocatedBlock]) -> None:
+        """``write_blocks``; a block given with the file range that holds its bytes may share
+        that range's extents instead of being written (where both files are on one filesystem
+        that can). The range must not change until this returns."""
+        ...
+
+
 class DomainState(enum.StrEnum):
     """A VMM domain's state, named as EC2 names instance states."""
 

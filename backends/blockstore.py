@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends import sparse
-from backends.base import NewBlock
+from backends.base import FileRange, NewBlock
 from backends.blockfiles import BlockFiles
 from backends.blockpack import (
     ALIGN,
@@ -298,6 +298,12 @@ class LocalBlockStore:
     # -- reading --
 
     def get(self, digest: bytes) -> bytes:
+        return self.get_located(digest)[0]
+
+    def get_located(self, digest: bytes) -> tuple[bytes, FileRange]:
+        """The block's bytes, verified, and where they lie: a range of a pack, or a block
+        file of the earlier layout. Packs are only appended to, so a stored block's range
+        keeps its bytes until the block is deleted."""
         _check_digest(digest)
         with self._lock:
             location = self._pending.get(digest)
@@ -305,16 +311,18 @@ class LocalBlockStore:
             location = self._index.lookup(digest)
         if location is None:
             data = self._read_file(digest)
-            where = str(self._files.path_of(digest))
+            source = (str(self._files.path_of(digest)), 0)
+            where = source[0]
         else:
             data = self._read_pack(digest, location)
+            source = (str(pack_path(self._root, location.pack)), location.offset)
             where = f"pack {location.pack} offset {location.offset}"
         actual = hashlib.sha256(data).digest()
         if actual != digest:
             raise CorruptBlockError(
                 f"block {digest.hex()} at {where} is corrupt: its bytes hash to {actual.hex()}"
             )
-        return data
+        return data, source
 
     def _read_pack(self, digest: bytes, location: Location) -> bytes:
         try:

@@ -34,7 +34,9 @@ completed is kept as the base of the volume's next view (``keep_view``, backends
 which then reads only the blocks whose extents differ from the base's (FIEMAP,
 backends/file_changes.py); a copied view is never kept. Without reflink, a volume that has a
 completed snapshot can instead be frozen against that snapshot's block digests: only the blocks
-whose bytes differ are copied (``freeze_changes``, backends/file_digests.py).
+whose bytes differ are copied (``freeze_changes``, backends/file_digests.py). A restore
+shares the extents of the block store's packs where the filesystem can, instead of writing the
+bytes (``write_located_blocks``, backends/file_writes.py).
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 from backends import heap, luks, sparse
-from backends.base import BlockDigests
+from backends.base import BlockDigests, LocatedBlock
 from backends.batching import GroupRunner
 from backends.errors import BackendError, CapacityError, SetupError
 from backends.file_base import FileBases
+from backends.file_writes import BlockWriter
 from ebsemu.logs import REQUEST_ID
 from ebsemu.model import BLOCK_SIZE
 
@@ -333,6 +336,7 @@ class FileStorage:
         )
         self._creates = GroupRunner(self._create_batch)
         self._copies: bool | None = None  # freeze copies data (no reflink); None: not probed
+        self._share_refused: set[int] = set()  # devices restores cannot share extents with
 
     # -- control path (coroutines; the file work runs in worker threads) --
 
@@ -442,35 +446,30 @@ class FileStorage:
     def write_blocks(self, volume_id: str, blocks: Iterable[tuple[int, bytes]]) -> None:
         """Write blocks into the volume, then fsync the segments written. An all-zero block
         over a hole is skipped, so holes stay holes."""
+        self.write_located_blocks(volume_id, ((index, data, None) for index, data in blocks))
+
+    def write_located_blocks(self, volume_id: str, blocks: Iterable[LocatedBlock]) -> None:
+        """``write_blocks``, sharing the extents of the file range given with a block where
+        the filesystem can (backends/file_writes.py)."""
         directory = self._volumes / _check_id(volume_id)
         layout = self._layout_of(directory, "volume")
-        per_segment = layout.segment_bytes // BLOCK_SIZE
-        fds: dict[int, int] = {}
-        written: set[int] = set()
+        writer = BlockWriter(
+            volume_id,
+            lambda segment: directory / segment_name(segment),
+            layout.block_count,
+            layout.segment_bytes // BLOCK_SIZE,
+            self._share_refused,
+        )
         try:
-            for index, data in blocks:
-                if len(data) != BLOCK_SIZE or not 0 <= index < layout.block_count:
-                    raise BackendError(
-                        f"block {index} ({len(data)} bytes) does not fit volume {volume_id} "
-                        f"of {layout.block_count} blocks of {BLOCK_SIZE} bytes"
-                    )
-                segment, local = divmod(index, per_segment)
-                if segment not in fds:
-                    fds[segment] = os.open(directory / segment_name(segment), os.O_RDWR)
-                fd, offset = fds[segment], local * BLOCK_SIZE
-                if data == _ZERO_BLOCK and sparse.is_hole(fd, offset, BLOCK_SIZE):
-                    continue
-                sparse.pwrite_all(fd, data, offset)
-                written.add(segment)
-            for segment in written:
-                os.fsync(fds[segment])
+            for index, data, where in blocks:
+                writer.add(index, data, where)
+            writer.finish()
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise CapacityError(f"no space left writing volume {volume_id}") from exc
             raise BackendError(f"writing volume {volume_id}: {exc}") from exc
         finally:
-            for fd in fds.values():
-                os.close(fd)
+            writer.close()
 
     def free_bytes(self) -> int:
         try:

@@ -1,21 +1,24 @@
 """Shared by the API tests of the file backend's snapshots on a private XFS filesystem (with and
 without reflink): the server on it, a volume's bytes by SHA-256, what a capture logged, and the
-clean-up."""
+clean-up, and how much of a file shares extents."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from backends import sparse
 from tests.api_support import volume_segment
 from tests.fs_fixtures import xfs_at
 from tests.server import TEST_CONFIG, ServerProcess
 
 GIB = 1024**3
+FIEMAP_EXTENT_SHARED = 0x2000  # linux/fiemap.h: the extent is shared with another file
 
 
 @contextlib.contextmanager
@@ -39,6 +42,16 @@ def volume_sha256(server: ServerProcess, volume_id: str) -> str:
         for chunk in iter(lambda: handle.read(8 * 1024 * 1024), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def shared_bytes(path: Path) -> int:
+    """How many of the file's bytes lie in extents it shares with another file (reflink)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        extents = sparse.physical_extents(fd, 0, os.fstat(fd).st_size)
+        return sum(e.length for e in extents if e.flags & FIEMAP_EXTENT_SHARED)
+    finally:
+        os.close(fd)
 
 
 def captured(server: ServerProcess, snapshot_id: str) -> tuple[int, str | None]:

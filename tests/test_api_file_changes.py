@@ -12,8 +12,14 @@ from typing import Any
 
 import pytest
 
-from tests.api_support import FAST, new_snapshot, new_volume, poll
-from tests.file_snapshot_support import captured, delete, server_on_xfs, volume_sha256
+from tests.api_support import FAST, new_snapshot, new_volume, poll, volume_segment
+from tests.file_snapshot_support import (
+    captured,
+    delete,
+    server_on_xfs,
+    shared_bytes,
+    volume_sha256,
+)
 from tests.server import ServerProcess
 from tests.test_api_modify import wait_finished
 from tests.volume_data import write_blocks
@@ -86,6 +92,28 @@ def test_second_snapshot_reads_only_the_changed_blocks_and_restores_identical(
     delete(ec2, (restored, volume_id), ())
     poll(lambda: True if not any(b.startswith(volume_id) for b in _bases(server)) else None)
     delete(ec2, (), (first, second))
+
+
+def test_a_restore_shares_the_stored_blocks_extents_and_outlives_the_snapshot(
+    server: ServerProcess, ec2: Any
+) -> None:
+    rng = random.Random(14)
+    volume_id = _volume_with_data(server, ec2, rng)
+    snapshot_id = new_snapshot(ec2, volume_id)
+    first = _restores_identical(server, ec2, volume_id, snapshot_id)
+    second = _restores_identical(server, ec2, volume_id, snapshot_id)
+    for restored in (first, second):  # no byte of theirs was written: all shared with the store
+        assert shared_bytes(volume_segment(server.data_dir, restored)) == 100 * BLOCK
+    expected = volume_sha256(server, volume_id)
+
+    write_blocks(server, first, {17: rng.randbytes(BLOCK)})  # copy on write: first alone
+    ec2.delete_snapshot(SnapshotId=snapshot_id)
+    dropped = f"snapshot {snapshot_id}: manifest dropped"
+    poll(lambda: True if dropped in server.log_path.read_text(errors="replace") else None)
+
+    assert volume_sha256(server, second) == expected
+    assert volume_sha256(server, first) != expected
+    delete(ec2, (first, second, volume_id), ())
 
 
 def test_deleting_the_first_snapshot_while_the_second_is_pending_keeps_the_second_whole(

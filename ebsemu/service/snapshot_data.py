@@ -13,7 +13,9 @@ write or reflink per run of adjacent blocks). Where the view can say where a blo
 file it holds (a file backend's view) and the block store can share a file's extents (the
 local store on XFS or btrfs), a new block is stored as a reflink of the view's range instead
 of a copy of its bytes. A restore reads and verifies blocks in two threads
-ahead of the thread that writes them.
+ahead of the thread that writes them; where the block store can say which file range holds a
+block and the volume's backend can share extents with it (the local store and a file volume
+on one XFS or btrfs), the volume shares that range instead of having the bytes written.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from backends.base import (
     BlockLocator,
     BlockStore,
     ChangedBlocksSource,
+    RangeCloningWriter,
+    RangeReadingBlockStore,
     SeededChangesSource,
     SnapshotSource,
     StorageBackend,
@@ -272,27 +276,40 @@ async def restore(core: Core, snapshot_id: str, volume_id: str, storage: Storage
     holes stay holes. Every block is verified against its digest as it is read back
     (CorruptBlockError otherwise)."""
     manifest = await core.store.manifest(snapshot_id)
-    await _finish(
-        _in_thread(lambda: storage.write_blocks(volume_id, _read_ahead(core.blocks, manifest)))
-    )
+    blocks = core.blocks
+    write: Callable[[], None]
+    if isinstance(storage, RangeCloningWriter) and isinstance(blocks, RangeReadingBlockStore):
+        located = blocks  # the volume may share the extents that hold the blocks read
+
+        def write() -> None:
+            read = _read_ahead(located.get_located, manifest)
+            storage.write_located_blocks(volume_id, ((i, d, w) for i, (d, w) in read))
+
+    else:
+
+        def write() -> None:
+            storage.write_blocks(volume_id, _read_ahead(blocks.get, manifest))
+
+    await _finish(_in_thread(write))
 
 
 def _read_ahead(
-    blocks: BlockStore, manifest: list[tuple[int, bytes]]
-) -> Iterator[tuple[int, bytes]]:
-    """(index, data) of each manifest row in order, read and verified by two threads up to
-    READ_AHEAD_BLOCKS ahead of the consumer (which writes them meanwhile)."""
+    read: Callable[[bytes], T], manifest: list[tuple[int, bytes]]
+) -> Iterator[tuple[int, T]]:
+    """(index, read(digest)) of each manifest row in order, read (and verified, as a block
+    store's reads are) by two threads up to READ_AHEAD_BLOCKS ahead of the consumer (which
+    writes them meanwhile)."""
     rows = iter(manifest)
     with ThreadPoolExecutor(2, thread_name_prefix="restore-read") as readers:
-        ahead: deque[tuple[int, Future[bytes]]] = deque(
-            (index, readers.submit(blocks.get, digest))
+        ahead: deque[tuple[int, Future[T]]] = deque(
+            (index, readers.submit(read, digest))
             for index, digest in islice(rows, READ_AHEAD_BLOCKS)
         )
         try:
             while ahead:
                 index, data = ahead.popleft()
                 for later, digest in islice(rows, 1):
-                    ahead.append((later, readers.submit(blocks.get, digest)))
+                    ahead.append((later, readers.submit(read, digest)))
                 yield index, data.result()
         finally:
             for _, data in ahead:
