@@ -464,6 +464,12 @@ class FileStorage:
             for index, data, where in blocks:
                 writer.add(index, data, where)
             writer.finish()
+            logger.info(
+                "volume %s: %d blocks written, %d sharing the extents that held them",
+                volume_id,
+                writer.written_blocks,
+                writer.shared_blocks,
+            )
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise CapacityError(f"no space left writing volume {volume_id}") from exc

@@ -76,6 +76,8 @@ class BlockWriter:
         self._sources: dict[str, int | None] = {}  # source path -> open file, None: not shared
         self._written: set[int] = set()
         self._run: _Run | None = None
+        self.shared_blocks = 0  # blocks that share a source's extents
+        self.written_blocks = 0  # blocks whose bytes were written
 
     def add(self, index: int, data: bytes, where: FileRange | None = None) -> None:
         """Write block ``index``, or share the extents of ``where`` that hold ``data``. An
@@ -99,6 +101,7 @@ class BlockWriter:
             return
         sparse.pwrite_all(fd, data, offset)
         self._written.add(segment)
+        self.written_blocks += 1
 
     def finish(self) -> None:
         """Share the last run, then fsync every segment written or shared into."""
@@ -164,12 +167,14 @@ class BlockWriter:
             sparse.clone_range(
                 run.source, run.source_offset, len(run.blocks) * BLOCK_SIZE, fd, run.offset
             )
+            self.shared_blocks += len(run.blocks)
         except OSError as exc:
             if exc.errno not in sparse.NO_REFLINK:
                 raise
             self._refuse(run.source, exc)
             for position, data in enumerate(run.blocks):
                 sparse.pwrite_all(fd, data, run.offset + position * BLOCK_SIZE)
+            self.written_blocks += len(run.blocks)
         self._written.add(run.segment)
 
     def _refuse(self, source: int, exc: OSError) -> None:

@@ -102,8 +102,10 @@ def test_a_restore_shares_the_stored_blocks_extents_and_outlives_the_snapshot(
     snapshot_id = new_snapshot(ec2, volume_id)
     first = _restores_identical(server, ec2, volume_id, snapshot_id)
     second = _restores_identical(server, ec2, volume_id, snapshot_id)
+    log = server.log_path.read_text(errors="replace")
     for restored in (first, second):  # no byte of theirs was written: all shared with the store
         assert shared_bytes(volume_segment(server.data_dir, restored)) == 100 * BLOCK
+        assert f"volume {restored}: 0 blocks written, 100 sharing the extents" in log
     expected = volume_sha256(server, volume_id)
 
     write_blocks(server, first, {17: rng.randbytes(BLOCK)})  # copy on write: first alone

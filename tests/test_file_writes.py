@@ -119,10 +119,14 @@ def _setup(root: Path) -> Iterator[tuple[FileStorage, LocalBlockStore]]:
         yield storage, store
 
 
+def _logged_counts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "sharing the extents" in r.getMessage()]
+
+
 def test_on_xfs_with_reflink_the_volume_shares_the_packs_extents_in_runs(
-    xfs: Path, clones: CountedClones
+    xfs: Path, clones: CountedClones, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with _setup(xfs) as (storage, store):
+    with _setup(xfs) as (storage, store), caplog.at_level(logging.INFO, "backends.file"):
         # 0-129 adjacent in the volume and in the pack: runs of 64, 64 and 2. Then 140-149
         # put in reverse order: adjacent in the volume, not in the pack, so one call each.
         digests = _stored(store, list(range(130)) + list(range(149, 139, -1)))
@@ -130,6 +134,9 @@ def test_on_xfs_with_reflink_the_volume_shares_the_packs_extents_in_runs(
         _restore(storage, store, digests)
 
     assert clones.calls == 3 + 10
+    assert _logged_counts(caplog) == [
+        f"volume {VOLUME}: 0 blocks written, 140 sharing the extents that held them"
+    ]
     _check_bytes(xfs, digests)
     assert shared_bytes(_volume_file(xfs)) == len(digests) * BLOCK_SIZE
 
@@ -152,7 +159,7 @@ def test_without_reflink_the_bytes_are_written_and_the_device_is_not_tried_again
     xfs_without_reflink: Path, clones: CountedClones, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = xfs_without_reflink
-    with _setup(root) as (storage, store), caplog.at_level(logging.INFO, "backends.file_writes"):
+    with _setup(root) as (storage, store), caplog.at_level(logging.INFO, "backends"):
         digests = _stored(store, [*range(70), 100, 90, 80])
 
         _restore(storage, store, digests)
@@ -166,6 +173,9 @@ def test_without_reflink_the_bytes_are_written_and_the_device_is_not_tried_again
         _restore(storage, store, digests)
     _check_bytes(root, digests)
     assert clones.calls == 1  # the next restore did not try
+    assert _logged_counts(caplog) == 2 * [
+        f"volume {VOLUME}: 73 blocks written, 0 sharing the extents that held them"
+    ]
 
 
 def test_a_volume_on_another_filesystem_than_the_store_gets_the_bytes_written(
