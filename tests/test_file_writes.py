@@ -82,23 +82,24 @@ def _restore(storage: FileStorage, store: LocalBlockStore, digests: dict[int, by
     storage.write_located_blocks(VOLUME, located())
 
 
-def _volume_file(root: Path) -> Path:
-    return root / "storage" / "volumes" / VOLUME / "seg-0000"
+def _volume_file(root: Path, segment: int = 0) -> Path:
+    return root / "storage" / "volumes" / VOLUME / f"seg-{segment:04d}"
 
 
-def _check_bytes(root: Path, digests: dict[int, bytes]) -> None:
+def _check_bytes(root: Path, digests: dict[int, bytes], per_segment: int = VOLUME_BLOCKS) -> None:
     """Every block restored holds its bytes; every other block is a hole."""
-    fd = os.open(_volume_file(root), os.O_RDONLY)
-    try:
-        for index in range(VOLUME_BLOCKS):
-            offset = index * BLOCK_SIZE
+    for index in range(VOLUME_BLOCKS):
+        segment, local = divmod(index, per_segment)
+        fd = os.open(_volume_file(root, segment), os.O_RDONLY)
+        try:
+            offset = local * BLOCK_SIZE
             if index in digests:
                 data = os.pread(fd, BLOCK_SIZE, offset)
                 assert hashlib.sha256(data).digest() == digests[index], f"block {index}"
             else:
                 assert sparse.is_hole(fd, offset, BLOCK_SIZE), f"block {index} is not a hole"
-    finally:
-        os.close(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -112,8 +113,10 @@ def _block_store(root: Path) -> Iterator[LocalBlockStore]:
 
 
 @contextlib.contextmanager
-def _setup(root: Path) -> Iterator[tuple[FileStorage, LocalBlockStore]]:
-    storage = FileStorage(root / "storage")
+def _setup(
+    root: Path, segment_bytes: int | None = None
+) -> Iterator[tuple[FileStorage, LocalBlockStore]]:
+    storage = FileStorage(root / "storage", segment_bytes)
     asyncio.run(storage.create(VOLUME, VOLUME_BLOCKS * BLOCK_SIZE))
     with _block_store(root / "blocks") as store:
         yield storage, store
@@ -139,6 +142,19 @@ def test_on_xfs_with_reflink_the_volume_shares_the_packs_extents_in_runs(
     ]
     _check_bytes(xfs, digests)
     assert shared_bytes(_volume_file(xfs)) == len(digests) * BLOCK_SIZE
+
+
+def test_runs_end_at_a_segments_end(xfs: Path, clones: CountedClones) -> None:
+    per_segment = 80
+    with _setup(xfs, per_segment * BLOCK_SIZE) as (storage, store):
+        digests = _stored(store, list(range(100)))  # back to back in the pack
+
+        _restore(storage, store, digests)
+
+    assert clones.calls == 3  # 0-63 (64 at most), 64-79 (the first segment's end), 80-99
+    _check_bytes(xfs, digests, per_segment)
+    assert shared_bytes(_volume_file(xfs, 0)) == 80 * BLOCK_SIZE
+    assert shared_bytes(_volume_file(xfs, 1)) == 20 * BLOCK_SIZE
 
 
 def test_a_shared_volume_keeps_its_bytes_when_the_store_deletes_its_blocks(
