@@ -63,7 +63,7 @@ from backends.errors import BackendError, CapacityError, SetupError
 from backends.file_base import FileBases
 from backends.file_writes import BlockWriter
 from ebsemu.logs import REQUEST_ID
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,6 @@ LAYOUT_VERSION = 1
 META_NAME = "volume.json"
 LUKS = "luks"
 
-_ZERO_BLOCK = bytes(BLOCK_SIZE)
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _TOO_BIG = frozenset({errno.EFBIG, errno.EINVAL})
@@ -280,7 +279,7 @@ class FileView:
                 data = os.pread(fd, BLOCK_SIZE, local * BLOCK_SIZE)
                 if len(data) != BLOCK_SIZE:
                     raise BackendError(f"segment {segment} is shorter than its recorded size")
-                if data != _ZERO_BLOCK:
+                if data != ZERO_BLOCK:
                     yield first_index + local, data
             done = max(done, stop)
 

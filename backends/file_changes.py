@@ -32,7 +32,7 @@ from backends import sparse
 from backends.errors import BackendError
 from backends.file import FileView, Layout, _read_layout, segment_name
 from backends.file_base import FileBases
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ UNSURE = -1  # the physical address of a piece whose extent cannot be trusted
 
 Piece = tuple[int, int, int]  # (offset in the block, physical address or UNSURE, length)
 BlockMap = tuple[int, tuple[Piece, ...]]  # (block index in the file, its pieces)
-
-_ZERO_BLOCK = bytes(BLOCK_SIZE)
 
 
 def block_maps(extents: Iterable[sparse.Extent], size: int) -> Iterator[BlockMap]:
@@ -166,7 +164,7 @@ class ChangedFileView(FileView):
                 for local, has_data in self._segment_changes(segment, fd, base):
                     self.stats.changed += 1
                     if not has_data:
-                        yield first + local, _ZERO_BLOCK
+                        yield first + local, ZERO_BLOCK
                         continue
                     data = os.pread(fd, BLOCK_SIZE, local * BLOCK_SIZE)
                     if len(data) != BLOCK_SIZE:

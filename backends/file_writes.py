@@ -25,12 +25,11 @@ from pathlib import Path
 from backends import sparse
 from backends.base import FileRange
 from backends.errors import BackendError
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
 
 logger = logging.getLogger(__name__)
 
 RUN_BLOCKS = 64  # blocks shared by one FICLONERANGE at most (their bytes kept for a fallback)
-_ZERO_BLOCK = bytes(BLOCK_SIZE)
 
 
 @dataclass
@@ -91,13 +90,13 @@ class BlockWriter:
         offset = local * BLOCK_SIZE
         if (
             where is not None
-            and data != _ZERO_BLOCK
+            and data != ZERO_BLOCK
             and self._to_share(segment, offset, where, data)
         ):
             return
         self._share_run()
         fd = self._segment(segment)
-        if data == _ZERO_BLOCK and sparse.is_hole(fd, offset, BLOCK_SIZE):
+        if data == ZERO_BLOCK and sparse.is_hole(fd, offset, BLOCK_SIZE):
             return
         sparse.pwrite_all(fd, data, offset)
         self._written.add(segment)

@@ -19,9 +19,8 @@ from typing import Self
 
 from backends import sparse
 from backends.errors import BackendError, CapacityError
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
 
-_ZERO_BLOCK = bytes(BLOCK_SIZE)
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -67,7 +66,7 @@ class DeviceView:
                 raise BackendError(f"reading view {self._path}: {exc.strerror or exc}") from exc
             if len(data) != BLOCK_SIZE:
                 raise BackendError(f"view {self._path} ended early, at block {index}")
-            if data != _ZERO_BLOCK:
+            if data != ZERO_BLOCK:
                 yield index, data
 
     def close(self) -> None:
@@ -101,7 +100,7 @@ def write_device_blocks(path: Path, blocks: Iterable[tuple[int, bytes]], volume_
                     f"block {index} ({len(data)} bytes) does not fit volume {volume_id} "
                     f"of {size // BLOCK_SIZE} blocks of {BLOCK_SIZE} bytes"
                 )
-            if data == _ZERO_BLOCK and os.pread(fd, BLOCK_SIZE, offset) == _ZERO_BLOCK:
+            if data == ZERO_BLOCK and os.pread(fd, BLOCK_SIZE, offset) == ZERO_BLOCK:
                 continue
             sparse.pwrite_all(fd, data, offset)
             written += 1

@@ -77,7 +77,7 @@ from backends.loop_bridge import LoopBridge
 from backends.options import Options
 from backends.rbd_diff import DiffStats, Read, diff_blocks, import_stream, parse_extents
 from ebsemu.locks import ResourceLocks
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
 from hostcmds import (
     CommandError,
     CommandNotFound,
@@ -246,7 +246,7 @@ class RbdView:
         with self._open_diff(None) as read:
             extents = parse_extents(read, self.stats)
             for index, data in diff_blocks(extents, self._size, whole_blocks=False):
-                if index >= start_index and data != bytes(BLOCK_SIZE):
+                if index >= start_index and data != ZERO_BLOCK:
                     yield index, data
 
     def changed_blocks(self) -> Iterator[tuple[int, bytes]]:
@@ -760,11 +760,11 @@ class RbdStorage:
                     f"of {block_count} blocks of {BLOCK_SIZE} bytes"
                 )
             last = runs[-1] if runs else None
-            zero = data == bytes(BLOCK_SIZE)
+            zero = data == ZERO_BLOCK
             if (
                 last is not None
                 and index == last[0] + len(last[1])
-                and zero == (last[1][0] == bytes(BLOCK_SIZE))
+                and zero == (last[1][0] == ZERO_BLOCK)
             ):
                 last[1].append(data)
             else:

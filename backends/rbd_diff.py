@@ -19,14 +19,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from backends.errors import BackendError
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
 
 HEADER = b"rbd diff v1\n"
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _EXTENT = struct.Struct("<QQ")
-_ZERO_BLOCK = bytes(BLOCK_SIZE)
 READ_CHUNK = 1 << 20  # bytes asked of the stream at a time
 
 Read = Callable[[int], bytes]  # up to n more bytes of a stream; b"" at its end
@@ -148,9 +147,7 @@ def diff_blocks(
             take = min(BLOCK_SIZE - within, end - offset)
             if within == 0 and take == BLOCK_SIZE and index not in pending:
                 data = extent.data
-                chunk = (
-                    _ZERO_BLOCK if data is None else bytes(data[offset - extent.offset :][:take])
-                )
+                chunk = ZERO_BLOCK if data is None else bytes(data[offset - extent.offset :][:take])
                 yield from _flush_before(pending, index)
                 yield index, chunk
             else:
@@ -176,7 +173,7 @@ def import_stream(runs: Iterable[tuple[int, list[bytes]]]) -> bytes:
     parts = [HEADER]
     for first, blocks in runs:
         offset, length = first * BLOCK_SIZE, len(blocks) * BLOCK_SIZE
-        if all(block == _ZERO_BLOCK for block in blocks):
+        if all(block == ZERO_BLOCK for block in blocks):
             parts += [b"z", _EXTENT.pack(offset, length)]
         else:
             parts += [b"w", _EXTENT.pack(offset, length), *blocks]

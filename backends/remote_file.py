@@ -45,7 +45,7 @@ from backends.errors import (
 from backends.loop_bridge import LoopBridge
 from backends.options import Options
 from backends.remote_file_view import TRANSFER_BLOCKS, RemoteFileView, data_block_ranges
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
 from hostcmds import (
     CommandNotFound,
     CommandResult,
@@ -77,7 +77,6 @@ MAP_TEMPLATE = "dataMapCmd"  # optional: without xfs_io, views are read whole
 PACKAGES = {"find": "findutils", "fallocate": "util-linux", "xfs_io": "xfsprogs"}  # or coreutils
 STAGING = ".tmp-"
 
-_ZERO_BLOCK = bytes(BLOCK_SIZE)
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _NO_SPACE = re.compile(r"no space left|disk quota exceeded|file too large", re.I)
 
@@ -318,7 +317,7 @@ class RemoteFileStorage:
                     f"block {index} ({len(data)} bytes) does not fit volume {volume_id} "
                     f"of {block_count} blocks of {BLOCK_SIZE} bytes"
                 )
-            zero = data == _ZERO_BLOCK
+            zero = data == ZERO_BLOCK
             if run and (
                 index != run_first + len(run) or zero != zero_run or len(run) == TRANSFER_BLOCKS
             ):
@@ -461,7 +460,7 @@ class RemoteFileStorage:
             read = await self._run(
                 "readCmd", path=str(copy), blockBytes=BLOCK_SIZE, first=0, count=2
             )
-            if read.stdout != _ZERO_BLOCK + block:
+            if read.stdout != ZERO_BLOCK + block:
                 raise SetupError(f"{self._config.path}: a probe file did not read back as written")
             await self._run("punchCmd", path=str(probe), offset=BLOCK_SIZE, length=BLOCK_SIZE)
             if await self._size(probe) != 2 * BLOCK_SIZE:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
 
 TRANSFER_BLOCKS = 64  # 32 MiB per read or write command
-
-_ZERO_BLOCK = bytes(BLOCK_SIZE)
 
 
 def data_block_ranges(seek_map: str, size: int) -> list[tuple[int, int]]:
@@ -58,7 +56,7 @@ class RemoteFileView:
                 view = memoryview(data)
                 for offset in range(0, len(data), BLOCK_SIZE):
                     block = view[offset : offset + BLOCK_SIZE]
-                    if block != _ZERO_BLOCK:
+                    if block != ZERO_BLOCK:
                         yield first + offset // BLOCK_SIZE, bytes(block)
 
     def close(self) -> None:

@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 
 GIB = 1024**3
 BLOCK_SIZE = 512 * 1024  # EBS snapshot block size, bytes
-# The digest of an all-zero block: such a block is a hole, never a manifest row.
-ZERO_DIGEST = hashlib.sha256(bytes(BLOCK_SIZE)).digest()
+# An all-zero block, and its digest: such a block is a hole, never a manifest row.
+ZERO_BLOCK = bytes(BLOCK_SIZE)
+ZERO_DIGEST = hashlib.sha256(ZERO_BLOCK).digest()
 COPY_VOLUME_ID = "vol-ffffffff"  # the VolumeId EC2 gives a snapshot copy
 
 
