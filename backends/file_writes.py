@@ -7,7 +7,8 @@ file range's extents (FICLONERANGE) instead of being written: no bytes are copie
 volume takes no new space until it is written to. Blocks that are adjacent in the volume and
 in one source file are shared by one call, up to RUN_BLOCKS at a time. Where the filesystem
 refuses (ext4, tmpfs, a source on another filesystem), the bytes are written, and that source
-device is not tried again by this writer's backend.
+device is not tried again by this writer's backend. A range it cannot share (EINVAL), or a
+source that is not a regular file, has its bytes written too, and sharing goes on after it.
 
 Either way, the caller has the block's bytes (read and verified against its digest) before it
 is written or shared, and every segment written to or shared into is fsynced before
@@ -16,8 +17,10 @@ is written or shared, and every segment written to or shared into is fsynced bef
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,16 +131,18 @@ class BlockWriter:
         if path in self._sources:
             return self._sources[path]
         fd: int | None
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:  # O_NONBLOCK: were it a FIFO, opening it must not wait for a writer
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             logger.info(
                 "volume %s: blocks of %s are written, not shared: %s", self._volume_id, path, exc
             )
             fd = None
-        if fd is not None and os.fstat(fd).st_dev in self._refused:
-            os.close(fd)
-            fd = None
+        if fd is not None:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or status.st_dev in self._refused:
+                os.close(fd)
+                fd = None
         self._sources[path] = fd
         return fd
 
@@ -170,7 +175,8 @@ class BlockWriter:
         except OSError as exc:
             if exc.errno not in sparse.NO_REFLINK:
                 raise
-            self._refuse(run.source, exc)
+            if exc.errno != errno.EINVAL:  # the filesystems cannot share; EINVAL: not this range
+                self._refuse(run.source, exc)
             for position, data in enumerate(run.blocks):
                 sparse.pwrite_all(fd, data, run.offset + position * BLOCK_SIZE)
             self.written_blocks += len(run.blocks)

@@ -223,3 +223,31 @@ def test_a_source_file_that_cannot_be_opened_leaves_its_blocks_written(
     digests = {index: hashlib.sha256(data).digest() for index, data in blocks.items()}
     _check_bytes(xfs, digests)
     assert clones.calls == 0
+
+
+def test_a_fifo_or_an_unaligned_range_gets_its_block_written_and_sharing_goes_on(
+    xfs: Path, clones: CountedClones
+) -> None:
+    fifo = xfs / "fifo"
+    os.mkfifo(fifo)  # opened as a source, it must not wait for a writer
+    with _setup(xfs) as (storage, store):
+        digests = _stored(store, [0, 1, 2])
+        located = [(index, *store.get_located(digests[index])) for index in (0, 1, 2)]
+        unaligned = (located[1][2][0], located[1][2][1] + 512)  # FICLONERANGE: EINVAL
+        blocks = {3: os.urandom(BLOCK_SIZE), 4: os.urandom(BLOCK_SIZE)}
+        digests |= {index: hashlib.sha256(data).digest() for index, data in blocks.items()}
+
+        storage.write_located_blocks(
+            VOLUME,
+            [
+                (3, blocks[3], (str(fifo), 0)),
+                (1, located[1][1], unaligned),  # out of order: a run of its own
+                located[0],
+                (4, blocks[4], (str(fifo), 0)),
+                located[2],
+            ],
+        )
+
+    _check_bytes(xfs, digests)
+    assert clones.calls == 3  # the unaligned range, then 0 and 2, shared
+    assert shared_bytes(_volume_file(xfs)) == 2 * BLOCK_SIZE
