@@ -126,8 +126,9 @@ class BlockWriter:
         return fd
 
     def _source(self, path: str) -> int | None:
-        """The source file open for sharing, or None: it cannot be opened (the caller has
-        its bytes: they are written), or its filesystem refused to share before."""
+        """The source file open for sharing, or None (the caller has the bytes: they are
+        written): it cannot be opened, it is not a regular file, or its filesystem refused to
+        share before."""
         if path in self._sources:
             return self._sources[path]
         fd: int | None
