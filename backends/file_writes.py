@@ -91,15 +91,12 @@ class BlockWriter:
             )
         segment, local = divmod(index, self._per_segment)
         offset = local * BLOCK_SIZE
-        if (
-            where is not None
-            and data != ZERO_BLOCK
-            and self._to_share(segment, offset, where, data)
-        ):
+        zero = data == ZERO_BLOCK
+        if where is not None and not zero and self._to_share(segment, offset, where, data):
             return
         self._share_run()
         fd = self._segment(segment)
-        if data == ZERO_BLOCK and sparse.is_hole(fd, offset, BLOCK_SIZE):
+        if zero and sparse.is_hole(fd, offset, BLOCK_SIZE):
             return
         sparse.pwrite_all(fd, data, offset)
         self._written.add(segment)
