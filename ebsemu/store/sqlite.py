@@ -410,12 +410,7 @@ class SqlStore(
     # ---- manifests -----------------------------------------------------------------------
 
     async def add_manifest_rows(self, snapshot_id: str, rows: Sequence[tuple[int, bytes]]) -> None:
-        async with self._transaction() as db:
-            await db.executemany(
-                "INSERT OR REPLACE INTO snapshot_blocks (snapshot_id, block_index, digest) "
-                "VALUES (?, ?, ?)",
-                [(snapshot_id, index, digest) for index, digest in rows],
-            )
+        await self._commit(partial(_add_manifest_rows, snapshot_id=snapshot_id, rows=rows))
 
     async def copy_manifest(self, source_id: str, snapshot_id: str) -> None:
         await self._write(
@@ -435,18 +430,9 @@ class SqlStore(
         return sorted(digests - await self.referenced(list(digests)))
 
     async def remove_manifest_rows(self, snapshot_id: str, indexes: Sequence[int]) -> list[bytes]:
-        digests: set[bytes] = set()
-        async with self._transaction() as db:
-            for index in indexes:
-                async with db.execute(
-                    "SELECT digest FROM snapshot_blocks WHERE snapshot_id = ? AND block_index = ?",
-                    (snapshot_id, index),
-                ) as cursor:
-                    digests.update(bytes(row[0]) for row in await cursor.fetchall())
-            await db.executemany(
-                "DELETE FROM snapshot_blocks WHERE snapshot_id = ? AND block_index = ?",
-                [(snapshot_id, index) for index in indexes],
-            )
+        digests = await self._commit(
+            partial(_remove_manifest_rows, snapshot_id=snapshot_id, indexes=indexes)
+        )
         return sorted(digests - await self.referenced(list(digests)))
 
     async def manifest(self, snapshot_id: str) -> list[tuple[int, bytes]]:
@@ -589,6 +575,34 @@ class SqlStore(
             "SELECT id, kind, resource_id, payload FROM jobs WHERE state = 'running' ORDER BY id"
         )
         return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+
+def _add_manifest_rows(
+    conn: sqlite3.Connection, snapshot_id: str, rows: Sequence[tuple[int, bytes]]
+) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO snapshot_blocks (snapshot_id, block_index, digest) "
+        "VALUES (?, ?, ?)",
+        [(snapshot_id, index, digest) for index, digest in rows],
+    )
+
+
+def _remove_manifest_rows(
+    conn: sqlite3.Connection, snapshot_id: str, indexes: Sequence[int]
+) -> set[bytes]:
+    """Drop the rows of ``indexes``; the digests they held."""
+    digests: set[bytes] = set()
+    for index in indexes:
+        rows = conn.execute(
+            "SELECT digest FROM snapshot_blocks WHERE snapshot_id = ? AND block_index = ?",
+            (snapshot_id, index),
+        ).fetchall()
+        digests.update(bytes(row[0]) for row in rows)
+    conn.executemany(
+        "DELETE FROM snapshot_blocks WHERE snapshot_id = ? AND block_index = ?",
+        [(snapshot_id, index) for index in indexes],
+    )
+    return digests
 
 
 def _insert_job(conn: sqlite3.Connection, kind: str, payload: str, resource_id: str) -> int:
