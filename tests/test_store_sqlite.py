@@ -13,21 +13,33 @@ from ebsemu.store.base import Store
 from tests.store_fixtures import NewStore
 
 Write = Callable[[Store, str], Coroutine[Any, Any, object]]
+ROW = (7, b"\1" * 32)
 
 
 async def _manifest_rows(store: Store, name: str) -> object:
-    await store.add_manifest_rows(name, [(7, b"\1" * 32)])
+    """A manifest row added, then the manifest read back: [ROW]."""
+    await store.add_manifest_rows(name, [ROW])
     return await store.manifest(name)
 
 
 async def _direct_key(store: Store, name: str) -> object:
+    """A key stored under ``name`` (its bytes as the secret), then returned: name.encode()."""
     return await store.direct_key(name, name.encode())
 
 
-@pytest.mark.parametrize("write", [_manifest_rows, _direct_key], ids=["group", "transaction"])
+WRITES = [
+    pytest.param(_manifest_rows, lambda name: [ROW], id="group"),
+    pytest.param(_direct_key, lambda name: name.encode(), id="transaction"),
+]
+
+
+@pytest.mark.parametrize(("write", "expected"), WRITES)
 @pytest.mark.parametrize("steps_before_cancel", range(6))
 def test_a_write_cancelled_at_any_step_leaves_no_transaction_open(
-    new_store: NewStore, steps_before_cancel: int, write: Write
+    new_store: NewStore,
+    steps_before_cancel: int,
+    write: Write,
+    expected: Callable[[str], object],
 ) -> None:
     async def scenario() -> tuple[object, object]:
         store = new_store()
@@ -43,10 +55,4 @@ def test_a_write_cancelled_at_any_step_leaves_no_transaction_open(
         finally:
             await store.close()
 
-    after, next_one = asyncio.run(scenario())
-    if write is _manifest_rows:
-        assert after == [(7, b"\1" * 32)]
-        assert next_one == [(7, b"\1" * 32)]
-    else:
-        assert after == b"snap-b"
-        assert next_one == b"snap-c"
+    assert asyncio.run(scenario()) == (expected("snap-b"), expected("snap-c"))
