@@ -45,9 +45,13 @@ class WatchedBlocks(LocalBlockStore):
 class WatchedStore(SqliteStore):
     events: Events
 
-    async def complete_snapshot(self, snapshot_id: str, full_size_bytes: int) -> bool:
+    async def complete_snapshot_closing_job(
+        self, snapshot_id: str, block_size: int, job_id: int | None, steps_done: Sequence[str]
+    ) -> int | None:
         self.events.append("complete")
-        return await super().complete_snapshot(snapshot_id, full_size_bytes)
+        return await super().complete_snapshot_closing_job(
+            snapshot_id, block_size, job_id, steps_done
+        )
 
 
 def test_the_store_commits_durably_in_wal_mode_with_synchronous_full(tmp_path: Path) -> None:

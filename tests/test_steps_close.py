@@ -111,20 +111,26 @@ def test_a_resumed_job_reads_its_log_and_a_new_one_does_not(tmp_path: Path) -> N
 def test_a_handler_that_closed_its_job_is_not_closed_again(tmp_path: Path) -> None:
     async def scenario(store: SqliteStore) -> None:
         jobs = Jobs(store)
-        seen: list[str] = []
+        closes: list[tuple[int, str | None]] = []
+        finish_job = store.finish_job
+
+        async def watched_finish(job_id: int, error: str | None = None) -> None:
+            closes.append((job_id, error))
+            await finish_job(job_id, error)
+
+        store.finish_job = watched_finish  # type: ignore[method-assign]
 
         async def closing(resource_id: str, payload: dict[str, object]) -> bool:
             job_id = CURRENT_JOB.get()
             assert job_id is not None and NEW_JOB.get()
             await store.finish_job(job_id, "closed by its handler")
-            seen.append(resource_id)
             return True
 
         jobs.register("closing", closing)
         await jobs.submit("closing", "res-1")
         await jobs.idle()
-        assert seen == ["res-1"]
-        # Jobs left the handler's own outcome in place instead of writing `done` over it.
+        # Jobs did not write an end of its own after the handler's.
+        assert closes == [(1, "closed by its handler")]
         assert job_row(tmp_path / "db.sqlite3", 1) == ("failed", "closed by its handler")
 
     with_store(tmp_path, scenario)

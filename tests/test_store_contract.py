@@ -347,6 +347,33 @@ def test_jobs_left_running_are_claimed_after_a_restart_and_finished(new_store: N
     assert counts == {("create_volume", "done"): 1, ("delete_volume", "failed"): 1}
 
 
+def test_a_snapshot_is_recorded_with_its_job_and_completed_as_its_job_closes(
+    new_store: NewStore,
+) -> None:
+    async def scenario(store: Store) -> tuple[object, ...]:
+        job = await store.insert_snapshot_with_job(
+            snapshot("snap-1", tags={"a": "1"}), "capture_snapshot"
+        )
+        recorded = await store.get_snapshot("snap-1")
+        running = await store.unfinished_jobs()
+        await store.add_manifest_rows("snap-1", [(0, b"\x01" * 32), (7, b"\x02" * 32)])
+        completed = await store.complete_snapshot_closing_job("snap-1", 512, job, ["capture"])
+        again = await store.complete_snapshot_closing_job("snap-1", 512, None, [])
+        done = await store.get_snapshot("snap-1")
+        steps = await store.job_steps(job)
+        await store.finish_job(job, "cancelled")  # a job closed stays closed as it was
+        return job, recorded, running, completed, again, done, steps, await store.inventory()
+
+    job, recorded, running, completed, again, done, steps, inventory = run(new_store, scenario)
+    assert isinstance(recorded, Snapshot) and isinstance(done, Snapshot)
+    assert (recorded.state, recorded.tags) == (SnapshotState.PENDING, {"a": "1"})
+    assert running == [(job, "capture_snapshot", "snap-1", "{}")]
+    assert (completed, again) == (2, None)  # the second call finds it completed already
+    assert (done.state, done.progress, done.full_size_bytes) == (SnapshotState.COMPLETED, 100, 1024)
+    assert steps == [("capture", "done")]
+    assert inventory.jobs == {("capture_snapshot", "done"): 1}
+
+
 def test_a_live_instances_jobs_are_claimed_only_once_its_lease_runs_out(
     postgres_server: PostgresServer,
 ) -> None:

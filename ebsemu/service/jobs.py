@@ -57,6 +57,11 @@ class Jobs:
         self._recorded.add(job_id)
         return job_id
 
+    def recorded(self, job_id: int) -> None:
+        """Hold a job whose intent record the caller wrote with its resource, in one
+        transaction (where ``record`` writes it alone), until it is started or failed here."""
+        self._recorded.add(job_id)
+
     def start(self, job_id: int, kind: str, resource_id: str, **payload: Any) -> None:
         """Run a job recorded by this process in the background."""
         self._recorded.discard(job_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from backends.base import ViewKeeper
@@ -20,6 +21,7 @@ from ebsemu.service import fast_restores, listing, sharing, snapshot_data, snaps
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
+from ebsemu.service.jobs import CURRENT_JOB
 from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import until_reachable
 from ebsemu.service.volumes import VolumeService
@@ -45,38 +47,37 @@ class SnapshotService:
     ) -> Snapshot:
         if description is not None and len(description) > 255:
             raise errors.InvalidParameterValue("Description must be at most 255 characters.")
-        volume = await self._volumes.get(ctx, volume_id)
-        if (
-            await self._core.store.count_snapshots(ctx.account_id)
-            >= self._core.config.max_snapshots
-        ):
-            raise errors.SnapshotLimitExceeded(
-                f"You have reached the maximum of {self._core.config.max_snapshots} snapshots."
-            )
-        snapshot = Snapshot(
-            id=new_id("snap"),
-            owner_id=ctx.account_id,
-            region=ctx.region,
-            volume_id=volume_id,
-            volume_size_gib=volume.size_gib,
-            state=SnapshotState.PENDING,
-            start_time=utcnow(),
-            description=description or "",
-            encrypted=volume.encrypted,
-            kms_key_id=volume.kms_key_id,
-            tags=tags,
-            storage_host=volume.storage_host,  # where its view is frozen and read
-        )
         async with self._core.locks.hold(volume_id):
             volume = await self._volumes.get(ctx, volume_id)
+            if (
+                await self._core.store.count_snapshots(ctx.account_id)
+                >= self._core.config.max_snapshots
+            ):
+                raise errors.SnapshotLimitExceeded(
+                    f"You have reached the maximum of {self._core.config.max_snapshots} snapshots."
+                )
             if volume.state not in SNAPSHOTTABLE:
                 raise errors.IncorrectState(
                     f"The volume '{volume_id}' is '{volume.state.value}'; "
                     "only an available or in-use volume can be snapshotted."
                 )
+            snapshot = Snapshot(
+                id=new_id("snap"),
+                owner_id=ctx.account_id,
+                region=ctx.region,
+                volume_id=volume_id,
+                volume_size_gib=volume.size_gib,
+                state=SnapshotState.PENDING,
+                start_time=utcnow(),
+                description=description or "",
+                encrypted=volume.encrypted,
+                kms_key_id=volume.kms_key_id,
+                tags=tags,
+                storage_host=volume.storage_host,  # where its view is frozen and read
+            )
             await self._encryption.keep_snapshot_key(volume, snapshot.id)
-            await self._core.store.insert_snapshot(snapshot)
-            job_id = await self._core.jobs.record("capture_snapshot", snapshot.id)
+            job_id = await self._core.store.insert_snapshot_with_job(snapshot, "capture_snapshot")
+            self._core.jobs.recorded(job_id)
             try:
                 await snapshot_freeze.freeze(
                     self._core, self._core.storage_for(volume), volume_id, snapshot.id
@@ -172,10 +173,13 @@ class SnapshotService:
 
     # ---- jobs ----------------------------------------------------------------------------
 
-    async def _run_capture(self, snapshot_id: str, payload: dict[str, Any]) -> None:
+    async def _run_capture(self, snapshot_id: str, payload: dict[str, Any]) -> bool:
         """Steps (the view was frozen in the request): capture the view into the block store
-        and the manifest (undo: sweep them) -> mark completed -> drop the view. A failure
-        leaves the snapshot `error` with a StatusMessage, its blocks swept, its view dropped."""
+        and the manifest (undo: sweep them); then one write marks the snapshot completed, logs
+        the step and closes the job; then the view is dropped (or kept as the volume's base).
+        A failure leaves the snapshot `error` with a StatusMessage, its blocks swept, its view
+        dropped. A view a crash leaves behind after the job closed goes to the periodic sweep
+        (ebsemu.service.reconcile.drop_stale_views)."""
         store = self._core.store
         snapshot = await store.get_snapshot(snapshot_id)
         if snapshot is None or snapshot.state is not SnapshotState.PENDING:
@@ -183,7 +187,7 @@ class SnapshotService:
             host = await store.snapshot_storage_host(snapshot_id)
             if host is not None:
                 await self._drop_view(host, snapshot_id)
-            return
+            return False
         storage = self._core.storage_for(snapshot)
 
         async def capture() -> None:
@@ -201,9 +205,11 @@ class SnapshotService:
         async def sweep() -> None:
             await snapshot_data.sweep(self._core, snapshot_id)
 
-        async def mark_completed() -> None:
-            blocks = await store.manifest_block_count(snapshot_id)
-            if await store.complete_snapshot(snapshot_id, blocks * BLOCK_SIZE):
+        async def mark_completed(done: Sequence[str]) -> None:
+            blocks = await store.complete_snapshot_closing_job(
+                snapshot_id, BLOCK_SIZE, CURRENT_JOB.get(), done
+            )
+            if blocks is not None:
                 log.info("snapshot %s: completed, %d blocks", snapshot_id, blocks)
                 await faults.reach("snapshot.completed")
 
@@ -211,21 +217,18 @@ class SnapshotService:
             await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
             await self._drop_view(snapshot.storage_host, snapshot_id)
 
-        async def release_view() -> None:
-            """Keep the view as the base of the volume's next snapshot where the backend can
-            (RBD), else drop it."""
-            if isinstance(storage, ViewKeeper) and await self._keep_view(
-                storage, snapshot.storage_host, snapshot_id
-            ):
-                return
+        plan = [Step("capture", capture, undo=sweep)]
+        label = f"snapshot {snapshot_id}"
+        if not await run_steps(store, label, plan, failed, close=mark_completed):
+            return False
+        # Keep the view as the base of the volume's next snapshot where the backend can
+        # (RBD, reflinked files), else drop it.
+        if not (
+            isinstance(storage, ViewKeeper)
+            and await self._keep_view(storage, snapshot.storage_host, snapshot_id)
+        ):
             await self._drop_view(snapshot.storage_host, snapshot_id)
-
-        plan = [
-            Step("capture", capture, undo=sweep),
-            Step("mark-completed", mark_completed),
-            Step("release-view", release_view),
-        ]
-        await run_steps(store, f"snapshot {snapshot_id}", plan, failed)
+        return True
 
     async def _run_delete(self, snapshot_id: str, payload: dict[str, Any]) -> None:
         await self._core.jobs.cancel("capture_snapshot", snapshot_id)

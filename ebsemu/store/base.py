@@ -324,6 +324,13 @@ class Store(
 
     # snapshots
     async def insert_snapshot(self, snapshot: Snapshot) -> None: ...
+    async def insert_snapshot_with_job(
+        self, snapshot: Snapshot, kind: str, payload: str = "{}"
+    ) -> int:
+        """``insert_snapshot`` and the intent record of job ``kind`` in one transaction; the
+        job's id."""
+        ...
+
     async def insert_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
         """Insert several snapshots (with their tags) in one transaction."""
         ...
@@ -345,6 +352,15 @@ class Store(
     ) -> bool: ...
     async def set_snapshot_progress(self, snapshot_id: str, progress: int) -> None: ...
     async def complete_snapshot(self, snapshot_id: str, full_size_bytes: int) -> bool: ...
+    async def complete_snapshot_closing_job(
+        self, snapshot_id: str, block_size: int, job_id: int | None, steps_done: Sequence[str]
+    ) -> int | None:
+        """In one transaction: mark the snapshot completed if it is pending (its full size is
+        its manifest's blocks of ``block_size``), log ``steps_done`` done in job ``job_id``'s
+        step log and close the job. The manifest's blocks when this call completed the
+        snapshot, None when it was no longer pending (the job is closed all the same)."""
+        ...
+
     async def mark_snapshot_deleted(self, snapshot_id: str) -> bool: ...
     async def deleted_snapshots(self) -> list[str]: ...
     async def remove_snapshot(self, snapshot_id: str) -> None:

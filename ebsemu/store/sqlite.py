@@ -34,7 +34,7 @@ from ebsemu.store.rows import (
     snapshot_values,
     volume_from_row,
 )
-from ebsemu.store.sql_base import Rollback, fetch, placeholders, prefixed
+from ebsemu.store.sql_base import Rollback, fetch, placeholders, prefixed, tags_into
 from ebsemu.store.sql_filters import (
     SNAPSHOT_FILTERS,
     TAG_FILTERS,
@@ -238,6 +238,18 @@ class SqlStore(
     async def insert_snapshot(self, snapshot: Snapshot) -> None:
         await self._many(self._snapshot_statements(snapshot))
 
+    async def insert_snapshot_with_job(
+        self, snapshot: Snapshot, kind: str, payload: str = "{}"
+    ) -> int:
+        statements = self._snapshot_statements(snapshot)
+
+        def work(conn: sqlite3.Connection) -> int:
+            for sql, params in statements:
+                conn.execute(sql, params)
+            return _insert_job(conn, kind, payload, snapshot.id)
+
+        return await self._commit(work)
+
     async def insert_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
         await self._many(
             [statement for s in snapshots for statement in self._snapshot_statements(s)]
@@ -275,11 +287,7 @@ class SqlStore(
         return statements
 
     async def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
-        rows = await self._rows(
-            f"SELECT seq, {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ? AND deleted = 0",
-            (snapshot_id,),
-        )
-        return (await self._with_tags([snapshot_from_row(rows[0])]))[0] if rows else None
+        return await self._read(partial(_snapshot_by_id, snapshot_id=snapshot_id))
 
     async def list_snapshots(self, query: ListQuery) -> Page[Snapshot]:
         params: list[object] = []
@@ -353,6 +361,28 @@ class SqlStore(
             (to_wire(utcnow()), full_size_bytes, snapshot_id),
         )
         return changed == 1
+
+    async def complete_snapshot_closing_job(
+        self, snapshot_id: str, block_size: int, job_id: int | None, steps_done: Sequence[str]
+    ) -> int | None:
+        from ebsemu.model import utcnow
+
+        completed_at = to_wire(utcnow())
+        holder = self._job_holder()
+
+        def work(conn: sqlite3.Connection) -> int | None:
+            blocks = _manifest_block_count(conn, snapshot_id)
+            changed = conn.execute(
+                "UPDATE snapshots SET state = 'completed', progress = 100, completion_time = ?, "
+                "full_size_bytes = ? WHERE id = ? AND state = 'pending' AND deleted = 0",
+                (completed_at, blocks * block_size, snapshot_id),
+            ).rowcount
+            if job_id is not None:
+                log_steps(conn, job_id, steps_done, "done")
+                close_job(conn, job_id, holder=holder)  # JobNotHeld undoes the whole work
+            return blocks if changed else None
+
+        return await self._commit(work)
 
     async def mark_snapshot_deleted(self, snapshot_id: str) -> bool:
         changed = await self._write(
@@ -444,10 +474,7 @@ class SqlStore(
         return [(int(row[0]), bytes(row[1])) for row in rows]
 
     async def manifest_block_count(self, snapshot_id: str) -> int:
-        rows = await self._rows(
-            "SELECT COUNT(*) FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,)
-        )
-        return int(rows[0][0])
+        return await self._read(partial(_manifest_block_count, snapshot_id=snapshot_id))
 
     async def referenced(self, digests: Sequence[bytes]) -> set[bytes]:
         found: set[bytes] = set()
@@ -614,6 +641,24 @@ def _insert_job(conn: sqlite3.Connection, kind: str, payload: str, resource_id: 
     ).lastrowid
     assert job_id is not None
     return job_id
+
+
+def _snapshot_by_id(conn: sqlite3.Connection, snapshot_id: str) -> Snapshot | None:
+    rows = fetch(
+        conn,
+        f"SELECT seq, {SNAPSHOT_COLUMNS} FROM snapshots WHERE id = ? AND deleted = 0",
+        (snapshot_id,),
+    )
+    if not rows:
+        return None
+    snapshot = snapshot_from_row(rows[0])
+    tags_into(conn, [snapshot])
+    return snapshot
+
+
+def _manifest_block_count(conn: sqlite3.Connection, snapshot_id: str) -> int:
+    rows = fetch(conn, "SELECT COUNT(*) FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,))
+    return int(rows[0][0])
 
 
 def _one_volume(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> Volume | None:

@@ -29,11 +29,16 @@ class JobNotHeld(Exception):
 def close_job(
     conn: sqlite3.Connection, job_id: int, error: str | None = None, holder: str | None = None
 ) -> None:
-    """Mark the job done (or failed with ``error``). With ``holder`` (on a store shared by
-    several instances), only while that instance holds the job: JobNotHeld otherwise."""
+    """Mark the job done (or failed with ``error``); a job already closed stays as it was
+    closed. With ``holder`` (on a store shared by several instances), only while that
+    instance holds the job: JobNotHeld otherwise."""
     outcome = ("failed" if error else "done", error, time.time(), job_id)
     if holder is None:
-        conn.execute("UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?", outcome)
+        conn.execute(
+            "UPDATE jobs SET state = ?, error = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'running'",
+            outcome,
+        )
         return
     closed = conn.execute(
         "UPDATE jobs SET state = ?, error = ?, updated_at = ?, lease_until = NULL "
