@@ -244,6 +244,21 @@ def test_client_token_of_a_deleted_volume_is_idempotent_parameter_mismatch(ec2: 
     assert "deleted" in message
 
 
+def test_a_retry_gets_its_volume_though_the_snapshot_it_named_is_deleted_since(ec2: Any) -> None:
+    source = new_volume(ec2, Size=1)
+    snapshot_id = new_snapshot(ec2, source)
+    token = unique()
+    restored = new_volume(ec2, SnapshotId=snapshot_id, ClientToken=token)
+    ec2.delete_snapshot(SnapshotId=snapshot_id)
+    retried = ec2.create_volume(AvailabilityZone=ZONE, SnapshotId=snapshot_id, ClientToken=token)
+    assert (retried["VolumeId"], retried["State"]) == (restored, "available")
+    # Without the token the same request is refused: the snapshot is gone.
+    code, _, _ = aws_error(ec2.create_volume, AvailabilityZone=ZONE, SnapshotId=snapshot_id)
+    assert code == "InvalidSnapshot.NotFound"
+    for volume_id in (source, restored):
+        ec2.delete_volume(VolumeId=volume_id)
+
+
 def test_client_token_over_64_characters_is_invalid(ec2: Any) -> None:
     code, _, _ = aws_error(ec2.create_volume, AvailabilityZone=ZONE, Size=1, ClientToken="t" * 65)
     assert code == "InvalidParameterValue"

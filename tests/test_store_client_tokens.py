@@ -1,5 +1,6 @@
 """One read answers what CreateVolume needs to know of a ClientToken: the owner's volume it
-created, or else the purged volume it created while the token is remembered."""
+created, or else the purged volume it created while the token is remembered; a volume is
+not inserted with a token whose volume was purged."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import dataclasses
 import time
 from pathlib import Path
 
+import pytest
+
 from ebsemu.model import VolumeState
+from ebsemu.store.base import ClientTokenRetired
 from ebsemu.store.sqlite import SqliteStore
 from tests.test_steps_close import VOLUME_ID, creating_volume
 
@@ -35,6 +39,12 @@ def test_a_token_names_its_volume_then_its_purged_volume_and_no_other_owner_sees
             )
             assert await store.purge_deleted_volumes(time.time() + 1) == [VOLUME_ID]
             assert await store.client_token_use(OWNER, "token-1") == (None, VOLUME_ID)
+            # The token stays spent: a new volume is not inserted with it.
+            again = dataclasses.replace(volume, id="vol-0fedcba9876543210")
+            with pytest.raises(ClientTokenRetired):
+                await store.insert_volume_with_job(again, "create_volume")
+            assert await store.get_volume(again.id) is None
+            assert await store.unfinished_jobs() == []
         finally:
             await store.close()
 

@@ -34,7 +34,7 @@ from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.jobs import CURRENT_JOB
 from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import host_unreachable, until_reachable
-from ebsemu.store.base import ListQuery
+from ebsemu.store.base import ClientTokenRetired, ListQuery
 
 log = logging.getLogger(__name__)
 
@@ -74,29 +74,28 @@ class VolumeService:
     # ---- API operations ------------------------------------------------------------------
 
     async def create(self, ctx: RequestContext, req: VolumeRequest) -> Volume:
-        store = self._core.store
-        if req.client_token is not None:
-            if len(req.client_token) > 64:
-                raise errors.InvalidParameterValue("ClientToken must be at most 64 characters.")
-            existing, retired = await store.client_token_use(ctx.account_id, req.client_token)
-            if existing is not None:
-                return self._idempotent(existing, req)
-            if retired is not None:
-                raise _token_mismatch(req)  # its volume was deleted and purged
-        volume = await self._validated(ctx, req)
-        hosts = self._core.storage_hosts
-        if volume.snapshot_id is None:
-            volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, 0))
-            await self._encryption.prepare_key(volume)
-            stored, job_id = await store.insert_volume_with_job(volume, "create_volume")
-        else:
-            async with self._core.locks.hold(volume.snapshot_id):
-                needed = await self._restore_bytes(ctx, volume.snapshot_id)
-                volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, needed))
-                await self._encryption.prepare_key(volume)
-                stored, job_id = await store.insert_volume_with_job(volume, "create_volume")
-        if job_id is None:  # a concurrent request with the same ClientToken won
-            await self._encryption.drop_key(volume.id)
+        if req.client_token is not None and len(req.client_token) > 64:
+            raise errors.InvalidParameterValue("ClientToken must be at most 64 characters.")
+        try:
+            volume = await self._validated(ctx, req)
+            hosts = self._core.storage_hosts
+            if volume.snapshot_id is None:
+                volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, 0))
+                stored, job_id = await self._insert(volume, req)
+            else:
+                async with self._core.locks.hold(volume.snapshot_id):
+                    needed = await self._restore_bytes(ctx, volume.snapshot_id)
+                    host = hosts.place(volume.zone, needed)
+                    volume = dataclasses.replace(volume, storage_host=host)
+                    stored, job_id = await self._insert(volume, req)
+        except errors.ApiError:
+            # A retry of a request that succeeded gets its volume even where the request would
+            # fail now (that volume counts against the limit, or its snapshot is gone).
+            earlier = await self._earlier_use(ctx, req)
+            if earlier is None:
+                raise
+            return earlier
+        if job_id is None:  # the ClientToken was used before, or by a concurrent request
             return self._idempotent(stored, req)
         self._created[stored.id] = stored  # the job starts from it instead of reading it again
         self._core.jobs.start(job_id, "create_volume", stored.id)
@@ -271,6 +270,31 @@ class VolumeService:
         log.info("volume %s: deleted", volume_id)
 
     # ---- helpers -------------------------------------------------------------------------
+
+    async def _insert(self, volume: Volume, req: VolumeRequest) -> tuple[Volume, int | None]:
+        """Insert the volume (its data key prepared) with its create job; an earlier volume of
+        the same ClientToken and no job, instead, when there is one."""
+        await self._encryption.prepare_key(volume)
+        try:
+            stored, job_id = await self._core.store.insert_volume_with_job(volume, "create_volume")
+        except ClientTokenRetired:
+            await self._encryption.drop_key(volume.id)
+            raise _token_mismatch(req) from None
+        if job_id is None:
+            await self._encryption.drop_key(volume.id)
+        return stored, job_id
+
+    async def _earlier_use(self, ctx: RequestContext, req: VolumeRequest) -> Volume | None:
+        """The volume an earlier request with this ClientToken created, if any (and that
+        request was this one: IdempotentParameterMismatch otherwise, or if it is gone)."""
+        if req.client_token is None:
+            return None
+        existing, retired = await self._core.store.client_token_use(
+            ctx.account_id, req.client_token
+        )
+        if retired is not None:
+            raise _token_mismatch(req)  # its volume was deleted and purged
+        return None if existing is None else self._idempotent(existing, req)
 
     async def _exists(self, ctx: RequestContext, volume_id: str) -> bool:
         volume = await self._core.store.get_volume(volume_id)

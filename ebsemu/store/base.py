@@ -29,6 +29,11 @@ T = TypeVar("T")
 TOKEN_RETENTION_SECONDS = 24 * 3600.0
 
 
+class ClientTokenRetired(Exception):
+    """A volume was to be inserted with a ClientToken whose volume was deleted and purged
+    while the token is still remembered (TOKEN_RETENTION_SECONDS): nothing was inserted."""
+
+
 class UnknownFilterError(ValueError):
     """A filter name the resource does not support."""
 
@@ -271,14 +276,16 @@ class Store(
 
     # volumes
     async def insert_volume(self, volume: Volume) -> Volume:
-        """Insert; on a ClientToken already used by the owner, return that volume instead."""
+        """Insert; on a ClientToken already used by the owner, return that volume instead
+        (ClientTokenRetired if that volume was purged)."""
         ...
 
     async def insert_volume_with_job(
         self, volume: Volume, kind: str | None, payload: str = "{}"
     ) -> tuple[Volume, int | None]:
         """``insert_volume`` and the intent record of job ``kind`` in one transaction; the job
-        id is None when a ClientToken already used returned an existing volume."""
+        id is None when a ClientToken already used returned an existing volume.
+        ClientTokenRetired when the token's volume was purged."""
         ...
 
     async def get_volume(self, volume_id: str) -> Volume | None: ...

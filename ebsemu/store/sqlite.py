@@ -26,7 +26,7 @@ from ebsemu.model import (
     VolumeState,
 )
 from ebsemu.private_files import private_database
-from ebsemu.store.base import TOKEN_RETENTION_SECONDS, ListQuery, Page
+from ebsemu.store.base import TOKEN_RETENTION_SECONDS, ClientTokenRetired, ListQuery, Page
 from ebsemu.store.rows import (
     SNAPSHOT_COLUMNS,
     VOLUME_COLUMNS,
@@ -75,6 +75,7 @@ class SqlStore(
     def __init__(self) -> None:
         super().__init__()
         self._volume_counts: dict[str, int] = {}  # owner id -> volumes not deleted
+        self._encryption_settings = {}  # (account id, region) -> EncryptionSettings
 
     # ---- volumes -------------------------------------------------------------------------
 
@@ -690,6 +691,10 @@ def _retired_token(conn: sqlite3.Connection, owner_id: str, token: str) -> str |
 def _insert_volume(
     conn: sqlite3.Connection, volume: Volume, job: tuple[str, str] | None
 ) -> tuple[Volume, int | None]:
+    if volume.client_token is not None:
+        purged = _retired_token(conn, volume.owner_id, volume.client_token)
+        if purged is not None:
+            raise ClientTokenRetired(f"ClientToken of volume {purged}, purged")
     create_time = to_wire(volume.create_time)
     values = (
         volume.id,
