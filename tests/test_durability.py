@@ -46,11 +46,15 @@ class WatchedStore(SqliteStore):
     events: Events
 
     async def complete_snapshot_closing_job(
-        self, snapshot_id: str, block_size: int, job_id: int | None, steps_done: Sequence[str]
-    ) -> int | None:
+        self,
+        snapshot_id: str,
+        full_size_bytes: int,
+        job_id: int | None,
+        steps_done: Sequence[str],
+    ) -> bool:
         self.events.append("complete")
         return await super().complete_snapshot_closing_job(
-            snapshot_id, block_size, job_id, steps_done
+            snapshot_id, full_size_bytes, job_id, steps_done
         )
 
 

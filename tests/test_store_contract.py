@@ -356,9 +356,8 @@ def test_a_snapshot_is_recorded_with_its_job_and_completed_as_its_job_closes(
         )
         recorded = await store.get_snapshot("snap-1")
         running = await store.unfinished_jobs()
-        await store.add_manifest_rows("snap-1", [(0, b"\x01" * 32), (7, b"\x02" * 32)])
-        completed = await store.complete_snapshot_closing_job("snap-1", 512, job, ["capture"])
-        again = await store.complete_snapshot_closing_job("snap-1", 512, None, [])
+        completed = await store.complete_snapshot_closing_job("snap-1", 1024, job, ["capture"])
+        again = await store.complete_snapshot_closing_job("snap-1", 2048, None, [])
         done = await store.get_snapshot("snap-1")
         steps = await store.job_steps(job)
         await store.finish_job(job, "cancelled")  # a job closed stays closed as it was
@@ -368,7 +367,7 @@ def test_a_snapshot_is_recorded_with_its_job_and_completed_as_its_job_closes(
     assert isinstance(recorded, Snapshot) and isinstance(done, Snapshot)
     assert (recorded.state, recorded.tags) == (SnapshotState.PENDING, {"a": "1"})
     assert running == [(job, "capture_snapshot", "snap-1", "{}")]
-    assert (completed, again) == (2, None)  # the second call finds it completed already
+    assert (completed, again) == (True, False)  # the second call finds it completed already
     assert (done.state, done.progress, done.full_size_bytes) == (SnapshotState.COMPLETED, 100, 1024)
     assert steps == [("capture", "done")]
     assert inventory.jobs == {("capture_snapshot", "done"): 1}

@@ -189,9 +189,11 @@ class SnapshotService:
                 await self._drop_view(host, snapshot_id)
             return False
         storage = self._core.storage_for(snapshot)
+        counted: list[int] = []  # the manifest's blocks, once captured here
 
         async def capture() -> None:
             stats = await snapshot_data.capture(self._core, snapshot_id, storage)
+            counted.append(stats.blocks)
             log.info(
                 "snapshot %s: captured %d blocks, %d new, %d read%s",
                 snapshot_id,
@@ -206,10 +208,11 @@ class SnapshotService:
             await snapshot_data.sweep(self._core, snapshot_id)
 
         async def mark_completed(done: Sequence[str]) -> None:
-            blocks = await store.complete_snapshot_closing_job(
-                snapshot_id, BLOCK_SIZE, CURRENT_JOB.get(), done
-            )
-            if blocks is not None:
+            # Counted before the write (a large manifest's count would hold the writer).
+            blocks = counted[0] if counted else await store.manifest_block_count(snapshot_id)
+            if await store.complete_snapshot_closing_job(
+                snapshot_id, blocks * BLOCK_SIZE, CURRENT_JOB.get(), done
+            ):
                 log.info("snapshot %s: completed, %d blocks", snapshot_id, blocks)
                 await faults.reach("snapshot.completed")
 

@@ -360,12 +360,14 @@ class Store(
     async def set_snapshot_progress(self, snapshot_id: str, progress: int) -> None: ...
     async def complete_snapshot(self, snapshot_id: str, full_size_bytes: int) -> bool: ...
     async def complete_snapshot_closing_job(
-        self, snapshot_id: str, block_size: int, job_id: int | None, steps_done: Sequence[str]
-    ) -> int | None:
-        """In one transaction: mark the snapshot completed if it is pending (its full size is
-        its manifest's blocks of ``block_size``), log ``steps_done`` done in job ``job_id``'s
-        step log and close the job. The manifest's blocks when this call completed the
-        snapshot, None when it was no longer pending (the job is closed all the same)."""
+        self,
+        snapshot_id: str,
+        full_size_bytes: int,
+        job_id: int | None,
+        steps_done: Sequence[str],
+    ) -> bool:
+        """``complete_snapshot`` and, in the same transaction, log ``steps_done`` done for job
+        ``job_id`` and close the job (even when the snapshot was no longer pending)."""
         ...
 
     async def mark_snapshot_deleted(self, snapshot_id: str) -> bool: ...

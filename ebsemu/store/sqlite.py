@@ -364,24 +364,27 @@ class SqlStore(
         return changed == 1
 
     async def complete_snapshot_closing_job(
-        self, snapshot_id: str, block_size: int, job_id: int | None, steps_done: Sequence[str]
-    ) -> int | None:
+        self,
+        snapshot_id: str,
+        full_size_bytes: int,
+        job_id: int | None,
+        steps_done: Sequence[str],
+    ) -> bool:
         from ebsemu.model import utcnow
 
         completed_at = to_wire(utcnow())
         holder = self._job_holder()
 
-        def work(conn: sqlite3.Connection) -> int | None:
-            blocks = _manifest_block_count(conn, snapshot_id)
+        def work(conn: sqlite3.Connection) -> bool:
             changed = conn.execute(
                 "UPDATE snapshots SET state = 'completed', progress = 100, completion_time = ?, "
                 "full_size_bytes = ? WHERE id = ? AND state = 'pending' AND deleted = 0",
-                (completed_at, blocks * block_size, snapshot_id),
+                (completed_at, full_size_bytes, snapshot_id),
             ).rowcount
             if job_id is not None:
                 log_steps(conn, job_id, steps_done, "done")
                 close_job(conn, job_id, holder=holder)  # JobNotHeld undoes the whole work
-            return blocks if changed else None
+            return changed > 0
 
         return await self._commit(work)
 
@@ -475,7 +478,10 @@ class SqlStore(
         return [(int(row[0]), bytes(row[1])) for row in rows]
 
     async def manifest_block_count(self, snapshot_id: str) -> int:
-        return await self._read(partial(_manifest_block_count, snapshot_id=snapshot_id))
+        rows = await self._rows(
+            "SELECT COUNT(*) FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,)
+        )
+        return int(rows[0][0])
 
     async def referenced(self, digests: Sequence[bytes]) -> set[bytes]:
         found: set[bytes] = set()
@@ -655,11 +661,6 @@ def _snapshot_by_id(conn: sqlite3.Connection, snapshot_id: str) -> Snapshot | No
     snapshot = snapshot_from_row(rows[0])
     tags_into(conn, [snapshot])
     return snapshot
-
-
-def _manifest_block_count(conn: sqlite3.Connection, snapshot_id: str) -> int:
-    rows = fetch(conn, "SELECT COUNT(*) FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,))
-    return int(rows[0][0])
 
 
 def _one_volume(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> Volume | None:
