@@ -46,9 +46,13 @@ async def in_job(store: SqliteStore, trace: Trace, job_id: int | None = None) ->
     return job_id, await asyncio.create_task(body())
 
 
-def with_store(tmp_path: Path, scenario: Callable[[SqliteStore], Awaitable[None]]) -> None:
+def with_store(
+    tmp_path: Path,
+    scenario: Callable[[SqliteStore], Awaitable[None]],
+    kind: type[SqliteStore] = SqliteStore,
+) -> None:
     async def main() -> None:
-        store = SqliteStore(tmp_path / "db.sqlite3")
+        store = kind(tmp_path / "db.sqlite3")
         await store.open()
         try:
             await scenario(store)

@@ -110,15 +110,8 @@ def test_a_resumed_job_reads_its_log_and_a_new_one_does_not(tmp_path: Path) -> N
 
 def test_a_handler_that_closed_its_job_is_not_closed_again(tmp_path: Path) -> None:
     async def scenario(store: SqliteStore) -> None:
+        assert isinstance(store, ClosesWatched)
         jobs = Jobs(store)
-        closes: list[tuple[int, str | None]] = []
-        finish_job = store.finish_job
-
-        async def watched_finish(job_id: int, error: str | None = None) -> None:
-            closes.append((job_id, error))
-            await finish_job(job_id, error)
-
-        store.finish_job = watched_finish  # type: ignore[method-assign]
 
         async def closing(resource_id: str, payload: dict[str, object]) -> bool:
             job_id = CURRENT_JOB.get()
@@ -130,7 +123,19 @@ def test_a_handler_that_closed_its_job_is_not_closed_again(tmp_path: Path) -> No
         await jobs.submit("closing", "res-1")
         await jobs.idle()
         # Jobs did not write an end of its own after the handler's.
-        assert closes == [(1, "closed by its handler")]
+        assert store.closes == [(1, "closed by its handler")]
         assert job_row(tmp_path / "db.sqlite3", 1) == ("failed", "closed by its handler")
 
-    with_store(tmp_path, scenario)
+    with_store(tmp_path, scenario, ClosesWatched)
+
+
+class ClosesWatched(SqliteStore):
+    """Records every job end written through ``finish_job``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.closes: list[tuple[int, str | None]] = []
+
+    async def finish_job(self, job_id: int, error: str | None = None) -> None:
+        self.closes.append((job_id, error))
+        await super().finish_job(job_id, error)
