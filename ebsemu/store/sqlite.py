@@ -51,7 +51,7 @@ from ebsemu.store.sqlite_inventory import InventoryTables
 from ebsemu.store.sqlite_leases import LeaseTables
 from ebsemu.store.sqlite_modifications import ModificationTables
 from ebsemu.store.sqlite_reconcile import ReconcileTables
-from ebsemu.store.sqlite_steps import StepTables, close_job, log_steps
+from ebsemu.store.sqlite_steps import StepTables, close_job, end_job
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
 from ebsemu.timefmt import from_wire, to_wire
 
@@ -163,8 +163,7 @@ class SqlStore(
         def work(conn: sqlite3.Connection) -> bool:
             changed = conn.execute(sql, params).rowcount > 0
             if job_id is not None:
-                log_steps(conn, job_id, steps_done, "done")
-                close_job(conn, job_id, holder=holder)  # JobNotHeld undoes the whole work
+                end_job(conn, job_id, steps_done, holder)
             return changed
 
         if new is VolumeState.DELETED:
@@ -354,14 +353,7 @@ class SqlStore(
         )
 
     async def complete_snapshot(self, snapshot_id: str, full_size_bytes: int) -> bool:
-        from ebsemu.model import utcnow
-
-        changed = await self._write(
-            "UPDATE snapshots SET state = 'completed', progress = 100, completion_time = ?, "
-            "full_size_bytes = ? WHERE id = ? AND state = 'pending' AND deleted = 0",
-            (to_wire(utcnow()), full_size_bytes, snapshot_id),
-        )
-        return changed == 1
+        return await self.complete_snapshot_closing_job(snapshot_id, full_size_bytes, None, [])
 
     async def complete_snapshot_closing_job(
         self,
@@ -382,8 +374,7 @@ class SqlStore(
                 (completed_at, full_size_bytes, snapshot_id),
             ).rowcount
             if job_id is not None:
-                log_steps(conn, job_id, steps_done, "done")
-                close_job(conn, job_id, holder=holder)  # JobNotHeld undoes the whole work
+                end_job(conn, job_id, steps_done, holder)
             return changed > 0
 
         return await self._commit(work)

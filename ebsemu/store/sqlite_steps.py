@@ -49,6 +49,15 @@ def close_job(
         raise JobNotHeld(f"job {job_id} is no longer held by {holder}")
 
 
+def end_job(
+    conn: sqlite3.Connection, job_id: int, steps_done: Sequence[str], holder: str | None
+) -> None:
+    """A job's last write closes it: log ``steps_done`` done and mark the job done. Where
+    another instance took the job over, JobNotHeld undoes the whole of that write."""
+    log_steps(conn, job_id, steps_done, "done")
+    close_job(conn, job_id, holder=holder)
+
+
 class StepTables(SqlBase):
     async def record_step(self, job_id: int, step: str, outcome: str) -> None:
         await self._commit(lambda conn: log_steps(conn, job_id, [step], outcome))
