@@ -32,10 +32,11 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ebsemu import errors
 from ebsemu.api.auth import VerifiedRequest, prepare_request, verify_request
+from ebsemu.api.auth.canonical import header_values
 from ebsemu.api.codec import serialize_error
 from tests.server import free_port
 
@@ -305,6 +306,20 @@ def test_repeated_header_values_are_joined_with_commas_as_signed() -> None:
     split = dataclasses.replace(request, headers=headers)
     assert "x-amz-meta-tag" in request.headers["Authorization"]
     assert split.verify(now=signed_at(request)).version == 4
+
+
+def _proxy(pairs: list[tuple[str, str]]) -> Mapping[str, str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+@pytest.mark.parametrize("kind", [dict, CIMultiDict, _proxy])
+def test_header_values_are_found_case_insensitively_in_order_in_dicts_and_multidicts(
+    kind: Callable[[list[tuple[str, str]]], Mapping[str, str]],
+) -> None:
+    headers = kind([("X-Amz-Meta-Tag", "a"), ("Content-Type", FORM), ("x-amz-meta-TAG", " b ")])
+    for name in ("x-amz-meta-tag", "X-AMZ-META-TAG"):
+        assert header_values(headers, name) == ["a", " b "]
+    assert header_values(headers, "X-Amz-Date") == []
 
 
 def test_timestamp_fourteen_minutes_away_still_verifies() -> None:

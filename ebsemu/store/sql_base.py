@@ -17,7 +17,7 @@ import abc
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from functools import partial
+from functools import cache, partial
 from typing import Any, TypeVar
 
 from ebsemu.model import Instance, Snapshot, Volume
@@ -37,6 +37,7 @@ def placeholders(count: int) -> str:
     return ",".join("?" * count)
 
 
+@cache  # a handful of (alias, column list) pairs, asked on every query
 def prefixed(alias: str, columns: str) -> str:
     return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
 

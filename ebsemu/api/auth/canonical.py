@@ -13,6 +13,8 @@ import functools
 import urllib.parse
 from collections.abc import Iterable, Mapping
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 Pair = tuple[bytes, bytes]
 
 
@@ -82,6 +84,8 @@ def canonical_uri(raw_path: str) -> str:
 
 def header_values(headers: Mapping[str, str], name: str) -> list[str]:
     """Every value of one header, case-insensitively; works on dicts and multidicts."""
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):  # aiohttp's: looked up, not scanned
+        return headers.getall(name, [])
     wanted = name.lower()
     return [value for key, value in headers.items() if key.lower() == wanted]
 
