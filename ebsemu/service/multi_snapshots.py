@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from backends.base import VmmBackend
 from backends.errors import BackendError
 from ebsemu import errors
-from ebsemu.model import Attachment, AttachmentState, Snapshot, SnapshotState, new_id, utcnow
+from ebsemu.model import Attachment, AttachmentState, Snapshot, utcnow
 from ebsemu.service import listing, snapshot_data, snapshot_freeze, validation
 from ebsemu.service.attachments import ATTACHABLE_INSTANCE_STATES
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.instances import InstanceService
-from ebsemu.service.snapshots import SNAPSHOTTABLE
+from ebsemu.service.snapshots import SNAPSHOTTABLE, pending_snapshot
 from ebsemu.service.volumes import VolumeService
 
 log = logging.getLogger(__name__)
@@ -184,22 +184,7 @@ class MultiSnapshotService:
             tags = dict(volume.tags) if req.copy_tags_from == "volume" else {}
             tags.update(req.tags)
             validation.check_tags(tags)
-            snapshots.append(
-                Snapshot(
-                    id=new_id("snap"),
-                    owner_id=ctx.account_id,
-                    region=ctx.region,
-                    volume_id=volume_id,
-                    volume_size_gib=volume.size_gib,
-                    state=SnapshotState.PENDING,
-                    start_time=started,
-                    description=req.description or "",
-                    encrypted=volume.encrypted,
-                    kms_key_id=volume.kms_key_id,
-                    tags=tags,
-                    storage_host=volume.storage_host,  # where its view is frozen and read
-                )
-            )
+            snapshots.append(pending_snapshot(ctx, volume, req.description, tags, started))
         return snapshots
 
     async def _views_at_one_instant(

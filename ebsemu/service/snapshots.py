@@ -11,12 +11,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from backends.base import ViewKeeper
 from backends.errors import BackendError
 from ebsemu import errors, faults
-from ebsemu.model import BLOCK_SIZE, Snapshot, SnapshotState, VolumeState, new_id, utcnow
+from ebsemu.model import (
+    BLOCK_SIZE,
+    Snapshot,
+    SnapshotState,
+    Volume,
+    VolumeState,
+    new_id,
+    utcnow,
+)
 from ebsemu.service import fast_restores, listing, sharing, snapshot_data, snapshot_freeze
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
@@ -30,6 +39,30 @@ from ebsemu.store.base import ListQuery
 log = logging.getLogger(__name__)
 
 SNAPSHOTTABLE = {VolumeState.AVAILABLE, VolumeState.IN_USE}
+
+
+def pending_snapshot(
+    ctx: RequestContext,
+    volume: Volume,
+    description: str | None,
+    tags: dict[str, str],
+    started: datetime,
+) -> Snapshot:
+    """A new snapshot of ``volume``, pending, to be frozen and read on the volume's host."""
+    return Snapshot(
+        id=new_id("snap"),
+        owner_id=ctx.account_id,
+        region=ctx.region,
+        volume_id=volume.id,
+        volume_size_gib=volume.size_gib,
+        state=SnapshotState.PENDING,
+        start_time=started,
+        description=description or "",
+        encrypted=volume.encrypted,
+        kms_key_id=volume.kms_key_id,
+        tags=tags,
+        storage_host=volume.storage_host,  # where its view is frozen and read
+    )
 
 
 class SnapshotService:
@@ -61,20 +94,7 @@ class SnapshotService:
                     f"The volume '{volume_id}' is '{volume.state.value}'; "
                     "only an available or in-use volume can be snapshotted."
                 )
-            snapshot = Snapshot(
-                id=new_id("snap"),
-                owner_id=ctx.account_id,
-                region=ctx.region,
-                volume_id=volume_id,
-                volume_size_gib=volume.size_gib,
-                state=SnapshotState.PENDING,
-                start_time=utcnow(),
-                description=description or "",
-                encrypted=volume.encrypted,
-                kms_key_id=volume.kms_key_id,
-                tags=tags,
-                storage_host=volume.storage_host,  # where its view is frozen and read
-            )
+            snapshot = pending_snapshot(ctx, volume, description, tags, utcnow())
             await self._encryption.keep_snapshot_key(volume, snapshot.id)
             job_id = await self._core.store.insert_snapshot_with_job(snapshot, "capture_snapshot")
             self._core.jobs.recorded(job_id)
