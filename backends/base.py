@@ -144,11 +144,12 @@ class DigestFreezer(Protocol):
         """True when ``freeze`` would copy the volume's data rather than share it."""
         ...
 
-    async def freeze_changes(self, volume_id: str, view_id: str, base: BlockDigests) -> None:
+    async def freeze_changes(self, volume_id: str, view_id: str, base: BlockDigests) -> bool:
         """Freeze the volume as a view holding only the blocks whose bytes differ from
         ``base``: each block is read and hashed, and only the changed ones are copied. The
         snapshot's manifest must already hold ``base``'s rows; the view reads back as a
-        ``SeededChangesSource``. Idempotent as ``freeze``."""
+        ``SeededChangesSource``. True once the view exists (idempotent as ``freeze``). False
+        when no block differs: no view is made, as ``base``'s rows are the whole snapshot."""
         ...
 
 

@@ -406,9 +406,10 @@ class FileStorage:
         self._views.mkdir(parents=True, exist_ok=True)
         return sparse.reflinks(self._views)
 
-    async def freeze_changes(self, volume_id: str, view_id: str, base: BlockDigests) -> None:
-        """Freeze only the blocks that differ from ``base`` (backends/file_digests.py)."""
-        await asyncio.to_thread(self._freeze_changes, volume_id, view_id, base)
+    async def freeze_changes(self, volume_id: str, view_id: str, base: BlockDigests) -> bool:
+        """Freeze only the blocks that differ from ``base`` (backends/file_digests.py); no
+        view when none does."""
+        return await asyncio.to_thread(self._freeze_changes, volume_id, view_id, base)
 
     async def keep_view(self, view_id: str) -> None:
         """Keep a captured view as the base of its volume's next view, where it was reflinked
@@ -712,43 +713,50 @@ class FileStorage:
 
         self._make_view(volume_id, view_id, clone)
 
-    def _freeze_changes(self, volume_id: str, view_id: str, base: BlockDigests) -> None:
+    def _freeze_changes(self, volume_id: str, view_id: str, base: BlockDigests) -> bool:
         from backends import file_digests
 
-        def compare(source: Path, staging: Path, layout: Layout) -> dict[str, str]:
+        def compare(source: Path, staging: Path, layout: Layout) -> dict[str, str] | None:
             changed = file_digests.freeze_changes(source, staging, layout, base.digests)
             logger.info(
-                "volume %s: %d of %d blocks differ from snapshot %s",
+                "volume %s: %d of %d blocks differ from snapshot %s%s",
                 volume_id,
                 changed,
                 -(-layout.size_bytes // BLOCK_SIZE),
                 base.snapshot_id,
+                "" if changed else "; no view is needed",
             )
+            if not changed:
+                return None
             return {"frozen_by": file_digests.DIGEST, "seeded_from": base.snapshot_id}
 
-        self._make_view(volume_id, view_id, compare)
+        return self._make_view(volume_id, view_id, compare)
 
     def _make_view(
         self,
         volume_id: str,
         view_id: str,
-        fill: Callable[[Path, Path, Layout], dict[str, str]],
-    ) -> None:
+        fill: Callable[[Path, Path, Layout], dict[str, str] | None],
+    ) -> bool:
         """Freeze the volume as the view: ``fill`` writes the view's segment files from the
         volume's directory into a staging directory and says how (description keys); the view
-        then appears under its name, durably. An existing view is kept as it is."""
+        then appears under its name, durably. An existing view is kept as it is. False, and
+        no view, where ``fill`` says (None) that there is nothing to hold."""
         source = self._volumes / _check_id(volume_id)
         final = self._views / _check_id(view_id)
         layout = self._layout_of(source, "volume")
         if _read_layout(final) is not None:
             logger.info("view %s already exists; kept", view_id)
-            return
+            return True
         self._views.mkdir(parents=True, exist_ok=True)
         staging = self._staging(self._views, "tmp", view_id)
         began = time.monotonic()
         try:
             staging.mkdir()
             how = fill(source, staging, layout)
+            if how is None:
+                shutil.rmtree(staging)
+                return False
             description = layout.to_json(volume_id=volume_id, frozen_ns=str(time.time_ns()), **how)
             sparse.write_json_atomic(staging / META_NAME, description)
             os.rename(staging, final)
@@ -768,6 +776,7 @@ class FileStorage:
             how["frozen_by"],
             time.monotonic() - began,
         )
+        return True
 
     def _health(self, sizes: dict[str, int]) -> dict[str, str]:
         problems: dict[str, str] = {}

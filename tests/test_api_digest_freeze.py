@@ -3,7 +3,8 @@ server whose data directory is on a loop-mounted XFS made with reflink=0: the fi
 copies the volume; a later one hashes the volume against the last completed snapshot's digests
 and freezes only the blocks that differ, its manifest starting as that snapshot's. Every
 snapshot restores byte for byte, also when the one it was compared with is deleted meanwhile,
-and blocks only the deleted one held go."""
+and blocks only the deleted one held go. Where no block differs there is no view at all: the
+snapshot completes at once with the earlier one's manifest."""
 
 from __future__ import annotations
 
@@ -154,3 +155,38 @@ def test_after_the_volume_grew_its_new_blocks_are_compared_as_zeros(
     restored = _restores_as(server, ec2, second, after)
 
     delete(ec2, (restored, volume_id), (first, second))
+
+
+def test_a_snapshot_of_an_unchanged_volume_completes_without_a_view_and_restores_identical(
+    server: ServerProcess, ec2: Any
+) -> None:
+    rng = random.Random(24)
+    volume_id, original, first = _volume_and_snapshot(server, ec2, rng)
+    before = volume_sha256(server, volume_id)
+    write_blocks(server, volume_id, {51: original[51]})  # the same bytes again: no change
+
+    answer = ec2.create_snapshot(VolumeId=volume_id)
+    second = answer["SnapshotId"]
+    assert answer["State"] == "pending"  # answered as every CreateSnapshot is
+    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[second], WaiterConfig=FAST)
+
+    assert _differing(server, volume_id, first) == 0
+    log = server.log_path.read_text(errors="replace")
+    assert f"snapshot {second}: completed, 100 blocks, none changed" in log
+    assert f"as view {second} " not in log and f"snapshot {second}: captured" not in log
+    (described,) = ec2.describe_snapshots(SnapshotIds=[second])["Snapshots"]
+    assert (described["Progress"], described["FullSnapshotSizeInBytes"]) == ("100%", 100 * BLOCK)
+    assert server.rows("SELECT state FROM jobs WHERE resource_id = ?", second) == [("done",)]
+    restored = [_restores_as(server, ec2, second, before)]
+
+    changed = {7: rng.randbytes(BLOCK)}  # the next change is captured, over the unchanged one
+    write_blocks(server, volume_id, changed)
+    after = volume_sha256(server, volume_id)
+    third = new_snapshot(ec2, volume_id)
+    assert _frozen_by(server, third) == "digest"
+    assert captured(server, third) == (1, second)
+    restored.append(_restores_as(server, ec2, third, after))
+    views = server.data_dir / "storage" / "views"
+    poll(lambda: True if not any(views.iterdir()) else None)  # the third's view, once dropped
+
+    delete(ec2, (*restored, volume_id), (first, second, third))

@@ -350,6 +350,18 @@ def test_later_views_hold_only_the_changed_blocks_and_a_failure_leaves_no_manife
     assert read_block(lab, restored, 7) == bytes([0x31]) * BLOCK
     lab.ec2.delete_volume(VolumeId=restored)
 
+    write_through_qemu(lab, "/dev/sdf", 8, 0x41)  # the other two stay as they were: no view
+    third = _snapshot_all(lab)
+    log = lab.log()
+    for device, volume_id in lab.volumes.items():
+        unchanged = re.search(rf"snapshot {third[volume_id]}: completed, \d+ blocks, none ch", log)
+        viewed = f"froze volume {volume_id} as view {third[volume_id]} by digest" in log
+        assert (bool(unchanged), viewed) == (device != "/dev/sdf", device == "/dev/sdf")
+    restored = restore(lab, third[lab.volumes["/dev/sdg"]])
+    assert read_block(lab, restored, 6) == bytes([0x21]) * BLOCK
+    assert read_block(lab, restored, 7) == bytes([0x31]) * BLOCK
+    lab.ec2.delete_volume(VolumeId=restored)
+
     # The last volume cannot be frozen: the two frozen before it had their manifests seeded.
     layout = volume_segment(lab.server.data_dir, lab.volumes["/dev/sdh"]).with_name("volume.json")
     hidden = layout.with_name(".volume.json.hidden")
@@ -368,8 +380,8 @@ def test_later_views_hold_only_the_changed_blocks_and_a_failure_leaves_no_manife
     for snapshot_id, _ in given_up:
         assert f"snapshot {snapshot_id}: manifest dropped" in log
     manifests = {row[0] for row in lab.server.rows("SELECT snapshot_id FROM snapshot_blocks")}
-    assert manifests <= {*first.values(), *second.values()}
-    for snapshot_id in (*first.values(), *second.values()):
+    assert manifests <= {*first.values(), *second.values(), *third.values()}
+    for snapshot_id in (*first.values(), *second.values(), *third.values()):
         lab.ec2.delete_snapshot(SnapshotId=snapshot_id)
 
 

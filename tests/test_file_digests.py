@@ -1,6 +1,7 @@
 """The file backend's freeze against an earlier snapshot's digests, on real files: the view holds
 the blocks whose bytes differ and nothing else, across segments, and reads back as those
-changes only; a damaged list of changes is refused, not read as another snapshot."""
+changes only; where no block differs, no view is made; a damaged list of changes is refused,
+not read as another snapshot."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def _frozen(storage: FileStorage, root: Path) -> tuple[dict[int, bytes], dict[in
     storage.write_blocks(VOLUME, [(14, before[14])])  # the same bytes again: not a change
     _punch(root, 9)
     base = BlockDigests("snap-0000000000000000a", _digests(before))
-    asyncio.run(storage.freeze_changes(VOLUME, "snap-0000000000000000b", base))
+    assert asyncio.run(storage.freeze_changes(VOLUME, "snap-0000000000000000b", base))
     return changes, before
 
 
@@ -88,12 +89,33 @@ def test_freezing_again_keeps_the_view(storage: FileStorage, tmp_path: Path) -> 
     changes, before = _frozen(storage, tmp_path)
     storage.write_blocks(VOLUME, [(0, os.urandom(BLOCK_SIZE))])
     base = BlockDigests("snap-0000000000000000a", _digests(before))
-    asyncio.run(storage.freeze_changes(VOLUME, "snap-0000000000000000b", base))
+    assert asyncio.run(storage.freeze_changes(VOLUME, "snap-0000000000000000b", base))
 
     view = storage.open_view("snap-0000000000000000b")
     try:
         assert isinstance(view, SeededChangesSource)
         assert [index for index, _ in view.changed_blocks()] == sorted(changes)
+    finally:
+        view.close()
+
+
+def test_a_volume_where_no_block_differs_gets_no_view(storage: FileStorage, tmp_path: Path) -> None:
+    held = {index: os.urandom(BLOCK_SIZE) for index in (0, 6, 13)}
+    asyncio.run(storage.create(VOLUME, 16 * BLOCK_SIZE))
+    storage.write_blocks(VOLUME, [*held.items(), (9, ZEROS)])  # zeros, as the base has none
+    storage.write_blocks(VOLUME, [(6, held[6])])  # the same bytes again
+    base = BlockDigests("snap-0000000000000000a", _digests(held))
+
+    assert not asyncio.run(storage.freeze_changes(VOLUME, "snap-0000000000000000b", base))
+    assert asyncio.run(storage.list_views()) == []
+    assert list((tmp_path / "views").iterdir()) == []  # no staging left either
+
+    storage.write_blocks(VOLUME, [(13, os.urandom(BLOCK_SIZE))])
+    assert asyncio.run(storage.freeze_changes(VOLUME, "snap-0000000000000000c", base))
+    view = storage.open_view("snap-0000000000000000c")
+    try:
+        assert isinstance(view, SeededChangesSource)
+        assert [index for index, _ in view.changed_blocks()] == [13]
     finally:
         view.close()
 

@@ -67,6 +67,13 @@ class Jobs:
         self._recorded.discard(job_id)
         self._spawn(job_id, kind, resource_id, payload, new=True)
 
+    def closed(self, job_id: int) -> None:
+        """Stop holding a recorded job that its caller closed in its own write (nothing was
+        left for it to do). Were that write to fail, the job stays open in the store and is
+        resumed as one a crash left open: at the next start (or by another instance sharing
+        the store)."""
+        self._recorded.discard(job_id)
+
     async def fail(self, job_id: int, error: str) -> None:
         """Close a recorded job that could not start."""
         self._recorded.discard(job_id)

@@ -9,7 +9,8 @@ only (docs/consistency.md).
 
 All or nothing: if any view fails, the views already taken are dropped and no snapshot is
 created. Once every view exists, the snapshots are inserted in one transaction, `pending`, and
-the usual capture job streams each view into the block store.
+the usual capture job streams each view into the block store. A volume that has not changed
+since its last snapshot may have no view (snapshot_freeze): its snapshot completes at once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.instances import InstanceService
-from ebsemu.service.snapshots import SNAPSHOTTABLE, pending_snapshot
+from ebsemu.service.snapshot_freeze import Frozen
+from ebsemu.service.snapshots import SNAPSHOTTABLE, complete_unchanged, pending_snapshot
 from ebsemu.service.volumes import VolumeService
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,8 @@ class MultiSnapshotService:
                 await held.enter_async_context(self._core.locks.hold(volume_id))
             snapshots = await self._records(ctx, req, instance.id, volume_ids)
             vmm = self._instances.vmm_of(instance)
-            seeded = await self._views_at_one_instant(vmm, instance.domain, snapshots)
+            frozen = await self._views_at_one_instant(vmm, instance.domain, snapshots)
+            seeded = {snapshot_id for snapshot_id, done in frozen.items() if done.seeded}
             try:
                 for snapshot in snapshots:  # an encrypted volume's snapshot keeps its data key
                     volume = await store.get_volume(snapshot.volume_id)
@@ -150,8 +153,12 @@ class MultiSnapshotService:
                 for snapshot in snapshots:
                     await self._encryption.drop_key(snapshot.id)
                 raise
-            job_ids = [await self._core.jobs.record("capture_snapshot", s.id) for s in snapshots]
-        for job_id, snapshot in zip(job_ids, snapshots, strict=True):
+            captured = [s for s in snapshots if frozen[s.id].has_view]
+            job_ids = [await self._core.jobs.record("capture_snapshot", s.id) for s in captured]
+            for snapshot_id, done in frozen.items():
+                if done.unchanged_blocks is not None:
+                    await complete_unchanged(self._core, snapshot_id, done.unchanged_blocks)
+        for job_id, snapshot in zip(job_ids, captured, strict=True):
             self._core.jobs.start(job_id, "capture_snapshot", snapshot.id)
         log.info(
             "instance %s: snapshots %s of %s, pending",
@@ -189,9 +196,9 @@ class MultiSnapshotService:
 
     async def _views_at_one_instant(
         self, vmm: VmmBackend, domain: str, snapshots: list[Snapshot]
-    ) -> set[str]:
-        """Pause the domain, freeze every volume, resume it; the ids of the snapshots whose
-        manifests the freeze seeded (snapshot_freeze). On any failure the views taken are
+    ) -> dict[str, Frozen]:
+        """Pause the domain, freeze every volume, resume it; what each snapshot's freeze left
+        (snapshot_freeze), by snapshot id. On any failure the views taken are
         dropped, those manifests swept, and InternalError is raised: nothing is left half
         made (a crash meanwhile leaves manifests of no snapshot, which reconciliation sweeps)."""
         try:
@@ -203,19 +210,18 @@ class MultiSnapshotService:
             ) from None
         began = time.monotonic()
         taken: list[Snapshot] = []
-        seeded: set[str] = set()
+        frozen: dict[str, Frozen] = {}
         try:
             for snapshot in snapshots:
                 storage = self._core.storage_for(snapshot)
-                if await snapshot_freeze.freeze(
+                frozen[snapshot.id] = await snapshot_freeze.freeze(
                     self._core, storage, snapshot.volume_id, snapshot.id
-                ):
-                    seeded.add(snapshot.id)
+                )
                 taken.append(snapshot)
         except BaseException as exc:
             if paused:
                 await asyncio.shield(self._resume(vmm, domain))
-            await self._drop_views(taken, seeded)
+            await self._drop_views(taken, {s for s, done in frozen.items() if done.seeded})
             if not isinstance(exc, BackendError | OSError):
                 raise
             failed = snapshots[len(taken)].volume_id
@@ -232,7 +238,7 @@ class MultiSnapshotService:
             time.monotonic() - began,
             "paused meanwhile" if paused else "not paused",
         )
-        return seeded
+        return frozen
 
     async def _resume(self, vmm: VmmBackend, domain: str) -> None:
         for attempt in range(1, RESUME_ATTEMPTS + 1):

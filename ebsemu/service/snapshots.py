@@ -3,7 +3,9 @@
 CreateSnapshot freezes the volume's bytes before it answers (reflink clone, backend snapshot,
 sparse copy, or a copy of only the blocks that differ from its last snapshot: snapshot_freeze);
 a job then streams the frozen view into the block store, raising Progress, and the
-snapshot becomes `completed` (or `error` with a StatusMessage).
+snapshot becomes `completed` (or `error` with a StatusMessage). Where the volume has not
+changed since that last snapshot, the copy finds no block to take and makes no view: the
+snapshot completes before the request answers (`pending`, as always).
 """
 
 from __future__ import annotations
@@ -65,6 +67,18 @@ def pending_snapshot(
     )
 
 
+async def complete_unchanged(
+    core: Core, snapshot_id: str, blocks: int, job_id: int | None = None
+) -> None:
+    """Complete a snapshot whose volume has not changed since the snapshot its manifest was
+    seeded with (closing ``job_id``, its recorded capture job, if any): the freeze made no
+    view, and there is nothing to capture. Its request still answers `pending`, as every
+    CreateSnapshot does."""
+    if await core.store.complete_snapshot_closing_job(snapshot_id, blocks * BLOCK_SIZE, job_id, ()):
+        log.info("snapshot %s: completed, %d blocks, none changed", snapshot_id, blocks)
+        await faults.reach("snapshot.completed")
+
+
 class SnapshotService:
     def __init__(self, core: Core, volumes: VolumeService, encryption: EncryptionService) -> None:
         self._core = core
@@ -99,7 +113,7 @@ class SnapshotService:
             job_id = await self._core.store.insert_snapshot_with_job(snapshot, "capture_snapshot")
             self._core.jobs.recorded(job_id)
             try:
-                await snapshot_freeze.freeze(
+                frozen = await snapshot_freeze.freeze(
                     self._core, self._core.storage_for(volume), volume_id, snapshot.id
                 )
             except (BackendError, OSError) as exc:
@@ -110,8 +124,14 @@ class SnapshotService:
                 assert failed is not None
                 return failed
         await faults.reach("snapshot.frozen")
-        self._core.jobs.start(job_id, "capture_snapshot", snapshot.id)
-        log.info("snapshot %s of %s: pending", snapshot.id, volume_id)
+        if frozen.unchanged_blocks is None:
+            self._core.jobs.start(job_id, "capture_snapshot", snapshot.id)
+            log.info("snapshot %s of %s: pending", snapshot.id, volume_id)
+        else:
+            try:
+                await complete_unchanged(self._core, snapshot.id, frozen.unchanged_blocks, job_id)
+            finally:
+                self._core.jobs.closed(job_id)
         return snapshot
 
     async def delete(self, ctx: RequestContext, snapshot_id: str) -> None:
