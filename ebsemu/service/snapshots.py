@@ -67,6 +67,23 @@ def pending_snapshot(
     )
 
 
+async def complete(
+    core: Core,
+    snapshot_id: str,
+    blocks: int,
+    job_id: int | None,
+    steps_done: Sequence[str] = (),
+    how: str = "",
+) -> None:
+    """Mark a pending snapshot of ``blocks`` blocks completed, closing its capture job (if
+    any) in the same write."""
+    if await core.store.complete_snapshot_closing_job(
+        snapshot_id, blocks * BLOCK_SIZE, job_id, steps_done
+    ):
+        log.info("snapshot %s: completed, %d blocks%s", snapshot_id, blocks, how)
+        await faults.reach("snapshot.completed")
+
+
 async def complete_unchanged(
     core: Core, snapshot_id: str, blocks: int, job_id: int | None = None
 ) -> None:
@@ -74,9 +91,7 @@ async def complete_unchanged(
     seeded with (closing ``job_id``, its recorded capture job, if any): the freeze made no
     view, and there is nothing to capture. Its request still answers `pending`, as every
     CreateSnapshot does."""
-    if await core.store.complete_snapshot_closing_job(snapshot_id, blocks * BLOCK_SIZE, job_id, ()):
-        log.info("snapshot %s: completed, %d blocks, none changed", snapshot_id, blocks)
-        await faults.reach("snapshot.completed")
+    await complete(core, snapshot_id, blocks, job_id, how=", none changed")
 
 
 class SnapshotService:
@@ -250,11 +265,7 @@ class SnapshotService:
         async def mark_completed(done: Sequence[str]) -> None:
             # Counted before the write (a large manifest's count would hold the writer).
             blocks = counted[0] if counted else await store.manifest_block_count(snapshot_id)
-            if await store.complete_snapshot_closing_job(
-                snapshot_id, blocks * BLOCK_SIZE, CURRENT_JOB.get(), done
-            ):
-                log.info("snapshot %s: completed, %d blocks", snapshot_id, blocks)
-                await faults.reach("snapshot.completed")
+            await complete(self._core, snapshot_id, blocks, CURRENT_JOB.get(), done)
 
         async def failed(exc: Exception | None) -> None:
             await self._fail(snapshot_id, "Snapshot failed: the volume data could not be read")
