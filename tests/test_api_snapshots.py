@@ -99,6 +99,32 @@ def test_restored_volume_holds_the_bytes_of_the_moment_of_the_snapshot(
     assert got == {0: before[0], 1: bytes(BLOCK), 1000: before[1000]}
 
 
+def test_a_second_snapshot_of_an_unchanged_volume_completes_and_restores_the_same_bytes(
+    server: ServerProcess, ec2: Any
+) -> None:
+    volume_id = new_volume(ec2, Size=1)
+    blocks = {3: os.urandom(BLOCK), 700: os.urandom(BLOCK)}
+    write_blocks(server, volume_id, blocks)
+    first = new_snapshot(ec2, volume_id)
+    created = ec2.create_snapshot(VolumeId=volume_id)  # nothing written since the first
+    snapshot_id = created["SnapshotId"]
+    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot_id], WaiterConfig=FAST)
+    (second,) = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    restored_id = new_volume(ec2, SnapshotId=snapshot_id)
+    got = read_blocks(server, restored_id, [3, 5, 700])
+    jobs = server.rows(
+        "SELECT state FROM jobs WHERE kind = 'capture_snapshot' AND resource_id = ?", snapshot_id
+    )
+    for vid in (volume_id, restored_id):
+        ec2.delete_volume(VolumeId=vid)
+    for done in (first, snapshot_id):
+        ec2.delete_snapshot(SnapshotId=done)
+    assert created["State"] == "pending"
+    assert (second["Progress"], second["FullSnapshotSizeInBytes"]) == ("100%", 2 * BLOCK)
+    assert got == {3: blocks[3], 5: bytes(BLOCK), 700: blocks[700]}
+    assert jobs == [("done",)]
+
+
 def test_snapshot_completes_with_its_data_when_the_volume_is_deleted_at_once(
     server: ServerProcess, ec2: Any
 ) -> None:
