@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from backends.base import VmmBackend
@@ -141,7 +141,6 @@ class MultiSnapshotService:
             snapshots = await self._records(ctx, req, instance.id, volume_ids)
             vmm = self._instances.vmm_of(instance)
             frozen = await self._views_at_one_instant(vmm, instance.domain, snapshots)
-            seeded = {snapshot_id for snapshot_id, done in frozen.items() if done.seeded}
             try:
                 for snapshot in snapshots:  # an encrypted volume's snapshot keeps its data key
                     volume = await store.get_volume(snapshot.volume_id)
@@ -149,7 +148,7 @@ class MultiSnapshotService:
                         await self._encryption.keep_snapshot_key(volume, snapshot.id)
                 await store.insert_snapshots(snapshots)
             except BaseException:
-                await self._drop_views(snapshots, seeded)
+                await self._drop_views(snapshots, frozen)
                 for snapshot in snapshots:
                     await self._encryption.drop_key(snapshot.id)
                 raise
@@ -221,7 +220,7 @@ class MultiSnapshotService:
         except BaseException as exc:
             if paused:
                 await asyncio.shield(self._resume(vmm, domain))
-            await self._drop_views(taken, {s for s, done in frozen.items() if done.seeded})
+            await self._drop_views(taken, frozen)
             if not isinstance(exc, BackendError | OSError):
                 raise
             failed = snapshots[len(taken)].volume_id
@@ -255,12 +254,16 @@ class MultiSnapshotService:
                 )
         log.critical("domain %s stays paused: resume it by hand", domain)
 
-    async def _drop_views(self, snapshots: Sequence[Snapshot], seeded: set[str]) -> None:
-        """Drop the snapshots' views, and sweep the manifests their freezes seeded."""
+    async def _drop_views(
+        self, snapshots: Sequence[Snapshot], frozen: Mapping[str, Frozen]
+    ) -> None:
+        """Drop the views the snapshots' freezes made, and sweep the manifests they seeded."""
         for snapshot in snapshots:
-            try:
-                await self._core.storage_for(snapshot).drop_view(snapshot.id)
-            except (BackendError, OSError) as exc:
-                log.error("view %s: could not be dropped: %s", snapshot.id, exc)
-            if snapshot.id in seeded:
+            done = frozen[snapshot.id]
+            if done.has_view:
+                try:
+                    await self._core.storage_for(snapshot).drop_view(snapshot.id)
+                except (BackendError, OSError) as exc:
+                    log.error("view %s: could not be dropped: %s", snapshot.id, exc)
+            if done.seeded:
                 await snapshot_data.sweep(self._core, snapshot.id)
