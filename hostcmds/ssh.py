@@ -8,14 +8,15 @@ interpreted by the remote shell. The login shell must be a POSIX shell (sh, dash
 What a timeout does to the remote command. The command line is
 ``printf 'ebsemu-pid %s\\n' "$$" >&2; exec <argv>``. sshd starts every pty-less session in a
 session and process group of its own, so that pid is also the command's process group id; the
-runner strips the line from stderr. On expiry (or cancellation) the runner opens a second
-session on the same connection and runs ``kill -s KILL -- -<pgid> <pgid>``, which kills the
-command and every child that stayed in its process group (as LocalRunner's killpg does), waits
-up to ``kill_wait`` for the exit report, then closes the channel. The SSH "signal" request is
-only a fallback (used if the pid line never arrived): OpenSSH refuses it for root logins and
-before 7.9. Closing the channel alone kills nothing: a pty-less command only loses its pipes
-(EOF on stdin, SIGPIPE on its next write) and may run on. If the connection itself is lost,
-nothing can be killed: the command runs to its end on the host, and the call raises
+runner strips the line from stderr. On expiry (or cancellation) the runner waits for that line
+if it has not arrived yet (the command may already run), then opens a second session on the
+same connection and runs ``kill -s KILL -- -<pgid> <pgid>``, which kills the command and every
+child that stayed in its process group (as LocalRunner's killpg does), waits for the exit
+report, then closes the channel; all of it within ``kill_wait``. The SSH "signal" request is
+only a fallback (used if stderr's first line is not the pid line): OpenSSH refuses it for root
+logins and before 7.9. Closing the channel alone kills nothing: a pty-less command only loses
+its pipes (EOF on stdin, SIGPIPE on its next write) and may run on. If the connection itself is
+lost, nothing can be killed: the command runs to its end on the host, and the call raises
 HostUnreachable saying its outcome is unknown.
 
 Each command also pays for starting the remote login shell, rc files included (bash reads
@@ -179,12 +180,23 @@ class _Output(asyncssh.SSHClientSession[bytes]):
     def __init__(self) -> None:
         self.stdout = bytearray()
         self.stderr = bytearray()
+        # Set once stderr's first line (the pid line) is complete, or the channel ended first.
+        self.first_line = asyncio.Event()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        (self.stderr if datatype == asyncssh.EXTENDED_DATA_STDERR else self.stdout).extend(data)
+        if datatype != asyncssh.EXTENDED_DATA_STDERR:
+            self.stdout.extend(data)
+            return
+        self.stderr.extend(data)
+        if b"\n" in data:
+            self.first_line.set()
 
     def eof_received(self) -> bool:
+        self.first_line.set()
         return True  # stay open for the exit status; the server closes the channel
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.first_line.set()
 
     def pgid(self) -> int | None:
         """The command's process group, once the pid line has arrived."""
@@ -379,11 +391,15 @@ class SshRunner:
         """Kill the remote command's process group, wait for its exit, close the channel.
 
         All of it within ``kill_wait``: on a dead connection this gives up rather than hang."""
-        where, chan, pgid = self.host.label, call.chan, call.output.pgid()
+        where, chan, output = self.host.label, call.chan, call.output
         if chan is None:
             return
         try:
             async with asyncio.timeout(self._kill_wait):
+                # The pid line is the command's first output, but a cancel can come before it
+                # has crossed the connection: wait for it rather than fall back to the signal.
+                await output.first_line.wait()
+                pgid = output.pgid()
                 if chan.get_returncode() is None and pgid is not None and call.conn is not None:
                     await self._kill_group(call.conn, pgid)
                 elif chan.get_returncode() is None:
@@ -391,10 +407,12 @@ class SshRunner:
                         chan.send_signal("KILL")
                 await chan.wait_closed()
         except TimeoutError:
-            if chan.get_returncode() is None:
-                log.error("%s reported no exit after SIGKILL; may still run: %s", where, shown)
-            else:
+            if chan.get_returncode() is not None:
                 log.error("killed on %s, but its output is held open: %s", where, shown)
+            elif not output.first_line.is_set():
+                log.error("%s sent no pid for the command; may still run: %s", where, shown)
+            else:
+                log.error("%s reported no exit after SIGKILL; may still run: %s", where, shown)
         chan.close()
 
     async def _kill_group(self, conn: asyncssh.SSHClientConnection, pgid: int) -> None:

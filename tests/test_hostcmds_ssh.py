@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asyncssh import EXTENDED_DATA_STDERR, DataType
 
+import hostcmds.ssh as hostcmds_ssh
 from hostcmds import CommandError, CommandNotFound, CommandRunner, CommandTimeout
 from hostcmds.ssh import (
     HostAuthFailed,
@@ -190,6 +192,46 @@ def test_cancelling_a_run_kills_the_remote_command(sshd: SshServer, tmp_path: Pa
             )
             pid = int(await wait_for_file(pidfile))
             task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert wait_until_gone([pid])
+
+    run(scenario())
+
+
+@needs_sshd
+def test_a_cancel_before_the_pid_line_has_crossed_still_kills_the_remote_command(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command runs before its pid line reaches the runner; the kill waits for the line.
+
+    The runner's stderr is held back until after the cancel, as a busy connection can do."""
+    pidfile = tmp_path / "pid"
+    held: list[tuple[hostcmds_ssh._Output, bytes]] = []
+    releasing = False
+    deliver = hostcmds_ssh._Output.data_received
+
+    def hold_stderr(output: hostcmds_ssh._Output, data: bytes, datatype: DataType) -> None:
+        if datatype == EXTENDED_DATA_STDERR and not releasing:
+            held.append((output, data))
+        else:
+            deliver(output, data, datatype)
+
+    monkeypatch.setattr(hostcmds_ssh._Output, "data_received", hold_stderr)
+
+    async def scenario() -> None:
+        nonlocal releasing
+        async with runner_for(sshd) as runner:
+            task = asyncio.create_task(
+                runner.run(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"], timeout=60)
+            )
+            pid = int(await wait_for_file(pidfile))
+            task.cancel()
+            await asyncio.sleep(0.3)
+            assert not task.done()  # waiting for the pid line, not given up on the command
+            releasing = True
+            for output, data in held:
+                deliver(output, data, EXTENDED_DATA_STDERR)
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert wait_until_gone([pid])
