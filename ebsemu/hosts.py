@@ -16,7 +16,6 @@ from backends.vmm import VMMS
 from ebsemu.config import Config, StorageHost
 from ebsemu.service.storage_hosts import StorageHostEntry, StorageHosts
 from hostcmds import CommandRunner, CommandTemplates, LocalRunner, load_templates
-from hostcmds.ssh import ssh_runner
 
 
 class ConfigError(SystemExit):
@@ -28,6 +27,8 @@ def runner_for(url: str, ssh_options: dict[str, str], local: CommandRunner) -> C
         return local
     if not url.startswith("ssh://"):
         raise ConfigError(f"host url {url!r}: use local or ssh://[user@]host[:port]")
+    from hostcmds.ssh import ssh_runner  # asyncssh: loaded only for a host reached over SSH
+
     return ssh_runner(
         url,
         key_file=ssh_options.get("key_file"),

@@ -1,11 +1,18 @@
 """How to do things on a host: command templates (INI property files) and the runners that run
-the rendered argv lists. Nothing here knows what a volume is."""
+the rendered argv lists. Nothing here knows what a volume is.
+
+The SSH runner is in ``hostcmds.ssh``, imported only where a host is reached over SSH: asyncssh
+and the cryptography it loads take about a fifth of a second to import, which every server
+start and every CLI command would otherwise pay."""
 
 from hostcmds.errors import (
     CommandError,
     CommandNotFound,
     CommandTimeout,
+    HostAuthFailed,
     HostCommandError,
+    HostKeyRejected,
+    HostUnreachable,
     MissingValueError,
     TemplateError,
     UnsafeValueError,
@@ -13,15 +20,6 @@ from hostcmds.errors import (
 from hostcmds.local import LocalRunner
 from hostcmds.recording import RecordedCall, RecordingRunner, Reply, UnscriptedCommand
 from hostcmds.runner import CommandResult, CommandRunner, StreamingRunner
-from hostcmds.ssh import (
-    HostAuthFailed,
-    HostKeyRejected,
-    HostUnreachable,
-    SshHost,
-    SshRunner,
-    parse_ssh_url,
-    ssh_runner,
-)
 from hostcmds.templates import CommandTemplates, Template, load_templates, parse_template
 
 __all__ = [
@@ -40,15 +38,11 @@ __all__ = [
     "RecordedCall",
     "RecordingRunner",
     "Reply",
-    "SshHost",
-    "SshRunner",
     "StreamingRunner",
     "Template",
     "TemplateError",
     "UnsafeValueError",
     "UnscriptedCommand",
     "load_templates",
-    "parse_ssh_url",
     "parse_template",
-    "ssh_runner",
 ]

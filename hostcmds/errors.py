@@ -57,3 +57,23 @@ class CommandTimeout(HostCommandError):
         super().__init__(f"{argv[0] if argv else '?'} did not finish in {timeout:g} s; killed")
         self.argv: tuple[str, ...] = tuple(argv)
         self.timeout = timeout
+
+
+class HostUnreachable(HostCommandError):
+    """The host cannot be used: down, refusing connections, silent, or the connection dropped.
+
+    ``host`` is ``user@host:port``; the message never holds a secret.
+    """
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"ssh {host}: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+class HostKeyRejected(HostUnreachable):
+    """The host's key is not the pinned key, or not in the known_hosts file."""
+
+
+class HostAuthFailed(HostUnreachable):
+    """The host refused the client key (or the key file could not be read)."""

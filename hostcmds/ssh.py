@@ -44,7 +44,14 @@ from urllib.parse import unquote, urlsplit
 
 import asyncssh
 
-from hostcmds.errors import CommandError, CommandNotFound, CommandTimeout, HostCommandError
+from hostcmds.errors import (
+    CommandError,
+    CommandNotFound,
+    CommandTimeout,
+    HostAuthFailed,
+    HostKeyRejected,
+    HostUnreachable,
+)
 from hostcmds.runner import CommandResult, decode, finish, mask, mask_argv, validate_argv
 
 log = logging.getLogger(__name__)
@@ -60,26 +67,6 @@ STDERR_LOG_CHARS = 2000
 PID_LINE = re.compile(rb"ebsemu-pid (\d+)\n")
 COMMAND_PREFIX = "printf 'ebsemu-pid %s\\n' \"$$\" >&2; exec "
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class HostUnreachable(HostCommandError):
-    """The host cannot be used: down, refusing connections, silent, or the connection dropped.
-
-    ``host`` is ``user@host:port``; the message never holds a secret.
-    """
-
-    def __init__(self, host: str, reason: str) -> None:
-        super().__init__(f"ssh {host}: {reason}")
-        self.host = host
-        self.reason = reason
-
-
-class HostKeyRejected(HostUnreachable):
-    """The host's key is not the pinned key, or not in the known_hosts file."""
-
-
-class HostAuthFailed(HostUnreachable):
-    """The host refused the client key (or the key file could not be read)."""
 
 
 def default_known_hosts() -> Path:
