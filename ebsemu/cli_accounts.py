@@ -18,7 +18,7 @@ from typing import TypeVar
 from ebsemu.config import Config
 from ebsemu.credentials import endpoint_url, profile_snippet
 from ebsemu.service.accounts import AccountError, AccountService, KeyPair
-from ebsemu.store.backends import STORE_ERRORS, build_store, describe_store
+from ebsemu.store.backends import build_store, describe_store, store_errors
 from ebsemu.store.base import AccountRecord
 
 T = TypeVar("T")
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except AccountError as exc:
         print(f"ebsemu accounts: {exc}", file=sys.stderr)
         return 1
-    except STORE_ERRORS as exc:
+    except store_errors() as exc:
         print(
             f"ebsemu accounts: cannot use the database {describe_store(config)}: {exc}",
             file=sys.stderr,

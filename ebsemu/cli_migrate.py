@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 from ebsemu.config import Config
-from ebsemu.store.backends import STORE_ERRORS
-from ebsemu.store.copy import CopyError, copy_sqlite_to_postgres
-from ebsemu.store.postgres_base import redact_dsn
+from ebsemu.store.backends import store_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    # Imported here: they load asyncpg, which no other command needs.
+    from ebsemu.store.copy import CopyError, copy_sqlite_to_postgres
+    from ebsemu.store.postgres_base import redact_dsn
+
     source = args.source or f"sqlite:{config.database}"
     target = args.target or config.store_dsn
     if not source.startswith("sqlite:"):
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except CopyError as exc:
         print(f"ebsemu migrate: {exc}", file=sys.stderr)
         return 1
-    except STORE_ERRORS as exc:
+    except store_errors() as exc:
         print(f"ebsemu migrate: cannot use the databases: {exc}", file=sys.stderr)
         return 1
     for entry in copied:

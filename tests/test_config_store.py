@@ -3,6 +3,8 @@ instance id and the job lease; bad values refused at load."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,24 @@ def test_an_instance_id_defaults_to_the_host_name_and_port(tmp_path: Path) -> No
 def test_a_bad_store_section_is_refused(tmp_path: Path, section: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _load(tmp_path, "[store]\n" + section)
+
+
+def test_asyncpg_is_loaded_only_for_a_postgresql_store(tmp_path: Path) -> None:
+    """The server and the CLI on SQLite start without it."""
+    postgresql = tmp_path / "postgresql.ini"
+    postgresql.write_text(f"[store]\nbackend = postgresql\ndsn = {DSN}\n")
+    code = """
+import sys
+from pathlib import Path
+import ebsemu.app, ebsemu.cli
+from ebsemu import config
+from ebsemu.store.backends import build_store
+data, postgresql = Path(sys.argv[1]), Path(sys.argv[2])
+build_store(config.load(None, data_dir=data))
+assert "asyncpg" not in sys.modules, "loaded for an SQLite store"
+build_store(config.load(postgresql, data_dir=data))
+assert "asyncpg" in sys.modules
+"""
+    argv = [sys.executable, "-c", code, str(tmp_path / "data"), str(postgresql)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

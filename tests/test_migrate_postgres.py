@@ -77,3 +77,29 @@ def test_migrate_copies_an_sqlite_deployment_that_then_serves_the_same_on_postgr
     log = pg_server.log_path.read_text() + pg_server.stdout_path.read_text()
     assert "store: PostgreSQL at postgresql://postgres:***@127.0.0.1:" in log
     assert PASSWORD not in log
+
+
+def test_a_database_postgresql_refuses_is_a_clear_error_of_the_cli_not_a_traceback(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    missing = postgres_server.dsn(f"missing_{uuid.uuid4().hex[:12]}")  # the server says so
+    with_password = missing.replace("postgres@", f"postgres:{PASSWORD}@", 1)
+    config = tmp_path / "store.ini"
+    config.write_text(f"[store]\nbackend = postgresql\ndsn = {with_password}\n")
+    ebsemu = [sys.executable, "-m", "ebsemu"]
+    where = ["--config", str(config), "--data-dir", str(tmp_path / "data")]
+
+    listed = subprocess.run([*ebsemu, "accounts", "list", *where], capture_output=True, text=True)
+    assert listed.returncode == 2
+    assert "ebsemu accounts: cannot use the database postgresql://postgres:***@" in listed.stderr
+    assert "does not exist" in listed.stderr and "Traceback" not in listed.stderr
+
+    sqlite = [*ebsemu, "accounts", "list", "--data-dir", str(tmp_path / "data")]
+    assert subprocess.run(sqlite, capture_output=True).returncode == 0  # its database made
+    migrated = subprocess.run(
+        [*ebsemu, "migrate", *where, "--to", with_password], capture_output=True, text=True
+    )
+    assert migrated.returncode == 1
+    assert "ebsemu migrate: cannot use the databases: " in migrated.stderr
+    assert "does not exist" in migrated.stderr and "Traceback" not in migrated.stderr
+    assert PASSWORD not in listed.stderr + migrated.stderr

@@ -6,14 +6,18 @@ from __future__ import annotations
 import socket
 import sqlite3
 
-import asyncpg
-
 from ebsemu.config import Config
 from ebsemu.store.base import Store
 from ebsemu.store.sqlite import SqliteStore
 
-# What opening or using a store raises when the database is unreachable or unusable.
-STORE_ERRORS: tuple[type[Exception], ...] = (OSError, sqlite3.Error, asyncpg.PostgresError)
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """What opening or using a store raises when the database is unreachable or unusable. A
+    function, so that asyncpg is imported only once an error is to be matched (``except
+    store_errors()``), not by every server and CLI process."""
+    import asyncpg
+
+    return (OSError, sqlite3.Error, asyncpg.PostgresError)
 
 
 def describe_store(config: Config) -> str:
