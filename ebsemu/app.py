@@ -27,6 +27,7 @@ from ebsemu.direct import routes as direct_routes
 from ebsemu.keyvault import KeyVault
 from ebsemu.private_files import private_dir
 from ebsemu.runlock import DataDirBusy, DataDirLock
+from ebsemu.service import guest_pause
 from ebsemu.service.accounts import AccountService, configured_key
 from ebsemu.service.attachments import AttachmentService
 from ebsemu.service.core import Core
@@ -199,6 +200,7 @@ def make_app(
             await vmm.check_setup()
         await asyncio.to_thread(core.blocks.check_setup)
         await asyncio.to_thread(core.blocks.remove_temp_files)
+        await guest_pause.resume_left_paused(core)
         async with core.store.exclusive("reconcile"):  # one server instance at a time
             report = await Reconciler(core, services.exports).run(apply=True)
         if report.findings:

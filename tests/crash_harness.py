@@ -52,8 +52,10 @@ START_TIMEOUT_SECONDS = 120.0
 MAX_OPS_PER_ROUND = 40
 STABLE_VOLUME = {"available", "in-use", "error"}
 STABLE_SNAPSHOT = {"completed", "error"}
-# Steps the file backend without a VMM reaches (attach and detach need an instance).
-STORAGE_STEPS = tuple(s for s in faults.STEPS if not s.startswith(("attach.", "detach.")))
+# Steps the file backend without a VMM reaches (attach, detach and a pause need an instance).
+STORAGE_STEPS = tuple(
+    s for s in faults.STEPS if not s.startswith(("attach.", "detach.", "snapshot.paused"))
+)
 VMM = "crash-kvm"
 DOMAIN = "crashvm"
 DEVICES = tuple(f"/dev/sd{c}" for c in "fghijklm")
@@ -421,6 +423,9 @@ class Harness:
                 problems.append(
                     f"VM holds {sorted(in_vm)} but the attachments are {sorted(self.attached)}"
                 )
+            status = run(qmp(self.vm, "query-status"))["status"]
+            if status != "running":  # paused for a snapshot's copy, and not resumed
+                problems.append(f"the VM is {status}, not running")
         for volume_id, content in self.volumes.items():
             if states.get(volume_id) in ("available", "in-use"):
                 self.tally.volumes_verified += 1
@@ -501,7 +506,16 @@ def op_write(h: Harness) -> None:
 
 
 def op_snapshot(h: Harness) -> None:
-    volume_id = h.rng.choice(sorted(h.volumes))
+    _snapshot(h, h.rng.choice(sorted(h.volumes)))
+
+
+def op_snapshot_attached(h: Harness) -> None:
+    """A snapshot of a volume the VM holds: without reflink its view is a copy, taken with
+    the VM paused."""
+    _snapshot(h, h.rng.choice(sorted(h.attached)))
+
+
+def _snapshot(h: Harness, volume_id: str) -> None:
     content = dict(h.volumes[volume_id])
     snapshot_id: str = h.call("create_snapshot", VolumeId=volume_id)["SnapshotId"]
     h.journal.append(f"  {snapshot_id} of {volume_id}")
@@ -569,6 +583,7 @@ OPS: dict[str, Callable[[Harness], None]] = {
     "create": op_create,
     "write": op_write,
     "snapshot": op_snapshot,
+    "snapshot_attached": op_snapshot_attached,
     "restore": op_restore,
     "delete_volume": op_delete_volume,
     "delete_snapshot": op_delete_snapshot,
@@ -579,6 +594,7 @@ OPS: dict[str, Callable[[Harness], None]] = {
 _OPS_FOR_STEP: dict[str, tuple[str, ...]] = {
     "create_volume.allocated": ("create",),
     "create_volume.restored": ("restore", "snapshot", "write"),
+    "snapshot.paused": ("attach", "snapshot_attached"),
     "snapshot.frozen": ("snapshot", "write"),
     "snapshot.batch": ("snapshot", "write"),
     "snapshot.captured": ("snapshot", "write"),
@@ -598,7 +614,7 @@ def _possible(h: Harness, name: str) -> bool:
             and bool(set(h.volumes) - set(h.attached))
             and (len(h.attached) < len(DEVICES))
         )
-    if name == "detach":
+    if name in ("detach", "snapshot_attached"):
         return bool(h.attached)
     if name == "delete_volume":
         return bool(set(h.volumes) - set(h.attached))

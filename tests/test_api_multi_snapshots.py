@@ -243,6 +243,30 @@ def test_three_volumes_are_snapshotted_at_one_instant_with_the_vm_paused_meanwhi
         lab.ec2.delete_snapshot(SnapshotId=snapshot_id)
 
 
+def test_create_snapshot_pauses_the_vm_while_it_copies_an_attached_volume(lab: Lab) -> None:
+    """Without reflink the view is a copy, which a guest writing meanwhile would tear: the VM
+    is paused for it. A reflinked view is taken at one instant and needs no pause."""
+    volume_id = lab.volumes["/dev/sdg"]
+    write_through_qemu(lab, "/dev/sdg", 9, 0x5A)
+    log_start = len(lab.log())
+    watcher = Watcher(lab)
+    snapshot_id = watcher.during(lambda: lab.ec2.create_snapshot(VolumeId=volume_id))["SnapshotId"]
+    write_through_qemu(lab, "/dev/sdg", 9, 0xA5)  # after the call: not in the snapshot
+    assert status(lab) == "running"
+    log = lab.log()[log_start:]
+    froze = log.index(f"froze volume {volume_id} as view {snapshot_id}")
+    if sparse.reflinks(lab.server.data_dir / "storage" / "views"):
+        assert watcher.names == []
+    else:
+        assert watcher.names == ["STOP", "RESUME"]
+        assert log.index(f"{VM}: paused (stop)") < froze < log.index(f"{VM}: resumed (cont)")
+    lab.ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot_id], WaiterConfig=FAST)
+    restored = restore(lab, snapshot_id)
+    assert read_block(lab, restored, 9) == bytes([0x5A]) * BLOCK
+    lab.ec2.delete_volume(VolumeId=restored)
+    lab.ec2.delete_snapshot(SnapshotId=snapshot_id)
+
+
 def test_excluded_data_volumes_are_left_out_and_boot_exclusion_keeps_data_volumes(
     lab: Lab,
 ) -> None:

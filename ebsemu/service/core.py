@@ -11,6 +11,7 @@ from ebsemu import errors
 from ebsemu.config import Config, Zone
 from ebsemu.locks import ResourceLocks
 from ebsemu.model import Snapshot, Volume
+from ebsemu.service.guest_pause import GuestPauses
 from ebsemu.service.jobs import Jobs
 from ebsemu.service.storage_hosts import StorageHosts
 from ebsemu.store.base import Store
@@ -33,6 +34,7 @@ class Core:
     # swept, so a sweep never deletes a block a running snapshot has just counted on (across
     # the server instances sharing a PostgreSQL store: ebsemu.store.locks.StoreLock).
     block_gc_lock: AbstractAsyncContextManager[None] = field(default_factory=asyncio.Lock)
+    pauses: GuestPauses = field(default_factory=GuestPauses)  # guests paused for views
 
     def storage_for(self, resource: Volume | Snapshot) -> StorageBackend:
         """The backend of the storage host holding the volume (or the snapshot's frozen view)."""

@@ -15,18 +15,16 @@ since its last snapshot may have no view (snapshot_freeze): its snapshot complet
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from backends.base import VmmBackend
 from backends.errors import BackendError
 from ebsemu import errors
 from ebsemu.model import Attachment, AttachmentState, Snapshot, utcnow
-from ebsemu.service import listing, snapshot_data, snapshot_freeze, validation
+from ebsemu.service import guest_pause, listing, snapshot_data, snapshot_freeze, validation
 from ebsemu.service.attachments import ATTACHABLE_INSTANCE_STATES
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
@@ -43,7 +41,6 @@ ROOT_DEVICES = frozenset({"/dev/sda1", "/dev/sda", "/dev/xvda", "/dev/vda", "xvd
 MAX_EXCLUDED_VOLUMES = 40
 COPY_TAGS_SOURCES = ("volume",)
 SNAPSHOT_ATTACHMENT_STATES = {AttachmentState.ATTACHED, AttachmentState.BUSY}
-RESUME_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -139,8 +136,8 @@ class MultiSnapshotService:
             for volume_id in sorted(volume_ids):
                 await held.enter_async_context(self._core.locks.hold(volume_id))
             snapshots = await self._records(ctx, req, instance.id, volume_ids)
-            vmm = self._instances.vmm_of(instance)
-            frozen = await self._views_at_one_instant(vmm, instance.domain, snapshots)
+            guest = (instance.vmm, instance.domain)
+            frozen = await self._views_at_one_instant(guest, snapshots)
             try:
                 for snapshot in snapshots:  # an encrypted volume's snapshot keeps its data key
                     volume = await store.get_volume(snapshot.volume_id)
@@ -194,32 +191,30 @@ class MultiSnapshotService:
         return snapshots
 
     async def _views_at_one_instant(
-        self, vmm: VmmBackend, domain: str, snapshots: list[Snapshot]
+        self, guest: guest_pause.Guest, snapshots: list[Snapshot]
     ) -> dict[str, Frozen]:
         """Pause the domain, freeze every volume, resume it; what each snapshot's freeze left
         (snapshot_freeze), by snapshot id. On any failure the views taken are
         dropped, those manifests swept, and InternalError is raised: nothing is left half
         made (a crash meanwhile leaves manifests of no snapshot, which reconciliation sweeps)."""
-        try:
-            paused = await vmm.pause(domain)
-        except BackendError as exc:
-            log.error("domain %s: pause failed, no snapshot taken: %s", domain, exc)
-            raise errors.InternalError(
-                "The instance could not be paused for its snapshots; none was created."
-            ) from None
+        domain = guest[1]
         began = time.monotonic()
         taken: list[Snapshot] = []
         frozen: dict[str, Frozen] = {}
         try:
-            for snapshot in snapshots:
-                storage = self._core.storage_for(snapshot)
-                frozen[snapshot.id] = await snapshot_freeze.freeze(
-                    self._core, storage, snapshot.volume_id, snapshot.id
-                )
-                taken.append(snapshot)
+            async with guest_pause.paused(self._core, [guest]) as ours:
+                for snapshot in snapshots:
+                    storage = self._core.storage_for(snapshot)
+                    frozen[snapshot.id] = await snapshot_freeze.freeze(
+                        self._core, storage, snapshot.volume_id, snapshot.id
+                    )
+                    taken.append(snapshot)
+        except guest_pause.PauseFailed as exc:
+            log.error("no snapshot taken: %s", exc)
+            raise errors.InternalError(
+                "The instance could not be paused for its snapshots; none was created."
+            ) from None
         except BaseException as exc:
-            if paused:
-                await asyncio.shield(self._resume(vmm, domain))
             await self._drop_views(taken, frozen)
             if not isinstance(exc, BackendError | OSError):
                 raise
@@ -228,31 +223,14 @@ class MultiSnapshotService:
             raise errors.InternalError(
                 f"The volume '{failed}' could not be frozen; no snapshot was created."
             ) from None
-        if paused:
-            await asyncio.shield(self._resume(vmm, domain))
         log.info(
             "domain %s: %d views taken in %.3f s, %s",
             domain,
             len(taken),
             time.monotonic() - began,
-            "paused meanwhile" if paused else "not paused",
+            "paused meanwhile" if ours else "not paused",
         )
         return frozen
-
-    async def _resume(self, vmm: VmmBackend, domain: str) -> None:
-        for attempt in range(1, RESUME_ATTEMPTS + 1):
-            try:
-                await vmm.resume(domain)
-                return
-            except BackendError as exc:
-                log.error(
-                    "domain %s: resume failed (attempt %d of %d): %s",
-                    domain,
-                    attempt,
-                    RESUME_ATTEMPTS,
-                    exc,
-                )
-        log.critical("domain %s stays paused: resume it by hand", domain)
 
     async def _drop_views(
         self, snapshots: Sequence[Snapshot], frozen: Mapping[str, Frozen]
