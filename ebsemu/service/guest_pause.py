@@ -47,10 +47,12 @@ class PauseFailed(BackendError):
 
 @dataclass
 class GuestPauses:
-    """This server's pauses: how many calls hold each guest, and which guests it paused."""
+    """This server's pauses: how many calls hold each guest, and which guests it paused
+    (since when)."""
 
     holders: dict[Guest, int] = field(default_factory=dict)
     ours: set[Guest] = field(default_factory=set)
+    since: dict[Guest, float] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -66,7 +68,6 @@ async def paused(core: Core, guests: Sequence[Guest]) -> AsyncIterator[list[Gues
     paused already by others). They are released when the block ends, even if it fails or is
     cancelled. PauseFailed if one cannot be paused (those held already are released first)."""
     held: list[Guest] = []
-    began = time.monotonic()
     try:
         for guest in guests:
             await _hold(core, guest)
@@ -77,7 +78,7 @@ async def paused(core: Core, guests: Sequence[Guest]) -> AsyncIterator[list[Gues
         yield ours
     finally:
         for guest in reversed(held):
-            await asyncio.shield(_release(core, guest, began))
+            await asyncio.shield(_release(core, guest))
 
 
 async def resume(vmm: VmmBackend, domain: str) -> bool:
@@ -139,12 +140,13 @@ async def _hold(core: Core, guest: Guest) -> None:
                 raise PauseFailed(f"domain {domain} could not be paused: {exc}") from exc
             if ours:
                 pauses.ours.add(guest)
+                pauses.since[guest] = time.monotonic()
             else:  # paused already by someone else, or gone: not ours to resume
                 await asyncio.to_thread(_write_record, data_dir, pauses.ours)
         pauses.holders[guest] = pauses.holders.get(guest, 0) + 1
 
 
-async def _release(core: Core, guest: Guest, began: float) -> None:
+async def _release(core: Core, guest: Guest) -> None:
     pauses, data_dir = core.pauses, core.config.data_dir
     async with pauses.lock:
         pauses.holders[guest] -= 1
@@ -157,7 +159,9 @@ async def _release(core: Core, guest: Guest, began: float) -> None:
         if await resume(core.vmms[name], domain):
             pauses.ours.discard(guest)
             await asyncio.to_thread(_write_record, data_dir, pauses.ours)
-            log.info("domain %s: paused %.3f s for views", domain, time.monotonic() - began)
+            since = pauses.since.pop(guest, None)  # unknown for one a stopped server paused
+            if since is not None:
+                log.info("domain %s: paused %.3f s for views", domain, time.monotonic() - since)
 
 
 def _read_record(data_dir: Path) -> set[Guest]:
