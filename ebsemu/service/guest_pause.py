@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,12 +47,11 @@ class PauseFailed(BackendError):
 
 @dataclass
 class GuestPauses:
-    """This server's pauses: how many calls hold each guest, and which guests it paused
-    (since when)."""
+    """This server's pauses: how many calls hold each guest, and the guests it paused, with
+    the monotonic time of the pause (None for one a stopped server paused)."""
 
     holders: dict[Guest, int] = field(default_factory=dict)
-    ours: set[Guest] = field(default_factory=set)
-    since: dict[Guest, float] = field(default_factory=dict)
+    ours: dict[Guest, float | None] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -115,8 +114,8 @@ async def resume_left_paused(core: Core) -> int:
             log.warning("domain %s on %s: resumed (paused when the server stopped)", domain, name)
             resumed += 1
         else:
-            core.pauses.ours.add((name, domain))  # tried again at the next start
-    await asyncio.to_thread(_write_record, data_dir, core.pauses.ours)
+            core.pauses.ours[(name, domain)] = None  # tried again at the next start
+    await asyncio.to_thread(_write_record, data_dir, list(core.pauses.ours))
     return resumed
 
 
@@ -129,20 +128,19 @@ async def _hold(core: Core, guest: Guest) -> None:
         if not pauses.holders.get(guest):
             name, domain = guest
             # Recorded before the pause: a server stopped after it resumes the guest at start.
-            await asyncio.to_thread(_write_record, data_dir, pauses.ours | {guest})
+            await asyncio.to_thread(_write_record, data_dir, [*pauses.ours, guest])
             try:
-                ours = await core.vmms[name].pause(domain)
+                paused_now = await core.vmms[name].pause(domain)
             except DomainNotFound:
                 log.warning("domain %s is gone: nothing of it to pause", domain)
-                ours = False
+                paused_now = False
             except BackendError as exc:
-                await asyncio.to_thread(_write_record, data_dir, pauses.ours)
+                await asyncio.to_thread(_write_record, data_dir, list(pauses.ours))
                 raise PauseFailed(f"domain {domain} could not be paused: {exc}") from exc
-            if ours:
-                pauses.ours.add(guest)
-                pauses.since[guest] = time.monotonic()
+            if paused_now:
+                pauses.ours[guest] = time.monotonic()
             else:  # paused already by someone else, or gone: not ours to resume
-                await asyncio.to_thread(_write_record, data_dir, pauses.ours)
+                await asyncio.to_thread(_write_record, data_dir, list(pauses.ours))
         pauses.holders[guest] = pauses.holders.get(guest, 0) + 1
 
 
@@ -157,9 +155,8 @@ async def _release(core: Core, guest: Guest) -> None:
             return
         name, domain = guest
         if await resume(core.vmms[name], domain):
-            pauses.ours.discard(guest)
-            await asyncio.to_thread(_write_record, data_dir, pauses.ours)
-            since = pauses.since.pop(guest, None)  # unknown for one a stopped server paused
+            since = pauses.ours.pop(guest)
+            await asyncio.to_thread(_write_record, data_dir, list(pauses.ours))
             if since is not None:
                 log.info("domain %s: paused %.3f s for views", domain, time.monotonic() - since)
 
@@ -176,7 +173,7 @@ def _read_record(data_dir: Path) -> set[Guest]:
         return set()
 
 
-def _write_record(data_dir: Path, guests: set[Guest]) -> None:
+def _write_record(data_dir: Path, guests: Collection[Guest]) -> None:
     path = data_dir / RECORD_NAME
     if not guests:
         path.unlink(missing_ok=True)
