@@ -172,7 +172,13 @@ class Harness:
         """Run work until the server dies at ``step``, then restart and check."""
         self.start(f"{step}:1")
         self._work_until_dead(preferred=_OPS_FOR_STEP[step])
-        code = self.server.proc.wait(timeout=30) if self.server.proc else None
+        code = None
+        if self.server.proc is not None:
+            try:
+                code = self.server.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # every op ran, and no job reached the step
+                self.journal.append(f"round {self.tally.rounds}: {step} not reached")
+                self.stop()
         if code != faults.KILLED_EXIT:
             self.tally.inconsistencies.append(f"fault at {step} not reached (exit {code})")
         else:
