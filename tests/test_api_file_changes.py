@@ -46,8 +46,10 @@ def _bases(server: ServerProcess) -> list[str]:
 
 
 def _kept(server: ServerProcess, volume_id: str, snapshot_id: str) -> None:
-    """Wait until the snapshot's view is the volume's base (kept once the snapshot completed)."""
-    poll(lambda: True if f"{volume_id}@{snapshot_id}" in _bases(server) else None)
+    """Wait until the snapshot's view is the volume's one base: it is kept once the snapshot
+    completed, and the older base it replaces is removed just after."""
+    wanted = [f"{volume_id}@{snapshot_id}"]
+    poll(lambda: True if [b for b in _bases(server) if b.startswith(volume_id)] == wanted else None)
 
 
 def _volume_with_data(server: ServerProcess, ec2: Any, rng: random.Random) -> str:
