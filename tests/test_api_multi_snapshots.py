@@ -341,7 +341,7 @@ def test_a_failing_view_resumes_the_vm_drops_the_views_taken_and_creates_nothing
     found = lab.ec2.describe_snapshots(Filters=[{"Name": "tag:run", "Values": [run]}])
     assert found["Snapshots"] == []
     after = set(os.listdir(views)) if views.exists() else set()
-    assert after == before
+    assert after <= before  # no view left (one an earlier test's snapshot dropped may be gone)
 
 
 def _snapshot_all(lab: Lab) -> dict[str, str]:
