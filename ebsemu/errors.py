@@ -119,6 +119,10 @@ class InvalidFilter(ClientError):
     code = "InvalidFilter"
 
 
+class FilterLimitExceeded(ClientError):
+    code = "FilterLimitExceeded"
+
+
 class TagLimitExceeded(ClientError):
     code = "TagLimitExceeded"
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from botocore.config import Config as BotoConfig
 
 from tests.api_support import aws_error, new_snapshot, new_volume, tag_spec, unique
 from tests.server import REGION, ZONE, ServerProcess
@@ -357,6 +358,58 @@ def test_unknown_filter_name_is_invalid_parameter_value(
     )
     assert (code, status) == ("InvalidParameterValue", 400)
     assert f"'{name}'" in message
+
+
+@pytest.mark.parametrize(
+    ("operation", "name"),
+    [
+        ("describe_volumes", "tag:Name"),
+        ("describe_volumes", "status"),
+        ("describe_snapshots", "status"),
+        ("describe_tags", "key"),
+        ("describe_volumes_modifications", "volume-id"),
+        ("describe_volume_status", "volume-status.status"),
+        ("describe_availability_zones", "zone-name"),
+    ],
+)
+def test_more_than_200_filter_values_is_filter_limit_exceeded(
+    ec2: Any, operation: str, name: str
+) -> None:
+    """EC2 takes at most 200 filter values a call; more used to reach SQLite as one OR chain
+    too deep for it (500 InternalError)."""
+    call = getattr(ec2, operation)
+    values = [f"nothing-{n}" for n in range(201)]
+    call(Filters=[{"Name": name, "Values": values[:150]}, {"Name": name, "Values": values[:50]}])
+    code, message, status = aws_error(
+        call,
+        Filters=[{"Name": name, "Values": values[:150]}, {"Name": name, "Values": values[:51]}],
+    )
+    assert (code, status) == ("FilterLimitExceeded", 400)
+    assert "200" in message
+    code, _, status = aws_error(call, Filters=[{"Name": name, "Values": values}] * 5)
+    assert (code, status) == ("FilterLimitExceeded", 400)
+
+
+@pytest.mark.parametrize(
+    ("operation", "name"),
+    [
+        ("describe_availability_zones", "zone-name"),
+        ("describe_regions", "endpoint"),
+        ("describe_volume_status", "volume-status.status"),
+        ("describe_volumes", "tag:Name"),
+    ],
+)
+def test_a_filter_value_of_many_stars_is_matched_without_backtracking(
+    server: ServerProcess, operation: str, name: str
+) -> None:
+    """A pattern of stars that cannot match: a regular expression took time exponential in
+    the stars (12 s for 26), on the event loop, holding every other request."""
+    patient = server.client(config=BotoConfig(read_timeout=60, retries={"max_attempts": 1}))
+    answer = getattr(patient, operation)(Filters=[{"Name": name, "Values": ["*" * 40 + "Z"]}])
+    listed = {key: value for key, value in answer.items() if isinstance(value, list)}
+    assert listed and all(value == [] for value in listed.values())
+    stars = getattr(patient, operation)(Filters=[{"Name": name, "Values": ["*" * 40]}])
+    assert stars.keys() == answer.keys()
 
 
 # ---- pagination ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from ebsemu import errors
+from ebsemu.service.wildcard import Wildcard
 from ebsemu.store.base import Filter, ListQuery, Page, UnknownFilterError
 
 _ID = {
@@ -30,6 +31,11 @@ def check_ids(prefix: str, values: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(check_id(prefix, value) for value in values))
 
 
+# EC2's limit on the filter values of one call. A filter named without values counts as one:
+# it is a condition too.
+MAX_FILTER_VALUES = 200
+
+
 def filters(raw: Sequence[Mapping[str, object]] | None) -> tuple[Filter, ...]:
     out: list[Filter] = []
     for item in raw or ():
@@ -39,6 +45,10 @@ def filters(raw: Sequence[Mapping[str, object]] | None) -> tuple[Filter, ...]:
         values = item.get("Values") or []
         assert isinstance(values, list)
         out.append(Filter(name, tuple(str(v) for v in values)))
+    if sum(max(1, len(flt.values)) for flt in out) > MAX_FILTER_VALUES:
+        raise errors.FilterLimitExceeded(
+            f"The maximum number of filter values specified on a single call is {MAX_FILTER_VALUES}"
+        )
     return tuple(out)
 
 
@@ -82,29 +92,13 @@ def decode_token(kind: str, token: str | None) -> int:
     raise errors.InvalidPaginationToken(f"Invalid pagination token: {token[:64]}")
 
 
-def wildcard_regex(pattern: str) -> re.Pattern[str]:
-    """An EC2 filter value (`*`, `?`, `\\` escapes) as a compiled regular expression."""
-    out: list[str] = []
-    chars = iter(pattern)
-    for ch in chars:
-        if ch == "\\":
-            out.append(re.escape(next(chars, "\\")))
-        elif ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
-
 def match_filters(fields: Mapping[str, str], flts: Sequence[Filter]) -> bool:
     """In-memory filtering for small, fixed lists (zones, regions). Unknown names raise."""
     for flt in flts:
         if flt.name not in fields:
             raise unknown_filter(flt.name)
         value = fields[flt.name]
-        if flt.values and not any(wildcard_regex(v).fullmatch(value) for v in flt.values):
+        if flt.values and not any(Wildcard.parse(v).fullmatch(value) for v in flt.values):
             return False
     return True
 

@@ -26,7 +26,6 @@ AWS's I/O semantics, as modelled here:
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from ebsemu.service import listing
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.volumes import VolumeService
+from ebsemu.service.wildcard import Wildcard
 from ebsemu.store.base import Filter, ListQuery, VolumeIo
 from ebsemu.timefmt import to_wire
 
@@ -136,7 +136,7 @@ def filter_fields(item: VolumeStatus) -> dict[str, list[str]]:
     }
 
 
-Compiled = tuple[tuple[str, tuple[re.Pattern[str], ...]], ...]
+Compiled = tuple[tuple[str, tuple[Wildcard, ...]], ...]
 
 
 def compile_filters(filters: Sequence[Filter]) -> Compiled:
@@ -145,7 +145,7 @@ def compile_filters(filters: Sequence[Filter]) -> Compiled:
         if flt.name not in FILTERS:
             raise listing.unknown_filter(flt.name)
     return tuple(
-        (flt.name, tuple(listing.wildcard_regex(value) for value in flt.values)) for flt in filters
+        (flt.name, tuple(Wildcard.parse(value) for value in flt.values)) for flt in filters
     )
 
 
