@@ -796,7 +796,8 @@ class FileStorage:
             return f"its layout description is unreadable: {exc}"
         if layout is None:
             return "its backing files are missing"
-        if layout.size_bytes != size_bytes:
+        # An encrypted volume's one file is its LUKS image: the header, then the ciphertext.
+        if layout.size_bytes not in (size_bytes, luks.file_bytes(size_bytes)):
             return f"its backing files hold {layout.size_bytes} bytes, not {size_bytes}"
         for index in range(layout.segment_count):
             name = segment_name(index)

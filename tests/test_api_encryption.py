@@ -235,6 +235,10 @@ def test_encrypted_volume_gets_the_aws_managed_key_as_an_arn_and_a_luks_file(
     with segment.open("rb") as handle:
         assert handle.read(6) == LUKS_MAGIC
     assert segment.stat().st_size == 1024**3 + 2 * 1024**2
+    # The header makes the file longer than the volume: that is no fault of its storage.
+    [status] = ec2.describe_volume_status(VolumeIds=[volume["VolumeId"]])["VolumeStatuses"]
+    assert status["VolumeStatus"]["Status"] == "ok", status
+    assert status["Events"] == [] and status["Actions"] == []
     ec2.delete_volume(VolumeId=volume["VolumeId"])
     wait_state(ec2, second["VolumeId"])
     ec2.delete_volume(VolumeId=second["VolumeId"])
