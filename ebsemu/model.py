@@ -114,6 +114,9 @@ class Volume:
     attachments: list[Attachment] = field(default_factory=list)
     seq: int = 0
     storage_host: str = "default"  # the configured storage host holding its bytes
+    # The snapshot lineage it belongs to (ebsemu.service.lineage); None in a record from
+    # before lineages were recorded.
+    lineage: str | None = None
 
 
 @dataclass
@@ -135,6 +138,9 @@ class Snapshot:
     tags: dict[str, str] = field(default_factory=dict)
     seq: int = 0
     storage_host: str = "default"  # the storage host holding its frozen view while pending
+    # The snapshot lineage it belongs to (ebsemu.service.lineage); None in a record from
+    # before lineages were recorded.
+    lineage: str | None = None
 
 
 @dataclass(frozen=True)

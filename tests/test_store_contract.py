@@ -1,19 +1,22 @@
 """The Store contract, on each store (SQLite and PostgreSQL): compare-and-set transitions,
 ClientTokens, keyset pagination, filters with wildcards and escapes, tags, attachments, jobs
-and their leases, and the migrations."""
+and their leases, snapshot lineages, and the migrations."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import asyncpg
 import pytest
 
 from ebsemu.fast_restore import FastRestore, FastRestoreState
 from ebsemu.model import (
+    COPY_VOLUME_ID,
     Attachment,
     AttachmentState,
     Instance,
@@ -24,16 +27,19 @@ from ebsemu.model import (
     VolumeType,
     utcnow,
 )
+from ebsemu.service import lineage
 from ebsemu.store.base import Filter, ListQuery, Store, VolumeIo
+from ebsemu.store.direct import DirectMeta
 from ebsemu.store.pg_dialect import glob_to_like, translate
 from ebsemu.store.pg_schema import PG_MIGRATIONS
 from ebsemu.store.postgres import PostgresStore
 from ebsemu.store.postgres_base import redact_dsn
 from ebsemu.store.schema import MIGRATIONS
 from ebsemu.store.sql_filters import glob_pattern
+from ebsemu.store.sqlite import SqliteStore
 from ebsemu.store.sqlite_steps import JobNotHeld
 from tests.pg_fixtures import PostgresServer
-from tests.store_fixtures import NewStore, migrated_database, postgres_store_factory
+from tests.store_fixtures import STORES, NewStore, migrated_database, postgres_store_factory
 
 T = TypeVar("T")
 OWNER = "000000000000"
@@ -620,3 +626,108 @@ def test_a_closed_instances_unfinished_jobs_are_claimed_at_once(
     job, before, after = asyncio.run(scenario())
     assert before == []
     assert after == [(job, "create_volume", "vol-1", "{}")]
+
+
+def test_every_insert_records_the_lineage_of_its_volume_or_snapshot(new_store: NewStore) -> None:
+    async def scenario(store: Store) -> list[str | None]:
+        await store.insert_volume(volume("vol-1", lineage="vol-1"))
+        await store.insert_volume_with_job(
+            volume("vol-2", snapshot_id="snap-1", lineage="vol-1"), "create_volume"
+        )
+        await store.insert_snapshot_with_job(snapshot("snap-1", lineage="vol-1"), "capture")
+        await store.insert_snapshots([snapshot("snap-2", volume_id="vol-2", lineage="vol-1")])
+        await store.complete_snapshot("snap-1", 0)
+        copied = snapshot("snap-3", volume_id=COPY_VOLUME_ID, lineage="snap-3")
+        assert await store.insert_snapshot_copy(copied, "snap-1")
+        direct = snapshot("snap-4", volume_id=COPY_VOLUME_ID, lineage="vol-1")
+        meta = DirectMeta("snap-4", OWNER, "snap-1", None, "digest", 60, time.time())
+        assert await store.start_direct_snapshot(direct, meta) == "snap-4"
+        volumes = [await store.get_volume(f"vol-{n}") for n in (1, 2)]
+        snapshots = [await store.get_snapshot(f"snap-{n}") for n in (1, 2, 3, 4)]
+        return [record.lineage if record else None for record in (*volumes, *snapshots)]
+
+    assert run(new_store, scenario) == ["vol-1", "vol-1", "vol-1", "vol-1", "snap-3", "vol-1"]
+
+
+# A deployment's records from before lineages were recorded (schema 12): vol-a made empty,
+# snap-1 of it, vol-b from snap-1, snap-2 of vol-b, snap-3 written through the EBS direct API
+# on snap-2.
+_BEFORE_LINEAGES = [
+    "INSERT INTO volumes (id, owner_id, region, zone, size_gib, volume_type, state, "
+    "create_time, updated_at, snapshot_id) VALUES "
+    f"('vol-a', '{OWNER}', '{REGION}', 'us-east-1a', 1, 'gp3', 'available', "
+    "'2026-01-01T00:00:00.000Z', 0, NULL), "
+    f"('vol-b', '{OWNER}', '{REGION}', 'us-east-1a', 1, 'gp3', 'available', "
+    "'2026-01-01T00:00:00.000Z', 0, 'snap-1')",
+    "INSERT INTO snapshots (id, owner_id, region, volume_id, volume_size_gib, state, "
+    "start_time) VALUES "
+    f"('snap-1', '{OWNER}', '{REGION}', 'vol-a', 1, 'completed', '2026-01-01T00:00:00.000Z'), "
+    f"('snap-2', '{OWNER}', '{REGION}', 'vol-b', 1, 'completed', '2026-01-01T00:00:00.000Z'), "
+    f"('snap-3', '{OWNER}', '{REGION}', '{COPY_VOLUME_ID}', 1, 'completed', "
+    "'2026-01-01T00:00:00.000Z')",
+    "INSERT INTO direct_snapshots (snapshot_id, owner_id, parent_snapshot_id, request_digest, "
+    f"timeout_minutes, last_activity) VALUES ('snap-3', '{OWNER}', 'snap-2', 'digest', 60, 0)",
+]
+
+
+def _database_before_lineages(kind: str, request: pytest.FixtureRequest) -> NewStore:
+    """A database of each store at schema 12 holding ``_BEFORE_LINEAGES``."""
+    if kind == "sqlite":
+        path = request.getfixturevalue("tmp_path") / "db.sqlite3"
+        with sqlite3.connect(path) as db:
+            db.executescript(
+                "".join(
+                    f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;"
+                    for number, script in enumerate(MIGRATIONS[:12], start=1)
+                )
+                + "".join(f"{statement};" for statement in _BEFORE_LINEAGES)
+            )
+        return lambda: SqliteStore(path)
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    dsn = server.create_database(f"lineage_{uuid.uuid4().hex[:12]}")
+
+    async def build() -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            for number, script in enumerate(PG_MIGRATIONS[:12], start=1):
+                await connection.execute(script)
+                await connection.execute("INSERT INTO schema_version VALUES ($1)", number)
+            for statement in _BEFORE_LINEAGES:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(build())
+    return lambda: PostgresStore(dsn, "test")
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_records_from_before_lineages_are_kept_and_reach_their_lineage_through_their_records(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    new_store = _database_before_lineages(kind, request)
+
+    async def scenario(store: Store) -> tuple[object, ...]:
+        records: list[Snapshot | Volume] = []
+        for found in (
+            await store.get_volume("vol-a"),
+            await store.get_volume("vol-b"),
+            await store.get_snapshot("snap-1"),
+            await store.get_snapshot("snap-2"),
+            await store.get_snapshot("snap-3"),
+        ):
+            assert found is not None
+            records.append(found)
+        await store.insert_volume(volume("vol-c", snapshot_id="snap-3", lineage="vol-a"))
+        new = await store.get_volume("vol-c")
+        return (
+            [record.lineage for record in records],
+            [await lineage.of(store, record) for record in records],
+            new.lineage if new else None,
+        )
+
+    stored, reached, new = run(new_store, scenario)
+    assert stored == [None] * 5
+    assert reached == ["vol-a"] * 5
+    assert new == "vol-a"

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from backends.errors import BackendError
 from ebsemu import errors
-from ebsemu.direct.access import DIRECT_VOLUME_ID, SnapshotAccess, checksum_of, validation
+from ebsemu.direct.access import SnapshotAccess, checksum_of, validation
 from ebsemu.direct.tokens import TokenSigner
 from ebsemu.model import Snapshot
+from ebsemu.service import lineage
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 
@@ -21,7 +22,6 @@ log = logging.getLogger(__name__)
 
 TOKEN_LIFETIME_SECONDS = 24 * 3600
 PAGE_RANGE = (100, 10000)
-MAX_LINEAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -149,32 +149,9 @@ class DirectReader:
 
     # ---- helpers -------------------------------------------------------------------------
 
-    async def _lineage(self, snapshot: Snapshot) -> set[str]:
-        """Ids of the snapshot, its ancestors (ParentSnapshotId; for a snapshot of a volume,
-        the snapshot the volume was created from) and the volumes they were taken of."""
-        store = self._core.store
-        seen: set[str] = set()
-        current: Snapshot | None = snapshot
-        for _ in range(MAX_LINEAGE):
-            if current is None:
-                break
-            seen.add(current.id)
-            parent_id: str | None = None
-            meta = await store.direct_meta(current.id)
-            if meta is not None:
-                parent_id = meta.parent_snapshot_id
-            elif current.volume_id != DIRECT_VOLUME_ID:
-                seen.add(current.volume_id)
-                volume = await store.get_volume(current.volume_id)
-                parent_id = volume.snapshot_id if volume is not None else None
-            if parent_id is None or parent_id in seen:
-                break
-            seen.add(parent_id)
-            current = await store.get_snapshot(parent_id)
-        return seen
-
     async def _related(self, first: Snapshot, second: Snapshot) -> bool:
-        return bool(await self._lineage(first) & await self._lineage(second))
+        store = self._core.store
+        return await lineage.of(store, first) == await lineage.of(store, second)
 
 
 def _page_size(max_results: int | None) -> int:

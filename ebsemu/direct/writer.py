@@ -29,7 +29,7 @@ from ebsemu.direct.access import (
     validation,
 )
 from ebsemu.model import BLOCK_SIZE, ZERO_DIGEST, Snapshot, SnapshotState, new_id, utcnow
-from ebsemu.service import snapshot_data
+from ebsemu.service import lineage, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.store.direct import DirectMeta
@@ -108,8 +108,9 @@ class DirectWriter:
             raise errors.ServiceQuotaExceededException(
                 f"You have reached the maximum of {limit} snapshots."
             )
+        snapshot_id = new_id("snap")
         snapshot = Snapshot(
-            id=new_id("snap"),
+            id=snapshot_id,
             owner_id=ctx.account_id,
             region=ctx.region,
             volume_id=DIRECT_VOLUME_ID,
@@ -118,6 +119,7 @@ class DirectWriter:
             start_time=utcnow(),
             description=req.description or "",
             tags=dict(req.tags),
+            lineage=snapshot_id if parent is None else await lineage.of(store, parent),
         )
         meta = DirectMeta(
             snapshot_id=snapshot.id,

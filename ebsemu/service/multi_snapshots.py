@@ -187,7 +187,9 @@ class MultiSnapshotService:
             tags = dict(volume.tags) if req.copy_tags_from == "volume" else {}
             tags.update(req.tags)
             validation.check_tags(tags)
-            snapshots.append(pending_snapshot(ctx, volume, req.description, tags, started))
+            snapshots.append(
+                await pending_snapshot(self._core, ctx, volume, req.description, tags, started)
+            )
         return snapshots
 
     async def _views_at_one_instant(

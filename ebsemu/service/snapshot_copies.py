@@ -103,8 +103,9 @@ class SnapshotCopyService:
             raise errors.SnapshotLimitExceeded(
                 f"You have reached the maximum of {self._core.config.max_snapshots} snapshots."
             )
+        snapshot_id = new_id("snap")
         snapshot = Snapshot(
-            id=new_id("snap"),
+            id=snapshot_id,
             owner_id=ctx.account_id,
             region=ctx.region,
             volume_id=COPY_VOLUME_ID,
@@ -115,6 +116,7 @@ class SnapshotCopyService:
             encrypted=source.encrypted,
             kms_key_id=kms_key_id,
             tags=dict(req.tags or {}),
+            lineage=snapshot_id,  # a copy begins a lineage: it is not related to its source
         )
         # Under the source's lock, checked again: a DeleteSnapshot or a revoked permission that
         # came meanwhile is seen, and neither can come until the copy names the source's blocks.

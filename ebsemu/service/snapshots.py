@@ -31,6 +31,7 @@ from ebsemu.model import (
 from ebsemu.service import (
     fast_restores,
     guest_pause,
+    lineage,
     listing,
     sharing,
     snapshot_data,
@@ -50,14 +51,16 @@ log = logging.getLogger(__name__)
 SNAPSHOTTABLE = {VolumeState.AVAILABLE, VolumeState.IN_USE}
 
 
-def pending_snapshot(
+async def pending_snapshot(
+    core: Core,
     ctx: RequestContext,
     volume: Volume,
     description: str | None,
     tags: dict[str, str],
     started: datetime,
 ) -> Snapshot:
-    """A new snapshot of ``volume``, pending, to be frozen and read on the volume's host."""
+    """A new snapshot of ``volume``, pending, to be frozen and read on the volume's host; of
+    the volume's lineage."""
     return Snapshot(
         id=new_id("snap"),
         owner_id=ctx.account_id,
@@ -71,6 +74,7 @@ def pending_snapshot(
         kms_key_id=volume.kms_key_id,
         tags=tags,
         storage_host=volume.storage_host,  # where its view is frozen and read
+        lineage=await lineage.of(core.store, volume),
     )
 
 
@@ -130,7 +134,7 @@ class SnapshotService:
                     f"The volume '{volume_id}' is '{volume.state.value}'; "
                     "only an available or in-use volume can be snapshotted."
                 )
-            snapshot = pending_snapshot(ctx, volume, description, tags, utcnow())
+            snapshot = await pending_snapshot(self._core, ctx, volume, description, tags, utcnow())
             await self._encryption.keep_snapshot_key(volume, snapshot.id)
             job_id = await self._core.store.insert_snapshot_with_job(snapshot, "capture_snapshot")
             self._core.jobs.recorded(job_id)

@@ -27,7 +27,7 @@ from ebsemu.model import (
     new_id,
     utcnow,
 )
-from ebsemu.service import listing, sharing, snapshot_data, validation
+from ebsemu.service import lineage, listing, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
@@ -357,8 +357,9 @@ class VolumeService:
             raise errors.VolumeLimitExceeded(
                 f"You have reached the maximum of {self._core.config.max_volumes} volumes."
             )
+        volume_id = new_id("vol")
         return Volume(
-            id=new_id("vol"),
+            id=volume_id,
             owner_id=ctx.account_id,
             region=ctx.region,
             zone=zone.name,
@@ -376,6 +377,7 @@ class VolumeService:
             client_token=req.client_token,
             request_digest=req.digest() if req.client_token is not None else None,
             tags=dict(req.tags),
+            lineage=volume_id if snapshot is None else await lineage.of(store, snapshot),
         )
 
     async def _snapshot_for_restore(self, ctx: RequestContext, snapshot_id: str) -> Snapshot:

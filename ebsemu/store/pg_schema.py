@@ -300,4 +300,11 @@ PG_MIGRATIONS: list[str] = [
     );
     CREATE INDEX fast_snapshot_restores_snapshot ON fast_snapshot_restores(snapshot_id, state);
     """,
+    # 13: snapshot lineages: the lineage of each volume and snapshot, recorded when it is made
+    # (NULL in the rows made before), so that ListChangedBlocks relates two snapshots whatever
+    # records between them were deleted since
+    """
+    ALTER TABLE volumes ADD COLUMN lineage TEXT;
+    ALTER TABLE snapshots ADD COLUMN lineage TEXT;
+    """,
 ]

@@ -20,12 +20,13 @@ from ebsemu.timefmt import from_wire, to_wire
 VOLUME_COLUMNS = (
     "id, owner_id, region, zone, zone_id, size_gib, volume_type, iops, throughput, encrypted, "
     "kms_key_id, snapshot_id, multi_attach, state, state_message, create_time, updated_at, "
-    "client_token, request_digest, storage_host"
+    "client_token, request_digest, storage_host, lineage"
 )
 
 SNAPSHOT_COLUMNS = (
     "id, owner_id, region, volume_id, volume_size_gib, state, progress, description, encrypted, "
-    "kms_key_id, state_message, start_time, completion_time, full_size_bytes, storage_host"
+    "kms_key_id, state_message, start_time, completion_time, full_size_bytes, storage_host, "
+    "lineage"
 )
 
 
@@ -47,6 +48,7 @@ def snapshot_values(snapshot: Snapshot) -> tuple[Any, ...]:
         to_wire(snapshot.completion_time) if snapshot.completion_time else None,
         snapshot.full_size_bytes,
         snapshot.storage_host,
+        snapshot.lineage,
     )
 
 
@@ -73,6 +75,7 @@ def volume_from_row(row: Sequence[Any]) -> Volume:
         token,
         digest,
         storage_host,
+        lineage,
     ) = row
     return Volume(
         id=id_,
@@ -95,6 +98,7 @@ def volume_from_row(row: Sequence[Any]) -> Volume:
         state_message=message,
         seq=seq,
         storage_host=storage_host,
+        lineage=lineage,
     )
 
 
@@ -116,6 +120,7 @@ def snapshot_from_row(row: Sequence[Any]) -> Snapshot:
         completion_time,
         full_size,
         storage_host,
+        lineage,
     ) = row
     return Snapshot(
         id=id_,
@@ -134,6 +139,7 @@ def snapshot_from_row(row: Sequence[Any]) -> Snapshot:
         full_size_bytes=full_size,
         seq=seq,
         storage_host=storage_host,
+        lineage=lineage,
     )
 
 

@@ -709,6 +709,7 @@ def _insert_volume(
         volume.client_token,
         volume.request_digest,
         volume.storage_host,
+        volume.lineage,
     )
     try:
         seq = conn.execute(
