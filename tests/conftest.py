@@ -46,6 +46,7 @@ LONG_FIRST = (
     "ceph",
     "tests/test_bench_smoke.py",
     "tests/test_crash.py",
+    "tests/test_clients_terraform.py",
     "guest-image",
     "libvirtd",
     "tests/test_api_cli.py",
