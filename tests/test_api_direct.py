@@ -4,6 +4,7 @@ block by block, restored by EC2 CreateVolume, compared with a later EC2 snapshot
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -292,6 +293,14 @@ def test_an_incremental_snapshot_starts_with_its_parents_blocks_and_pages_throug
 
     smaller = refusal(ebs.start_snapshot, VolumeSize=1, ParentSnapshotId=child["SnapshotId"])
     assert (smaller.code, smaller.reason) == ("ValidationException", "INVALID_VOLUME_SIZE")
+
+
+def test_block_tokens_last_seven_days(ebs: Any) -> None:
+    """As on AWS (the EBS direct API's FAQ): a backup that reads for days keeps its tokens."""
+    snapshot_id = upload(ebs, random_blocks([0]))
+    page = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)
+    lifetime = page["ExpiryTime"] - datetime.now(UTC)
+    assert timedelta(days=7) - timedelta(minutes=5) < lifetime <= timedelta(days=7)
 
 
 def test_snapshots_of_unrelated_lineages_cannot_be_compared(ebs: Any) -> None:

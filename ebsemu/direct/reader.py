@@ -20,7 +20,7 @@ from ebsemu.service.core import Core
 
 log = logging.getLogger(__name__)
 
-TOKEN_LIFETIME_SECONDS = 24 * 3600
+TOKEN_LIFETIME_SECONDS = 7 * 24 * 3600  # a block token's, as on AWS
 PAGE_RANGE = (100, 10000)
 
 
