@@ -244,6 +244,24 @@ def test_encrypted_volume_gets_the_aws_managed_key_as_an_arn_and_a_luks_file(
     ec2.delete_volume(VolumeId=second["VolumeId"])
 
 
+def test_an_encrypted_volume_cannot_grow_and_is_told_so_at_once_but_changes_type(
+    account: tuple[str, Any],
+) -> None:
+    """Before, ModifyVolume answered `modifying` and the modification failed in the
+    background, starting the cooldown all the same."""
+    _, ec2 = account
+    volume_id = ec2.create_volume(AvailabilityZone=ZONE, Size=1, Encrypted=True)["VolumeId"]
+    wait_state(ec2, volume_id)
+    code, message, status = aws_error(ec2.modify_volume, VolumeId=volume_id, Size=2)
+    assert (code, status) == ("UnsupportedOperation", 400)
+    assert volume_id in message and "encrypted" in message
+    code, _, _ = aws_error(ec2.describe_volumes_modifications, VolumeIds=[volume_id])
+    assert code == "InvalidVolumeModification.NotFound"
+    changed = ec2.modify_volume(VolumeId=volume_id, VolumeType="gp3")["VolumeModification"]
+    assert (changed["TargetVolumeType"], changed["TargetSize"]) == ("gp3", 1)
+    ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig={"Delay": 0.2})
+
+
 def test_encryption_by_default_encrypts_even_with_encrypted_false_under_the_default_key(
     account: tuple[str, Any],
 ) -> None:

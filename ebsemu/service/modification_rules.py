@@ -59,6 +59,13 @@ def target_settings(volume: Volume, req: ModifyRequest) -> VolumeSettings:
     size = volume.size_gib if req.size_gib is None else req.size_gib
     if size < volume.size_gib:
         raise errors.InvalidParameterValue("New size cannot be smaller than existing size")
+    if size > volume.size_gib and volume.encrypted:
+        # Its LUKS image would grow by ciphertext no key wrote: the new space would not read
+        # as zeros (docs/encryption.md).
+        raise errors.UnsupportedOperation(
+            f"The volume {volume.id} is encrypted; encrypted volumes cannot grow here. Its "
+            "type, IOPS and throughput can still be modified."
+        )
     validation.check_size(vtype, size)
     multi = volume.multi_attach if req.multi_attach is None else req.multi_attach
     if multi and not volume.multi_attach and vtype is not VolumeType.IO2:
