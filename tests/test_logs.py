@@ -1,6 +1,6 @@
 """Every log line a request causes carries its RequestId (text and JSON formats), the JSON
-format is one object per line, no secret reaches the log, and `ebsemu --version` prints the
-installed package's version."""
+format is one object per line, no secret reaches the log (not even in what aiohttp logs),
+and `ebsemu --version` prints the installed package's version."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ebsemu import config
-from tests.api_support import FAST, aws_error
+from tests.api_support import FAST, aws_error, poll
 from tests.server import SECRET_ACCESS_KEY, TEST_CONFIG, ZONE, ServerProcess
+from tests.test_api_request_integrity import exchange
 
 AWS = Path(sys.executable).with_name("aws")
 
@@ -125,3 +127,29 @@ def test_version_prints_the_installed_package_version() -> None:
     ):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
         assert done.stdout == f"ebsemu {version('ebsemu')}\n"
+
+
+def test_json_log_of_a_request_aiohttp_cannot_parse_has_its_signature_redacted(
+    json_server: ServerProcess,
+) -> None:
+    """aiohttp logs such a request's whole line, in its exception's text: the JSON format
+    writes that text redacted too."""
+    now = datetime.now(UTC)
+    signature = "5c0ffee" * 9 + "0"
+    target = (
+        "/?Action=DescribeVolumes&Filter.1.Name=tag:Name&Filter.1.Value.1=café"
+        "&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        f"&X-Amz-Credential=AKIDEXAMPLE%2F{now:%Y%m%d}%2Fus-east-1%2Fec2%2Faws4_request"
+        f"&X-Amz-Date={now:%Y%m%dT%H%M%SZ}&X-Amz-SignedHeaders=host&X-Amz-Signature={signature}"
+    )
+    assert exchange(json_server, "GET", target).status == 400
+
+    def logged() -> list[dict[str, Any]] | None:
+        entries = [json.loads(line) for line in json_server.log_path.read_text().splitlines()]
+        return entries if any(e["logger"] == "aiohttp.server" for e in entries) else None
+
+    entries = poll(logged, timeout=10)
+    text = json_server.log_path.read_text()
+    assert signature not in text and "AKIDEXAMPLE%2F" not in text
+    (refused,) = [e for e in entries if e["logger"] == "aiohttp.server"]
+    assert "X-Amz-Signature=<redacted>" in refused["exception"]

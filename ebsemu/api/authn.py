@@ -16,6 +16,7 @@ from aiohttp import web
 from ebsemu import errors
 from ebsemu.api.auth import prepare_request
 from ebsemu.api.signing import signing_region
+from ebsemu.service.accounts import ACCESS_KEY_ID
 
 # (account id, secret) of an access key id, or None when no account holds it.
 KeyLookup = Callable[[str], Awaitable[tuple[str, str] | None]]
@@ -26,6 +27,19 @@ class Caller:
     account_id: str
     access_key_id: str | None  # None when authentication is off
     region: str | None  # the SigV4 signing region; None for SigV2
+
+
+def check_target(raw_target: str) -> None:
+    """InvalidRequest for a request target holding a literal `#`.
+
+    The signature covers the whole target as received, but aiohttp takes a `#` for the start
+    of a fragment and leaves what follows out of the parameters the handler reads: a
+    parameter moved behind one (DryRun=true) would be verified and never acted on. Clients
+    send `#` percent-encoded."""
+    if "#" in raw_target:
+        raise errors.InvalidRequest(
+            "The request target must not contain a literal '#': encode it as %23."
+        )
 
 
 class Authenticator:
@@ -52,6 +66,7 @@ class Authenticator:
 
         ``body_bound_by``: signed headers that bind an UNSIGNED-PAYLOAD body on their own
         (the body's checksum, which the caller then checks against the body)."""
+        check_target(request.raw_path)
         if not self.enabled:
             region = signing_region(request.headers, dict(request.query))
             return Caller(self._default_account, None, region)
@@ -66,7 +81,10 @@ class Authenticator:
             host_header=request.host,
             services=self._services,
         )
-        found = await self._lookup(signed.access_key_id)
+        key_id = signed.access_key_id
+        # One no account can hold (undecodable bytes, a NUL: stores cannot even take it as a
+        # query parameter) is unknown without a look-up.
+        found = await self._lookup(key_id) if ACCESS_KEY_ID.fullmatch(key_id) else None
         verified = signed.verify(found[1] if found is not None else None)
         assert found is not None  # verify() refuses an unknown key
         bound = bool(body_bound_by) and verified.signed_headers.issuperset(body_bound_by)

@@ -38,11 +38,39 @@ def error_response(exc: errors.ApiError, request_id: str) -> web.Response:
     )
 
 
-async def _body(request: web.Request) -> bytes:
+class ClientGone(Exception):
+    """The client closed the connection before its request's body had arrived."""
+
+
+# What the access log shows for a request whose client went away (nginx's code): the answer
+# is never sent.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, decoded as its Content-Encoding says.
+
+    InvalidRequest for a body too large or that does not decode; ClientGone when the client
+    hung up before sending all of it."""
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise errors.InvalidRequest("The request body is too large.") from None
+    except web.RequestPayloadError:
+        # The stream holds the error: once the answer is sent aiohttp would read the rest of
+        # the body again (and log the error); the connection is past use.
+        request.content.feed_eof()
+        request.protocol.close()
+        raise errors.InvalidRequest(
+            "The request body could not be decoded (is its Content-Encoding right?)."
+        ) from None
+    except ConnectionResetError:
+        raise ClientGone() from None
+
+
+def client_gone(request_id: str, account: str, action: str) -> web.Response:
+    log.info("request %s %s %s: the client closed the connection", request_id, account, action)
+    return web.Response(status=CLIENT_CLOSED_REQUEST)
 
 
 def _pairs(request: web.Request, body: bytes) -> list[tuple[str, str]]:
@@ -77,7 +105,7 @@ async def handle_ec2(request: web.Request) -> web.Response:
     action = "-"
     account = "-"
     try:
-        body = await _body(request)
+        body = await read_body(request)
         caller = await _authenticated(request, body)
         account = f"{caller.account_id}:{caller.access_key_id or '-'}"  # who, by which key
         pairs = _pairs(request, body)
@@ -113,6 +141,8 @@ async def handle_ec2(request: web.Request) -> web.Response:
         )
         set_outcome(request, action, exc.code)
         return error_response(exc, request_id)
+    except ClientGone:
+        return client_gone(request_id, account, action[:64])  # not counted: no answer
     except Exception:
         log.exception("request %s %s %s -> 500 InternalError", request_id, account, action[:64])
         set_outcome(request, action, errors.InternalError.code)

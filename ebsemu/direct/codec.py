@@ -144,6 +144,10 @@ def parse_request(
             raise errors.ValidationException(
                 "The request body is not valid JSON.", "INVALID_PARAMETER_VALUE"
             ) from None
+        except RecursionError:  # the decoder recurses once per level of nesting
+            raise errors.ValidationException(
+                "The request body is nested too deeply.", "INVALID_PARAMETER_VALUE"
+            ) from None
         if not isinstance(loaded, dict):
             raise errors.ValidationException(
                 "The request body must be a JSON object.", "INVALID_PARAMETER_VALUE"

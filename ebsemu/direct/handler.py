@@ -8,14 +8,14 @@ the caller's request rate, then the parameters. Errors are rest-json: the code i
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from ebsemu import errors
-from ebsemu.api.authn import Authenticator
-from ebsemu.api.handler import LIMITER_KEY, SERVICES_KEY
+from ebsemu.api.authn import Authenticator, check_target
+from ebsemu.api.handler import LIMITER_KEY, SERVICES_KEY, ClientGone, client_gone, read_body
+from ebsemu.api.request_context import request_id as request_id_of
 from ebsemu.direct import codec
 from ebsemu.direct.operations import OPERATIONS
 from ebsemu.direct.service import DirectService
@@ -60,15 +60,6 @@ def reply(answer: codec.Reply, request_id: str) -> web.Response:
     )
 
 
-async def _body(request: web.Request) -> bytes:
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise errors.ValidationException(
-            "The request body is too large.", "INVALID_PARAMETER_VALUE"
-        ) from None
-
-
 def _signed(request: web.Request) -> bool:
     """Whether the request carries a SigV4 signature at all (header or presigned query)."""
     return "Authorization" in request.headers or "X-Amz-Signature" in request.query
@@ -84,11 +75,12 @@ def view(name: str) -> View:
     bound_by = ("x-amz-checksum",) if payload is not None else ()
 
     async def handle(request: web.Request) -> web.Response:
-        request_id = str(uuid.uuid4())
+        request_id = request_id_of(request)
         account = "-"
         try:
-            body = await _body(request)
+            body = await read_body(request)  # its errors are translated below
             authenticator = request.app[DIRECT_AUTH_KEY]
+            check_target(request.raw_path)  # before _signed() reads the query as aiohttp does
             if authenticator.enabled and not _signed(request):
                 raise errors.MissingAuthenticationTokenException()
             caller = await authenticator.caller(request, body, body_bound_by=bound_by)
@@ -117,6 +109,8 @@ def view(name: str) -> View:
                 exc.message,
             )
             return reply(codec.serialize_error(exc, request_id), request_id)
+        except ClientGone:
+            return client_gone(request_id, account, f"ebs:{name}")
         except Exception:
             log.exception(
                 "request %s %s ebs:%s -> 500 InternalServerException", request_id, account, name
@@ -132,7 +126,7 @@ def view(name: str) -> View:
 
 async def handle_unknown(request: web.Request) -> web.Response:
     """A path under /snapshots that names no operation, or a method it does not take."""
-    request_id = str(uuid.uuid4())
+    request_id = request_id_of(request)
     exc = errors.UnknownOperationException(
         f"No EBS direct API operation at {request.method} {request.path[:128]}"
     )
