@@ -89,8 +89,9 @@ class DirectWriter:
 
     async def start(self, ctx: RequestContext, req: StartRequest) -> tuple[Snapshot, DirectMeta]:
         store = self._core.store
-        if req.client_token is not None:
-            existing = await store.direct_snapshot_by_token(ctx.account_id, req.client_token)
+        token = ctx.scoped_token(req.client_token)
+        if token is not None:
+            existing = await store.direct_snapshot_by_token(ctx.account_id, token)
             if existing is not None:
                 return await self._idempotent(existing, req)
         timeout = self._checked(req)
@@ -125,7 +126,7 @@ class DirectWriter:
             snapshot_id=snapshot.id,
             owner_id=ctx.account_id,
             parent_snapshot_id=req.parent_snapshot_id,
-            client_token=req.client_token,
+            client_token=token,
             request_digest=req.digest(),
             timeout_minutes=timeout,
             last_activity=time.time(),

@@ -287,11 +287,10 @@ class VolumeService:
     async def _earlier_use(self, ctx: RequestContext, req: VolumeRequest) -> Volume | None:
         """The volume an earlier request with this ClientToken created, if any (and that
         request was this one: IdempotentParameterMismatch otherwise, or if it is gone)."""
-        if req.client_token is None:
+        token = ctx.scoped_token(req.client_token)
+        if token is None:
             return None
-        existing, retired = await self._core.store.client_token_use(
-            ctx.account_id, req.client_token
-        )
+        existing, retired = await self._core.store.client_token_use(ctx.account_id, token)
         if retired is not None:
             raise _token_mismatch(req)  # its volume was deleted and purged
         return None if existing is None else self._idempotent(existing, req)
@@ -374,7 +373,7 @@ class VolumeService:
             kms_key_id=encryption.kms_key_id,
             snapshot_id=req.snapshot_id,
             multi_attach=req.multi_attach,
-            client_token=req.client_token,
+            client_token=ctx.scoped_token(req.client_token),
             request_digest=req.digest() if req.client_token is not None else None,
             tags=dict(req.tags),
             lineage=volume_id if snapshot is None else await lineage.of(store, snapshot),

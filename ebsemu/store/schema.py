@@ -279,4 +279,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE volumes ADD COLUMN lineage TEXT;
     ALTER TABLE snapshots ADD COLUMN lineage TEXT;
     """,
+    # 14: a ClientToken is kept as "<region>/<token>": EC2 scopes it to the account and the
+    # region, so one token used in two regions makes a volume (a snapshot) in each. Tokens of
+    # purged volumes (retired_client_tokens) name no region and stay as they are: such a token
+    # no longer matches a retry.
+    """
+    UPDATE volumes SET client_token = region || '/' || client_token
+        WHERE client_token IS NOT NULL;
+    UPDATE direct_snapshots SET client_token = (
+        SELECT snapshots.region || '/' || direct_snapshots.client_token FROM snapshots
+        WHERE snapshots.id = direct_snapshots.snapshot_id
+    ) WHERE client_token IS NOT NULL;
+    """,
 ]
