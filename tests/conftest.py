@@ -47,6 +47,7 @@ LONG_FIRST = (
     "tests/test_bench_smoke.py",
     "tests/test_crash.py",
     "tests/test_clients_terraform.py",
+    "tests/test_clients_ansible.py",
     "guest-image",
     "libvirtd",
     "tests/test_api_cli.py",
