@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.api_support import aws_error, unique
 from tests.server import REGION, ZONE, ServerProcess
 
@@ -126,6 +128,8 @@ def run_playbook(server: ServerProcess, workdir: Path, run: str) -> dict[str, An
     return found
 
 
+# Every task starts a module process of its own and waits as the module does: about 2 minutes.
+@pytest.mark.timeout(900)
 def test_ansible_creates_finds_grows_snapshots_restores_and_deletes(
     server: ServerProcess, tmp_path: Path
 ) -> None:

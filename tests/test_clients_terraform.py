@@ -170,6 +170,9 @@ def tags_of(item: dict[str, Any]) -> dict[str, str]:
     return {tag["Key"]: tag["Value"] for tag in item.get("Tags", [])}
 
 
+# Each step waits as the provider's waiters do (10-15 s a resource), each plan refreshes every
+# resource: about 2.5 minutes on an idle machine, twice that on a busy one.
+@pytest.mark.timeout(900)
 def test_terraform_applies_reads_modifies_detects_drift_and_destroys(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -206,9 +209,6 @@ def test_terraform_applies_reads_modifies_detects_drift_and_destroys(
     )["CreateVolumePermissions"]
     assert permission == [{"UserId": PARTNER}]
 
-    # What the provider reads back is what it wrote: nothing to change.
-    terraform("plan", "-detailed-exitcode", *first)
-
     # Grown and faster, in place (ModifyVolume, then the provider waits for it).
     second = terraform.variables(data_size=3, data_throughput=250)
     applied = terraform("apply", "-auto-approve", *second)
@@ -217,6 +217,7 @@ def test_terraform_applies_reads_modifies_detects_drift_and_destroys(
     assert (data["Size"], data["Throughput"]) == (3, 250)
     [change] = ec2.describe_volumes_modifications(VolumeIds=[ids["data"]])["VolumesModifications"]
     assert (change["OriginalSize"], change["TargetSize"]) == (2, 3)
+    # What the provider reads back is what it wrote: nothing to change.
     terraform("plan", "-detailed-exitcode", *second)
 
     # A tag removed outside Terraform is drift its next plan shows (exit code 2).
