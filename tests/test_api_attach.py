@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ VMS = {
     "tiny": (VMM_A, 1),  # one hot-plug port only
     "spare": (VMM_A, 0),  # one more instance, so that DescribeInstances has pages of 5
     "doomed": (VMM_A, 2),  # SIGKILLed by the termination test
+    "frozen": (VMM_A, 2),  # SIGSTOPped for a while, then continued
     "gone-kill": (VMM_A, 2),  # SIGKILLed, then a volume is detached from it
     "gone-term": (VMM_A, 2),  # shut down (SIGTERM), then a volume is force-detached
     "far": (VMM_B, 2),  # the other zone
@@ -674,6 +676,39 @@ def test_killed_vm_becomes_terminated_and_releases_its_volumes_deleting_those_ma
         lab.ec2.attach_volume, VolumeId=keep, InstanceId=doomed, Device="/dev/sdf"
     )
     assert code == "IncorrectInstanceState"
+
+
+def test_a_vm_that_stops_answering_for_a_while_keeps_its_volumes(lab: Lab) -> None:
+    """A QEMU that takes no QMP connection for a while (stopped here; as well one whose QMP
+    connection another client holds) is pending, not terminated. Taking it for terminated
+    released its volumes while they were still plugged in, and deleted those marked
+    DeleteOnTermination under the running guest."""
+    frozen = lab.ids["frozen"]
+    volume_id = attach(lab, "frozen", "/dev/sdf")
+    lab.ec2.modify_instance_attribute(
+        InstanceId=frozen,
+        BlockDeviceMappings=[{"DeviceName": "/dev/sdf", "Ebs": {"DeleteOnTermination": True}}],
+    )
+    pid = lab.vms["frozen"].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        states = set()
+        until = time.monotonic() + 20  # long enough for the QMP backlog to fill
+        while time.monotonic() < until:
+            states.add(describe_instance(lab.ec2, frozen)["State"]["Name"])
+            time.sleep(1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert "terminated" not in states, states
+
+    def running() -> dict[str, Any] | None:
+        instance = describe_instance(lab.ec2, frozen)
+        return instance if instance["State"]["Name"] == "running" else None
+
+    assert [m["Ebs"]["VolumeId"] for m in poll(running)["BlockDeviceMappings"]] == [volume_id]
+    assert describe_volume(lab.ec2, volume_id)["State"] == "in-use"
+    assert_vm_holds(lab, "frozen", {volume_id: "/dev/sdf"})
+    detach(lab, volume_id)
 
 
 @pytest.mark.parametrize(("vm", "force"), [("gone-kill", False), ("gone-term", True)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from backends.vmm.errors import (
 from backends.vmm.naming import compact_serial
 from backends.vmm.qemu import QemuConfig, QemuVmm
 from backends.vmm.qmp import QmpClient, QmpConnectionError, QmpError, QmpTimeout
+from tests.api_support import poll
 from tests.vmm_fixtures import (
     QemuVm,
     new_volume_id,
@@ -286,6 +288,32 @@ def test_list_domains_reports_a_running_vm_and_a_stale_socket_as_terminated(
     with running_vm(tmp_path, "alive"):
         domains = {d.name: d.state for d in run(driver.list_domains())}
     assert domains == {"alive": DomainState.RUNNING, "gone": DomainState.TERMINATED}
+
+
+def test_a_stopped_vm_is_pending_however_often_it_is_asked_never_terminated(
+    tmp_path: Path,
+) -> None:
+    """A QEMU that takes no connection (stopped here; also one whose QMP connection another
+    client holds) fills its one-connection backlog: the next connects fail with EAGAIN, which
+    used to read as a domain gone, and the API then released (and deleted) volumes still
+    plugged into a running guest."""
+    driver = vmm(tmp_path, connect_timeout=0.3)
+    with running_vm(tmp_path, "frozen") as vm:
+        os.kill(vm.pid, signal.SIGSTOP)
+        try:
+            seen = [{d.name: d.state for d in run(driver.list_domains())} for _ in range(4)]
+            with pytest.raises(VmmError) as raised:
+                run(driver.list_attached("frozen"))
+            assert not isinstance(raised.value, DomainNotFound)
+        finally:
+            os.kill(vm.pid, signal.SIGCONT)
+        assert seen == [{"frozen": DomainState.PENDING}] * 4
+
+        def running() -> bool | None:
+            states = {d.name: d.state for d in run(driver.list_domains())}
+            return True if states == {"frozen": DomainState.RUNNING} else None
+
+        poll(running, timeout=20)
 
 
 def test_detach_from_a_vanished_vm_raises_unless_forced(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ from backends.vmm.errors import (
 )
 from backends.vmm.locks import DomainLocks
 from backends.vmm.naming import check_volume_id, compact_serial, device_basename
-from backends.vmm.qmp import QmpClient, QmpConnectionError, QmpError, QmpTimeout
+from backends.vmm.qmp import QmpClient, QmpConnectionError, QmpError, QmpGone, QmpTimeout
 from hostcmds import CommandRunner, CommandTemplates
 from hostcmds.runner import mask
 
@@ -350,8 +350,8 @@ class QemuVmm:
                 raise DomainNotFound(f"no QMP socket for domain {domain} at {path}")
             try:
                 qmp = await QmpClient.connect(path, timeout=self._config.connect_timeout)
-            except QmpConnectionError as exc:
-                raise DomainNotFound(f"domain {domain} does not answer: {exc}") from exc
+            except QmpGone as exc:
+                raise DomainNotFound(f"domain {domain} is gone: {exc}") from exc
             async with qmp:
                 yield qmp
 
@@ -366,7 +366,9 @@ class QemuVmm:
                 status = await self._execute(qmp, "query-status")
         except DomainNotFound:
             return DomainState.TERMINATED
-        except (QmpTimeout, QmpError) as exc:
+        except (QmpTimeout, QmpError, QmpConnectionError) as exc:
+            # There, but not answering now (stopped, or another client holds its one QMP
+            # connection): never taken for terminated, which releases the volumes.
             log.warning("%s: state unknown (%s); reported as pending", domain, exc)
             return DomainState.PENDING
         return RUN_STATES.get(str(status.get("status")), DomainState.PENDING)

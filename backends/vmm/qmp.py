@@ -44,6 +44,12 @@ class QmpConnectionError(VmmError):
     """The QMP socket cannot be reached, or the connection broke."""
 
 
+class QmpGone(QmpConnectionError):
+    """No QEMU listens on the QMP socket: it is not there, or nothing accepts on it (the QEMU
+    that made it has exited). A QEMU that is there but takes no connection now (stopped,
+    busy, its one-connection backlog full) is a QmpConnectionError or a QmpTimeout."""
+
+
 class QmpTimeout(VmmError):
     """QEMU did not answer in time."""
 
@@ -69,7 +75,11 @@ class QmpClient:
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
-        except (OSError, TimeoutError) as exc:
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise QmpGone(f"no QEMU listens on QMP socket {path}: {exc}") from exc
+        except TimeoutError:
+            raise QmpTimeout(f"QMP socket {path} took no connection in {timeout:g} s") from None
+        except OSError as exc:  # EAGAIN: its backlog is full (a stopped or busy QEMU)
             raise QmpConnectionError(f"cannot connect to QMP socket {path}: {exc}") from exc
         client = cls(reader, writer, path.name)
         try:
