@@ -634,6 +634,58 @@ def test_delete_on_termination_set_by_modify_instance_attribute_shows_in_both_de
     detach(lab, volume_id)
 
 
+def test_modify_instance_attribute_changes_every_mapping_or_none(lab: Lab) -> None:
+    web = lab.ids["web"]
+    volume_id = attach(lab, "web", "xvdg")
+
+    def delete_on_termination() -> bool:
+        return bool(mappings(lab.ec2, web)[volume_id]["Ebs"]["DeleteOnTermination"])
+
+    assert delete_on_termination() is False
+    code, message, _ = aws_error(
+        lab.ec2.modify_instance_attribute,
+        InstanceId=web,
+        BlockDeviceMappings=[
+            {"DeviceName": "xvdg", "Ebs": {"DeleteOnTermination": True}},
+            {"DeviceName": "/dev/sdz", "Ebs": {"DeleteOnTermination": True}},
+        ],
+    )
+    assert code == "InvalidParameterValue" and "/dev/sdz" in message
+    assert delete_on_termination() is False  # the first mapping was not applied either
+    # xvdg is /dev/xvdg: the same attachment point, however it is written.
+    lab.ec2.modify_instance_attribute(
+        InstanceId=web,
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvdg", "Ebs": {"DeleteOnTermination": True}}],
+    )
+    assert delete_on_termination() is True
+    other = new_volume(lab.ec2)
+    code, _, _ = aws_error(
+        lab.ec2.attach_volume, VolumeId=other, InstanceId=web, Device="/dev/xvdg"
+    )
+    assert code == "InvalidParameterValue"  # refused at once, not rolled back later
+    assert describe_volume(lab.ec2, other)["State"] == "available"
+    lab.ec2.modify_instance_attribute(
+        InstanceId=web,
+        BlockDeviceMappings=[{"DeviceName": "xvdg", "Ebs": {"DeleteOnTermination": False}}],
+    )
+    lab.ec2.detach_volume(VolumeId=volume_id, Device="xvdg")
+    wait_available(lab, volume_id)
+
+
+def test_a_multi_attach_volume_attached_once_is_refused_a_second_instance_saying_why(
+    lab: Lab,
+) -> None:
+    volume_id = new_volume(lab.ec2, VolumeType="io2", Iops=100, Size=4, MultiAttachEnabled=True)
+    lab.ec2.attach_volume(VolumeId=volume_id, InstanceId=lab.ids["web"], Device="/dev/sdh")
+    wait_attached(lab, volume_id)
+    code, message, status = aws_error(
+        lab.ec2.attach_volume, VolumeId=volume_id, InstanceId=lab.ids["spare"], Device="/dev/sdf"
+    )
+    assert (code, status) == ("UnsupportedOperation", 400)
+    assert "Multi-Attach" in message and "one instance at a time" in message
+    detach(lab, volume_id)
+
+
 # ---- VMs that end ---------------------------------------------------------------------------
 
 

@@ -212,15 +212,15 @@ async def modify_instance_attribute(svc: Services, ctx: RequestContext, p: Param
         raise errors.UnsupportedOperation(
             "Only BlockDeviceMappings (Ebs.DeleteOnTermination) can be modified here."
         )
+    values: dict[str, bool] = {}
     for mapping in mappings:
         ebs = mapping.get("Ebs") or {}
         if "DeviceName" not in mapping or "DeleteOnTermination" not in ebs:
             raise errors.MissingParameter(
                 "Each block device mapping needs DeviceName and Ebs.DeleteOnTermination"
             )
-        await svc.attachments.set_delete_on_termination(
-            ctx, p["InstanceId"], mapping["DeviceName"], ebs["DeleteOnTermination"]
-        )
+        values[mapping["DeviceName"]] = ebs["DeleteOnTermination"]
+    await svc.attachments.set_delete_on_termination(ctx, p["InstanceId"], values)
     return {}
 
 

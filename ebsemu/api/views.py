@@ -6,7 +6,15 @@ import hashlib
 from typing import Any
 
 from ebsemu.config import Zone
-from ebsemu.model import Attachment, Instance, Snapshot, SnapshotState, TagRecord, Volume
+from ebsemu.model import (
+    Attachment,
+    AttachmentState,
+    Instance,
+    Snapshot,
+    SnapshotState,
+    TagRecord,
+    Volume,
+)
 from ebsemu.service.instances import STATE_CODES
 
 
@@ -49,6 +57,12 @@ def attachment_view(attachment: Attachment) -> dict[str, Any]:
     }
 
 
+def _mapping_status(state: AttachmentState) -> str:
+    """An instance's block device mapping knows no `busy` (a volume's attachment does): the
+    volume is still attached."""
+    return AttachmentState.ATTACHED.value if state is AttachmentState.BUSY else state.value
+
+
 def reservation_view(instance: Instance, attachments: list[Attachment]) -> dict[str, Any]:
     """One reservation per instance: VMM domains are not launched in groups."""
     reservation = hashlib.sha256(instance.id.encode()).hexdigest()[:17]
@@ -70,7 +84,7 @@ def reservation_view(instance: Instance, attachments: list[Attachment]) -> dict[
                         "Ebs": {
                             "AttachTime": a.attach_time,
                             "DeleteOnTermination": a.delete_on_termination,
-                            "Status": a.state.value,
+                            "Status": _mapping_status(a.state),
                             "VolumeId": a.volume_id,
                         },
                     }

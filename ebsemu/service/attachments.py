@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from backends.base import AttachSpec, VmmBackend
@@ -44,6 +45,18 @@ def vmm_device(device: str) -> str:
     """The device name as the VMM drivers take it: EC2 also accepts Windows-style names
     without /dev/ (xvdg), which the drivers know as /dev/xvdg."""
     return device if device.startswith("/dev/") else f"/dev/{device}"
+
+
+def _mapped_at(attachments: Iterable[Attachment], device: str) -> Attachment | None:
+    """The attachment at ``device``, however it is written (xvdg is /dev/xvdg)."""
+    wanted = vmm_device(device)
+    return next((a for a in attachments if vmm_device(a.device) == wanted), None)
+
+
+def _not_mapped(instance_id: str, device: str) -> errors.ApiError:
+    return errors.InvalidParameterValue(
+        f"No device is currently mapped at {device[:64]} on {instance_id}"
+    )
 
 
 class AttachmentService:
@@ -83,6 +96,11 @@ class AttachmentService:
         store = self._core.store
         async with self._core.locks.hold(volume_id), self._core.locks.hold(instance_id):
             volume = await self._volumes.get(ctx, volume_id)
+            if volume.state is VolumeState.IN_USE and volume.multi_attach:
+                raise errors.UnsupportedOperation(
+                    f"{volume_id} has Multi-Attach enabled, but this server attaches a volume "
+                    "to one instance at a time."
+                )
             if volume.state is VolumeState.IN_USE:
                 raise errors.VolumeInUse(f"{volume_id} is already attached to an instance")
             if volume.state is not VolumeState.AVAILABLE:
@@ -90,7 +108,7 @@ class AttachmentService:
                     f"The volume '{volume_id}' is '{volume.state.value}' and cannot be attached."
                 )
             current = (await store.attachments_of_instances([instance_id])).get(instance_id, [])
-            if any(a.device == device for a in current):
+            if _mapped_at(current, device) is not None:
                 raise errors.InvalidParameterValue(f"Attachment point {device} is already in use")
             limit = self._core.config.max_attachments_per_instance
             if len(current) >= limit:
@@ -103,7 +121,7 @@ class AttachmentService:
             if not await store.begin_attach(attachment):
                 # Another server sharing the database may have taken the device meanwhile.
                 now = (await store.attachments_of_instances([instance_id])).get(instance_id, [])
-                if any(a.device == device for a in now):
+                if _mapped_at(now, device) is not None:
                     raise errors.InvalidParameterValue(
                         f"Attachment point {device} is already in use"
                     )
@@ -159,13 +177,22 @@ class AttachmentService:
         return attachment
 
     async def set_delete_on_termination(
-        self, ctx: RequestContext, instance_id: str, device: str, value: bool
+        self, ctx: RequestContext, instance_id: str, values: Mapping[str, bool]
     ) -> None:
+        """DeleteOnTermination of the volumes mapped at these devices: all of them, or none
+        when one device has no volume."""
         await self._instances.get(ctx, instance_id)
-        if not await self._core.store.set_delete_on_termination(instance_id, device, value):
-            raise errors.InvalidParameterValue(
-                f"No device is currently mapped at {device[:64]} on {instance_id}"
-            )
+        store = self._core.store
+        current = (await store.attachments_of_instances([instance_id])).get(instance_id, [])
+        mapped: dict[str, bool] = {}
+        for device, value in values.items():
+            attachment = _mapped_at(current, device)
+            if attachment is None:
+                raise _not_mapped(instance_id, device)
+            mapped[attachment.device] = value
+        for device, value in mapped.items():
+            if not await store.set_delete_on_termination(instance_id, device, value):
+                raise _not_mapped(instance_id, device)  # detached meanwhile
 
     # ---- jobs ----------------------------------------------------------------------------
 
