@@ -5,6 +5,7 @@ checked on the host itself, through its runner (local or SSH)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 
 from backends.errors import SetupError
@@ -29,9 +30,14 @@ async def check(config: Config) -> list[tuple[str, str | None]]:
     checks.append(
         (f"blockstore ({describe(config)})", lambda: asyncio.to_thread(blocks.check_setup))
     )
-    vmms = hosts.build_vmms(config, runner, templates)
-    for host in config.vmm_hosts:
-        checks.append((f"vmm {host.name} ({host.driver}, {host.url})", vmms[host.name].check_setup))
+    try:
+        vmms = hosts.build_vmms(config, runner, templates)
+    except SetupError as exc:  # a [vmm …] section the drivers refuse: one FAIL line for it
+        checks.append(("vmm hosts", functools.partial(_refused, exc)))
+    else:
+        for host in config.vmm_hosts:
+            name = f"vmm {host.name} ({host.driver}, {host.url})"
+            checks.append((name, vmms[host.name].check_setup))
     results: list[tuple[str, str | None]] = []
     for name, probe in checks:
         try:
@@ -41,6 +47,10 @@ async def check(config: Config) -> list[tuple[str, str | None]]:
         else:
             results.append((name, None))
     return results
+
+
+async def _refused(exc: SetupError) -> None:
+    raise exc
 
 
 def run(config: Config) -> int:

@@ -114,7 +114,9 @@ def _serve(cfg: config.Config, *, no_auth: bool) -> int:
             shutdown_timeout=15,
             access_log_class=AccessLogger,
         )
-    except (SetupError, AccountError) as exc:
+    except (SetupError, AccountError, OSError) as exc:
+        # OSError: the address cannot be had (in use, not this host's), or the data
+        # directory cannot be made (a file is in its place, no permission).
         logging.getLogger("ebsemu").error("cannot start: %s", exc)
         return 1
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 DEFAULT_ACCOUNT_ID = "000000000000"
 ACCOUNT_ID = re.compile(r"[0-9]{12}")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,16 @@ class Config:
         _check_store(self)
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
+            )
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be from 1 to 65535, not {self.port}")
+        if min(self.max_volumes, self.max_snapshots, self.max_attachments_per_instance) < 1:
+            raise ValueError(
+                "max_volumes, max_snapshots and max_attachments_per_instance must be >= 1"
+            )
         if self.modification_cooldown_seconds < 0 or self.modification_optimizing_seconds < 0:
             raise ValueError("modification_*_seconds must be >= 0")
 

@@ -46,6 +46,7 @@ _SECRETS = re.compile(
     r"(signature|credential|security-token|awsaccesskeyid)=[^&\s,;'\"]+", re.IGNORECASE
 )
 REDACTED = "<redacted>"
+QUIET_BELOW_INFO = ("aiosqlite", "asyncpg")
 
 
 def _holds_secret(text: str) -> bool:
@@ -149,3 +150,7 @@ def configure(level: str, log_format: str = "text", stream: TextIO | None = None
     handler.addFilter(RedactSecrets())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
+    # Database drivers log each statement with its parameters at DEBUG: access keys' secrets
+    # among them. Their DEBUG lines are never ours to show.
+    for driver in QUIET_BELOW_INFO:
+        logging.getLogger(driver).setLevel(max(logging.INFO, logging.getLogger().level))

@@ -45,3 +45,14 @@ def test_check_host_passes_when_every_host_is_ready(tmp_path: Path) -> None:
         f"ok   blockstore (local, {tmp_path / 'data' / 'blocks'})",
         "ok   vmm kvm1 (qemu, local)",
     ]
+
+
+def test_check_host_reports_a_vmm_section_its_driver_refuses_and_checks_the_rest(
+    tmp_path: Path,
+) -> None:
+    result = _check_host(tmp_path, "[vmm kvm1]\ndriver = qemu\nzone = us-east-1a\nbogus = 1\n")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "ok   storage (file)"
+    assert lines[2].startswith("FAIL vmm hosts: ") and "bogus" in lines[2]
