@@ -22,7 +22,7 @@ from ebsemu.api.ratelimit import RateLimiter
 from ebsemu.api.request_context import request_context
 from ebsemu.block_stores import build_block_store, metrics_refresh_seconds
 from ebsemu.config import Config
-from ebsemu.credentials import endpoint_url, save_default_key
+from ebsemu.credentials import endpoint_url, replaced_configured_key, save_default_key
 from ebsemu.direct import routes as direct_routes
 from ebsemu.keyvault import KeyVault
 from ebsemu.private_files import private_dir
@@ -123,7 +123,10 @@ async def _default_account(
 ) -> None:
     """The default account and its key; a generated key is shown once, on standard output
     (never in the log), and kept in the data directory. AccountError for a bad key pair."""
-    generated = await accounts.ensure_default(config.account_id, configured_key(config, environ))
+    configured = configured_key(config, environ)
+    generated = await accounts.ensure_default(config.account_id, configured)
+    if configured is not None:
+        await _retire_replaced_key(config, accounts, configured[0].access_key_id)
     if generated is None:
         return
     path, snippet = save_default_key(config, generated)
@@ -132,6 +135,21 @@ async def _default_account(
         "\nebsemu generated an access key for the default account; it is shown only now and\n"
         f"kept in {path}. A ready AWS CLI / boto3 profile:\n\n{snippet}\n"
     )
+
+
+async def _retire_replaced_key(config: Config, accounts: AccountService, key_id: str) -> None:
+    """A key pair given in the environment or [auth] replaces the one given there before: that
+    one stops working, once the new one is in place (keys added with `ebsemu accounts` and a
+    generated key stay)."""
+    previous = replaced_configured_key(config, key_id)
+    if previous is None:
+        return
+    owner = await accounts.key(previous)
+    if owner is not None and owner[0] == config.account_id:
+        await accounts.remove_key(previous)
+        log.warning(
+            "access key %s, configured before, is removed: %s replaces it", previous, key_id
+        )
 
 
 async def _maintenance(core: Core) -> None:

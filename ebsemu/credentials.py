@@ -9,6 +9,8 @@ from ebsemu.private_files import write_private
 from ebsemu.service.accounts import KeyPair
 
 CREDENTIALS_FILE = "credentials"
+# The id (never the secret) of the key pair the environment or [auth] gave the last start.
+CONFIGURED_KEY_FILE = "configured-key"
 _ANY_ADDRESS = {"0.0.0.0", "::", ""}
 
 
@@ -48,3 +50,16 @@ def save_default_key(config: Config, pair: KeyPair) -> tuple[Path, str]:
     path = config.data_dir / CREDENTIALS_FILE
     write_private(path, snippet)
     return path, snippet
+
+
+def replaced_configured_key(config: Config, key_id: str) -> str | None:
+    """Record ``key_id`` as the configured key pair's; the id recorded before, when it
+    differs (the key this one replaces)."""
+    record = config.data_dir / CONFIGURED_KEY_FILE
+    try:
+        previous = record.read_text(encoding="ascii").strip() or None
+    except FileNotFoundError:
+        previous = None
+    if previous != key_id:
+        write_private(record, f"{key_id}\n")
+    return previous if previous != key_id else None

@@ -228,6 +228,35 @@ def test_default_key_from_the_configuration_is_used_when_the_environment_has_non
     assert "s3cr3t-cfg" not in proc.log_path.read_text(errors="replace")
 
 
+def test_a_key_pair_given_in_place_of_another_replaces_it_and_other_keys_stay(
+    tmp_path: Path,
+) -> None:
+    """Rotating the environment's key pair must revoke the old one: it stayed valid."""
+    first, second = ("AKIDROTATEFIRST", "secret-one"), ("AKIDROTATESECOND", "secret-two")
+    proc = ServerProcess(
+        tmp_path / "data",
+        TEST_CONFIG,
+        env={"EBSEMU_ACCESS_KEY_ID": first[0], "EBSEMU_SECRET_ACCESS_KEY": first[1]},
+    )
+    proc.start()
+    try:
+        added = accounts(proc, "add-key", DEFAULT_ACCOUNT)
+        kept = (added["AccessKeyId"], added["SecretAccessKey"])
+        proc.stop()
+        proc.env.update(EBSEMU_ACCESS_KEY_ID=second[0], EBSEMU_SECRET_ACCESS_KEY=second[1])
+        proc.start()
+        client(proc, second).describe_volumes()
+        client(proc, kept).describe_volumes()  # added on the command line: not replaced
+        code, _, status = aws_error(client(proc, first).describe_volumes)
+        assert (code, status) == ("AuthFailure", 401)
+        proc.restart()  # the same pair again: nothing more is removed
+        client(proc, second).describe_volumes()
+    finally:
+        proc.stop()
+    assert (proc.data_dir / "configured-key").read_text() == f"{second[0]}\n"
+    assert mode(proc.data_dir / "configured-key") == 0o600
+
+
 def test_half_a_key_pair_in_the_environment_stops_the_server_with_a_clear_message(
     tmp_path: Path,
 ) -> None:

@@ -130,6 +130,7 @@ class AccountService:
     async def remove_key(self, access_key_id: str) -> None:
         if not await self._store.delete_access_key(access_key_id):
             raise AccountError(f"there is no access key {access_key_id[:128]}")
+        self._cache.pop(access_key_id, None)  # at once in this process (others: cache_seconds)
         log.info("access key %s removed", access_key_id[:128])
 
     async def key(self, access_key_id: str) -> tuple[str, str] | None:
