@@ -212,12 +212,78 @@ def load(path: Path | None, **overrides: object) -> Config:
         parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep hostcmd keys' case
         with path.open(encoding="utf-8") as handle:
             parser.read_file(handle)
-        values.update(_from_parser(parser, path.parent))
+        try:
+            values.update(_from_parser(parser, path.parent))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     values.update({key: value for key, value in overrides.items() if value is not None})
     return Config(**values)  # type: ignore[arg-type]  # keys come from the known option tables
 
 
+# The options of the sections read here, whole. [storage], [export], [blockstore] and the
+# [vmm …], [storage …] and [hostcmds …] sections hand their options on to what they configure.
+SECTION_OPTIONS: dict[str, frozenset[str]] = {
+    "server": frozenset(
+        {
+            "host",
+            "port",
+            "log_level",
+            "log_format",
+            "default_region",
+            "account_id",
+            "metrics",
+            "data_dir",
+            "deleted_visible_seconds",
+            "ebs_timeout_minute_seconds",
+            "tls_cert",
+            "tls_key",
+        }
+    ),
+    "limits": frozenset(
+        {
+            "max_volumes",
+            "max_snapshots",
+            "max_attachments_per_instance",
+            "max_request_bytes",
+            "request_burst",
+            "requests_per_second",
+            "modification_cooldown_seconds",
+            "modification_optimizing_seconds",
+        }
+    ),
+    "auth": frozenset({"access_key_id", "secret_access_key"}),
+    "store": frozenset({"backend", "dsn", "instance_id", "job_lease_seconds"}),
+    "region": frozenset({"zones"}),
+}
+OTHER_SECTIONS = frozenset({"storage", "export", "blockstore", "vmm", "hostcmds"})
+NAMED_SECTIONS = frozenset({"region", "vmm", "hostcmds"})  # [storage] and [storage NAME] both
+
+
+def _check_names(parser: configparser.ConfigParser) -> None:
+    """ValueError for a section or an option nothing reads: a typo there would otherwise
+    leave its setting at the default without a word."""
+    defaults = set(parser.defaults())
+    for section in parser.sections():
+        kind = section.split(None, 1)[0]
+        if kind not in SECTION_OPTIONS and kind not in OTHER_SECTIONS:
+            raise ValueError(f"unknown section [{section}]")
+        named = " " in section.strip()
+        if kind in NAMED_SECTIONS and not named:
+            raise ValueError(f"section [{section}] needs a name: [{kind} NAME]")
+        if kind not in NAMED_SECTIONS and kind != "storage" and named:
+            raise ValueError(f"section [{section}] takes no name: [{kind}]")
+        known = SECTION_OPTIONS.get(kind)
+        if known is None:
+            continue
+        unknown = sorted(set(parser[section]) - known - defaults)
+        if unknown:
+            raise ValueError(
+                f"[{section}] has no option {unknown[0]!r} (it has {', '.join(sorted(known))})"
+            )
+
+
 def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, object]:
+    _check_names(parser)
     values: dict[str, object] = {}
     if parser.has_section("server"):
         server = parser["server"]

@@ -104,3 +104,33 @@ def test_blockstore_section_names_the_backend_and_its_options(tmp_path: Path) ->
         "user": "ebs",
     }
     assert config.load(None).blockstore_backend == "local"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[serverr]\nport = 1\n", "unknown section [serverr]"),
+        ("[server]\nprot = 9000\n", "[server] has no option 'prot'"),
+        ("[limits]\nmax_volume = 5\n", "[limits] has no option 'max_volume'"),
+        ("[store]\ndns = postgresql://x/y\n", "[store] has no option 'dns'"),
+        ("[auth]\naccess_key = AKIDX\n", "[auth] has no option 'access_key'"),
+        ("[region us-east-1]\nzone = us-east-1a\n", "[region us-east-1] has no option 'zone'"),
+        ("[region]\nzones = us-east-1a\n", "section [region] needs a name"),
+        ("[server main]\nport = 1\n", "section [server main] takes no name"),
+    ],
+)
+def test_a_section_or_option_nothing_reads_is_a_configuration_error(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    """A typo used to leave its setting at the default without a word."""
+    path = tmp_path / "c.ini"
+    path.write_text(text)
+    with pytest.raises(ValueError) as raised:
+        config.load(path)
+    assert str(raised.value).startswith(f"{path}: ") and says in str(raised.value)
+
+
+def test_options_of_the_default_section_are_not_taken_for_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "c.ini"
+    path.write_text("[DEFAULT]\nlog_level = DEBUG\n[server]\nport = 9000\n")
+    assert config.load(path).port == 9000
