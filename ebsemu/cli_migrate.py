@@ -9,7 +9,9 @@ import asyncio
 import sys
 from pathlib import Path
 
+from ebsemu.cli_reconcile import EXIT_BUSY
 from ebsemu.config import Config
+from ebsemu.runlock import DataDirBusy, DataDirLock
 from ebsemu.store.backends import store_errors
 
 
@@ -32,6 +34,18 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print("ebsemu migrate: --to must be a postgresql://… DSN", file=sys.stderr)
         return 2
     path = Path(source.removeprefix("sqlite:"))
+    # A server at work on the database would write rows the copy misses: it must be stopped,
+    # and none may start until the copy is done.
+    lock = DataDirLock(path.parent)
+    if path.exists():
+        try:
+            lock.acquire()
+        except DataDirBusy:
+            print(
+                f"ebsemu migrate: a server is running on {path.parent}; stop it first.",
+                file=sys.stderr,
+            )
+            return EXIT_BUSY
     try:
         copied = asyncio.run(copy_sqlite_to_postgres(path, target))
     except CopyError as exc:
@@ -40,6 +54,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except store_errors() as exc:
         print(f"ebsemu migrate: cannot use the databases: {exc}", file=sys.stderr)
         return 1
+    finally:
+        lock.release()
     for entry in copied:
         print(f"{entry.table}: {entry.rows} rows")
     print(f"copied {path} to {redact_dsn(target)}: {len(copied)} tables, counts verified")

@@ -103,3 +103,19 @@ def test_a_database_postgresql_refuses_is_a_clear_error_of_the_cli_not_a_traceba
     assert "ebsemu migrate: cannot use the databases: " in migrated.stderr
     assert "does not exist" in migrated.stderr and "Traceback" not in migrated.stderr
     assert PASSWORD not in listed.stderr + migrated.stderr
+
+
+def test_migrate_refuses_while_a_server_holds_the_data_directory(tmp_path: Path) -> None:
+    """Rows a running server writes during the copy would be missing from PostgreSQL."""
+    proc = ServerProcess(tmp_path / "data", TEST_CONFIG, store_dsn="")
+    proc.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ebsemu", "migrate", "--data-dir", str(proc.data_dir),
+             "--to", "postgresql://nobody:hidden@127.0.0.1:1/none"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        proc.stop()
+    assert done.returncode == 3, done.stderr
+    assert "a server is running on" in done.stderr and "Traceback" not in done.stderr
