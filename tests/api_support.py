@@ -99,6 +99,16 @@ def volume_state(ec2: Any, volume_id: str) -> str:
     return state
 
 
+def deleted(ec2: Any, volume_id: str) -> bool:
+    """Whether the volume is deleted: `deleted` for a short while, then InvalidVolume.NotFound."""
+    try:
+        return volume_state(ec2, volume_id) == "deleted"
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "InvalidVolume.NotFound":
+            raise
+        return True
+
+
 def ids(items: list[dict[str, Any]], key: str) -> list[str]:
     return [item[key] for item in items]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.api_support import aws_error, unique
+from tests.api_support import aws_error, deleted, poll, unique
 from tests.server import REGION, ZONE, ServerProcess
 
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
@@ -162,8 +162,8 @@ def test_ansible_creates_finds_grows_snapshots_restores_and_deletes(
     assert (restored["size"], restored["snapshot_id"], restored["type"]) == (4, snapshot_id, "gp2")
 
     # And the play's last three tasks deleted all of it.
-    for gone in (volume_id, restored["id"]):
-        code, _, _ = aws_error(ec2.describe_volumes, VolumeIds=[gone])
-        assert code == "InvalidVolume.NotFound"
+    # (ec2_vol does not wait for a deletion: `deleted` for a moment, then NotFound)
+    poll(lambda: deleted(ec2, volume_id) or None)
+    poll(lambda: deleted(ec2, restored["id"]) or None)
     code, _, _ = aws_error(ec2.describe_snapshots, SnapshotIds=[snapshot_id])
     assert code == "InvalidSnapshot.NotFound"

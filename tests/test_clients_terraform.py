@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.api_support import aws_error, unique
+from tests.api_support import aws_error, deleted, unique
 from tests.server import REGION, ZONE, ServerProcess
 
 TERRAFORM = shutil.which("terraform")
@@ -212,7 +212,6 @@ def test_terraform_applies_reads_modifies_detects_drift_and_destroys(
 
     terraform("destroy", "-auto-approve", *second)
     for volume_id in (ids["data"], ids["restored"]):
-        code, _, _ = aws_error(ec2.describe_volumes, VolumeIds=[volume_id])
-        assert code == "InvalidVolume.NotFound"
+        assert deleted(ec2, volume_id)  # the provider waited for it
     code, _, _ = aws_error(ec2.describe_snapshots, SnapshotIds=[ids["snapshot"]])
     assert code == "InvalidSnapshot.NotFound"
