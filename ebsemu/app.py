@@ -22,7 +22,12 @@ from ebsemu.api.ratelimit import RateLimiter
 from ebsemu.api.request_context import request_context
 from ebsemu.block_stores import build_block_store, metrics_refresh_seconds
 from ebsemu.config import Config
-from ebsemu.credentials import endpoint_url, replaced_configured_key, save_default_key
+from ebsemu.credentials import (
+    endpoint_url,
+    record_configured_key,
+    recorded_configured_key,
+    save_default_key,
+)
 from ebsemu.direct import routes as direct_routes
 from ebsemu.keyvault import KeyVault
 from ebsemu.private_files import private_dir
@@ -141,15 +146,17 @@ async def _retire_replaced_key(config: Config, accounts: AccountService, key_id:
     """A key pair given in the environment or [auth] replaces the one given there before: that
     one stops working, once the new one is in place (keys added with `ebsemu accounts` and a
     generated key stay)."""
-    previous = replaced_configured_key(config, key_id)
-    if previous is None:
+    previous = recorded_configured_key(config)
+    if previous == key_id:
         return
-    owner = await accounts.key(previous)
-    if owner is not None and owner[0] == config.account_id:
-        await accounts.remove_key(previous)
-        log.warning(
-            "access key %s, configured before, is removed: %s replaces it", previous, key_id
-        )
+    if previous is not None:
+        owner = await accounts.key(previous)
+        if owner is not None and owner[0] == config.account_id:
+            await accounts.remove_key(previous)
+            log.warning(
+                "access key %s, configured before, is removed: %s replaces it", previous, key_id
+            )
+    record_configured_key(config, key_id)
 
 
 async def _maintenance(core: Core) -> None:

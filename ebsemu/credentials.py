@@ -52,14 +52,16 @@ def save_default_key(config: Config, pair: KeyPair) -> tuple[Path, str]:
     return path, snippet
 
 
-def replaced_configured_key(config: Config, key_id: str) -> str | None:
-    """Record ``key_id`` as the configured key pair's; the id recorded before, when it
-    differs (the key this one replaces)."""
-    record = config.data_dir / CONFIGURED_KEY_FILE
+def recorded_configured_key(config: Config) -> str | None:
+    """The id of the key pair the environment or [auth] gave, as recorded at the last start."""
     try:
-        previous = record.read_text(encoding="ascii").strip() or None
+        recorded = (config.data_dir / CONFIGURED_KEY_FILE).read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        previous = None
-    if previous != key_id:
-        write_private(record, f"{key_id}\n")
-    return previous if previous != key_id else None
+        return None
+    return recorded or None
+
+
+def record_configured_key(config: Config, key_id: str) -> None:
+    """Record ``key_id`` as the configured key pair's (only once the one it replaces is gone:
+    a crash in between must leave that one still recorded, to be removed at the next start)."""
+    write_private(config.data_dir / CONFIGURED_KEY_FILE, f"{key_id}\n")
