@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ebsemu import errors
-from ebsemu.api.authn import Authenticator, check_target
+from ebsemu.api.authn import Authenticator
 from ebsemu.api.handler import LIMITER_KEY, SERVICES_KEY, ClientGone, client_gone, read_body
 from ebsemu.api.request_context import request_id as request_id_of
 from ebsemu.direct import codec
@@ -80,7 +80,6 @@ def view(name: str) -> View:
         try:
             body = await read_body(request)  # its errors are translated below
             authenticator = request.app[DIRECT_AUTH_KEY]
-            check_target(request.raw_path)  # before _signed() reads the query as aiohttp does
             if authenticator.enabled and not _signed(request):
                 raise errors.MissingAuthenticationTokenException()
             caller = await authenticator.caller(request, body, body_bound_by=bound_by)
