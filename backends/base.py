@@ -377,12 +377,17 @@ class LuksKey:
 @dataclass(frozen=True)
 class AttachSpec:
     """What to attach: the volume, the device name asked for (/dev/sdf, /dev/xvdf), where its
-    bytes are, and for a volume encrypted at rest the key to open it with."""
+    bytes are, and for a volume encrypted at rest the key to open it with.
+
+    ``shared``: a Multi-Attach volume, which other domains may hold at the same time, each
+    writing: the VMM must not lock them out (QEMU's ``share-rw``, libvirt's ``<shareable/>``).
+    Keeping the data consistent is then the guests' business (a cluster file system)."""
 
     volume_id: str
     device: str
     source: DiskSource
     luks: LuksKey | None = None
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -402,7 +407,12 @@ class AttachedDisk:
 
 @runtime_checkable
 class VmmBackend(Protocol):
-    """A hypervisor (or the host itself) whose domains volumes attach to."""
+    """A hypervisor (or the host itself) whose domains volumes attach to.
+
+    ``shares_disks``: whether the VMM can attach a volume that other domains hold at the same
+    time (``AttachSpec.shared``, for Multi-Attach)."""
+
+    shares_disks: bool
 
     async def check_setup(self) -> None:
         """Raise SetupError with a clear message if this host cannot serve the VMM."""

@@ -672,18 +672,68 @@ def test_modify_instance_attribute_changes_every_mapping_or_none(lab: Lab) -> No
     wait_available(lab, volume_id)
 
 
-def test_a_multi_attach_volume_attached_once_is_refused_a_second_instance_saying_why(
+def attachments(lab: Lab, volume_id: str) -> tuple[str, dict[str, str]]:
+    """The volume's state and its attachments' states, by instance id."""
+    volume = describe_volume(lab.ec2, volume_id)
+    return volume["State"], {a["InstanceId"]: a["State"] for a in volume["Attachments"]}
+
+
+def qemu_io(lab: Lab, vm: str, volume_id: str, device: str, command: str) -> str:
+    """Run a qemu-io command on the guest disk of ``volume_id`` in ``vm``; its output."""
+    backend = f"ebs.{volume_id}.{device.removeprefix('/dev/')}/virtio-backend"
+    line = f'qemu-io -d {backend} "{command}"'
+    return str(run(qmp(lab.vms[vm], "human-monitor-command", {"command-line": line})))
+
+
+def test_a_multi_attach_volume_is_written_in_one_vm_and_read_in_another_until_the_last_detach(
     lab: Lab,
 ) -> None:
     volume_id = new_volume(lab.ec2, VolumeType="io2", Iops=100, Size=4, MultiAttachEnabled=True)
-    lab.ec2.attach_volume(VolumeId=volume_id, InstanceId=lab.ids["web"], Device="/dev/sdh")
-    wait_attached(lab, volume_id)
-    code, message, status = aws_error(
-        lab.ec2.attach_volume, VolumeId=volume_id, InstanceId=lab.ids["spare"], Device="/dev/sdf"
+    web, tiny = lab.ids["web"], lab.ids["tiny"]
+    lab.ec2.attach_volume(VolumeId=volume_id, InstanceId=web, Device="/dev/sdh")
+    lab.ec2.attach_volume(VolumeId=volume_id, InstanceId=tiny, Device="/dev/sdf")
+    both = ("in-use", {web: "attached", tiny: "attached"})
+    poll(lambda: attachments(lab, volume_id) == both or None)
+    assert_vm_holds(lab, "web", {volume_id: "/dev/sdh"})
+    assert_vm_holds(lab, "tiny", {volume_id: "/dev/sdf"})
+    assert mappings(lab.ec2, tiny)[volume_id]["DeviceName"] == "/dev/sdf"
+
+    # One instance holds it once; a volume without Multi-Attach, one instance only.
+    code, _, _ = aws_error(
+        lab.ec2.attach_volume, VolumeId=volume_id, InstanceId=web, Device="/dev/sdi"
     )
-    assert (code, status) == ("UnsupportedOperation", 400)
-    assert "Multi-Attach" in message and "one instance at a time" in message
-    detach(lab, volume_id)
+    assert code == "VolumeInUse"
+    plain = attach(lab, "web", "/dev/sdi")
+    code, _, _ = aws_error(
+        lab.ec2.attach_volume, VolumeId=plain, InstanceId=tiny, Device="/dev/sdg"
+    )
+    assert code == "VolumeInUse"
+    detach(lab, plain)
+
+    # Both guests hold the disk writable at once (QEMU locks no one out of a shared disk).
+    for vm, device in (("web", "sdh"), ("tiny", "sdf")):
+        path = f"/machine/peripheral/ebs.{volume_id}.{device}"
+        assert run(qmp(lab.vms[vm], "qom-get", {"path": path, "property": "share-rw"})) is True
+    assert qemu_io(lab, "web", volume_id, "/dev/sdh", "write -P 0x6d 0 1M") == ""
+    assert qemu_io(lab, "tiny", volume_id, "/dev/sdf", "write -P 0x2e 1M 1M") == ""
+    both_written = b"\x6d" * MIB + b"\x2e" * MIB
+    with volume_segment(lab.server.data_dir, volume_id).open("rb") as handle:
+        assert handle.read(2 * MIB) == both_written
+
+    # Which attachment to end must be said; the other one stays, and so does the volume.
+    code, message, _ = aws_error(lab.ec2.detach_volume, VolumeId=volume_id)
+    assert code == "MissingParameter" and "InstanceId" in message
+    lab.ec2.detach_volume(VolumeId=volume_id, InstanceId=web)
+    poll(lambda: attachments(lab, volume_id) == ("in-use", {tiny: "attached"}) or None)
+    assert_vm_holds(lab, "web", {})
+    assert_vm_holds(lab, "tiny", {volume_id: "/dev/sdf"})
+    assert qemu_io(lab, "tiny", volume_id, "/dev/sdf", "write -P 0x3f 2M 1M") == ""
+
+    lab.ec2.detach_volume(VolumeId=volume_id, InstanceId=tiny)
+    wait_available(lab, volume_id)
+    assert_vm_holds(lab, "tiny", {})
+    with volume_segment(lab.server.data_dir, volume_id).open("rb") as handle:
+        assert handle.read(3 * MIB) == both_written + b"\x3f" * MIB
 
 
 # ---- VMs that end ---------------------------------------------------------------------------

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
+from ebsemu.service.instances import instance_id
 from tests.api_support import FAST, new_volume, poll, volume_segment
 from tests.server import ServerProcess
 from tests.tgt_fixtures import Tgtd, running_tgtd
@@ -127,3 +129,88 @@ def test_exports_of_attached_volumes_come_back_after_tgtd_and_the_server_restart
     assert out == "", out
     with volume_segment(server.data_dir, volume_id).open("rb") as handle:
         assert handle.read(MIB) == b"\x5e" * MIB
+
+
+@pytest.fixture
+def shared_lab(tmp_path: Path) -> Iterator[tuple[ServerProcess, Tgtd, dict[str, QemuVm]]]:
+    """Two VMs behind one initiator (kvm1) and one behind another (kvm2), one zone."""
+    near, far = tmp_path / "qmp-1", tmp_path / "qmp-2"
+    near.mkdir()
+    far.mkdir()
+    with (
+        running_tgtd(tmp_path) as tgtd,
+        running_vm(near, "vm1", ports=2) as vm1,
+        running_vm(near, "vm2", ports=2) as vm2,
+        running_vm(far, "vm3", ports=2) as vm3,
+    ):
+        config = (
+            "[export]\nbackend = tgt\n"
+            f"record_dir = {tmp_path / 'exports'}\nportal = {tgtd.portal}\n"
+            f"control_port = {tgtd.control_port}\n"
+            "[vmm kvm1]\ndriver = qemu\nzone = us-east-1a\n"
+            f"socket_dir = {near}\ninitiator_address = 127.0.0.1\n"
+            "[vmm kvm2]\ndriver = qemu\nzone = us-east-1a\n"
+            f"socket_dir = {far}\ninitiator_address = 127.0.0.2\n"
+        )
+        server = ServerProcess(tmp_path / "data", config, backend="file")
+        server.start()
+        try:
+            yield server, tgtd, {"vm1": vm1, "vm2": vm2, "vm3": vm3}
+        finally:
+            server.stop()
+
+
+def _write(vm: QemuVm, volume_id: str, command: str) -> str:
+    [disk] = [b for b in run(qmp(vm, "query-block")) if volume_id in str(b.get("qdev"))]
+    line = f'qemu-io -d {disk["qdev"]} "{command}"'
+    return str(run(qmp(vm, "human-monitor-command", {"command-line": line})))
+
+
+def test_a_multi_attach_volume_shares_one_export_which_stays_until_its_last_detach(
+    shared_lab: tuple[ServerProcess, Tgtd, dict[str, QemuVm]],
+) -> None:
+    server, tgtd, vms = shared_lab
+    ec2 = server.client()
+    ids = {
+        instance["InstanceId"]: instance
+        for reservation in ec2.describe_instances()["Reservations"]
+        for instance in reservation["Instances"]
+    }
+    assert len(ids) == 3
+    by_vm = {name: instance_id(vmm, name) for name, vmm in VM_HOSTS.items()}
+    assert set(by_vm.values()) == set(ids)
+    volume_id = new_volume(ec2, VolumeType="io2", Iops=100, Size=4, MultiAttachEnabled=True)
+    for name in ("vm1", "vm2"):
+        ec2.attach_volume(VolumeId=volume_id, InstanceId=by_vm[name], Device="/dev/sdf")
+    attached = {by_vm["vm1"]: "attached", by_vm["vm2"]: "attached"}
+    poll(lambda: _states(ec2, volume_id) == attached or None)
+    assert tgtd.show_targets().count(f"org.ebsemu:{volume_id}") == 1  # one export for both
+    assert len(tgtd.accounts()) == 1
+
+    # vm3 is behind another initiator: the export admits one.
+    with pytest.raises(ClientError) as refused:
+        ec2.attach_volume(VolumeId=volume_id, InstanceId=by_vm["vm3"], Device="/dev/sdf")
+    assert refused.value.response["Error"]["Code"] == "UnsupportedOperation"
+
+    assert _write(vms["vm1"], volume_id, "write -P 0x71 0 1M") == ""
+    assert _write(vms["vm2"], volume_id, "write -P 0x72 1M 1M") == ""
+
+    ec2.detach_volume(VolumeId=volume_id, InstanceId=by_vm["vm1"])
+    poll(lambda: _states(ec2, volume_id) == {by_vm["vm2"]: "attached"} or None)
+    assert f"org.ebsemu:{volume_id}" in tgtd.show_targets()  # vm2 still reads through it
+    assert _write(vms["vm2"], volume_id, "write -P 0x73 2M 1M") == ""
+
+    ec2.detach_volume(VolumeId=volume_id, InstanceId=by_vm["vm2"])
+    ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+    assert f"org.ebsemu:{volume_id}" not in tgtd.show_targets()
+    assert tgtd.accounts() == []
+    with volume_segment(server.data_dir, volume_id).open("rb") as handle:
+        assert handle.read(3 * MIB) == b"\x71" * MIB + b"\x72" * MIB + b"\x73" * MIB
+
+
+VM_HOSTS = {"vm1": "kvm1", "vm2": "kvm1", "vm3": "kvm2"}
+
+
+def _states(ec2: Any, volume_id: str) -> dict[str, str]:
+    [volume] = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+    return {a["InstanceId"]: a["State"] for a in volume["Attachments"]}

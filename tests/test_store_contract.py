@@ -279,6 +279,46 @@ def test_one_volume_gets_one_attachment_however_many_try_at_once(new_store: NewS
     assert after == (VolumeState.AVAILABLE, [])
 
 
+def test_a_multi_attach_volume_takes_attachments_up_to_its_most_one_per_instance(
+    new_store: NewStore,
+) -> None:
+    async def scenario(store: Store) -> tuple[list[bool], bool, bool, object, object]:
+        await store.insert_volume(volume("vol-1", volume_type=VolumeType.IO2, multi_attach=True))
+        await store.insert_volume(volume("vol-2"))  # not Multi-Attach: one only, as before
+        tries = [
+            Attachment("vol-1", f"i-{n}", "/dev/sdf", AttachmentState.ATTACHING, utcnow())
+            for n in range(6)
+        ]
+        won = await asyncio.gather(*(store.begin_attach(a, most=4) for a in tries))
+        winner = next(a for a, ok in zip(tries, won, strict=True) if ok)
+        again = await store.begin_attach(winner, most=4)  # the same instance twice
+        plain = [
+            await store.begin_attach(
+                Attachment("vol-2", f"i-{n}", "/dev/sdg", AttachmentState.ATTACHING, utcnow()),
+                most=4,
+            )
+            for n in range(2)
+        ]
+        during = await store.get_volume("vol-1")
+        assert during is not None
+        for attachment in during.attachments[:-1]:
+            await store.finish_detach("vol-1", attachment.instance_id)
+        last = await store.get_volume("vol-1")
+        assert last is not None
+        await store.finish_detach("vol-1", last.attachments[0].instance_id)
+        after = await store.get_volume("vol-1")
+        assert after is not None
+        states = (during.state, len(during.attachments), last.state, len(last.attachments))
+        return won, again, plain == [True, False], states, (after.state, after.attachments)
+
+    won, again, plain, states, after = run(new_store, scenario)
+    assert sorted(won) == [False] * 2 + [True] * 4
+    assert not again
+    assert plain
+    assert states == (VolumeState.IN_USE, 4, VolumeState.IN_USE, 1)
+    assert after == (VolumeState.AVAILABLE, [])
+
+
 def test_one_device_of_an_instance_gets_one_volume_however_many_try_at_once(
     postgres_server: PostgresServer,
 ) -> None:

@@ -3,15 +3,30 @@ the argv level (recording runner) for the exact virsh command lines."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from backends.base import AttachedDisk, AttachSpec, Domain, DomainState, LocalSource
+from backends.base import (
+    AttachedDisk,
+    AttachSpec,
+    Domain,
+    DomainState,
+    IscsiSource,
+    LocalSource,
+)
 from backends.vmm.errors import AttachError, DeviceInUse, DomainNotFound, VmmError
-from backends.vmm.libvirt import LibvirtConfig, LibvirtVmm, parse_disks, parse_domain_list
+from backends.vmm.libvirt import (
+    LibvirtConfig,
+    LibvirtVmm,
+    iscsi_disk_xml,
+    parse_disks,
+    parse_domain_list,
+)
 from hostcmds import LocalRunner, RecordingRunner, Reply, load_templates
 from tests.vmm_fixtures import (
     HAVE_LIBVIRT,
@@ -162,6 +177,24 @@ def test_detach_of_a_vanished_domain_raises_unless_forced() -> None:
     assert not any("detach-disk" in argv for argv in runner.argvs)
 
 
+def test_a_shared_disk_is_attached_shareable_and_its_network_xml_says_so() -> None:
+    vmm, runner = recorded()
+    volume_id = new_volume_id()
+    spec = AttachSpec(volume_id, "/dev/sdh", LocalSource("/srv/v.raw"), shared=True)
+    run(vmm.attach("web1", spec))
+    assert runner.argvs[-1][-3:] == ["--mode", "shareable", "--live"]
+    source = IscsiSource("127.0.0.1:3260", f"iqn.2010-10.org.ebsemu:{volume_id}", 1)
+    shared = ET.fromstring(
+        iscsi_disk_xml(
+            volume_id, source, target="vdh", bus="virtio", serial="s", alias="a", shared=True
+        )
+    )
+    alone = ET.fromstring(
+        iscsi_disk_xml(volume_id, source, target="vdh", bus="virtio", serial="s", alias="a")
+    )
+    assert shared.find("shareable") is not None and alone.find("shareable") is None
+
+
 # -- real libvirtd ----------------------------------------------------------------------------
 
 needs_libvirt = pytest.mark.skipif(
@@ -247,3 +280,24 @@ def test_a_destroyed_domain_is_not_found_and_forced_detach_succeeds(
     with pytest.raises(DomainNotFound):
         run(vmm.detach(name, spec.volume_id))
     run(vmm.detach(name, spec.volume_id, force=True))
+
+
+@needs_libvirt
+def test_a_shared_disk_is_attached_to_two_domains_at_once(
+    libvirtd: str, domain: str, tmp_path: Path
+) -> None:
+    vmm = real_vmm(libvirtd)
+    spec = volume(tmp_path, "/dev/sdf")
+    shared = dataclasses.replace(spec, shared=True)
+    with libvirt_domain(tmp_path, f"ebs-test-{os.getpid()}-peer") as peer:
+
+        async def scenario() -> None:
+            await vmm.attach(domain, shared)
+            await vmm.attach(peer, shared)  # QEMU's write lock would refuse a second writer
+            for name in (domain, peer):
+                assert [d.volume_id for d in await vmm.list_attached(name)] == [spec.volume_id]
+                assert "<shareable/>" in virsh("dumpxml", name)
+            await vmm.detach(peer, spec.volume_id)
+            await vmm.detach(domain, spec.volume_id)
+
+        run(scenario())

@@ -85,6 +85,8 @@ def parse_losetup_json(text: str) -> list[LoopDevice]:
 class HostVmm:
     """VmmBackend whose one domain is the host: attach = ``losetup --find --show``."""
 
+    shares_disks = True  # a loop device or an iSCSI login locks no one else out
+
     def __init__(
         self, runner: CommandRunner, templates: CommandTemplates, config: HostConfig | None = None
     ) -> None:

@@ -69,6 +69,7 @@ TEMPLATES = (
     "listCmd",
     "dumpXmlCmd",
     "attachDiskCmd",
+    "attachSharedDiskCmd",
     "detachDiskCmd",
     "blockInfoCmd",
     "blockResizeCmd",
@@ -208,7 +209,14 @@ def secret_xml(volume_id: str, kind: str = "iscsi") -> str:
 
 
 def iscsi_disk_xml(
-    volume_id: str, source: IscsiSource, *, target: str, bus: str, serial: str, alias: str
+    volume_id: str,
+    source: IscsiSource,
+    *,
+    target: str,
+    bus: str,
+    serial: str,
+    alias: str,
+    shared: bool = False,
 ) -> str:
     """One <disk type='network'> for ``virsh attach-device`` (no secret value in it)."""
     disk = ET.Element("disk", type="network", device="disk")
@@ -219,14 +227,18 @@ def iscsi_disk_xml(
     if source.chap_user:
         auth = ET.SubElement(src, "auth", username=source.chap_user)
         ET.SubElement(auth, "secret", type="iscsi", usage=secret_usage(volume_id))
-    ET.SubElement(disk, "target", dev=target, bus=bus)
-    ET.SubElement(disk, "serial").text = serial
-    ET.SubElement(disk, "alias", name=alias)
-    return ET.tostring(disk, encoding="unicode")
+    return _disk_end(disk, target=target, bus=bus, serial=serial, alias=alias, shared=shared)
 
 
 def rbd_disk_xml(
-    volume_id: str, source: RbdSource, *, target: str, bus: str, serial: str, alias: str
+    volume_id: str,
+    source: RbdSource,
+    *,
+    target: str,
+    bus: str,
+    serial: str,
+    alias: str,
+    shared: bool = False,
 ) -> str:
     """One <disk type='network'> with protocol='rbd' (librbd in QEMU; no key value in it)."""
     disk = ET.Element("disk", type="network", device="disk")
@@ -237,9 +249,19 @@ def rbd_disk_xml(
     if source.key:
         auth = ET.SubElement(src, "auth", username=source.user or "admin")
         ET.SubElement(auth, "secret", type="ceph", usage=secret_usage(volume_id))
+    return _disk_end(disk, target=target, bus=bus, serial=serial, alias=alias, shared=shared)
+
+
+def _disk_end(
+    disk: ET.Element, *, target: str, bus: str, serial: str, alias: str, shared: bool
+) -> str:
+    """A <disk>'s target, serial and alias, and <shareable/> for one other domains may hold
+    at the same time (libvirt then lets QEMU share it for writing)."""
     ET.SubElement(disk, "target", dev=target, bus=bus)
     ET.SubElement(disk, "serial").text = serial
     ET.SubElement(disk, "alias", name=alias)
+    if shared:
+        ET.SubElement(disk, "shareable")
     return ET.tostring(disk, encoding="unicode")
 
 
@@ -256,6 +278,8 @@ def attached_disk(disk: LibvirtDisk) -> AttachedDisk | None:
 
 class LibvirtVmm:
     """VmmBackend for libvirt domains on ``config.uri``."""
+
+    shares_disks = True  # a shared disk is marked <shareable/>
 
     def __init__(
         self,
@@ -326,7 +350,7 @@ class LibvirtVmm:
             return await self._attach_rbd(domain, spec, spec.source, target, serial, alias)
         try:
             await self._run(
-                "attachDiskCmd",
+                "attachSharedDiskCmd" if spec.shared else "attachDiskCmd",
                 domain=domain,
                 source=spec.source.path,
                 target=target,
@@ -355,7 +379,13 @@ class LibvirtVmm:
         if bool(source.chap_user) != bool(source.chap_secret):
             raise AttachError(f"{volume_id}: a CHAP user needs a secret and a secret a user")
         xml = iscsi_disk_xml(
-            volume_id, source, target=target, bus=self._config.bus, serial=serial, alias=alias
+            volume_id,
+            source,
+            target=target,
+            bus=self._config.bus,
+            serial=serial,
+            alias=alias,
+            shared=spec.shared,
         )
         url = f"iscsi://{source.portal}/{source.iqn}/{source.lun}"
         secret = (source.chap_secret, source.chap_secret.encode()) if source.chap_secret else None
@@ -372,7 +402,13 @@ class LibvirtVmm:
     ) -> AttachedDisk:
         volume_id = spec.volume_id
         xml = rbd_disk_xml(
-            volume_id, source, target=target, bus=self._config.bus, serial=serial, alias=alias
+            volume_id,
+            source,
+            target=target,
+            bus=self._config.bus,
+            serial=serial,
+            alias=alias,
+            shared=spec.shared,
         )
         secret = None
         if source.key:

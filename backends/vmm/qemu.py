@@ -181,6 +181,8 @@ def _source_of(filename: object) -> str | None:
 class QemuVmm:
     """VmmBackend for QEMU VMs with a QMP socket each in ``config.socket_dir``."""
 
+    shares_disks = True  # a shared disk is added with share-rw: other QEMUs may write it too
+
     def __init__(self, config: QemuConfig) -> None:
         self._config = config
         self._lock = DomainLocks()
@@ -249,6 +251,8 @@ class QemuVmm:
                 await self._delete_node(qmp, node)
             await self._drop_secret(qmp, domain, volume_id)  # left by an interrupted attach
             device_args = await self._device_args(qmp, volume_id, qdev_id, node)
+            if spec.shared:  # other QEMUs may open it for writing too (Multi-Attach)
+                device_args["share-rw"] = True
             try:
                 if secret:
                     await self._execute(

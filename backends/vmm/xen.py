@@ -198,6 +198,10 @@ def parse_domain_list(text: str) -> list[Domain]:
 class XenVmm:
     """VmmBackend for Xen guests, commands from the profile's templates."""
 
+    # A dom0 device goes to one guest for writing: Xen's block script refuses one that another
+    # guest has open writable, so a Multi-Attach volume is attached to one Xen guest only.
+    shares_disks = False
+
     def __init__(
         self, runner: CommandRunner, templates: CommandTemplates, config: XenConfig | None = None
     ) -> None:

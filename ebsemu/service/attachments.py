@@ -4,6 +4,12 @@ Volume `available` -> `in-use` with the attachment `attaching` -> `attached`; de
 `detaching` -> gone, the volume back to `available`. A failed attach is undone by the driver and
 the volume returns to `available`; a failed detach leaves the attachment `busy` (the guest still
 holds the disk), visible in DescribeVolumes, with the reason in the logs.
+
+A Multi-Attach volume (io1/io2) attaches to up to 16 instances of its zone at once, each
+attachment with its own state; the volume is `available` again once the last one is gone. Its
+VMMs must be able to share a disk for writing (not Xen), and where the volume is exported
+(iSCSI), all of them must be behind one initiator: an export admits a single one. The export
+stays while any attachment is left.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 from backends.base import AttachSpec, VmmBackend
 from backends.errors import BackendError, DomainNotFound
 from ebsemu import errors, faults
-from ebsemu.model import Attachment, AttachmentState, Instance, VolumeState, utcnow
+from ebsemu.model import Attachment, AttachmentState, Instance, Volume, VolumeState, utcnow
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 # Names EC2 accepts for an EBS data volume on Linux and Windows instances.
 DEVICE_NAME = re.compile(r"/dev/(?:sd[b-z]|xvd[b-z]|xvd[b-d][a-z]|hd[b-z]|vd[b-z])|xvd[b-z]")
 ATTACHABLE_INSTANCE_STATES = {"running", "stopped"}
+MULTI_ATTACH_MOST = 16  # instances a Multi-Attach volume attaches to at once, as in EC2
 
 
 def check_device(device: str) -> str:
@@ -96,14 +103,9 @@ class AttachmentService:
         store = self._core.store
         async with self._core.locks.hold(volume_id), self._core.locks.hold(instance_id):
             volume = await self._volumes.get(ctx, volume_id)
-            if volume.state is VolumeState.IN_USE and volume.multi_attach:
-                raise errors.UnsupportedOperation(
-                    f"{volume_id} has Multi-Attach enabled, but this server attaches a volume "
-                    "to one instance at a time."
-                )
             if volume.state is VolumeState.IN_USE:
-                raise errors.VolumeInUse(f"{volume_id} is already attached to an instance")
-            if volume.state is not VolumeState.AVAILABLE:
+                await self._check_shared(volume, instance)
+            elif volume.state is not VolumeState.AVAILABLE:
                 raise errors.IncorrectState(
                     f"The volume '{volume_id}' is '{volume.state.value}' and cannot be attached."
                 )
@@ -118,7 +120,7 @@ class AttachmentService:
             attachment = Attachment(
                 volume_id, instance_id, device, AttachmentState.ATTACHING, utcnow()
             )
-            if not await store.begin_attach(attachment):
+            if not await store.begin_attach(attachment, most=MULTI_ATTACH_MOST):
                 # Another server sharing the database may have taken the device meanwhile.
                 now = (await store.attachments_of_instances([instance_id])).get(instance_id, [])
                 if _mapped_at(now, device) is not None:
@@ -144,6 +146,11 @@ class AttachmentService:
         if not volume.attachments:
             raise errors.IncorrectState(
                 f"Volume '{volume_id}' is in the '{volume.state.value}' state."
+            )
+        if volume.multi_attach and instance_id is None:
+            raise errors.MissingParameter(
+                f"The request must contain the parameter InstanceId: {volume_id} has "
+                "Multi-Attach enabled."
             )
         matching = [
             a
@@ -194,6 +201,46 @@ class AttachmentService:
             if not await store.set_delete_on_termination(instance_id, device, value):
                 raise _not_mapped(instance_id, device)  # detached meanwhile
 
+    async def _check_shared(self, volume: Volume, instance: Instance) -> None:
+        """Refuse another attachment of an `in-use` volume unless it is Multi-Attach, not yet
+        attached to ``instance``, below its most, and reachable by every VMM at once."""
+        if not volume.multi_attach:
+            raise errors.VolumeInUse(f"{volume.id} is already attached to an instance")
+        if any(a.instance_id == instance.id for a in volume.attachments):
+            raise errors.VolumeInUse(f"{volume.id} is already attached to {instance.id}")
+        if len(volume.attachments) >= MULTI_ATTACH_MOST:
+            raise errors.AttachmentLimitExceeded(
+                f"{volume.id} is attached to {MULTI_ATTACH_MOST} instances, the most a "
+                "Multi-Attach volume can be."
+            )
+        holders = [instance]
+        for attachment in volume.attachments:
+            other = await self._core.store.get_instance(attachment.instance_id)
+            if other is not None:
+                holders.append(other)
+        for holder in holders:
+            if holder.vmm in self._core.vmms and not self._instances.vmm_of(holder).shares_disks:
+                raise errors.UnsupportedOperation(
+                    f"{volume.id} has Multi-Attach enabled, but {holder.id}'s hypervisor "
+                    "cannot share a disk with another instance."
+                )
+        if not await self._exports.reaches_at_once(volume.id, {h.vmm for h in holders}):
+            raise errors.UnsupportedOperation(
+                f"{volume.id} has Multi-Attach enabled, but it is exported to one host at a "
+                f"time, and {instance.id} runs on another host than its other instances."
+            )
+
+    async def _release_export(self, volume_id: str, instance_id: str) -> None:
+        """Unexport the volume once ``instance_id``'s attachment is the last one (a
+        Multi-Attach volume's other instances still read it through the export). The
+        volume's lock keeps a new attachment from counting on the export meanwhile."""
+        async with self._core.locks.hold(volume_id):
+            volume = await self._core.store.get_volume(volume_id)
+            if volume is not None and any(a.instance_id != instance_id for a in volume.attachments):
+                log.info("volume %s: export kept for its other attachments", volume_id)
+                return
+            await self._exports.release(volume_id)
+
     # ---- jobs ----------------------------------------------------------------------------
 
     async def _run_attach(self, volume_id: str, payload: dict[str, Any]) -> None:
@@ -229,7 +276,8 @@ class AttachmentService:
                 raise BackendError(exc.message) from exc
             source = await self._exports.source_for(volume_id, found.vmm)  # same export again
             luks = await self._encryption.luks_key(volume)
-            disk = await vmm.attach(found.domain, AttachSpec(volume_id, device, source, luks=luks))
+            spec = AttachSpec(volume_id, device, source, luks=luks, shared=volume.multi_attach)
+            disk = await vmm.attach(found.domain, spec)
             handles.append(disk.handle)
             await faults.reach("attach.attached")
 
@@ -257,7 +305,7 @@ class AttachmentService:
             await store.abort_attach(volume_id, instance_id)
 
         plan = [
-            Step("export", export, undo=lambda: self._exports.release(volume_id)),
+            Step("export", export, undo=lambda: self._release_export(volume_id, instance_id)),
             Step("vmm-attach", vmm_attach, undo=vmm_detach),
             Step("mark-attached", mark_attached),
         ]
@@ -299,7 +347,7 @@ class AttachmentService:
 
         plan = [
             Step("vmm-detach", vmm_detach),
-            Step("unexport", lambda: self._exports.release(volume_id)),
+            Step("unexport", lambda: self._release_export(volume_id, instance_id)),
             Step("mark-detached", mark_detached),
         ]
         await run_steps(store, f"detach {volume_id} from {instance_id}", plan, failed)
@@ -309,7 +357,7 @@ class AttachmentService:
         store = self._core.store
         attachments = (await store.attachments_of_instances([instance_id])).get(instance_id, [])
         for attachment in attachments:
-            await self._exports.release(attachment.volume_id)
+            await self._release_export(attachment.volume_id, instance_id)
             await store.finish_detach(attachment.volume_id, instance_id)
             if attachment.delete_on_termination and await store.transition_volume(
                 attachment.volume_id, {VolumeState.AVAILABLE}, VolumeState.DELETING

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 
 from backends.base import DiskSource, DiskSourceProvider, ExportBackend, LocalSource
 from backends.errors import BackendError
@@ -42,6 +43,15 @@ class ExportService:
         await self._core.store.save_export(volume_id, json.dumps(export_to_dict(info)))
         log.info("volume %s: exported from %s to %s", volume_id, entry.name, initiator)
         return info.source
+
+    async def reaches_at_once(self, volume_id: str, vmm_hosts: Collection[str]) -> bool:
+        """Whether VMMs on all of ``vmm_hosts`` can reach the volume at the same time
+        (Multi-Attach): with an export, only when they are one initiator, as an export admits
+        a single one."""
+        entry = await self._entry(volume_id)
+        if entry is None or entry.export is None:
+            return True
+        return len({self._core.initiators[host] for host in vmm_hosts}) <= 1
 
     async def release(self, volume_id: str) -> None:
         """Remove the volume's export and its credentials (idempotent). A volume the store no

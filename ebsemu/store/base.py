@@ -456,8 +456,10 @@ class Store(
         self, instance_ids: Sequence[str]
     ) -> dict[str, list[Attachment]]: ...
     async def get_attachment(self, volume_id: str, instance_id: str) -> Attachment | None: ...
-    async def begin_attach(self, attachment: Attachment) -> bool:
-        """Volume `available` -> `in-use` with the attachment recorded, or neither."""
+    async def begin_attach(self, attachment: Attachment, *, most: int = 1) -> bool:
+        """Volume `available` -> `in-use` with the attachment recorded, or neither. A
+        Multi-Attach volume `in-use` with fewer than ``most`` attachments, none of them to the
+        attachment's instance, takes it too."""
         ...
 
     async def transition_attachment(

@@ -109,14 +109,15 @@ class InstanceTables(SqlBase):
         )
         return attachment_from_row(rows[0]) if rows else None
 
-    async def begin_attach(self, attachment: Attachment) -> bool:
+    async def begin_attach(self, attachment: Attachment, *, most: int = 1) -> bool:
         """Volume `available` -> `in-use` and the attachment recorded, or neither (also when
-        the instance's device is taken: on PostgreSQL, by another server)."""
+        the instance's device is taken: on PostgreSQL, by another server). A Multi-Attach
+        volume `in-use` with fewer than ``most`` attachments takes one more."""
         async with self._transaction() as db:
             cur = await db.execute(
                 "UPDATE volumes SET state = 'in-use', "
                 "updated_at = CAST(strftime('%s', 'now') AS REAL) "
-                "WHERE id = ? AND state = 'available'",
+                "WHERE id = ? AND (state = 'available' OR state = 'in-use' AND multi_attach = 1)",
                 (attachment.volume_id,),
             )
             if cur.rowcount != 1:
@@ -135,6 +136,14 @@ class InstanceTables(SqlBase):
                 ),
             )
             if cur.rowcount != 1:
+                raise Rollback
+            # Counted once the volume's row is this transaction's (PostgreSQL: a statement
+            # after the UPDATE sees the attachments of every transaction that held it before).
+            async with db.execute(
+                "SELECT COUNT(*) FROM attachments WHERE volume_id = ?", (attachment.volume_id,)
+            ) as counted:
+                (count,) = await counted.fetchone() or (0,)
+            if count > most:
                 raise Rollback
             return True
         return False
