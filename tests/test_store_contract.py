@@ -5,6 +5,7 @@ and their leases, snapshot lineages, and the migrations."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import uuid
@@ -36,14 +37,16 @@ from ebsemu.store.postgres import PostgresStore
 from ebsemu.store.postgres_base import redact_dsn
 from ebsemu.store.schema import MIGRATIONS
 from ebsemu.store.sql_filters import glob_pattern
-from ebsemu.store.sqlite import SqliteStore
+from ebsemu.store.sqlite import COUNT_SNAPSHOTS_SQL, COUNT_VOLUMES_SQL, SqliteStore
 from ebsemu.store.sqlite_steps import JobNotHeld
 from tests.pg_fixtures import PostgresServer
 from tests.store_fixtures import STORES, NewStore, migrated_database, postgres_store_factory
 
 T = TypeVar("T")
 OWNER = "000000000000"
+OTHER_OWNER = "111111111111"
 REGION = "us-east-1"
+OTHER_REGION = "eu-west-1"
 
 
 def run(new_store: NewStore, scenario: Callable[[Store], Awaitable[T]]) -> T:
@@ -141,7 +144,7 @@ def test_a_client_token_names_one_volume_even_under_concurrent_inserts(
         inserted = await asyncio.gather(
             *(store.insert_volume(volume(f"vol-{n}", client_token="tok")) for n in range(6))
         )
-        count = await store.count_volumes(OWNER)
+        count = await store.count_volumes(OWNER, REGION)
         await store.transition_volume(inserted[0].id, {VolumeState.AVAILABLE}, VolumeState.DELETED)
         await store.purge_deleted_volumes(time.time() + 1)
         return {v.id for v in inserted}, count, await store.retired_token_volume(OWNER, "tok")
@@ -149,6 +152,78 @@ def test_a_client_token_names_one_volume_even_under_concurrent_inserts(
     ids, count, retired = run(new_store, scenario)
     assert len(ids) == 1 and count == 1
     assert retired == next(iter(ids))
+
+
+def test_the_quota_counts_are_per_owner_and_region_without_deleted_records(
+    new_store: NewStore,
+) -> None:
+    async def scenario(store: Store) -> list[int]:
+        for n, (owner, region) in enumerate(
+            [(OWNER, REGION)] * 3 + [(OWNER, OTHER_REGION), (OTHER_OWNER, REGION)]
+        ):
+            await store.insert_volume(volume(f"vol-{n}", owner_id=owner, region=region))
+            await store.insert_snapshot(snapshot(f"snap-{n}", owner_id=owner, region=region))
+        # Counted once before the deletion (SQLite keeps the volume count from then on).
+        before = await store.count_volumes(OWNER, REGION)
+        await store.transition_volume("vol-0", {VolumeState.AVAILABLE}, VolumeState.DELETED)
+        assert await store.mark_snapshot_deleted("snap-0")
+        return [
+            before,
+            await store.count_volumes(OWNER, REGION),
+            await store.count_volumes(OWNER, OTHER_REGION),
+            await store.count_volumes(OTHER_OWNER, REGION),
+            await store.count_volumes(OTHER_OWNER, OTHER_REGION),
+            await store.count_snapshots(OWNER, REGION),
+            await store.count_snapshots(OWNER, OTHER_REGION),
+            await store.count_snapshots(OTHER_OWNER, REGION),
+            await store.count_snapshots(OTHER_OWNER, OTHER_REGION),
+        ]
+
+    assert run(new_store, scenario) == [3, 2, 1, 1, 0, 2, 1, 1, 0]
+
+
+async def _opened(store: Store) -> None:
+    """Nothing more: opening the store migrated its database."""
+
+
+def _query_plan(kind: str, request: pytest.FixtureRequest, sql: str) -> str:
+    """How each store's engine answers ``sql`` (SQLite's dialect) for OWNER in REGION, on a
+    database with the current schema (PostgreSQL told not to scan tables whole, as it would
+    on a table as small as an empty one)."""
+    params = (OWNER, REGION)
+    if kind == "sqlite":
+        path = request.getfixturevalue("tmp_path") / "db.sqlite3"
+        run(lambda: SqliteStore(path), _opened)
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return "\n".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    dsn = migrated_database(server, "plans")
+
+    async def explain() -> str:
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute("SET enable_seqscan = off")
+            rows = await connection.fetch(f"EXPLAIN {translate(sql).sql}", *params)
+            return "\n".join(row[0] for row in rows)
+        finally:
+            await connection.close()
+
+    return asyncio.run(explain())
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_the_quota_counts_are_answered_from_an_index_alone(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    volumes = _query_plan(kind, request, COUNT_VOLUMES_SQL)
+    snapshots = _query_plan(kind, request, COUNT_SNAPSHOTS_SQL)
+    if kind == "sqlite":
+        assert "COVERING INDEX volumes_owner_state (owner_id=? AND region=?)" in volumes
+        deleted_too = "(owner_id=? AND region=? AND deleted=?)"
+        assert f"COVERING INDEX snapshots_owner_deleted {deleted_too}" in snapshots
+    else:
+        assert "Index Only Scan using volumes_owner_state" in volumes
+        assert "Index Only Scan using snapshots_owner_deleted" in snapshots
 
 
 def test_pages_follow_insertion_order_and_resume_after_the_last_one(new_store: NewStore) -> None:

@@ -16,14 +16,16 @@ from ebsemu.store import sqlite_base
 from ebsemu.store.sqlite import SqliteStore
 
 OWNER = "111122223333"
+REGION = "us-east-1"
+OTHER_REGION = "eu-west-1"
 
 
-def _volume(volume_id: str | None = None, token: str | None = None) -> Volume:
+def _volume(volume_id: str | None = None, token: str | None = None, region: str = REGION) -> Volume:
     return Volume(
         id=volume_id or new_id("vol"),
         owner_id=OWNER,
-        region="us-east-1",
-        zone="us-east-1a",
+        region=region,
+        zone=f"{region}a",
         size_gib=1,
         volume_type=VolumeType.GP3,
         state=VolumeState.CREATING,
@@ -125,28 +127,37 @@ def test_the_inserted_volume_is_what_a_read_returns(tmp_path: Path) -> None:
     assert read == stored
 
 
-def test_the_volume_count_follows_inserts_and_deletions(tmp_path: Path) -> None:
-    async def scenario(store: SqliteStore) -> list[tuple[int, int]]:
-        async def both() -> tuple[int, int]:
-            rows = await store._rows(
-                "SELECT COUNT(*) FROM volumes WHERE owner_id = ? AND state != 'deleted'", (OWNER,)
-            )
-            return await store.count_volumes(OWNER), int(rows[0][0])
+def test_the_volume_count_of_each_region_follows_inserts_and_deletions(tmp_path: Path) -> None:
+    async def scenario(store: SqliteStore) -> list[tuple[int, int, int, int]]:
+        async def both() -> tuple[int, int, int, int]:
+            found: list[int] = []
+            for region in (REGION, OTHER_REGION):
+                rows = await store._rows(
+                    "SELECT COUNT(*) FROM volumes "
+                    "WHERE owner_id = ? AND region = ? AND state != 'deleted'",
+                    (OWNER, region),
+                )
+                found += [await store.count_volumes(OWNER, region), int(rows[0][0])]
+            return found[0], found[1], found[2], found[3]
 
         await store.insert_volume(_volume())
         volumes = [_volume() for _ in range(5)]
-        # The first count is taken in the same batch as inserts before and after it.
+        elsewhere = [_volume(region=OTHER_REGION) for _ in range(2)]
+        # The first counts are taken in the same batch as inserts before and after them.
         await asyncio.gather(
             *(store.insert_volume(v) for v in volumes[:3]),
-            store.count_volumes(OWNER),
+            store.insert_volume(elsewhere[0]),
+            store.count_volumes(OWNER, REGION),
+            store.count_volumes(OWNER, OTHER_REGION),
             *(store.insert_volume(v) for v in volumes[3:]),
+            store.insert_volume(elsewhere[1]),
         )
         counts = [await both()]
-        for volume in volumes[:2]:
+        for volume in [*volumes[:2], elsewhere[0]]:
             await store.transition_volume(volume.id, {VolumeState.CREATING}, VolumeState.DELETING)
             await store.transition_volume(volume.id, {VolumeState.DELETING}, VolumeState.DELETED)
         await store.transition_volume(volumes[0].id, {VolumeState.DELETING}, VolumeState.DELETED)
         counts.append(await both())
         return counts
 
-    assert _run(tmp_path, scenario) == [(6, 6), (4, 4)]
+    assert _run(tmp_path, scenario) == [(6, 6, 2, 2), (4, 4, 1, 1)]

@@ -29,7 +29,7 @@ from ebsemu.direct.access import (
     validation,
 )
 from ebsemu.model import BLOCK_SIZE, ZERO_DIGEST, Snapshot, SnapshotState, new_id, utcnow
-from ebsemu.service import lineage, snapshot_data
+from ebsemu.service import lineage, quotas, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.store.direct import DirectMeta
@@ -104,11 +104,7 @@ class DirectWriter:
                     f"{parent.volume_size_gib} GiB of the parent snapshot {parent.id}.",
                     "INVALID_VOLUME_SIZE",
                 )
-        limit = self._core.config.max_snapshots
-        if await store.count_snapshots(ctx.account_id) >= limit:
-            raise errors.ServiceQuotaExceededException(
-                f"You have reached the maximum of {limit} snapshots."
-            )
+        await quotas.check_snapshots(self._core, ctx, refusal=errors.ServiceQuotaExceededException)
         snapshot_id = new_id("snap")
         snapshot = Snapshot(
             id=snapshot_id,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from backends.errors import BackendError
 from ebsemu import errors
 from ebsemu.model import Attachment, AttachmentState, Snapshot, utcnow
-from ebsemu.service import guest_pause, listing, snapshot_data, snapshot_freeze, validation
+from ebsemu.service import guest_pause, listing, quotas, snapshot_data, snapshot_freeze, validation
 from ebsemu.service.attachments import ATTACHABLE_INSTANCE_STATES
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
@@ -126,11 +126,7 @@ class MultiSnapshotService:
         chosen = select_volumes(current, req.exclude_boot_volume, req.exclude_volume_ids)
         if not chosen:
             return []
-        limit = self._core.config.max_snapshots
-        if await store.count_snapshots(ctx.account_id) + len(chosen) > limit:
-            raise errors.SnapshotLimitExceeded(
-                f"You have reached the maximum of {limit} snapshots."
-            )
+        await quotas.check_snapshots(self._core, ctx, adding=len(chosen))
         volume_ids = [a.volume_id for a in chosen]
         async with contextlib.AsyncExitStack() as held:
             for volume_id in sorted(volume_ids):

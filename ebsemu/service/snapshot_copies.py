@@ -21,6 +21,7 @@ from typing import Any
 from backends.errors import BackendError
 from ebsemu import errors
 from ebsemu.model import BLOCK_SIZE, COPY_VOLUME_ID, Snapshot, SnapshotState, new_id, utcnow
+from ebsemu.service import quotas
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
@@ -99,10 +100,7 @@ class SnapshotCopyService:
             )
         kms_key_id = await self._encryption.copy_key_arn(ctx, source, req.kms_key_id)
         store = self._core.store
-        if await store.count_snapshots(ctx.account_id) >= self._core.config.max_snapshots:
-            raise errors.SnapshotLimitExceeded(
-                f"You have reached the maximum of {self._core.config.max_snapshots} snapshots."
-            )
+        await quotas.check_snapshots(self._core, ctx)  # counted where the copy is made: here
         snapshot_id = new_id("snap")
         snapshot = Snapshot(
             id=snapshot_id,

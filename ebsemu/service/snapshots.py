@@ -33,6 +33,7 @@ from ebsemu.service import (
     guest_pause,
     lineage,
     listing,
+    quotas,
     sharing,
     snapshot_data,
     snapshot_freeze,
@@ -122,13 +123,7 @@ class SnapshotService:
             raise errors.InvalidParameterValue("Description must be at most 255 characters.")
         async with self._core.locks.hold(volume_id):
             volume = await self._volumes.get(ctx, volume_id)
-            if (
-                await self._core.store.count_snapshots(ctx.account_id)
-                >= self._core.config.max_snapshots
-            ):
-                raise errors.SnapshotLimitExceeded(
-                    f"You have reached the maximum of {self._core.config.max_snapshots} snapshots."
-                )
+            await quotas.check_snapshots(self._core, ctx)
             if volume.state not in SNAPSHOTTABLE:
                 raise errors.IncorrectState(
                     f"The volume '{volume_id}' is '{volume.state.value}'; "

@@ -27,7 +27,7 @@ from ebsemu.model import (
     new_id,
     utcnow,
 )
-from ebsemu.service import lineage, listing, sharing, snapshot_data, validation
+from ebsemu.service import lineage, listing, quotas, sharing, snapshot_data, validation
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
@@ -352,10 +352,7 @@ class VolumeService:
         encryption = await self._encryption.for_new_volume(
             ctx, zone.name, req.encrypted, req.kms_key_id, snapshot
         )
-        if await store.count_volumes(ctx.account_id) >= self._core.config.max_volumes:
-            raise errors.VolumeLimitExceeded(
-                f"You have reached the maximum of {self._core.config.max_volumes} volumes."
-            )
+        await quotas.check_volumes(self._core, ctx)
         volume_id = new_id("vol")
         return Volume(
             id=volume_id,

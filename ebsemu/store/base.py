@@ -323,7 +323,10 @@ class Store(
         read."""
         ...
 
-    async def count_volumes(self, owner_id: str) -> int: ...
+    async def count_volumes(self, owner_id: str, region: str) -> int:
+        """The owner's volumes in ``region`` not deleted (the volume quota is per region)."""
+        ...
+
     async def purge_deleted_volumes(self, before: float) -> list[str]:
         """Forget volumes deleted before ``before``; their ClientTokens are kept for
         TOKEN_RETENTION_SECONDS (see ``retired_token_volume``)."""
@@ -376,7 +379,11 @@ class Store(
         """Drop a snapshot's row, tags and manifest."""
         ...
 
-    async def count_snapshots(self, owner_id: str) -> int: ...
+    async def count_snapshots(self, owner_id: str, region: str) -> int:
+        """The owner's snapshots in ``region`` not deleted (the snapshot quota is per
+        region)."""
+        ...
+
     async def volumes_restoring_from(self, snapshot_id: str) -> list[str]: ...
     async def latest_completed_snapshot(self, volume_id: str) -> str | None:
         """The id of the volume's newest completed snapshot not being deleted, if any."""

@@ -319,4 +319,10 @@ PG_MIGRATIONS: list[str] = [
         WHERE snapshots.id = direct_snapshots.snapshot_id
     ) WHERE client_token IS NOT NULL;
     """,
+    # 15: the snapshot quota is counted per account and region (as EC2's Service Quotas) on
+    # every snapshot made: an index with the column ``deleted`` answers the count alone
+    # (snapshots_owner_state has no such column: each row counted was read from the table)
+    """
+    CREATE INDEX IF NOT EXISTS snapshots_owner_deleted ON snapshots(owner_id, region, deleted);
+    """,
 ]

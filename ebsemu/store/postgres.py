@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from ebsemu.store.postgres_base import PostgresBase
-from ebsemu.store.sqlite import SqlStore
+from ebsemu.store.sqlite import COUNT_VOLUMES_SQL, SqlStore
 from ebsemu.store.sqlite_steps import JobNotHeld, close_job
 
 _NOW = "extract(epoch FROM clock_timestamp())"
@@ -46,10 +46,9 @@ class PostgresStore(PostgresBase, SqlStore):
             )
         await super().close()
 
-    async def count_volumes(self, owner_id: str) -> int:
-        rows = await self._rows(
-            "SELECT COUNT(*) FROM volumes WHERE owner_id = ? AND state != 'deleted'", (owner_id,)
-        )
+    async def count_volumes(self, owner_id: str, region: str) -> int:
+        """Counted on each call: other instances sharing the database make volumes too."""
+        rows = await self._rows(COUNT_VOLUMES_SQL, (owner_id, region))
         return int(rows[0][0])
 
     def _job_holder(self) -> str:

@@ -57,6 +57,15 @@ from ebsemu.timefmt import from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
+# The quotas' counts, per owner and region: each is answered from an index alone,
+# volumes_owner_state (owner_id, region, state) and snapshots_owner_deleted (migration 15).
+COUNT_VOLUMES_SQL = (
+    "SELECT COUNT(*) FROM volumes WHERE owner_id = ? AND region = ? AND state != 'deleted'"
+)
+COUNT_SNAPSHOTS_SQL = (
+    "SELECT COUNT(*) FROM snapshots WHERE owner_id = ? AND region = ? AND deleted = 0"
+)
+
 
 class SqlStore(
     InstanceTables,
@@ -74,7 +83,8 @@ class SqlStore(
 
     def __init__(self) -> None:
         super().__init__()
-        self._volume_counts: dict[str, int] = {}  # owner id -> volumes not deleted
+        # (owner id, region) -> volumes not deleted
+        self._volume_counts: dict[tuple[str, str], int] = {}
         self._encryption_settings = {}  # (account id, region) -> EncryptionSettings
 
     # ---- volumes -------------------------------------------------------------------------
@@ -91,8 +101,9 @@ class SqlStore(
         job = (kind, payload) if kind is not None else None
         stored, job_id = await self._commit(partial(_insert_volume, volume=volume, job=job))
         # Counted as the caller resumes, in commit order (see count_volumes).
-        if stored.id == volume.id and volume.owner_id in self._volume_counts:
-            self._volume_counts[volume.owner_id] += 1
+        counted = (volume.owner_id, volume.region)
+        if stored.id == volume.id and counted in self._volume_counts:
+            self._volume_counts[counted] += 1
         return stored, job_id
 
     async def find_volume_by_token(self, owner_id: str, token: str) -> Volume | None:
@@ -133,14 +144,15 @@ class SqlStore(
         states = [s.value for s in expected]
         sql = (
             f"UPDATE volumes SET state = ?, state_message = ?, updated_at = ? "
-            f"WHERE id = ? AND state IN ({placeholders(len(states))}) RETURNING owner_id"
+            f"WHERE id = ? AND state IN ({placeholders(len(states))}) "
+            "RETURNING owner_id, region"
         )
         params = (new.value, message, time.time(), volume_id, *states)
         leaving = VolumeState.DELETED not in expected and new is VolumeState.DELETED
 
         rows = await self._commit(partial(fetch, sql=sql, params=params))
-        if rows and leaving and rows[0][0] in self._volume_counts:
-            self._volume_counts[rows[0][0]] -= 1
+        if rows and leaving and (counted := (rows[0][0], rows[0][1])) in self._volume_counts:
+            self._volume_counts[counted] -= 1
         return bool(rows)
 
     async def transition_volume_closing_job(
@@ -175,21 +187,18 @@ class SqlStore(
         holds every job of the database (SQLite)."""
         return None
 
-    async def count_volumes(self, owner_id: str) -> int:
-        """Volumes of the owner not deleted: counted once by the writer, then kept up to date
-        by the store's own inserts and transitions as their callers resume. Callers of one
-        batch resume in the batch's order, so the first count and the changes around it
-        agree."""
-        count = self._volume_counts.get(owner_id)
+    async def count_volumes(self, owner_id: str, region: str) -> int:
+        """Volumes of the owner in the region not deleted: counted once by the writer, then
+        kept up to date by the store's own inserts and transitions as their callers resume.
+        Callers of one batch resume in the batch's order, so the first count and the changes
+        around it agree."""
+        counted = (owner_id, region)
+        count = self._volume_counts.get(counted)
         if count is None:
             rows = await self._commit(
-                partial(
-                    fetch,
-                    sql="SELECT COUNT(*) FROM volumes WHERE owner_id = ? AND state != 'deleted'",
-                    params=(owner_id,),
-                )
+                partial(fetch, sql=COUNT_VOLUMES_SQL, params=(owner_id, region))
             )
-            count = self._volume_counts.setdefault(owner_id, int(rows[0][0]))
+            count = self._volume_counts.setdefault(counted, int(rows[0][0]))
         return count
 
     async def retired_token_volume(self, owner_id: str, token: str) -> str | None:
@@ -412,10 +421,8 @@ class SqlStore(
             found.setdefault(str(host), []).append(str(resource_id))
         return found
 
-    async def count_snapshots(self, owner_id: str) -> int:
-        rows = await self._rows(
-            "SELECT COUNT(*) FROM snapshots WHERE owner_id = ? AND deleted = 0", (owner_id,)
-        )
+    async def count_snapshots(self, owner_id: str, region: str) -> int:
+        rows = await self._rows(COUNT_SNAPSHOTS_SQL, (owner_id, region))
         return int(rows[0][0])
 
     async def volumes_restoring_from(self, snapshot_id: str) -> list[str]:
