@@ -4,6 +4,11 @@ They work on the database in the data directory, whether or not the server is ru
 server reads keys from it, so a new key works at once and a removed one fails within a second
 (the server remembers a key it has seen for that long).
 A secret is printed once, when it is created; `list` shows key ids only.
+
+On SQLite they refuse a data directory with no database yet, unless given ``--init``: a
+mistyped --data-dir would otherwise get a new database of its own, and its keys would work on
+no server. (With PostgreSQL the data directory holds no keys; a DSN naming no database fails
+to connect.)
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ def add_commands(accounts: argparse.ArgumentParser, common: argparse.ArgumentPar
     common.add_argument(
         "--endpoint-url", help="the server's URL in printed profiles (default: from the config)"
     )
+    common.add_argument(
+        "--init",
+        action="store_true",
+        help="make the data directory's database if it has none yet (before the first serve)",
+    )
     commands = accounts.add_subparsers(dest="accounts_command", required=True)
     create = commands.add_parser(
         "create", parents=[common], help="create an account with a first access key"
@@ -49,6 +59,10 @@ def add_commands(accounts: argparse.ArgumentParser, common: argparse.ArgumentPar
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    missing = None if args.init else _missing_database(config)
+    if missing is not None:
+        print(f"ebsemu accounts: {missing}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_run(args, config))
     except AccountError as exc:
@@ -60,6 +74,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _missing_database(config: Config) -> str | None:
+    """Why the configured SQLite database cannot be the one a server uses, or None."""
+    if config.store_backend != "sqlite" or config.database.exists():
+        return None
+    where = "no data directory" if not config.data_dir.is_dir() else "no database"
+    return (
+        f"{where} at {config.data_dir} (is --data-dir or --config right?); `ebsemu serve` "
+        "makes it at its first start, or add --init to make it now"
+    )
 
 
 async def _with_accounts(config: Config, work: Callable[[AccountService], Awaitable[T]]) -> T:

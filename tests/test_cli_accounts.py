@@ -179,6 +179,67 @@ def test_secrets_of_created_keys_never_reach_the_server_log(
     assert key[1] not in log  # ... but never a secret
 
 
+# ---- a data directory no server has used ----------------------------------------------------
+
+
+def unstarted(data_dir: Path) -> ServerProcess:
+    """A server not started, on SQLite and file storage: its `ebsemu` runs on ``data_dir``."""
+    return ServerProcess(data_dir, TEST_CONFIG, store_dsn="", backend="file")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("create",),
+        ("list",),
+        ("add-key", DEFAULT_ACCOUNT),
+        ("remove-key", "AKIANOSUCHKEY"),
+    ],
+)
+def test_a_mistyped_data_dir_is_refused_in_one_line_and_nothing_is_made_there(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A key added to a new database in a mistyped directory worked on no server."""
+    proc = unstarted(tmp_path / "no-such-dir")
+    done = proc.ebsemu("accounts", *command)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.startswith(f"ebsemu accounts: no data directory at {proc.data_dir} ")
+    assert done.stderr.count("\n") == 1 and "--init" in done.stderr
+    assert not proc.data_dir.exists()
+
+
+def test_a_data_dir_without_a_database_is_refused_too(tmp_path: Path) -> None:
+    proc = unstarted(tmp_path / "data")
+    proc.data_dir.mkdir()
+    done = proc.ebsemu("accounts", "create")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"ebsemu accounts: no database at {proc.data_dir} ")
+    assert list(proc.data_dir.iterdir()) == []
+
+
+def test_init_makes_the_database_before_the_first_start_and_its_key_works_there(
+    tmp_path: Path,
+) -> None:
+    proc = unstarted(tmp_path / "data")
+    account_id, key = json_key(proc.ebsemu("accounts", "create", "--init", "--json"))
+    assert mode(proc.data_dir) == 0o700
+    assert mode(proc.data_dir / "ebsemu.sqlite3") == 0o600
+    _, added = json_key(proc.ebsemu("accounts", "add-key", account_id, "--json"))  # no --init
+    proc.start()
+    try:
+        for pair in (key, added):
+            volume = client(proc, pair).create_volume(AvailabilityZone=ZONE, Size=1)
+            assert volume["OwnerId"] == account_id
+    finally:
+        proc.stop()
+
+
+def json_key(done: subprocess.CompletedProcess[str]) -> tuple[str, tuple[str, str]]:
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    return shown["AccountId"], (shown["AccessKeyId"], shown["SecretAccessKey"])
+
+
 # ---- the default account's key ---------------------------------------------------------------
 
 

@@ -94,7 +94,7 @@ def test_a_database_postgresql_refuses_is_a_clear_error_of_the_cli_not_a_traceba
     assert "ebsemu accounts: cannot use the database postgresql://postgres:***@" in listed.stderr
     assert "does not exist" in listed.stderr and "Traceback" not in listed.stderr
 
-    sqlite = [*ebsemu, "accounts", "list", "--data-dir", str(tmp_path / "data")]
+    sqlite = [*ebsemu, "accounts", "list", "--init", "--data-dir", str(tmp_path / "data")]
     assert subprocess.run(sqlite, capture_output=True).returncode == 0  # its database made
     migrated = subprocess.run(
         [*ebsemu, "migrate", *where, "--to", with_password], capture_output=True, text=True
