@@ -90,6 +90,7 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_request_bytes: int = 1024 * 1024
+    request_body_timeout_seconds: float = 60.0  # for the whole body to arrive
     requests_per_second: float = 100.0
     request_burst: int = 300
     access_key_id: str | None = None
@@ -107,6 +108,8 @@ class Config:
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.max_request_bytes < 1024:
             raise ValueError("max_request_bytes must be at least 1024")
+        if self.request_body_timeout_seconds <= 0:
+            raise ValueError("request_body_timeout_seconds must be positive")
         if self.requests_per_second < 0 or self.request_burst < 1:
             raise ValueError("requests_per_second must be >= 0 and request_burst >= 1")
         _check_storage_hosts(self.storage_hosts, self.zones)
@@ -245,6 +248,7 @@ SECTION_OPTIONS: dict[str, frozenset[str]] = {
             "max_snapshots",
             "max_attachments_per_instance",
             "max_request_bytes",
+            "request_body_timeout_seconds",
             "request_burst",
             "requests_per_second",
             "modification_cooldown_seconds",
@@ -313,9 +317,12 @@ def _from_parser(parser: configparser.ConfigParser, base: Path) -> dict[str, obj
         ):
             if key in limits:
                 values[key] = limits.getint(key)
-        if "requests_per_second" in limits:
-            values["requests_per_second"] = limits.getfloat("requests_per_second")
-        for key in ("modification_cooldown_seconds", "modification_optimizing_seconds"):
+        for key in (
+            "requests_per_second",
+            "request_body_timeout_seconds",
+            "modification_cooldown_seconds",
+            "modification_optimizing_seconds",
+        ):
             if key in limits:
                 values[key] = limits.getfloat(key)
     if parser.has_section("auth"):

@@ -149,6 +149,14 @@ class InvalidRequest(ClientError):
     default_message = "The request received was invalid."
 
 
+class RequestTimeout(ClientError):
+    code = "RequestTimeout"
+    default_message = (
+        "Your socket connection to the server was not read from or written to within the "
+        "timeout period. Idle connections will be closed."
+    )
+
+
 class InvalidQueryParameter(ClientError):
     code = "InvalidQueryParameter"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import json
 import socket
 import time
 import urllib.parse
@@ -69,8 +70,13 @@ def exchange(
     lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items() if name != "Host"]
     lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall("\r\n".join(lines).encode("utf-8", "surrogateescape") + body)
+    return answer_to(server, "\r\n".join(lines).encode("utf-8", "surrogateescape") + body)
+
+
+def answer_to(server: ServerProcess, data: bytes, timeout: float = 30) -> RawResponse:
+    """Send ``data`` on a connection of its own; the answer, read until the server closes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(data)
         received = b""
         while chunk := sock.recv(65536):
             received += chunk
@@ -305,6 +311,49 @@ def test_a_client_that_hangs_up_mid_body_is_logged_as_gone_not_as_a_server_error
     assert " INFO ebsemu.api.handler " in text
     assert_no_server_error(log.wait_for('"POST /" 499'))
     assert requests_counted(server) == counted  # not counted at all, let alone as InternalError
+
+
+def part_of_a_body(method: str, target: str, content_type: str, sent: bytes) -> bytes:
+    """A request whose Content-Length promises more than the ``sent`` bytes that follow."""
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(sent) + 1000}\r\n\r\n"
+    )
+    return head.encode() + sent
+
+
+def test_a_body_that_stops_arriving_is_a_request_timeout_and_its_connection_is_closed(
+    tmp_path: Path,
+) -> None:
+    """A client that sent part of its body held its connection and a handler for good."""
+    config = TEST_CONFIG.replace("[limits]\n", "[limits]\nrequest_body_timeout_seconds = 1\n")
+    proc = ServerProcess(tmp_path / "data", config)
+    proc.start()
+    try:
+        log = LogSince(proc)
+        started = time.monotonic()
+        request = part_of_a_body("POST", "/", FORM, b"Action=DescribeVolumes")
+        answer = answer_to(proc, request, timeout=15)  # read until the server closes
+        assert 0.9 < time.monotonic() - started < 10
+        assert answer.status == 400, answer.body[:300]
+        code, message = answer.error()
+        assert code == "RequestTimeout" and "within the timeout period" in message
+        target = "/snapshots/snap-0123456789abcdef0/blocks/1"
+        block = answer_to(
+            proc, part_of_a_body("PUT", target, "application/octet-stream", b"\0" * 100), 15
+        )
+        assert block.status == 400, block.body[:300]
+        assert block.headers["x-amzn-ErrorType"] == "ValidationException"
+        assert json.loads(block.body)["Reason"] == "WRITE_REQUEST_TIMEOUT"
+        assert proc.client().describe_volumes()["Volumes"] == []
+        text = log.wait_for(f'"PUT {target}" 400')
+        timed_out = [line for line in text.splitlines() if "Your socket connection" in line]
+        assert len(timed_out) == 2, text  # one line each
+        assert " INFO ebsemu.api.handler " in timed_out[0] and "-> 400 RequestTimeout: " in text
+        assert " INFO ebsemu.direct.handler " in timed_out[1]
+        assert_no_server_error(text)
+    finally:
+        proc.stop()
 
 
 # ---- secrets in what aiohttp logs ----------------------------------------------------------------

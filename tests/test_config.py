@@ -134,3 +134,13 @@ def test_options_of_the_default_section_are_not_taken_for_unknown(tmp_path: Path
     path = tmp_path / "c.ini"
     path.write_text("[DEFAULT]\nlog_level = DEBUG\n[server]\nport = 9000\n")
     assert config.load(path).port == 9000
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1"])
+def test_a_request_body_timeout_must_be_positive(tmp_path: Path, seconds: str) -> None:
+    path = tmp_path / "c.ini"
+    path.write_text(f"[limits]\nrequest_body_timeout_seconds = {seconds}\n")
+    with pytest.raises(ValueError, match="request_body_timeout_seconds must be positive"):
+        config.load(path)
+    path.write_text("[limits]\nrequest_body_timeout_seconds = 2.5\n")
+    assert config.load(path).request_body_timeout_seconds == 2.5

@@ -6,6 +6,7 @@ caller's request rate, then the action and its parameters.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 
@@ -50,22 +51,35 @@ CLIENT_CLOSED_REQUEST = 499
 async def read_body(request: web.Request) -> bytes:
     """The request's body, decoded as its Content-Encoding says.
 
-    InvalidRequest for a body too large or that does not decode; ClientGone when the client
-    hung up before sending all of it."""
+    InvalidRequest for a body too large or that does not decode; RequestTimeout for one that
+    has not all arrived within [limits] request_body_timeout_seconds (a client that stops
+    sending would otherwise hold its connection and this handler for good); ClientGone when
+    the client hung up before sending all of it."""
+    seconds = request.app[SERVICES_KEY].config.request_body_timeout_seconds
     try:
-        return await request.read()
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        _abandon_body(request)
+        raise errors.RequestTimeout() from None
     except web.HTTPRequestEntityTooLarge:
         raise errors.InvalidRequest("The request body is too large.") from None
     except web.RequestPayloadError:
-        # The stream holds the error: once the answer is sent aiohttp would read the rest of
-        # the body again (and log the error); the connection is past use.
-        request.content.feed_eof()
-        request.protocol.close()
+        # The stream holds the error: aiohttp would read it again once the answer is sent
+        # (and log it).
+        _abandon_body(request)
         raise errors.InvalidRequest(
             "The request body could not be decoded (is its Content-Encoding right?)."
         ) from None
     except ConnectionResetError:
         raise ClientGone() from None
+
+
+def _abandon_body(request: web.Request) -> None:
+    """Leave the rest of the body unread: once the answer is sent aiohttp would read on (and
+    wait for what may never come); the connection is past use and is closed after it."""
+    request.content.feed_eof()
+    request.protocol.close()
 
 
 def client_gone(request_id: str, account: str, action: str) -> web.Response:

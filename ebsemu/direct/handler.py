@@ -27,8 +27,8 @@ DIRECT_KEY: web.AppKey[DirectService] = web.AppKey("direct", DirectService)
 DIRECT_AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("direct_authenticator", Authenticator)
 View = Callable[[web.Request], Awaitable[web.Response]]
 
-# The EC2 errors that signature checks and the rate limiter raise, as a rest-json service
-# names them.
+# The EC2 errors that signature checks, the rate limiter and the body's reading raise, as a
+# rest-json service names them.
 _AS_REST_JSON: dict[str, Callable[[str], errors.ApiError]] = {
     "SignatureDoesNotMatch": errors.InvalidSignatureException,
     "RequestExpired": errors.InvalidSignatureException,
@@ -39,6 +39,7 @@ _AS_REST_JSON: dict[str, Callable[[str], errors.ApiError]] = {
     "RequestLimitExceeded": lambda message: errors.RequestThrottledException(
         message, "ACCOUNT_THROTTLED"
     ),
+    "RequestTimeout": lambda message: errors.ValidationException(message, "WRITE_REQUEST_TIMEOUT"),
 }
 
 
