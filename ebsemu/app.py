@@ -178,6 +178,17 @@ async def _maintenance(core: Core) -> None:
             log.exception("store maintenance failed")
 
 
+def log_serving(config: Config) -> None:
+    """Say that the server is serving: once it listens on its address."""
+    log.info(
+        "ebsemu serving EC2 on %s/ (listening on %s:%d, data in %s)",
+        endpoint_url(config),
+        config.host,
+        config.port,
+        config.data_dir,
+    )
+
+
 def make_app(
     config: Config,
     *,
@@ -251,13 +262,6 @@ def make_app(
             asyncio.create_task(core.jobs.keep(config.job_lease_seconds / 3))
             if core.store.shared
             else None
-        )
-        log.info(
-            "ebsemu serving EC2 on %s/ (listening on %s:%d, data in %s)",
-            endpoint_url(config),
-            config.host,
-            config.port,
-            config.data_dir,
         )
         yield
         for task in (purger, leases):

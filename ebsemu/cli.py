@@ -6,13 +6,14 @@ import argparse
 import configparser
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from backends.errors import SetupError
-from ebsemu import __version__, cli_accounts, cli_migrate, cli_reconcile, config, logs
+from ebsemu import __version__, cli_accounts, cli_migrate, cli_reconcile, config, listening, logs
 from ebsemu.api.access_log import AccessLogger
 from ebsemu.service.accounts import AccountError
 
@@ -96,29 +97,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(cfg: config.Config, *, no_auth: bool) -> int:
-    from ebsemu.app import make_app, tls_context
+    from ebsemu.app import log_serving, make_app, tls_context
 
     try:
         ssl_context = tls_context(cfg)
     except (OSError, ValueError) as exc:
         print(f"ebsemu: cannot load the TLS certificate and key: {exc}", file=sys.stderr)
         return 2
+    sockets: list[socket.socket] = []
     try:
+        # The address first: one in use (or not this host's) stops the start before the
+        # database is migrated or a key generated.
+        sockets = listening.bind(cfg.host, cfg.port)
         web.run_app(
             make_app(cfg, auth=not no_auth, environ=os.environ),
-            host=cfg.host,
-            port=cfg.port,
+            sock=sockets,
             ssl_context=ssl_context,
-            print=None,
+            # Called once aiohttp listens on every socket: the moment to say it serves.
+            print=lambda _banner: log_serving(cfg),
             handle_signals=True,
             shutdown_timeout=15,
             access_log_class=AccessLogger,
         )
     except (SetupError, AccountError, OSError) as exc:
-        # OSError: the address cannot be had (in use, not this host's), or the data
-        # directory cannot be made (a file is in its place, no permission).
+        # OSError: the address cannot be had, or the data directory cannot be made (a file
+        # is in its place, no permission).
         logging.getLogger("ebsemu").error("cannot start: %s", exc)
         return 1
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
 
 

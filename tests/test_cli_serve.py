@@ -50,6 +50,8 @@ def test_a_bad_limit_in_the_configuration_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_port_in_use_and_a_data_dir_that_is_a_file_are_one_line_each(tmp_path: Path) -> None:
+    """A port in use is found before any start-up work: the database was made and migrated,
+    a key generated and shown, and "serving" logged, before the port was found taken."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -57,6 +59,9 @@ def test_a_port_in_use_and_a_data_dir_that_is_a_file_are_one_line_each(tmp_path:
         done = serve(tmp_path, "--data-dir", str(tmp_path / "data"), "--port", port)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "cannot start" in done.stderr and "in use" in done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr
+    assert not (tmp_path / "data").exists()  # no database, no credentials file
+    assert "serving" not in done.stderr and done.stdout == ""
     blocked = tmp_path / "a-file"
     blocked.write_text("not a directory")
     done = serve(tmp_path, "--data-dir", str(blocked), "--port", port)
