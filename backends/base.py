@@ -180,6 +180,17 @@ class ViewKeeper(Protocol):
 
 
 @runtime_checkable
+class VolumeCopier(Protocol):
+    """A StorageBackend that copies a volume into a new one at one instant (CopyVolumes)."""
+
+    async def copy_volume(self, source_id: str, copy_id: str) -> None:
+        """Create ``copy_id`` holding ``source_id``'s bytes, fast enough to run inside the API
+        call, as ``freeze`` is (a reflink clone, a sparse copy); nothing is made on failure.
+        Idempotent: an existing ``copy_id`` is kept."""
+        ...
+
+
+@runtime_checkable
 class ViewCloner(Protocol):
     """A StorageBackend that can make a volume from a view it still holds, without copying."""
 

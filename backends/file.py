@@ -140,6 +140,43 @@ def segment_name(index: int) -> str:
     return f"seg-{index:04d}"
 
 
+def _install(
+    staging: Path, final: Path, fill: Callable[[Path], str | None], *, doing: str, failing: str
+) -> str | None:
+    """Make the directory ``final`` appear whole, durably, or not at all: ``fill`` writes it
+    into the new directory ``staging`` beside it and says how it did; where it says None,
+    nothing is made. CapacityError when the filesystem is full, BackendError otherwise."""
+    try:
+        staging.mkdir()
+        how = fill(staging)
+        if how is None:
+            shutil.rmtree(staging)
+            return None
+        os.rename(staging, final)
+        sparse.fsync_dir(final.parent)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno in _NO_SPACE:
+            raise CapacityError(f"no space left {doing}") from exc
+        raise BackendError(f"cannot {failing}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return how
+
+
+def _clone_segments(source: Path, staging: Path, layout: Layout) -> str:
+    """Clone each segment file of the volume directory ``source`` into ``staging`` (a reflink,
+    else a copy of its data extents); how ("reflink", "copy", or both joined by "+")."""
+    methods = {
+        sparse.clone_file(
+            source / segment_name(index), staging / segment_name(index), layout.segment_size(index)
+        )
+        for index in range(layout.segment_count)
+    }
+    return "+".join(sorted(methods))
+
+
 def format_bytes(n: int) -> str:
     """``n`` in the largest binary unit that divides it exactly (``8 TiB``, ``1536 MiB``)."""
     for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
@@ -395,6 +432,12 @@ class FileStorage:
 
     async def freeze(self, volume_id: str, view_id: str) -> None:
         await asyncio.to_thread(self._freeze, volume_id, view_id)
+
+    async def copy_volume(self, source_id: str, copy_id: str) -> None:
+        """Make ``copy_id`` a new volume holding ``source_id``'s bytes, as a freeze makes a
+        view: reflinks where the filesystem shares extents, else a copy of the data extents
+        (holes stay holes). An existing ``copy_id`` is kept."""
+        await asyncio.to_thread(self._copy_volume, source_id, copy_id)
 
     async def freezes_by_copy(self) -> bool:
         """True where the data filesystem has no reflink (probed once)."""
@@ -701,17 +744,37 @@ class FileStorage:
 
     def _freeze(self, volume_id: str, view_id: str) -> None:
         def clone(source: Path, staging: Path, layout: Layout) -> dict[str, str]:
-            methods = {
-                sparse.clone_file(
-                    source / segment_name(index),
-                    staging / segment_name(index),
-                    layout.segment_size(index),
-                )
-                for index in range(layout.segment_count)
-            }
-            return {"frozen_by": "+".join(sorted(methods))}
+            return {"frozen_by": _clone_segments(source, staging, layout)}
 
         self._make_view(volume_id, view_id, clone)
+
+    def _copy_volume(self, source_id: str, copy_id: str) -> None:
+        source = self._volumes / _check_id(source_id)
+        final = self._volumes / _check_id(copy_id)
+        layout = self._layout_of(source, "volume")
+        if _is_luks(source):
+            raise BackendError(f"volume {source_id} is encrypted; copying it is not supported")
+        if _read_layout(final) is not None:
+            logger.info("volume %s already exists; kept", copy_id)
+            return
+
+        def fill(staging: Path) -> str:
+            how = _clone_segments(source, staging, layout)
+            sparse.write_json_atomic(staging / META_NAME, layout.to_json())
+            return how
+
+        began = time.monotonic()
+        how = _install(
+            self._staging(self._volumes, "tmp", copy_id),
+            final,
+            fill,
+            doing=f"copying volume {source_id}",
+            failing=f"copy volume {source_id}",
+        )
+        logger.info(
+            "copied volume %s to %s by %s in %.3f s", source_id, copy_id, how,
+            time.monotonic() - began,
+        )  # fmt: skip
 
     def _freeze_changes(self, volume_id: str, view_id: str, base: BlockDigests) -> bool:
         from backends import file_digests
@@ -749,31 +812,30 @@ class FileStorage:
             logger.info("view %s already exists; kept", view_id)
             return True
         self._views.mkdir(parents=True, exist_ok=True)
-        staging = self._staging(self._views, "tmp", view_id)
-        began = time.monotonic()
-        try:
-            staging.mkdir()
+
+        def described(staging: Path) -> str | None:
             how = fill(source, staging, layout)
             if how is None:
-                shutil.rmtree(staging)
-                return False
+                return None
             description = layout.to_json(volume_id=volume_id, frozen_ns=str(time.time_ns()), **how)
             sparse.write_json_atomic(staging / META_NAME, description)
-            os.rename(staging, final)
-            sparse.fsync_dir(self._views)
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if exc.errno in _NO_SPACE:
-                raise CapacityError(f"no space left freezing volume {volume_id}") from exc
-            raise BackendError(f"cannot freeze volume {volume_id}: {exc}") from exc
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            return how["frozen_by"]
+
+        began = time.monotonic()
+        frozen_by = _install(
+            self._staging(self._views, "tmp", view_id),
+            final,
+            described,
+            doing=f"freezing volume {volume_id}",
+            failing=f"freeze volume {volume_id}",
+        )
+        if frozen_by is None:
+            return False
         logger.info(
             "froze volume %s as view %s by %s in %.3f s",
             volume_id,
             view_id,
-            how["frozen_by"],
+            frozen_by,
             time.monotonic() - began,
         )
         return True

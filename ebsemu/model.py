@@ -117,6 +117,7 @@ class Volume:
     # The snapshot lineage it belongs to (ebsemu.service.lineage); None in a record from
     # before lineages were recorded.
     lineage: str | None = None
+    source_volume_id: str | None = None  # the volume CopyVolumes copied into this one
 
 
 @dataclass

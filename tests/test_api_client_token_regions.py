@@ -76,8 +76,9 @@ def test_a_token_recorded_before_regions_scoped_it_is_kept_in_its_region(
         ec2 = proc.client()
         volume_id = ec2.create_volume(AvailabilityZone=ZONE, Size=1, ClientToken=token)["VolumeId"]
         proc.stop()
-        # The volume as the schema before 14 recorded it.
+        # The volume as the schema before 14 recorded it, in the tables of that schema.
         proc.sql("UPDATE volumes SET client_token = ? WHERE id = ?", token, volume_id)
+        proc.sql("ALTER TABLE volumes DROP COLUMN source_volume_id")  # added by 16
         proc.sql("PRAGMA user_version = 13")
         proc.start()
         again = proc.client().create_volume(AvailabilityZone=ZONE, Size=1, ClientToken=token)

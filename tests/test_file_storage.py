@@ -404,3 +404,51 @@ def test_check_setup_creates_directories_and_removes_leftovers(tmp_path: Path) -
     asyncio.run(storage.check_setup())
     assert not any(p.exists() for p in leftovers)
     assert asyncio.run(storage.list_volumes()) == ["vol-a"]
+
+
+def test_copy_volume_holds_the_bytes_of_its_moment_keeps_holes_and_keeps_an_existing_copy(
+    tmp_path: Path,
+) -> None:
+    storage = FileStorage(tmp_path)
+    asyncio.run(storage.create("vol-a", 64 * MIB))
+    written = {5: _random_block(), 100: _random_block(), 127: _random_block()}
+    storage.write_blocks("vol-a", written.items())
+    asyncio.run(storage.copy_volume("vol-a", "vol-b"))
+    storage.write_blocks("vol-a", [(5, _random_block()), (6, _random_block())])
+
+    assert _blocks_by_reading_everything(tmp_path, "volumes", "vol-b") == written
+    copied = _segments(tmp_path, "volumes", "vol-b")
+    assert 3 * BLOCK_SIZE <= _allocated(copied) <= 3 * BLOCK_SIZE + 256 * 1024
+    asyncio.run(storage.copy_volume("vol-a", "vol-b"))  # a retry keeps the copy made
+    assert _blocks_by_reading_everything(tmp_path, "volumes", "vol-b") == written
+    assert asyncio.run(storage.list_volumes()) == ["vol-a", "vol-b"]
+    asyncio.run(storage.extend("vol-b", 128 * MIB))  # a copy is a volume like any other
+    assert _blocks_by_reading_everything(tmp_path, "volumes", "vol-b") == written
+
+
+def test_copy_volume_out_of_space_raises_capacity_error_and_leaves_nothing(
+    small_fs: Path,
+) -> None:
+    storage = FileStorage(small_fs / "data")
+    asyncio.run(storage.create("vol-a", 64 * MIB))
+    storage.write_blocks("vol-a", [(i, _random_block()) for i in range(40)])  # 20 MiB
+    with pytest.raises(CapacityError):
+        asyncio.run(storage.copy_volume("vol-a", "vol-b"))
+    assert asyncio.run(storage.list_volumes()) == ["vol-a"]
+    assert [p.name for p in (small_fs / "data" / "volumes").iterdir()] == ["vol-a"]
+
+
+def test_copy_volume_shares_extents_on_xfs(
+    xfs_reflink: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="backends.file")
+    storage = FileStorage(xfs_reflink / "data")
+    asyncio.run(storage.create("vol-a", 256 * MIB))
+    written = _distinct_blocks(512)
+    storage.write_blocks("vol-a", written.items())
+    free_before = storage.free_bytes()
+    asyncio.run(storage.copy_volume("vol-a", "vol-b"))
+    assert free_before - storage.free_bytes() < 16 * MIB  # a copy of the data takes 256 MiB
+    assert any("to vol-b by reflink" in r.getMessage() for r in caplog.records)
+    storage.write_blocks("vol-a", [(0, _random_block())])
+    assert _blocks_by_reading_everything(xfs_reflink / "data", "volumes", "vol-b") == written

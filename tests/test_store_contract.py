@@ -137,6 +137,22 @@ def test_a_state_change_applies_only_from_an_expected_state(new_store: NewStore)
     assert state == VolumeState.DELETING
 
 
+def test_a_volume_copy_keeps_the_id_of_its_source(new_store: NewStore) -> None:
+    async def scenario(store: Store) -> tuple[object, object, object]:
+        await store.insert_volume(volume("vol-1"))
+        await store.insert_volume(volume("vol-2", source_volume_id="vol-1"))
+        one, two = await store.get_volume("vol-1"), await store.get_volume("vol-2")
+        assert one is not None and two is not None
+        listed = await store.list_volumes(query())
+        return (
+            one.source_volume_id,
+            two.source_volume_id,
+            [v.source_volume_id for v in listed.items],
+        )
+
+    assert run(new_store, scenario) == (None, "vol-1", [None, "vol-1"])
+
+
 def test_a_client_token_names_one_volume_even_under_concurrent_inserts(
     new_store: NewStore,
 ) -> None:

@@ -56,13 +56,20 @@ def action(func: Action) -> Action:
     return func
 
 
-@action
-async def create_volume(svc: Services, ctx: RequestContext, p: Params) -> Result:
-    request = VolumeRequest(
-        zone=p.get("AvailabilityZone"),
-        zone_id=p.get("AvailabilityZoneId"),
+def _volume_request(
+    p: Params,
+    *,
+    zone: str | None = None,
+    zone_id: str | None = None,
+    snapshot_id: str | None = None,
+    source_volume_id: str | None = None,
+) -> VolumeRequest:
+    """The parameters CreateVolume and CopyVolumes share, and where the volume comes from."""
+    return VolumeRequest(
+        zone=zone,
+        zone_id=zone_id,
         size_gib=p.get("Size"),
-        snapshot_id=p.get("SnapshotId"),
+        snapshot_id=snapshot_id,
         volume_type=p.get("VolumeType"),
         iops=p.get("Iops"),
         throughput=p.get("Throughput"),
@@ -71,9 +78,26 @@ async def create_volume(svc: Services, ctx: RequestContext, p: Params) -> Result
         multi_attach=bool(p.get("MultiAttachEnabled")),
         tags=validation.spec_tags(p.get("TagSpecifications", []), "volume"),
         client_token=p.get("ClientToken"),
+        source_volume_id=source_volume_id,
+    )
+
+
+@action
+async def create_volume(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    request = _volume_request(
+        p,
+        zone=p.get("AvailabilityZone"),
+        zone_id=p.get("AvailabilityZoneId"),
+        snapshot_id=p.get("SnapshotId"),
     )
     volume = await svc.volumes.create(ctx, request)
     return views.volume_view(volume, attachments=False)
+
+
+@action
+async def copy_volumes(svc: Services, ctx: RequestContext, p: Params) -> Result:
+    volume = await svc.volumes.create(ctx, _volume_request(p, source_volume_id=p["SourceVolumeId"]))
+    return {"Volumes": [views.volume_view(volume, attachments=False)]}
 
 
 @action

@@ -39,6 +39,7 @@ def volume_view(volume: Volume, *, attachments: bool = True) -> dict[str, Any]:
         "Iops": volume.iops,
         "Throughput": volume.throughput,
         "MultiAttachEnabled": volume.multi_attach,
+        "SourceVolumeId": volume.source_volume_id,
         "Tags": tag_list(volume.tags),
     }
     if attachments:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from backends.base import DigestFreezer, StorageBackend, VmmBackend
 from backends.errors import BackendError, DomainNotFound
 from ebsemu import faults
+from ebsemu.model import Volume
 from ebsemu.private_files import write_private
 
 if TYPE_CHECKING:
@@ -53,6 +54,25 @@ class GuestPauses:
     holders: dict[Guest, int] = field(default_factory=dict)
     ours: dict[Guest, float | None] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+async def writers(core: Core, volume: Volume, storage: StorageBackend) -> list[Guest]:
+    """The guests to pause while the volume is frozen: those it is attached to, where its
+    view is a copy rather than taken at one instant."""
+    if not volume.attachments or await freezes_at_one_instant(storage):
+        return []
+    guests = []
+    for attachment in volume.attachments:
+        instance = await core.store.get_instance(attachment.instance_id)
+        if instance is None or instance.vmm not in core.vmms:
+            log.warning(
+                "volume %s: instance %s has no VMM here; it is not paused for the copy",
+                volume.id,
+                attachment.instance_id,
+            )
+            continue
+        guests.append((instance.vmm, instance.domain))
+    return guests
 
 
 async def freezes_at_one_instant(storage: StorageBackend) -> bool:

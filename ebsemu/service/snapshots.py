@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from backends.base import StorageBackend, ViewKeeper
+from backends.base import ViewKeeper
 from backends.errors import BackendError
 from ebsemu import errors, faults
 from ebsemu.model import (
@@ -134,8 +134,9 @@ class SnapshotService:
             job_id = await self._core.store.insert_snapshot_with_job(snapshot, "capture_snapshot")
             self._core.jobs.recorded(job_id)
             storage = self._core.storage_for(volume)
+            guests = await guest_pause.writers(self._core, volume, storage)
             try:
-                async with guest_pause.paused(self._core, await self._writers(volume, storage)):
+                async with guest_pause.paused(self._core, guests):
                     frozen = await snapshot_freeze.freeze(
                         self._core, storage, volume_id, snapshot.id
                     )
@@ -306,24 +307,6 @@ class SnapshotService:
         log.info("snapshot %s: deleted", snapshot_id)
 
     # ---- helpers -------------------------------------------------------------------------
-
-    async def _writers(self, volume: Volume, storage: StorageBackend) -> list[guest_pause.Guest]:
-        """The guests to pause while the volume is frozen: those it is attached to, where its
-        view is a copy rather than taken at one instant (guest_pause)."""
-        if not volume.attachments or await guest_pause.freezes_at_one_instant(storage):
-            return []
-        guests = []
-        for attachment in volume.attachments:
-            instance = await self._core.store.get_instance(attachment.instance_id)
-            if instance is None or instance.vmm not in self._core.vmms:
-                log.warning(
-                    "volume %s: instance %s has no VMM here; it is not paused for the copy",
-                    volume.id,
-                    attachment.instance_id,
-                )
-                continue
-            guests.append((instance.vmm, instance.domain))
-        return guests
 
     async def _drop_view(self, host: str, snapshot_id: str) -> None:
         """Remove the snapshot's frozen view from its storage host, waiting for the host

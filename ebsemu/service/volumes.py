@@ -1,4 +1,5 @@
-"""Volumes: create (empty or from a snapshot), delete, describe — with AWS's state machine.
+"""Volumes: create (empty, from a snapshot, or as a copy of a volume), delete, describe — with
+AWS's state machine.
 
 creating -> available <-> in-use; available | error -> deleting -> deleted (then NotFound).
 API calls answer at once; jobs carry out the work on the storage backend.
@@ -27,7 +28,15 @@ from ebsemu.model import (
     new_id,
     utcnow,
 )
-from ebsemu.service import lineage, listing, quotas, sharing, snapshot_data, validation
+from ebsemu.service import (
+    lineage,
+    listing,
+    quotas,
+    sharing,
+    snapshot_data,
+    validation,
+    volume_copies,
+)
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
@@ -55,10 +64,14 @@ class VolumeRequest:
     multi_attach: bool
     tags: Mapping[str, str]
     client_token: str | None
+    source_volume_id: str | None = None  # CopyVolumes
 
     def digest(self) -> str:
-        """What identifies the request for ClientToken idempotency (all but the token)."""
+        """What identifies the request for ClientToken idempotency (all but the token; a
+        CreateVolume's as it was before CopyVolumes)."""
         fields = {k: v for k, v in self.__dict__.items() if k != "client_token"}
+        if self.source_volume_id is None:
+            del fields["source_volume_id"]
         fields["tags"] = sorted(self.tags.items())
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -77,6 +90,8 @@ class VolumeService:
         if req.client_token is not None and len(req.client_token) > 64:
             raise errors.InvalidParameterValue("ClientToken must be at most 64 characters.")
         try:
+            if req.source_volume_id is not None:
+                return await self._copy(ctx, req)
             volume = await self._validated(ctx, req)
             hosts = self._core.storage_hosts
             if volume.snapshot_id is None:
@@ -97,8 +112,7 @@ class VolumeService:
             return earlier
         if job_id is None:  # the ClientToken was used before, or by a concurrent request
             return self._idempotent(stored, req)
-        self._created[stored.id] = stored  # the job starts from it instead of reading it again
-        self._core.jobs.start(job_id, "create_volume", stored.id)
+        self._start(stored, job_id)
         log.info(
             "volume %s: creating (%d GiB %s) on storage host %s",
             stored.id,
@@ -107,6 +121,33 @@ class VolumeService:
             stored.storage_host,
         )
         return stored
+
+    async def _copy(self, ctx: RequestContext, req: VolumeRequest) -> Volume:
+        """CopyVolumes: under the source's lock, the copy is recorded and made; its create
+        job grows it to its size and marks it available (volume_copies)."""
+        assert req.source_volume_id is not None
+        async with self._core.locks.hold(req.source_volume_id):
+            volume = await self._validated(ctx, req)
+            stored, job_id = await self._insert(volume, req)
+            if job_id is None:
+                return self._idempotent(stored, req)
+            source = await self.get(ctx, req.source_volume_id)
+            try:
+                await volume_copies.copy(self._core, source, stored.id)
+            except (BackendError, OSError) as exc:
+                log.error("volume %s: copy of %s failed: %s", stored.id, source.id, exc)
+                await self._core.jobs.fail(job_id, f"copy failed: {exc}")
+                await self._core.store.transition_volume(
+                    stored.id, {VolumeState.CREATING}, VolumeState.ERROR, _creation_failure(exc)
+                )
+                return await self._core.store.get_volume(stored.id) or stored
+        self._start(stored, job_id)
+        log.info("volume %s: creating as a copy of %s", stored.id, source.id)
+        return stored
+
+    def _start(self, volume: Volume, job_id: int) -> None:
+        self._created[volume.id] = volume  # the job starts from it instead of reading it again
+        self._core.jobs.start(job_id, "create_volume", volume.id)
 
     async def delete(self, ctx: RequestContext, volume_id: str) -> None:
         volume = await self.get(ctx, volume_id)
@@ -173,9 +214,10 @@ class VolumeService:
     # ---- jobs ----------------------------------------------------------------------------
 
     async def _run_create(self, volume_id: str, payload: dict[str, Any]) -> bool:
-        """Steps: allocate storage (undo: delete it) -> restore the snapshot's data, if any;
-        then one write marks the volume available, logs the steps and closes the job. A
-        failure leaves it `error`, its storage deleted."""
+        """Steps: allocate storage (a copy, made in the request, is grown to its size; undo:
+        delete it) -> restore the snapshot's data, if any; then one write marks the volume
+        available, logs the steps and closes the job. A failure leaves it `error`, its
+        storage deleted."""
         store = self._core.store
         volume = self._created.pop(volume_id, None) or await store.get_volume(volume_id)
         if volume is None or volume.state is not VolumeState.CREATING:
@@ -185,7 +227,9 @@ class VolumeService:
         cloned: list[bool] = []
 
         async def allocate() -> None:
-            if volume.encrypted:
+            if volume.source_volume_id is not None:
+                await storage.extend(volume_id, volume.size_gib * GIB)
+            elif volume.encrypted:
                 await self._encryption.create_storage(volume)
             elif await self._cloned(volume, storage):
                 cloned.append(True)  # the clone holds the snapshot's data: nothing to restore
@@ -314,15 +358,20 @@ class VolumeService:
 
     async def _validated(self, ctx: RequestContext, req: VolumeRequest) -> Volume:
         store = self._core.store
-        if req.zone is not None and req.zone_id is not None:
-            raise errors.InvalidParameterCombination(
-                "Only one of AvailabilityZone or AvailabilityZoneId can be specified."
-            )
-        if req.zone is None and req.zone_id is None:
-            raise errors.MissingParameter(
-                "The request must contain the parameter availabilityZone or availabilityZoneId"
-            )
-        zone = self._core.zone(ctx.region, req.zone, req.zone_id)
+        source = None
+        if req.source_volume_id is not None:  # a copy: in its source's zone, on its host
+            source = await self.get(ctx, req.source_volume_id)
+            zone = self._core.zone(ctx.region, source.zone, None)
+        else:
+            if req.zone is not None and req.zone_id is not None:
+                raise errors.InvalidParameterCombination(
+                    "Only one of AvailabilityZone or AvailabilityZoneId can be specified."
+                )
+            if req.zone is None and req.zone_id is None:
+                raise errors.MissingParameter(
+                    "The request must contain the parameter availabilityZone or availabilityZoneId"
+                )
+            zone = self._core.zone(ctx.region, req.zone, req.zone_id)
         vtype = validation.volume_type(req.volume_type)
         if req.kms_key_id is not None and not req.encrypted:
             raise errors.InvalidParameterDependency(
@@ -334,7 +383,9 @@ class VolumeService:
             )
         size = req.size_gib
         snapshot = None
-        if req.snapshot_id is not None:
+        if source is not None:
+            size = volume_copies.check_source(source, self._core.storage_for(source), size)
+        elif req.snapshot_id is not None:
             snapshot = await self._snapshot_for_restore(ctx, req.snapshot_id)
             if size is None:
                 size = snapshot.volume_size_gib
@@ -352,6 +403,8 @@ class VolumeService:
         encryption = await self._encryption.for_new_volume(
             ctx, zone.name, req.encrypted, req.kms_key_id, snapshot
         )
+        if source is not None:
+            volume_copies.check_unencrypted(source, encryption.encrypted)
         await quotas.check_volumes(self._core, ctx)
         volume_id = new_id("vol")
         return Volume(
@@ -374,6 +427,8 @@ class VolumeService:
             request_digest=req.digest() if req.client_token is not None else None,
             tags=dict(req.tags),
             lineage=volume_id if snapshot is None else await lineage.of(store, snapshot),
+            storage_host=source.storage_host if source is not None else "default",
+            source_volume_id=req.source_volume_id,
         )
 
     async def _snapshot_for_restore(self, ctx: RequestContext, snapshot_id: str) -> Snapshot:

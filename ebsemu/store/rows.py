@@ -20,7 +20,7 @@ from ebsemu.timefmt import from_wire, to_wire
 VOLUME_COLUMNS = (
     "id, owner_id, region, zone, zone_id, size_gib, volume_type, iops, throughput, encrypted, "
     "kms_key_id, snapshot_id, multi_attach, state, state_message, create_time, updated_at, "
-    "client_token, request_digest, storage_host, lineage"
+    "client_token, request_digest, storage_host, lineage, source_volume_id"
 )
 
 SNAPSHOT_COLUMNS = (
@@ -76,6 +76,7 @@ def volume_from_row(row: Sequence[Any]) -> Volume:
         digest,
         storage_host,
         lineage,
+        source_volume_id,
     ) = row
     return Volume(
         id=id_,
@@ -99,6 +100,7 @@ def volume_from_row(row: Sequence[Any]) -> Volume:
         seq=seq,
         storage_host=storage_host,
         lineage=lineage,
+        source_volume_id=source_volume_id,
     )
 
 

@@ -297,4 +297,8 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX IF NOT EXISTS snapshots_owner_deleted ON snapshots(owner_id, region, deleted);
     """,
+    # 16: a volume made by CopyVolumes names the volume it copies (its SourceVolumeId)
+    """
+    ALTER TABLE volumes ADD COLUMN source_volume_id TEXT;
+    """,
 ]

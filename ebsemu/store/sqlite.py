@@ -717,6 +717,7 @@ def _insert_volume(
         volume.request_digest,
         volume.storage_host,
         volume.lineage,
+        volume.source_volume_id,
     )
     try:
         seq = conn.execute(

@@ -1,0 +1,78 @@
+"""CopyVolumes: a new volume holding a source volume's bytes as they were at the call.
+
+The copy is made in the request, as CreateSnapshot freezes a volume: by the storage backend at
+one instant (a reflink clone, or a sparse copy of the data extents with the source's guests
+paused meanwhile: docs/consistency.md). The copy's create job then grows it to its size (past
+the source's end it reads as zeros) and marks it `available`. EC2 answers with the copy at once
+and fills it in the background; here the call lasts as long as the backend's copy. A copy that
+fails is `error`, with nothing left on the storage host.
+
+Refused with UnsupportedOperation: a storage backend that cannot copy at one instant (only the
+`file` backend can), and encrypted copies (the data path does not encrypt plaintext, nor copy a
+LUKS image under a new key).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from backends.base import StorageBackend, VolumeCopier
+from ebsemu import errors
+from ebsemu.model import Volume, VolumeState
+from ebsemu.service import guest_pause
+from ebsemu.service.core import Core
+
+log = logging.getLogger(__name__)
+
+COPYABLE = {VolumeState.AVAILABLE, VolumeState.IN_USE}
+
+
+def check_source(source: Volume, storage: StorageBackend, size_gib: int | None) -> int:
+    """The copy's size: ``size_gib``, or the source's. IncorrectState for a source that is not
+    `available` or `in-use`, InvalidParameterValue for a size below the source's,
+    UnsupportedOperation where the source's storage cannot copy it."""
+    if source.state not in COPYABLE:
+        raise errors.IncorrectState(
+            f"The volume '{source.id}' is '{source.state.value}'; only an available or in-use "
+            "volume can be copied."
+        )
+    if not isinstance(storage, VolumeCopier):
+        raise errors.UnsupportedOperation(
+            f"Cannot copy the volume {source.id}: its storage host {source.storage_host} "
+            "cannot copy a volume at one instant (the file backend can)."
+        )
+    if size_gib is None:
+        return source.size_gib
+    if size_gib < source.size_gib:
+        raise errors.InvalidParameterValue(
+            f"The size of the volume copy ({size_gib} GiB) must be equal to or greater than the "
+            f"size of the source volume {source.id} ({source.size_gib} GiB)."
+        )
+    return size_gib
+
+
+def check_unencrypted(source: Volume, encrypted: bool) -> None:
+    """UnsupportedOperation for an encrypted source or copy (Encrypted, or encryption by
+    default)."""
+    if source.encrypted:
+        raise errors.UnsupportedOperation(
+            f"Cannot copy the encrypted volume {source.id}: this volume store copies "
+            "unencrypted volumes only."
+        )
+    if encrypted:
+        raise errors.UnsupportedOperation(
+            f"Cannot make an encrypted copy of the unencrypted volume {source.id}: this volume "
+            "store encrypts a volume only from its creation or from an encrypted snapshot. "
+            "If encryption by default is enabled, disable it with DisableEbsEncryptionByDefault."
+        )
+
+
+async def copy(core: Core, source: Volume, copy_id: str) -> None:
+    """Copy the source's bytes into the new volume ``copy_id``, its guests paused where the
+    copy is not made at one instant. BackendError or OSError if it cannot be made."""
+    storage = core.storage_for(source)
+    assert isinstance(storage, VolumeCopier)  # check_source refused the others
+    guests = await guest_pause.writers(core, source, storage)
+    async with guest_pause.paused(core, guests):
+        await storage.copy_volume(source.id, copy_id)
+    log.info("volume %s: copied to %s", source.id, copy_id)
