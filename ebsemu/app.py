@@ -43,6 +43,7 @@ from ebsemu.service.instances import InstanceService
 from ebsemu.service.jobs import Jobs
 from ebsemu.service.modifications import ModificationService
 from ebsemu.service.multi_snapshots import MultiSnapshotService
+from ebsemu.service.public_access import PublicAccessService
 from ebsemu.service.reconcile import Reconciler, drop_stale_views
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshot_copies import SnapshotCopyService
@@ -102,6 +103,7 @@ def build_services(core: Core) -> Services:
         volume_status=VolumeStatusService(core, volumes),
         modifications=ModificationService(core, volumes, instances),
         fast_restores=fast_restores,
+        public_access=PublicAccessService(core),
     )
 
 

@@ -42,6 +42,14 @@ class AttachmentState(enum.StrEnum):
     BUSY = "busy"
 
 
+class SnapshotBlockPublicAccessState(enum.StrEnum):
+    """Block public access for snapshots, per account and region (no record: unblocked)."""
+
+    BLOCK_ALL_SHARING = "block-all-sharing"
+    BLOCK_NEW_SHARING = "block-new-sharing"
+    UNBLOCKED = "unblocked"
+
+
 class VolumeType(enum.StrEnum):
     STANDARD = "standard"
     GP2 = "gp2"

@@ -1,6 +1,7 @@
 """The Store contract, on each store (SQLite and PostgreSQL): compare-and-set transitions,
 ClientTokens, keyset pagination, filters with wildcards and escapes, tags, attachments, jobs
-and their leases, snapshot lineages, and the migrations."""
+and their leases, snapshot lineages, block public access for snapshots, and the
+migrations."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ebsemu.model import (
     AttachmentState,
     Instance,
     Snapshot,
+    SnapshotBlockPublicAccessState,
     SnapshotState,
     Volume,
     VolumeState,
@@ -29,7 +31,7 @@ from ebsemu.model import (
     utcnow,
 )
 from ebsemu.service import lineage
-from ebsemu.store.base import Filter, ListQuery, Store, VolumeIo
+from ebsemu.store.base import Filter, ListQuery, Reach, Store, VolumeIo
 from ebsemu.store.direct import DirectMeta
 from ebsemu.store.pg_dialect import glob_to_like, translate
 from ebsemu.store.pg_schema import PG_MIGRATIONS
@@ -196,6 +198,59 @@ def test_the_quota_counts_are_per_owner_and_region_without_deleted_records(
         ]
 
     assert run(new_store, scenario) == [3, 2, 1, 1, 0, 2, 1, 1, 0]
+
+
+def test_block_public_access_is_per_account_and_region_and_only_block_all_hides_public_grants(
+    new_store: NewStore,
+) -> None:
+    state = SnapshotBlockPublicAccessState
+    public = "snap-public"  # shared with everyone and OTHER_OWNER, in REGION
+    private = "snap-private"  # shared with OTHER_OWNER only, in REGION
+    elsewhere = "snap-elsewhere"  # shared like ``public``, in OTHER_REGION
+
+    async def seen(store: Store, region: str, snapshot_id: str) -> list[object]:
+        """The owner's setting, what RestorableBy=all lists, the grants in force."""
+        listed = await store.list_snapshots(
+            ListQuery(
+                owner_ids=frozenset({OTHER_OWNER}),
+                region=region,
+                reach=(Reach(None, frozenset({"all"})),),
+            )
+        )
+        return [
+            await store.snapshot_block_public_access(OWNER, region),
+            [s.id for s in listed.items],
+            await store.effective_snapshot_grantees(snapshot_id),
+        ]
+
+    async def scenario(store: Store) -> list[object]:
+        for snapshot_id, region in ((public, REGION), (private, REGION), (elsewhere, OTHER_REGION)):
+            await store.insert_snapshot(snapshot(snapshot_id, region=region))
+            await store.change_snapshot_grantees(snapshot_id, ["all", OTHER_OWNER], [])
+        await store.change_snapshot_grantees(private, [], ["all"])
+        found: list[object] = [await seen(store, REGION, public)]
+        for blocked in (state.BLOCK_NEW_SHARING, state.BLOCK_ALL_SHARING):
+            await store.set_snapshot_block_public_access(OWNER, REGION, blocked)
+            found.append(await seen(store, REGION, public))
+        found.append(await seen(store, OTHER_REGION, elsewhere))
+        found.append(await store.snapshot_block_public_access(OTHER_OWNER, REGION))
+        found.append(await store.snapshot_grantees(public))  # the grant itself is kept
+        found.append(await store.effective_snapshot_grantees(private))
+        await store.set_snapshot_block_public_access(OWNER, REGION, state.UNBLOCKED)
+        found.append(await seen(store, REGION, public))
+        return found
+
+    both = [OTHER_OWNER, "all"]
+    assert run(new_store, scenario) == [
+        [state.UNBLOCKED, [public], both],
+        [state.BLOCK_NEW_SHARING, [public], both],
+        [state.BLOCK_ALL_SHARING, [], [OTHER_OWNER]],
+        [state.UNBLOCKED, [elsewhere], both],
+        state.UNBLOCKED,
+        both,
+        [OTHER_OWNER],
+        [state.UNBLOCKED, [public], both],
+    ]
 
 
 async def _opened(store: Store) -> None:

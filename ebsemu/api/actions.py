@@ -18,6 +18,7 @@ from ebsemu.service.fast_restores import FastRestoreService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.modifications import ModificationService
 from ebsemu.service.multi_snapshots import MultiSnapshotService
+from ebsemu.service.public_access import PublicAccessService
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshot_copies import SnapshotCopyService
 from ebsemu.service.snapshots import SnapshotService
@@ -45,6 +46,7 @@ class Services:
     encryption: EncryptionService
     modifications: ModificationService
     fast_restores: FastRestoreService
+    public_access: PublicAccessService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]
@@ -250,10 +252,11 @@ async def modify_instance_attribute(svc: Services, ctx: RequestContext, p: Param
 
 # Actions kept in modules of their own register themselves when imported (after `action`).
 # CopySnapshot, CreateSnapshots; ModifyVolume; volume attributes and status; fast snapshot
-# restores:
+# restores; block public access for snapshots:
 from ebsemu.api import (  # noqa: E402, F401
     actions_copies,
     actions_fast_restores,
     actions_modify,
+    actions_public_access,
     actions_status,
 )

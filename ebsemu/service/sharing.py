@@ -1,8 +1,10 @@
 """Who may create volumes from a snapshot, as EC2 has it.
 
 Implicit: the owner. Explicit: accounts the owner named (createVolumePermission UserId).
-Public: everyone, once the owner granted the group `all`. Those who may create volumes from a
-snapshot also see it in DescribeSnapshots; everyone else gets the NotFound an absent id gets.
+Public: everyone, once the owner granted the group `all` — unless the owner blocks public
+sharing (ebsemu/service/public_access.py), which refuses new public grants and, in
+block-all-sharing mode, keeps the public ones from counting. Those who may create volumes from
+a snapshot also see it in DescribeSnapshots; everyone else gets the NotFound an absent id gets.
 Only the owner reads or changes the permissions.
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 
 from ebsemu import errors
 from ebsemu.model import Snapshot
-from ebsemu.service import encryption
+from ebsemu.service import encryption, public_access
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.store.base import Reach
@@ -34,6 +36,8 @@ Unshared = Callable[[Snapshot, Collection[str]], Awaitable[None]]
 
 
 def may_restore(account_id: str, snapshot: Snapshot, grantees: Collection[str]) -> bool:
+    """Whether ``account_id`` may create volumes from the snapshot, given the grants in force
+    (the store's ``effective_snapshot_grantees``)."""
     return snapshot.owner_id == account_id or account_id in grantees or PUBLIC in grantees
 
 
@@ -193,6 +197,8 @@ class SharingService:
             snapshot = await self._owned(ctx, snapshot_id)
             add = [grantee for grantee in change.add if grantee != snapshot.owner_id]
             encryption.check_shareable(snapshot, add)
+            if PUBLIC in add:
+                await public_access.check_public_sharing(self._core.store, snapshot)
             await self._core.store.change_snapshot_grantees(snapshot_id, add, change.remove)
             if change.remove:
                 await self._after_change(snapshot)

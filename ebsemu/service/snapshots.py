@@ -191,7 +191,7 @@ class SnapshotService:
         if snapshot is None or snapshot.region != ctx.region:
             raise _not_found(snapshot_id)
         if snapshot.owner_id != ctx.account_id:
-            grantees = await self._core.store.snapshot_grantees(snapshot_id)
+            grantees = await self._core.store.effective_snapshot_grantees(snapshot_id)
             if not sharing.may_restore(ctx.account_id, snapshot, grantees):
                 raise _not_found(snapshot_id)
         return snapshot

@@ -439,7 +439,7 @@ class VolumeService:
         allowed = snapshot is not None and (
             snapshot.owner_id == ctx.account_id
             or sharing.may_restore(
-                ctx.account_id, snapshot, await store.snapshot_grantees(snapshot_id)
+                ctx.account_id, snapshot, await store.effective_snapshot_grantees(snapshot_id)
             )
         )
         if snapshot is None or snapshot.region != ctx.region or not allowed:

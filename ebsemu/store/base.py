@@ -14,6 +14,7 @@ from ebsemu.model import (
     AttachmentState,
     Instance,
     Snapshot,
+    SnapshotBlockPublicAccessState,
     SnapshotState,
     TagRecord,
     Volume,
@@ -49,7 +50,8 @@ class Filter:
 @dataclass(frozen=True)
 class Reach:
     """Snapshots owned by one of ``owners`` (by anyone when None) that grant create-volume
-    permission to one of ``grantees`` (an account id or ``all``; no grant needed when None)."""
+    permission to one of ``grantees`` (an account id or ``all``; no grant needed when None).
+    A grant to ``all`` counts only while the owner does not block all public sharing."""
 
     owners: frozenset[str] | None
     grantees: frozenset[str] | None = None
@@ -233,6 +235,24 @@ class FastRestoreStore(Protocol):
     async def list_fast_restores(self, query: ListQuery) -> Page[FastRestore]: ...
 
 
+class PublicAccessStore(Protocol):
+    """Block public access for snapshots (ebsemu.service.public_access)."""
+
+    async def snapshot_block_public_access(
+        self, account_id: str, region: str
+    ) -> SnapshotBlockPublicAccessState:
+        """The account's setting in the region (unblocked until one is set)."""
+        ...
+
+    async def set_snapshot_block_public_access(
+        self, account_id: str, region: str, state: SnapshotBlockPublicAccessState
+    ) -> None: ...
+    async def effective_snapshot_grantees(self, snapshot_id: str) -> list[str]:
+        """``snapshot_grantees`` in force: without ``all`` while the snapshot's owner blocks
+        all public sharing in its region (the grant itself is kept)."""
+        ...
+
+
 class JobLeaseStore(Protocol):
     """How server instances sharing one database divide the jobs: each unfinished job is
     leased to one instance, which renews the lease while the job runs; a job whose lease ran
@@ -265,6 +285,7 @@ class Store(
     ReconcileStore,
     StepStore,
     FastRestoreStore,
+    PublicAccessStore,
     JobLeaseStore,
     Protocol,
 ):

@@ -329,4 +329,14 @@ PG_MIGRATIONS: list[str] = [
     """
     ALTER TABLE volumes ADD COLUMN source_volume_id TEXT;
     """,
+    # 17: block public access for snapshots, per account and region (no row: unblocked); the
+    # public grants of snapshots stay as they are, block-all-sharing only stops them counting
+    """
+    CREATE TABLE IF NOT EXISTS snapshot_block_public_access (
+        account_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        state TEXT NOT NULL,  -- block-all-sharing | block-new-sharing | unblocked
+        PRIMARY KEY (account_id, region)
+    );
+    """,
 ]

@@ -50,6 +50,7 @@ from ebsemu.store.sqlite_instances import InstanceTables, complete_volumes
 from ebsemu.store.sqlite_inventory import InventoryTables
 from ebsemu.store.sqlite_leases import LeaseTables
 from ebsemu.store.sqlite_modifications import ModificationTables
+from ebsemu.store.sqlite_public_access import PublicAccessTables, granted_sql
 from ebsemu.store.sqlite_reconcile import ReconcileTables
 from ebsemu.store.sqlite_steps import StepTables, close_job, end_job
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
@@ -78,6 +79,7 @@ class SqlStore(
     ReconcileTables,
     StepTables,
     FastRestoreTables,
+    PublicAccessTables,
 ):
     """Every query of the store, on whichever engine a subclass adds."""
 
@@ -327,11 +329,7 @@ class SqlStore(
                 parts.append(f"s.owner_id IN ({placeholders(len(reach.owners))})")
                 params += sorted(reach.owners)
             if reach.grantees is not None:
-                parts.append(
-                    "s.id IN (SELECT p.snapshot_id FROM snapshot_permissions p "
-                    f"WHERE p.grantee IN ({placeholders(len(reach.grantees))}))"
-                )
-                params += sorted(reach.grantees)
+                parts.append(granted_sql(reach.grantees, params))
             terms.append("(" + (" AND ".join(parts) or "TRUE") + ")")
         where = ["(" + (" OR ".join(terms) or "FALSE") + ")", "s.region = ?"]
         params.append(query.region)
