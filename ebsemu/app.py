@@ -47,6 +47,7 @@ from ebsemu.service.public_access import PublicAccessService
 from ebsemu.service.reconcile import Reconciler, drop_stale_views
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshot_copies import SnapshotCopyService
+from ebsemu.service.snapshot_locks import SnapshotLockService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
 from ebsemu.service.volume_status import VolumeStatusService
@@ -104,6 +105,7 @@ def build_services(core: Core) -> Services:
         modifications=ModificationService(core, volumes, instances),
         fast_restores=fast_restores,
         public_access=PublicAccessService(core),
+        snapshot_locks=SnapshotLockService(core, snapshots),
     )
 
 

@@ -103,6 +103,13 @@ class InvalidSnapshotInUse(ClientError):
     code = "InvalidSnapshot.InUse"
 
 
+class SnapshotLocked(ClientError):
+    """DeleteSnapshot of a snapshot whose lock has not expired. The code could not be
+    confirmed from AWS's error-code list; this one names the condition."""
+
+    code = "SnapshotLocked"
+
+
 class InvalidID(ClientError):
     code = "InvalidID"
 

@@ -11,6 +11,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import asyncpg
@@ -31,7 +32,8 @@ from ebsemu.model import (
     utcnow,
 )
 from ebsemu.service import lineage
-from ebsemu.store.base import Filter, ListQuery, Reach, Store, VolumeIo
+from ebsemu.snapshot_lock import LockMode, SnapshotLock
+from ebsemu.store.base import Filter, ListQuery, Page, Reach, Store, VolumeIo
 from ebsemu.store.direct import DirectMeta
 from ebsemu.store.pg_dialect import glob_to_like, translate
 from ebsemu.store.pg_schema import PG_MIGRATIONS
@@ -670,6 +672,70 @@ def test_the_fast_restore_limit_holds_when_two_instances_enable_at_once(
                 await store.close()
 
     assert len({r.snapshot_id for r in asyncio.run(scenario())}) == 3
+
+
+def test_a_snapshot_lock_is_replaced_in_place_listed_by_state_and_removed_with_its_snapshot(
+    new_store: NewStore,
+) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def lock(snapshot_id: str, mode: LockMode, **fields: object) -> SnapshotLock:
+        return SnapshotLock(snapshot_id, OWNER, REGION, mode, now, **fields)  # type: ignore[arg-type]
+
+    def ids(page: Page[SnapshotLock]) -> list[str]:
+        return [item.snapshot_id for item in page.items]
+
+    async def scenario(store: Store) -> None:
+        for snapshot_id in ("snap-1", "snap-2", "snap-3"):
+            await store.insert_snapshot(snapshot(snapshot_id))
+        await store.put_snapshot_lock(lock("snap-1", LockMode.GOVERNANCE, duration_days=1))
+        await store.put_snapshot_lock(
+            lock("snap-2", LockMode.COMPLIANCE, cool_off_expires_on=now + timedelta(hours=1))
+        )
+        await store.put_snapshot_lock(
+            lock("snap-3", LockMode.GOVERNANCE, expires_on=now + timedelta(seconds=1))
+        )
+        # A lock given a duration while its snapshot was pending starts when it completes.
+        waiting = await store.get_snapshot_lock("snap-1")
+        assert waiting is not None and waiting.expires_on is None
+        assert await store.complete_snapshot("snap-1", 0)
+        started = await store.get_snapshot_lock("snap-1")
+        assert started is not None and started.duration_start is not None
+        assert started.expires_on == started.duration_start + timedelta(days=1)
+        # Replaced in place: it keeps its position in the listing.
+        await store.put_snapshot_lock(lock("snap-1", LockMode.COMPLIANCE, duration_days=2))
+        assert ids(await store.list_snapshot_locks(query(), now)) == ["snap-1", "snap-2", "snap-3"]
+        later = now + timedelta(hours=2)
+        by_state = {
+            state: ids(
+                await store.list_snapshot_locks(
+                    query(filters=(Filter("lock-state", (state,)),)), later
+                )
+            )
+            for state in ("governance", "compliance", "compliance-cooloff", "expired")
+        }
+        assert by_state == {
+            "governance": [],
+            "compliance": ["snap-1", "snap-2"],
+            "compliance-cooloff": [],
+            "expired": ["snap-3"],
+        }
+        cooling = Filter("lock-state", ("compliance-cooloff",))
+        assert ids(await store.list_snapshot_locks(query(filters=(cooling,)), now)) == ["snap-2"]
+        first = await store.list_snapshot_locks(query(limit=2), now)
+        assert ids(first) == ["snap-1", "snap-2"] and first.last_seq is not None
+        rest = await store.list_snapshot_locks(query(limit=2, after_seq=first.last_seq), now)
+        assert ids(rest) == ["snap-3"] and rest.last_seq is None
+        other = ListQuery(owner_ids=frozenset({OTHER_OWNER}), region=REGION)
+        assert ids(await store.list_snapshot_locks(other, now)) == []
+        await store.remove_snapshot_lock("snap-2")
+        assert await store.get_snapshot_lock("snap-2") is None
+        assert await store.mark_snapshot_deleted("snap-3")
+        assert ids(await store.list_snapshot_locks(query(), now)) == ["snap-1"]
+        await store.remove_snapshot("snap-3")
+        assert await store.get_snapshot_lock("snap-3") is None
+
+    run(new_store, scenario)
 
 
 def test_an_io_incident_disables_io_unless_auto_enable_io_is_set(new_store: NewStore) -> None:

@@ -21,6 +21,7 @@ from ebsemu.service.multi_snapshots import MultiSnapshotService
 from ebsemu.service.public_access import PublicAccessService
 from ebsemu.service.sharing import SharingService
 from ebsemu.service.snapshot_copies import SnapshotCopyService
+from ebsemu.service.snapshot_locks import SnapshotLockService
 from ebsemu.service.snapshots import SnapshotService
 from ebsemu.service.tags import TagService
 from ebsemu.service.volume_status import VolumeStatusService
@@ -47,6 +48,7 @@ class Services:
     modifications: ModificationService
     fast_restores: FastRestoreService
     public_access: PublicAccessService
+    snapshot_locks: SnapshotLockService
 
 
 Action = Callable[[Services, RequestContext, Params], Awaitable[Result]]
@@ -252,11 +254,12 @@ async def modify_instance_attribute(svc: Services, ctx: RequestContext, p: Param
 
 # Actions kept in modules of their own register themselves when imported (after `action`).
 # CopySnapshot, CreateSnapshots; ModifyVolume; volume attributes and status; fast snapshot
-# restores; block public access for snapshots:
+# restores; block public access for snapshots; snapshot locks:
 from ebsemu.api import (  # noqa: E402, F401
     actions_copies,
     actions_fast_restores,
     actions_modify,
     actions_public_access,
+    actions_snapshot_locks,
     actions_status,
 )

@@ -37,6 +37,7 @@ from ebsemu.service import (
     sharing,
     snapshot_data,
     snapshot_freeze,
+    snapshot_locks,
 )
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
@@ -107,10 +108,17 @@ async def complete_unchanged(
 
 
 class SnapshotService:
-    def __init__(self, core: Core, volumes: VolumeService, encryption: EncryptionService) -> None:
+    def __init__(
+        self,
+        core: Core,
+        volumes: VolumeService,
+        encryption: EncryptionService,
+        clock: snapshot_locks.Clock = utcnow,
+    ) -> None:
         self._core = core
         self._volumes = volumes
         self._encryption = encryption
+        self._clock = clock  # when a snapshot's lock is asked whether it has expired
         core.jobs.register("capture_snapshot", self._run_capture)
         core.jobs.register("delete_snapshot", self._run_delete)
 
@@ -161,6 +169,7 @@ class SnapshotService:
     async def delete(self, ctx: RequestContext, snapshot_id: str) -> None:
         await self.get(ctx, snapshot_id)
         async with self._core.locks.hold(snapshot_id):
+            await snapshot_locks.refuse_locked(self._core.store, snapshot_id, self._clock())
             restoring = await self._core.store.volumes_restoring_from(snapshot_id)
             if restoring:
                 raise errors.InvalidSnapshotInUse(

@@ -21,6 +21,7 @@ from ebsemu.model import (
     VolumeState,
 )
 from ebsemu.modification import ModificationState, VolumeModification, VolumeSettings
+from ebsemu.snapshot_lock import SnapshotLock
 from ebsemu.store.direct import DirectStore
 
 T = TypeVar("T")
@@ -253,6 +254,16 @@ class PublicAccessStore(Protocol):
         ...
 
 
+class SnapshotLockStore(Protocol):
+    """Snapshot locks (ebsemu.service.snapshot_locks); ``remove_snapshot`` drops a
+    snapshot's lock with it."""
+
+    async def put_snapshot_lock(self, lock: SnapshotLock) -> None: ...
+    async def get_snapshot_lock(self, snapshot_id: str) -> SnapshotLock | None: ...
+    async def remove_snapshot_lock(self, snapshot_id: str) -> None: ...
+    async def list_snapshot_locks(self, query: ListQuery, now: datetime) -> Page[SnapshotLock]: ...
+
+
 class JobLeaseStore(Protocol):
     """How server instances sharing one database divide the jobs: each unfinished job is
     leased to one instance, which renews the lease while the job runs; a job whose lease ran
@@ -286,6 +297,7 @@ class Store(
     StepStore,
     FastRestoreStore,
     PublicAccessStore,
+    SnapshotLockStore,
     JobLeaseStore,
     Protocol,
 ):

@@ -35,6 +35,7 @@ SERIALS = {
     "tags": "rowid",
     "volume_modifications": "seq",
     "fast_snapshot_restores": "seq",
+    "snapshot_locks": "seq",
 }
 
 

@@ -311,4 +311,22 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (account_id, region)
     ) WITHOUT ROWID;
     """,
+    # 18: snapshot locks (LockSnapshot): one per locked snapshot, its mode, duration or
+    # expiry and cooling-off period; a lock on a pending snapshot starts with its completion
+    """
+    CREATE TABLE IF NOT EXISTS snapshot_locks (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        snapshot_id TEXT NOT NULL UNIQUE,
+        owner_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        lock_mode TEXT NOT NULL,
+        created_on TEXT NOT NULL,
+        duration_days INTEGER,
+        duration_start TEXT,
+        expires_on TEXT,
+        cool_off_hours INTEGER,
+        cool_off_expires_on TEXT
+    );
+    CREATE INDEX IF NOT EXISTS snapshot_locks_owner ON snapshot_locks(owner_id, region);
+    """,
 ]

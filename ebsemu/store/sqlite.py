@@ -52,6 +52,7 @@ from ebsemu.store.sqlite_leases import LeaseTables
 from ebsemu.store.sqlite_modifications import ModificationTables
 from ebsemu.store.sqlite_public_access import PublicAccessTables, granted_sql
 from ebsemu.store.sqlite_reconcile import ReconcileTables
+from ebsemu.store.sqlite_snapshot_locks import SnapshotLockTables
 from ebsemu.store.sqlite_steps import StepTables, close_job, end_job
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
 from ebsemu.timefmt import from_wire, to_wire
@@ -80,6 +81,7 @@ class SqlStore(
     StepTables,
     FastRestoreTables,
     PublicAccessTables,
+    SnapshotLockTables,
 ):
     """Every query of the store, on whichever engine a subclass adds."""
 
@@ -400,6 +402,7 @@ class SqlStore(
             [
                 ("DELETE FROM snapshot_blocks WHERE snapshot_id = ?", (snapshot_id,)),
                 ("DELETE FROM tags WHERE resource_id = ?", (snapshot_id,)),
+                ("DELETE FROM snapshot_locks WHERE snapshot_id = ?", (snapshot_id,)),
                 ("DELETE FROM snapshots WHERE id = ?", (snapshot_id,)),
             ]
         )
