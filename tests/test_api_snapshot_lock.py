@@ -20,7 +20,9 @@ LOCKED_CODE = "SnapshotLocked"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    running = ServerProcess(tmp_path_factory.mktemp("snapshot-lock") / "data")
+    # A StartSnapshot Timeout minute of 0.05 s: a direct snapshot fails within a second.
+    quick = "[server]\nebs_timeout_minute_seconds = 0.05\n"
+    running = ServerProcess(tmp_path_factory.mktemp("snapshot-lock") / "data", quick)
     running.start()
     yield running
     running.stop()
@@ -200,3 +202,22 @@ def test_a_pending_snapshot_can_be_locked_and_its_duration_starts_when_it_comple
     assert item["LockDurationStartTime"] >= item["LockCreatedOn"]
     code, _, _ = aws_error(ec2.delete_snapshot, SnapshotId=snapshot_id)
     assert code == LOCKED_CODE
+
+
+def test_a_lock_put_on_a_pending_snapshot_is_cancelled_when_the_snapshot_fails(
+    server: ServerProcess,
+) -> None:
+    _, key = server.new_account()
+    ec2, ebs = server.client(key=key), server.client("ebs", key=key)
+    snapshot_id = ebs.start_snapshot(VolumeSize=1, Timeout=10)["SnapshotId"]
+    ec2.lock_snapshot(
+        SnapshotId=snapshot_id, LockMode="compliance", CoolOffPeriod=1, LockDuration=3
+    )
+
+    def failed() -> bool | None:
+        [snapshot] = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+        return True if snapshot["State"] == "error" else None
+
+    poll(failed)
+    assert _locked(ec2, SnapshotIds=[snapshot_id]) == []
+    _deleted(ec2, snapshot_id)

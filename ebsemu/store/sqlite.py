@@ -348,12 +348,21 @@ class SqlStore(
         message: str | None = None,
     ) -> bool:
         states = [s.value for s in expected]
-        changed = await self._write(
-            f"UPDATE snapshots SET state = ?, state_message = ? "
-            f"WHERE id = ? AND deleted = 0 AND state IN ({placeholders(len(states))})",
-            (new.value, message, snapshot_id, *states),
-        )
-        return changed == 1
+        # A snapshot whose creation fails loses the lock put on it while pending (Amazon EBS
+        # User Guide, "Considerations for Amazon EBS snapshot lock").
+        cancels_lock = new is SnapshotState.ERROR and SnapshotState.PENDING in expected
+
+        def work(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(
+                f"UPDATE snapshots SET state = ?, state_message = ? "
+                f"WHERE id = ? AND deleted = 0 AND state IN ({placeholders(len(states))})",
+                (new.value, message, snapshot_id, *states),
+            ).rowcount
+            if changed == 1 and cancels_lock:
+                conn.execute("DELETE FROM snapshot_locks WHERE snapshot_id = ?", (snapshot_id,))
+            return changed == 1
+
+        return await self._commit(work)
 
     async def set_snapshot_progress(self, snapshot_id: str, progress: int) -> None:
         await self._write(
