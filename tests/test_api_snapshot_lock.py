@@ -5,6 +5,7 @@ cooling-off period; parameters checked as EC2 checks them; only the owner sees i
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -221,3 +222,10 @@ def test_a_lock_put_on_a_pending_snapshot_is_cancelled_when_the_snapshot_fails(
     poll(failed)
     assert _locked(ec2, SnapshotIds=[snapshot_id]) == []
     _deleted(ec2, snapshot_id)
+
+
+@pytest.mark.parametrize("position", ["99999999999999999999999", "\u0663", "-1"])
+def test_a_tampered_next_token_is_an_invalid_pagination_token(ec2: Any, position: str) -> None:
+    token = base64.urlsafe_b64encode(f"lock:{position}".encode()).decode()
+    code, _, status = aws_error(ec2.describe_locked_snapshots, NextToken=token)
+    assert (code, status) == ("InvalidPaginationToken", 400)

@@ -78,6 +78,9 @@ def encode_token(kind: str, seq: int) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{seq}".encode()).decode().rstrip("=")
 
 
+MAX_SEQ = 2**63 - 1  # the largest integer SQLite and PostgreSQL's bigint hold
+
+
 def decode_token(kind: str, token: str | None) -> int:
     """The position a NextToken points after; 0 when there is no token."""
     if not token:
@@ -85,7 +88,8 @@ def decode_token(kind: str, token: str | None) -> int:
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         got_kind, seq = text.split(":", 1)
-        if got_kind == kind and seq.isdigit():
+        # ASCII digits only (int() takes any script's), and a position the store can compare.
+        if got_kind == kind and seq.isascii() and seq.isdigit() and int(seq) <= MAX_SEQ:
             return int(seq)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
