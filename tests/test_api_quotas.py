@@ -6,11 +6,13 @@ deleted volume leaves its region's count."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.api_support import FAST, aws_error, new_snapshot, new_volume
 from tests.server import REGION, TEST_CONFIG, ZONE, ServerProcess
@@ -114,3 +116,26 @@ def test_a_direct_snapshot_is_refused_only_in_a_region_at_the_snapshot_quota(
     assert message == f"You have reached the maximum of {LIMIT} snapshots in {REGION}."
     started = account.ebs_there.start_snapshot(VolumeSize=1)
     assert started["SnapshotId"].startswith("snap-")
+
+
+def _at_once(call: Callable[[], Any], times: int) -> list[str]:
+    """``call`` made ``times`` times concurrently: each one's error code, or "ok"."""
+
+    def one(_: int) -> str:
+        try:
+            call()
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+        return "ok"
+
+    with ThreadPoolExecutor(times) as pool:
+        return list(pool.map(one, range(times)))
+
+
+def test_concurrent_requests_never_take_a_region_past_its_quotas(account: Account) -> None:
+    volumes = _at_once(lambda: account.here.create_volume(Size=1, AvailabilityZone=ZONE), 6)
+    assert sorted(volumes) == ["VolumeLimitExceeded"] * 4 + ["ok"] * LIMIT
+    assert len(account.here.describe_volumes()["Volumes"]) == LIMIT
+    snapshots = _at_once(lambda: account.ebs_here.start_snapshot(VolumeSize=1), 6)
+    assert sorted(snapshots) == ["ServiceQuotaExceededException"] * 4 + ["ok"] * LIMIT
+    assert len(account.here.describe_snapshots(OwnerIds=["self"])["Snapshots"]) == LIMIT

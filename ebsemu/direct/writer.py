@@ -104,37 +104,40 @@ class DirectWriter:
                     f"{parent.volume_size_gib} GiB of the parent snapshot {parent.id}.",
                     "INVALID_VOLUME_SIZE",
                 )
-        await quotas.check_snapshots(self._core, ctx, refusal=errors.ServiceQuotaExceededException)
-        snapshot_id = new_id("snap")
-        snapshot = Snapshot(
-            id=snapshot_id,
-            owner_id=ctx.account_id,
-            region=ctx.region,
-            volume_id=DIRECT_VOLUME_ID,
-            volume_size_gib=req.volume_size,
-            state=SnapshotState.PENDING,
-            start_time=utcnow(),
-            description=req.description or "",
-            tags=dict(req.tags),
-            lineage=snapshot_id if parent is None else await lineage.of(store, parent),
-        )
-        meta = DirectMeta(
-            snapshot_id=snapshot.id,
-            owner_id=ctx.account_id,
-            parent_snapshot_id=req.parent_snapshot_id,
-            client_token=token,
-            request_digest=req.digest(),
-            timeout_minutes=timeout,
-            last_activity=time.time(),
-        )
-        if parent is None:
-            stored_id = await store.start_direct_snapshot(snapshot, meta)
-        else:
-            # Held against a concurrent DeleteSnapshot of the parent; the GC lock keeps its
-            # blocks from being swept between the check and the copy of its manifest.
-            async with self._core.locks.hold(parent.id), self._core.block_gc_lock:
-                await self._access.readable(ctx, parent.id)
+        async with quotas.counting(self._core, ctx, "snapshots"):
+            await quotas.check_snapshots(
+                self._core, ctx, refusal=errors.ServiceQuotaExceededException
+            )
+            snapshot_id = new_id("snap")
+            snapshot = Snapshot(
+                id=snapshot_id,
+                owner_id=ctx.account_id,
+                region=ctx.region,
+                volume_id=DIRECT_VOLUME_ID,
+                volume_size_gib=req.volume_size,
+                state=SnapshotState.PENDING,
+                start_time=utcnow(),
+                description=req.description or "",
+                tags=dict(req.tags),
+                lineage=snapshot_id if parent is None else await lineage.of(store, parent),
+            )
+            meta = DirectMeta(
+                snapshot_id=snapshot.id,
+                owner_id=ctx.account_id,
+                parent_snapshot_id=req.parent_snapshot_id,
+                client_token=token,
+                request_digest=req.digest(),
+                timeout_minutes=timeout,
+                last_activity=time.time(),
+            )
+            if parent is None:
                 stored_id = await store.start_direct_snapshot(snapshot, meta)
+            else:
+                # Held against a concurrent DeleteSnapshot of the parent; the GC lock keeps its
+                # blocks from being swept between the check and the copy of its manifest.
+                async with self._core.locks.hold(parent.id), self._core.block_gc_lock:
+                    await self._access.readable(ctx, parent.id)
+                    stored_id = await store.start_direct_snapshot(snapshot, meta)
         if stored_id != snapshot.id:  # a concurrent request with the same ClientToken won
             return await self._idempotent(stored_id, req)
         log.info(

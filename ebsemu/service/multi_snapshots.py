@@ -126,11 +126,12 @@ class MultiSnapshotService:
         chosen = select_volumes(current, req.exclude_boot_volume, req.exclude_volume_ids)
         if not chosen:
             return []
-        await quotas.check_snapshots(self._core, ctx, adding=len(chosen))
         volume_ids = [a.volume_id for a in chosen]
         async with contextlib.AsyncExitStack() as held:
             for volume_id in sorted(volume_ids):
                 await held.enter_async_context(self._core.locks.hold(volume_id))
+            await held.enter_async_context(quotas.counting(self._core, ctx, "snapshots"))
+            await quotas.check_snapshots(self._core, ctx, adding=len(chosen))
             snapshots = await self._records(ctx, req, instance.id, volume_ids)
             guest = (instance.vmm, instance.domain)
             frozen = await self._views_at_one_instant(guest, snapshots)

@@ -100,32 +100,33 @@ class SnapshotCopyService:
             )
         kms_key_id = await self._encryption.copy_key_arn(ctx, source, req.kms_key_id)
         store = self._core.store
-        await quotas.check_snapshots(self._core, ctx)  # counted where the copy is made: here
-        snapshot_id = new_id("snap")
-        snapshot = Snapshot(
-            id=snapshot_id,
-            owner_id=ctx.account_id,
-            region=ctx.region,
-            volume_id=COPY_VOLUME_ID,
-            volume_size_gib=source.volume_size_gib,
-            state=SnapshotState.PENDING,
-            start_time=utcnow(),
-            description=_description(req.description, source),
-            encrypted=source.encrypted,
-            kms_key_id=kms_key_id,
-            tags=dict(req.tags or {}),
-            lineage=snapshot_id,  # a copy begins a lineage: it is not related to its source
-        )
-        # Under the source's lock, checked again: a DeleteSnapshot or a revoked permission that
-        # came meanwhile is seen, and neither can come until the copy names the source's blocks.
-        async with self._core.locks.hold(source.id):
-            _check_source(await self._snapshots.visible(source_ctx, source.id))
-            # An encrypted copy shares the source's ciphertext, so it keeps the same data key.
-            await self._encryption.copy_data_key(source.id, snapshot.id)
-            if not await store.insert_snapshot_copy(snapshot, source.id):
-                await self._encryption.drop_key(snapshot.id)
-                raise errors.IncorrectState(f"The snapshot '{source.id}' changed state; retry.")
-            job_id = await self._core.jobs.record("copy_snapshot", snapshot.id)
+        async with quotas.counting(self._core, ctx, "snapshots"):
+            await quotas.check_snapshots(self._core, ctx)  # counted where the copy is made: here
+            snapshot_id = new_id("snap")
+            snapshot = Snapshot(
+                id=snapshot_id,
+                owner_id=ctx.account_id,
+                region=ctx.region,
+                volume_id=COPY_VOLUME_ID,
+                volume_size_gib=source.volume_size_gib,
+                state=SnapshotState.PENDING,
+                start_time=utcnow(),
+                description=_description(req.description, source),
+                encrypted=source.encrypted,
+                kms_key_id=kms_key_id,
+                tags=dict(req.tags or {}),
+                lineage=snapshot_id,  # a copy begins a lineage: it is not related to its source
+            )
+            # Under the source's lock, checked again: a DeleteSnapshot or a revoked permission that
+            # came meanwhile is seen, and neither can come until the copy names the source's blocks.
+            async with self._core.locks.hold(source.id):
+                _check_source(await self._snapshots.visible(source_ctx, source.id))
+                # An encrypted copy shares the source's ciphertext, so it keeps the same data key.
+                await self._encryption.copy_data_key(source.id, snapshot.id)
+                if not await store.insert_snapshot_copy(snapshot, source.id):
+                    await self._encryption.drop_key(snapshot.id)
+                    raise errors.IncorrectState(f"The snapshot '{source.id}' changed state; retry.")
+                job_id = await self._core.jobs.record("copy_snapshot", snapshot.id)
         self._core.jobs.start(job_id, "copy_snapshot", snapshot.id)
         log.info(
             "snapshot %s: copy of %s (%s -> %s), pending",

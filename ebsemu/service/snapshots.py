@@ -131,15 +131,20 @@ class SnapshotService:
             raise errors.InvalidParameterValue("Description must be at most 255 characters.")
         async with self._core.locks.hold(volume_id):
             volume = await self._volumes.get(ctx, volume_id)
-            await quotas.check_snapshots(self._core, ctx)
-            if volume.state not in SNAPSHOTTABLE:
-                raise errors.IncorrectState(
-                    f"The volume '{volume_id}' is '{volume.state.value}'; "
-                    "only an available or in-use volume can be snapshotted."
+            async with quotas.counting(self._core, ctx, "snapshots"):
+                await quotas.check_snapshots(self._core, ctx)
+                if volume.state not in SNAPSHOTTABLE:
+                    raise errors.IncorrectState(
+                        f"The volume '{volume_id}' is '{volume.state.value}'; "
+                        "only an available or in-use volume can be snapshotted."
+                    )
+                snapshot = await pending_snapshot(
+                    self._core, ctx, volume, description, tags, utcnow()
                 )
-            snapshot = await pending_snapshot(self._core, ctx, volume, description, tags, utcnow())
-            await self._encryption.keep_snapshot_key(volume, snapshot.id)
-            job_id = await self._core.store.insert_snapshot_with_job(snapshot, "capture_snapshot")
+                await self._encryption.keep_snapshot_key(volume, snapshot.id)
+                job_id = await self._core.store.insert_snapshot_with_job(
+                    snapshot, "capture_snapshot"
+                )
             self._core.jobs.recorded(job_id)
             storage = self._core.storage_for(volume)
             guests = await guest_pause.writers(self._core, volume, storage)

@@ -92,17 +92,18 @@ class VolumeService:
         try:
             if req.source_volume_id is not None:
                 return await self._copy(ctx, req)
-            volume = await self._validated(ctx, req)
-            hosts = self._core.storage_hosts
-            if volume.snapshot_id is None:
-                volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, 0))
-                stored, job_id = await self._insert(volume, req)
-            else:
-                async with self._core.locks.hold(volume.snapshot_id):
-                    needed = await self._restore_bytes(ctx, volume.snapshot_id)
-                    host = hosts.place(volume.zone, needed)
-                    volume = dataclasses.replace(volume, storage_host=host)
+            async with quotas.counting(self._core, ctx, "volumes"):
+                volume = await self._validated(ctx, req)
+                hosts = self._core.storage_hosts
+                if volume.snapshot_id is None:
+                    volume = dataclasses.replace(volume, storage_host=hosts.place(volume.zone, 0))
                     stored, job_id = await self._insert(volume, req)
+                else:
+                    async with self._core.locks.hold(volume.snapshot_id):
+                        needed = await self._restore_bytes(ctx, volume.snapshot_id)
+                        host = hosts.place(volume.zone, needed)
+                        volume = dataclasses.replace(volume, storage_host=host)
+                        stored, job_id = await self._insert(volume, req)
         except errors.ApiError:
             # A retry of a request that succeeded gets its volume even where the request would
             # fail now (that volume counts against the limit, or its snapshot is gone).
@@ -127,8 +128,9 @@ class VolumeService:
         job grows it to its size and marks it available (volume_copies)."""
         assert req.source_volume_id is not None
         async with self._core.locks.hold(req.source_volume_id):
-            volume = await self._validated(ctx, req)
-            stored, job_id = await self._insert(volume, req)
+            async with quotas.counting(self._core, ctx, "volumes"):
+                volume = await self._validated(ctx, req)
+                stored, job_id = await self._insert(volume, req)
             if job_id is None:
                 return self._idempotent(stored, req)
             source = await self.get(ctx, req.source_volume_id)
