@@ -103,7 +103,8 @@ def test_a_client_token_makes_one_copy_and_other_parameters_with_it_mismatch(ec2
 @pytest.mark.backends("file")
 def test_bad_copies_get_ec2_errors_and_make_no_volume(ec2: Any) -> None:
     source_id = new_volume(ec2, Size=4)
-    before = {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
+    live = [{"Name": "status", "Values": ["creating", "available", "in-use", "error"]}]
+    before = {v["VolumeId"] for v in ec2.describe_volumes(Filters=live)["Volumes"]}
     cases: list[tuple[dict[str, Any], str]] = [
         ({"SourceVolumeId": MISSING_VOLUME}, "InvalidVolume.NotFound"),
         ({"SourceVolumeId": "vol-nothex"}, "InvalidVolumeID.Malformed"),
@@ -118,7 +119,7 @@ def test_bad_copies_get_ec2_errors_and_make_no_volume(ec2: Any) -> None:
         assert code == expected, (params, code, message)
         if expected == "DryRunOperation":
             assert message == DRY_RUN_MESSAGE
-    assert {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]} == before
+    assert {v["VolumeId"] for v in ec2.describe_volumes(Filters=live)["Volumes"]} == before
     ec2.delete_volume(VolumeId=source_id)
 
 

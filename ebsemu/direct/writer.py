@@ -104,7 +104,7 @@ class DirectWriter:
                     f"{parent.volume_size_gib} GiB of the parent snapshot {parent.id}.",
                     "INVALID_VOLUME_SIZE",
                 )
-        async with quotas.counting(self._core, ctx, "snapshots"):
+        async with quotas.counting(self._core):
             await quotas.check_snapshots(
                 self._core, ctx, refusal=errors.ServiceQuotaExceededException
             )

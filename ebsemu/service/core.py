@@ -35,6 +35,9 @@ class Core:
     # the server instances sharing a PostgreSQL store: ebsemu.store.locks.StoreLock).
     block_gc_lock: AbstractAsyncContextManager[None] = field(default_factory=asyncio.Lock)
     pauses: GuestPauses = field(default_factory=GuestPauses)  # guests paused for views
+    # Quota places taken by requests whose inserts are not done yet (ebsemu.service.quotas),
+    # by (kind, account id, region).
+    quota_holds: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def storage_for(self, resource: Volume | Snapshot) -> StorageBackend:
         """The backend of the storage host holding the volume (or the snapshot's frozen view)."""

@@ -130,7 +130,7 @@ class MultiSnapshotService:
         async with contextlib.AsyncExitStack() as held:
             for volume_id in sorted(volume_ids):
                 await held.enter_async_context(self._core.locks.hold(volume_id))
-            await held.enter_async_context(quotas.counting(self._core, ctx, "snapshots"))
+            await held.enter_async_context(quotas.counting(self._core))
             await quotas.check_snapshots(self._core, ctx, adding=len(chosen))
             snapshots = await self._records(ctx, req, instance.id, volume_ids)
             guest = (instance.vmm, instance.domain)

@@ -2,38 +2,55 @@
 Quotas they are regional: an account's resources are counted in the region of the request,
 the region a new volume or snapshot (a CopySnapshot's copy included) is made in.
 
-A check and the insert it allows are made under ``counting``: two requests of one account in
-one region never both take its last place (each would see the count before the other's insert).
+Requests arriving together must not all pass a check made before any of them was counted. A
+check made inside ``counting`` therefore holds the places it allows until the block ends, the
+insert done: every other check counts them as taken. Nothing waits for anything: concurrent
+creates of one account go on together (and share their commits). Near the limit, a check made
+in the moment between another request's commit and the end of its block counts that place
+twice and refuses one that would just fit; it never lets one past the quota. The places are
+held in this process only: servers sharing a PostgreSQL store can still race for the last one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator
-from typing import Literal
 
 from ebsemu import errors
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 
-Counted = Literal["volumes", "snapshots"]
+Place = tuple[str, str, str]  # (kind, account id, region)
+
+# The places the checks of the current ``counting`` block took, to give back at its end.
+_TAKEN: contextvars.ContextVar[list[tuple[Place, int]] | None] = contextvars.ContextVar(
+    "quota_places_taken", default=None
+)
 
 
 @contextlib.asynccontextmanager
-async def counting(core: Core, ctx: RequestContext, kind: Counted) -> AsyncIterator[None]:
-    """Hold the account's count of ``kind`` in the region: check the quota and insert the new
-    resources inside. A volume's lock is taken before it, a snapshot's inside it: no two
-    requests then wait for each other."""
-    async with core.locks.hold(f"quota/{kind}/{ctx.account_id}/{ctx.region}"):
+async def counting(core: Core) -> AsyncIterator[None]:
+    """Hold the places the quota checks inside take until the block ends (insert inside)."""
+    taken: list[tuple[Place, int]] = []
+    reset = _TAKEN.set(taken)
+    try:
         yield
+    finally:
+        _TAKEN.reset(reset)
+        for place, count in taken:
+            left = core.quota_holds[place] - count
+            if left:
+                core.quota_holds[place] = left
+            else:
+                del core.quota_holds[place]
 
 
 async def check_volumes(core: Core, ctx: RequestContext) -> None:
     """Raise VolumeLimitExceeded when the account has max_volumes volumes in the region
-    (under ``counting(core, ctx, "volumes")``)."""
-    limit = core.config.max_volumes
-    if await core.store.count_volumes(ctx.account_id, ctx.region) >= limit:
-        raise errors.VolumeLimitExceeded(_reached(limit, "volumes", ctx.region))
+    (those being made under ``counting`` included)."""
+    counted = await core.store.count_volumes(ctx.account_id, ctx.region)
+    _take(core, ("volumes", ctx.account_id, ctx.region), counted, 1, errors.VolumeLimitExceeded)
 
 
 async def check_snapshots(
@@ -43,12 +60,22 @@ async def check_snapshots(
     refusal: type[errors.ApiError] = errors.SnapshotLimitExceeded,
 ) -> None:
     """Raise ``refusal`` when ``adding`` more snapshots would take the account past
-    max_snapshots in the region (the EBS direct API refuses with its own error); under
-    ``counting(core, ctx, "snapshots")``."""
-    limit = core.config.max_snapshots
-    if await core.store.count_snapshots(ctx.account_id, ctx.region) + adding > limit:
-        raise refusal(_reached(limit, "snapshots", ctx.region))
+    max_snapshots in the region (the EBS direct API refuses with its own error)."""
+    counted = await core.store.count_snapshots(ctx.account_id, ctx.region)
+    _take(core, ("snapshots", ctx.account_id, ctx.region), counted, adding, refusal)
 
 
-def _reached(limit: int, kind: str, region: str) -> str:
-    return f"You have reached the maximum of {limit} {kind} in {region}."
+def _take(
+    core: Core, place: Place, counted: int, adding: int, refusal: type[errors.ApiError]
+) -> None:
+    """Take ``adding`` places of ``place`` beyond the ``counted`` ones and those other
+    requests hold, or raise ``refusal``. Nothing awaits between the look and the take."""
+    kind, _, region = place
+    limit = core.config.max_volumes if kind == "volumes" else core.config.max_snapshots
+    held = core.quota_holds.get(place, 0)
+    if counted + held + adding > limit:
+        raise refusal(f"You have reached the maximum of {limit} {kind} in {region}.")
+    taken = _TAKEN.get()
+    if taken is not None:
+        core.quota_holds[place] = held + adding
+        taken.append((place, adding))

@@ -100,7 +100,7 @@ class SnapshotCopyService:
             )
         kms_key_id = await self._encryption.copy_key_arn(ctx, source, req.kms_key_id)
         store = self._core.store
-        async with quotas.counting(self._core, ctx, "snapshots"):
+        async with quotas.counting(self._core):
             await quotas.check_snapshots(self._core, ctx)  # counted where the copy is made: here
             snapshot_id = new_id("snap")
             snapshot = Snapshot(

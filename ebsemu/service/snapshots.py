@@ -131,7 +131,7 @@ class SnapshotService:
             raise errors.InvalidParameterValue("Description must be at most 255 characters.")
         async with self._core.locks.hold(volume_id):
             volume = await self._volumes.get(ctx, volume_id)
-            async with quotas.counting(self._core, ctx, "snapshots"):
+            async with quotas.counting(self._core):
                 await quotas.check_snapshots(self._core, ctx)
                 if volume.state not in SNAPSHOTTABLE:
                     raise errors.IncorrectState(

@@ -92,7 +92,7 @@ class VolumeService:
         try:
             if req.source_volume_id is not None:
                 return await self._copy(ctx, req)
-            async with quotas.counting(self._core, ctx, "volumes"):
+            async with quotas.counting(self._core):
                 volume = await self._validated(ctx, req)
                 hosts = self._core.storage_hosts
                 if volume.snapshot_id is None:
@@ -128,7 +128,7 @@ class VolumeService:
         job grows it to its size and marks it available (volume_copies)."""
         assert req.source_volume_id is not None
         async with self._core.locks.hold(req.source_volume_id):
-            async with quotas.counting(self._core, ctx, "volumes"):
+            async with quotas.counting(self._core):
                 volume = await self._validated(ctx, req)
                 stored, job_id = await self._insert(volume, req)
             if job_id is None:
