@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,29 @@ VM_HOSTS = {"vm1": "kvm1", "vm2": "kvm1", "vm3": "kvm2"}
 def _states(ec2: Any, volume_id: str) -> dict[str, str]:
     [volume] = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
     return {a["InstanceId"]: a["State"] for a in volume["Attachments"]}
+
+
+def test_detaching_a_multi_attach_volume_from_both_instances_at_once_removes_its_export(
+    shared_lab: tuple[ServerProcess, Tgtd, dict[str, QemuVm]],
+) -> None:
+    """Each detach job saw the other's attachment still recorded and kept the export for it,
+    so the target and its CHAP account outlived both attachments. (The VMs are gone, so both
+    detaches reach the export at once.)"""
+    server, tgtd, vms = shared_lab
+    ec2 = server.client()
+    by_vm = {name: instance_id(VM_HOSTS[name], name) for name in ("vm1", "vm2")}
+    volume_id = new_volume(ec2, VolumeType="io2", Iops=100, Size=4, MultiAttachEnabled=True)
+    for instance in by_vm.values():
+        ec2.attach_volume(VolumeId=volume_id, InstanceId=instance, Device="/dev/sdf")
+    attached = {instance: "attached" for instance in by_vm.values()}
+    poll(lambda: _states(ec2, volume_id) == attached or None)
+    for name in by_vm:
+        vms[name].kill()
+
+    with ThreadPoolExecutor(2) as pool:
+        detach = server.client().detach_volume
+        list(pool.map(lambda i: detach(VolumeId=volume_id, InstanceId=i), by_vm.values()))
+    ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+    assert f"org.ebsemu:{volume_id}" not in tgtd.show_targets()
+    assert tgtd.accounts() == []
+    assert server.rows("SELECT volume_id FROM exports") == []

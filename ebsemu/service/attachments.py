@@ -230,16 +230,36 @@ class AttachmentService:
                 f"time, and {instance.id} runs on another host than its other instances."
             )
 
-    async def _release_export(self, volume_id: str, instance_id: str) -> None:
+    async def _release_export(self, volume_id: str, instance_id: str) -> bool:
         """Unexport the volume once ``instance_id``'s attachment is the last one (a
-        Multi-Attach volume's other instances still read it through the export). The
-        volume's lock keeps a new attachment from counting on the export meanwhile."""
+        Multi-Attach volume's other instances still read it through the export); whether it
+        did. The volume's lock keeps a new attachment from counting on the export meanwhile."""
         async with self._core.locks.hold(volume_id):
             volume = await self._core.store.get_volume(volume_id)
             if volume is not None and any(a.instance_id != instance_id for a in volume.attachments):
                 log.info("volume %s: export kept for its other attachments", volume_id)
-                return
+                return False
             await self._exports.release(volume_id)
+            return True
+
+    async def _drop_attachment(self, volume_id: str, instance_id: str, *, unexport: bool) -> None:
+        """Drop the attachment's record, and with ``unexport`` the export first where it is
+        the last one: two detaches of a Multi-Attach volume at once each find the other's
+        record at their unexport and keep the export for it, so the last record dropped
+        takes it along. Under the volume's lock, as ``_release_export``. An export that
+        cannot be removed is left to start-up reconciliation (its volume has no attachment)."""
+        store = self._core.store
+        async with self._core.locks.hold(volume_id):
+            volume = await store.get_volume(volume_id)
+            others = volume is not None and any(
+                a.instance_id != instance_id for a in volume.attachments
+            )
+            if unexport and not others:
+                try:
+                    await self._exports.release(volume_id)
+                except BackendError as exc:
+                    log.error("volume %s: unexport at the last detach failed: %s", volume_id, exc)
+            await store.finish_detach(volume_id, instance_id)
 
     # ---- jobs ----------------------------------------------------------------------------
 
@@ -300,12 +320,15 @@ class AttachmentService:
             shown = handles[0] if handles else "handle unknown"
             log.info("volume %s: attached to %s (%s)", volume_id, instance_id, shown)
 
+        async def unexport() -> None:
+            await self._release_export(volume_id, instance_id)
+
         async def failed(exc: Exception | None) -> None:
             log.error("volume %s: attach to %s rolled back: %s", volume_id, instance_id, exc)
-            await store.abort_attach(volume_id, instance_id)
+            await self._drop_attachment(volume_id, instance_id, unexport=True)
 
         plan = [
-            Step("export", export, undo=lambda: self._release_export(volume_id, instance_id)),
+            Step("export", export, undo=unexport),
             Step("vmm-attach", vmm_attach, undo=vmm_detach),
             Step("mark-attached", mark_attached),
         ]
@@ -334,8 +357,13 @@ class AttachmentService:
                 )
             await faults.reach("detach.detached")
 
+        released: list[bool] = []  # by the unexport step (not run again after a restart)
+
+        async def unexport() -> None:
+            released.append(await self._release_export(volume_id, instance_id))
+
         async def mark_detached() -> None:
-            await store.finish_detach(volume_id, instance_id)
+            await self._drop_attachment(volume_id, instance_id, unexport=not any(released))
             log.info("volume %s: detached from %s", volume_id, instance_id)
 
         async def failed(exc: Exception | None) -> None:
@@ -347,7 +375,7 @@ class AttachmentService:
 
         plan = [
             Step("vmm-detach", vmm_detach),
-            Step("unexport", lambda: self._release_export(volume_id, instance_id)),
+            Step("unexport", unexport),
             Step("mark-detached", mark_detached),
         ]
         await run_steps(store, f"detach {volume_id} from {instance_id}", plan, failed)
@@ -357,8 +385,7 @@ class AttachmentService:
         store = self._core.store
         attachments = (await store.attachments_of_instances([instance_id])).get(instance_id, [])
         for attachment in attachments:
-            await self._release_export(attachment.volume_id, instance_id)
-            await store.finish_detach(attachment.volume_id, instance_id)
+            await self._drop_attachment(attachment.volume_id, instance_id, unexport=True)
             if attachment.delete_on_termination and await store.transition_volume(
                 attachment.volume_id, {VolumeState.AVAILABLE}, VolumeState.DELETING
             ):
