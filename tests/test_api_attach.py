@@ -736,6 +736,27 @@ def test_a_multi_attach_volume_is_written_in_one_vm_and_read_in_another_until_th
         assert handle.read(3 * MIB) == both_written + b"\x3f" * MIB
 
 
+def test_multi_attach_cannot_be_enabled_on_an_attached_volume_whose_guest_holds_it_alone(
+    lab: Lab,
+) -> None:
+    """The guest that holds it opened it without share-rw: a second instance's attach was
+    accepted, then failed in QEMU ("Failed to get write lock") and was rolled back."""
+    volume_id = new_volume(lab.ec2, VolumeType="io2", Iops=100, Size=4)
+    web = lab.ids["web"]
+    lab.ec2.attach_volume(VolumeId=volume_id, InstanceId=web, Device="/dev/sdh")
+    wait_attached(lab, volume_id)
+
+    code, message, status = aws_error(
+        lab.ec2.modify_volume, VolumeId=volume_id, MultiAttachEnabled=True
+    )
+    assert (code, status) == ("InvalidParameterValue", 400) and "attached" in message
+    assert describe_volume(lab.ec2, volume_id)["MultiAttachEnabled"] is False
+
+    detach(lab, volume_id)
+    modified = lab.ec2.modify_volume(VolumeId=volume_id, MultiAttachEnabled=True)
+    assert modified["VolumeModification"]["TargetMultiAttachEnabled"] is True
+
+
 # ---- VMs that end ---------------------------------------------------------------------------
 
 

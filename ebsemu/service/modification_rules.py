@@ -73,6 +73,13 @@ def target_settings(volume: Volume, req: ModifyRequest) -> VolumeSettings:
             f"Multi-Attach can be enabled on an existing volume of type io2 only, "
             f"not {vtype.value}."
         )
+    if multi and not volume.multi_attach and volume.attachments:
+        # As EC2: the guest holding it opened it alone (no QEMU share-rw, no libvirt
+        # <shareable/>), so another instance could not open it beside it.
+        raise errors.InvalidParameterValue(
+            f"Multi-Attach cannot be enabled while the volume {volume.id} is attached to an "
+            "instance; detach it first."
+        )
     if not multi and volume.multi_attach and len(volume.attachments) > 1:
         raise errors.InvalidParameterValue(
             f"Multi-Attach cannot be disabled while the volume {volume.id} is attached to "
