@@ -129,6 +129,40 @@ def test_a_handler_that_closed_its_job_is_not_closed_again(tmp_path: Path) -> No
     with_store(tmp_path, scenario, ClosesWatched)
 
 
+def test_two_jobs_of_one_kind_for_one_resource_are_both_waited_for_and_keep_it_busy(
+    tmp_path: Path,
+) -> None:
+    """A Multi-Attach volume attaches to two instances at once: two attach_volume jobs of one
+    volume. The second one started hid the first: once it ended, the volume was no longer
+    busy, and idle() and close() (at shutdown) no longer waited for the first."""
+
+    async def scenario(store: SqliteStore) -> None:
+        jobs = Jobs(store)
+        release = {"i-1": asyncio.Event(), "i-2": asyncio.Event()}
+        ended: list[str] = []
+
+        async def attach(resource_id: str, payload: dict[str, object]) -> None:
+            instance = str(payload["instance_id"])
+            await release[instance].wait()
+            ended.append(instance)
+
+        jobs.register("attach_volume", attach)
+        await jobs.submit("attach_volume", "vol-1", instance_id="i-1")
+        await jobs.submit("attach_volume", "vol-1", instance_id="i-2")
+        release["i-2"].set()
+        await asyncio.sleep(0.05)  # i-2's attach ends, and its task is done with
+        assert ended == ["i-2"]
+        assert jobs.busy("vol-1")  # i-1's attach still runs
+        waited = asyncio.create_task(jobs.idle())
+        await asyncio.sleep(0.05)
+        assert not waited.done()
+        release["i-1"].set()
+        await asyncio.wait_for(waited, 5)
+        assert ended == ["i-2", "i-1"] and not jobs.busy("vol-1")
+
+    with_store(tmp_path, scenario)
+
+
 class ClosesWatched(SqliteStore):
     """Records every job end written through ``finish_job``."""
 

@@ -38,7 +38,9 @@ class Jobs:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._handlers: dict[str, Handler] = {}
-        self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # (kind, resource id) -> its running jobs: more than one where a resource takes several
+        # at once (a Multi-Attach volume attaching to two instances).
+        self._running: dict[tuple[str, str], set[asyncio.Task[None]]] = {}
         self._job_tasks: dict[int, asyncio.Task[None]] = {}
         self._recorded: set[int] = set()  # recorded here, to be started or failed here
         self._closing = False
@@ -131,17 +133,18 @@ class Jobs:
         return any(running == resource_id for _, running in self._running)
 
     async def cancel(self, kind: str, resource_id: str) -> None:
-        """Cancel a job of ``kind`` running for a resource, if any, and wait for it to end."""
-        task = self._running.get((kind, resource_id))
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
+        """Cancel the jobs of ``kind`` running for a resource, if any, and wait for them to end."""
+        tasks = self._running.get((kind, resource_id))
+        if tasks:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(set(tasks))
 
     async def close(self, timeout: float = 10.0) -> None:
         """Let running jobs finish for ``timeout`` seconds, then cancel the rest (they resume
         at the next start, from their intent records)."""
         self._closing = True
-        tasks = list(self._running.values())
+        tasks = self._tasks()
         if not tasks:
             return
         _, still = await asyncio.wait(tasks, timeout=timeout)
@@ -153,7 +156,10 @@ class Jobs:
     async def idle(self) -> None:
         """Wait until no job runs (tests and orderly shutdown)."""
         while self._running:
-            await asyncio.wait(list(self._running.values()))
+            await asyncio.wait(self._tasks())
+
+    def _tasks(self) -> set[asyncio.Task[None]]:
+        return {task for tasks in self._running.values() for task in tasks}
 
     def _spawn(
         self, job_id: int, kind: str, resource_id: str, payload: dict[str, Any], *, new: bool
@@ -164,13 +170,15 @@ class Jobs:
             name=f"{kind}:{resource_id}",
         )
         key = (kind, resource_id)
-        self._running[key] = task
+        self._running.setdefault(key, set()).add(task)
         self._job_tasks[job_id] = task
         task.add_done_callback(lambda t: self._forget(key, job_id, t))
 
     def _forget(self, key: tuple[str, str], job_id: int, task: asyncio.Task[None]) -> None:
-        if self._running.get(key) is task:
-            del self._running[key]
+        tasks = self._running.get(key, set())
+        tasks.discard(task)
+        if not tasks:
+            self._running.pop(key, None)
         if self._job_tasks.get(job_id) is task:
             del self._job_tasks[job_id]
 
