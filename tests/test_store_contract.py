@@ -512,6 +512,28 @@ def test_instances_sync_and_stranded_attachments_are_found(new_store: NewStore) 
     assert '"instance_id"' in stranded[0][2] and '"i-1"' in stranded[0][2]
 
 
+def test_a_stranded_attachment_of_a_multi_attach_volume_is_found_beside_a_running_attach(
+    new_store: NewStore,
+) -> None:
+    """Its volume's other attachment has its attach job running: the job was matched by
+    volume only, so the stranded attachment stayed `attaching` for good."""
+
+    async def scenario(store: Store) -> list[tuple[str, str, str]]:
+        await store.insert_volume(volume("vol-1", volume_type=VolumeType.IO2, multi_attach=True))
+        for instance in ("i-1", "i-2"):
+            attachment = Attachment(
+                "vol-1", instance, "/dev/sdf", AttachmentState.ATTACHING, utcnow()
+            )
+            assert await store.begin_attach(attachment, most=16)
+        await store.start_job("attach_volume", "vol-1", '{"instance_id": "i-1"}')
+        await store.start_job("detach_volume", "vol-1", '{"instance_id": "i-2"}')  # another kind
+        return await store.stranded()
+
+    stranded = run(new_store, scenario)
+    assert [(kind, rid) for kind, rid, _ in stranded] == [("attach_volume", "vol-1")]
+    assert '"i-2"' in stranded[0][2]
+
+
 def test_jobs_left_running_are_claimed_after_a_restart_and_finished(new_store: NewStore) -> None:
     async def record(store: Store) -> list[int]:
         return [

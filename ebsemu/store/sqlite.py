@@ -8,6 +8,7 @@ requests can never both move one resource out of the same state.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -600,17 +601,42 @@ class SqlStore(
             "AND id NOT IN (SELECT snapshot_id FROM direct_snapshots) "
             "UNION ALL SELECT 'delete_snapshot', id, '{}' FROM snapshots "
             f"WHERE deleted = 1 AND id {no_job.format('delete_snapshot')} "
-            "UNION ALL SELECT 'attach_volume', volume_id, json_object('instance_id', instance_id) "
-            f"FROM attachments WHERE state = 'attaching' "
-            f"AND volume_id {no_job.format('attach_volume')} "
-            "UNION ALL SELECT 'detach_volume', volume_id, json_object('instance_id', instance_id) "
-            f"FROM attachments WHERE state = 'detaching' "
-            f"AND volume_id {no_job.format('detach_volume')} "
-            "UNION ALL SELECT 'modify_volume', volume_id, '{}' FROM volume_modifications "
-            f"WHERE state IN ('modifying', 'optimizing') "
+        )
+        modifications = await self._rows(
+            "SELECT 'modify_volume', volume_id, '{}' FROM volume_modifications "
+            "WHERE state IN ('modifying', 'optimizing') "
             f"AND volume_id {no_job.format('modify_volume')}"
         )
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [
+            *((r[0], r[1], r[2]) for r in rows),
+            *await self._stranded_attachments(),
+            *((r[0], r[1], r[2]) for r in modifications),
+        ]
+
+    async def _stranded_attachments(self) -> list[tuple[str, str, str]]:
+        """The attachments `attaching` or `detaching` with no job of theirs. A job is matched
+        by its volume and the instance its payload names: a Multi-Attach volume may have one
+        running for another of its attachments (a job naming no instance counts for all)."""
+        kinds = {"attaching": "attach_volume", "detaching": "detach_volume"}
+        attachments = await self._rows(
+            "SELECT volume_id, instance_id, state FROM attachments "
+            "WHERE state IN ('attaching', 'detaching') ORDER BY volume_id, instance_id"
+        )
+        if not attachments:
+            return []
+        jobs = await self._rows(
+            "SELECT kind, resource_id, payload FROM jobs WHERE state = 'running' "
+            "AND kind IN ('attach_volume', 'detach_volume')"
+        )
+        running = {
+            (kind, rid, json.loads(payload).get("instance_id")) for kind, rid, payload in jobs
+        }
+        return [
+            (kinds[state], volume_id, json.dumps({"instance_id": instance_id}))
+            for volume_id, instance_id, state in attachments
+            if not {(kinds[state], volume_id, instance_id), (kinds[state], volume_id, None)}
+            & running
+        ]
 
     async def unfinished_jobs(self) -> list[tuple[int, str, str, str]]:
         rows = await self._rows(
