@@ -436,7 +436,8 @@ class FileStorage:
     async def copy_volume(self, source_id: str, copy_id: str) -> None:
         """Make ``copy_id`` a new volume holding ``source_id``'s bytes, as a freeze makes a
         view: reflinks where the filesystem shares extents, else a copy of the data extents
-        (holes stay holes). An existing ``copy_id`` is kept."""
+        (holes stay holes). An encrypted volume's copy is its LUKS image, encrypted alike. An
+        existing ``copy_id`` is kept."""
         await asyncio.to_thread(self._copy_volume, source_id, copy_id)
 
     async def freezes_by_copy(self) -> bool:
@@ -752,15 +753,14 @@ class FileStorage:
         source = self._volumes / _check_id(source_id)
         final = self._volumes / _check_id(copy_id)
         layout = self._layout_of(source, "volume")
-        if _is_luks(source):
-            raise BackendError(f"volume {source_id} is encrypted; copying it is not supported")
+        described = layout.to_json(encryption=LUKS) if _is_luks(source) else layout.to_json()
         if _read_layout(final) is not None:
             logger.info("volume %s already exists; kept", copy_id)
             return
 
         def fill(staging: Path) -> str:
             how = _clone_segments(source, staging, layout)
-            sparse.write_json_atomic(staging / META_NAME, layout.to_json())
+            sparse.write_json_atomic(staging / META_NAME, described)
             return how
 
         began = time.monotonic()

@@ -318,3 +318,30 @@ def test_an_encrypted_volume_opens_again_after_a_server_restart(lab: Lab) -> Non
     attach(lab, volume_id, "/dev/sdh")
     assert reads_through_vm(lab, volume_id, "read -P 0x5a 64M 1M")
     detach(lab, volume_id)
+
+
+def test_a_copy_of_an_encrypted_volume_is_its_ciphertext_opened_by_the_same_key(
+    lab: Lab,
+) -> None:
+    volume_id = lab.ec2.create_volume(AvailabilityZone=ZONE, Size=1, Encrypted=True)["VolumeId"]
+    wait_volume(lab, volume_id)
+    qdev_id = attach(lab, volume_id)
+    write_through_vm(lab, qdev_id, "write -P 0x5a 8M 4M")
+    write_through_vm(lab, qdev_id, "flush")
+    (copy,) = lab.ec2.copy_volumes(SourceVolumeId=volume_id)["Volumes"]  # copied in use
+    source = lab.ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+    assert copy["Encrypted"] is True and copy["KmsKeyId"] == source["KmsKeyId"]
+    wait_volume(lab, copy["VolumeId"])
+    detach(lab, volume_id)
+
+    segment = volume_segment(lab.server.data_dir, copy["VolumeId"])
+    assert not file_holds(segment, PLAIN)
+    opened = qemu_io_with_key(
+        segment, passphrase_of(lab.server, copy["VolumeId"]), "read -P 0x5a 8M 4M"
+    )
+    assert opened.returncode == 0 and "verification failed" not in opened.stdout, opened.stderr
+    attach(lab, copy["VolumeId"], "/dev/sdg")
+    assert reads_through_vm(lab, copy["VolumeId"], "read -P 0x5a 8M 4M")
+    detach(lab, copy["VolumeId"])
+    code, _, _ = aws_error(lab.ec2.copy_volumes, SourceVolumeId=volume_id, Size=2)
+    assert code == "UnsupportedOperation"  # an encrypted volume cannot grow here

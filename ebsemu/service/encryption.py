@@ -80,11 +80,12 @@ class EncryptionService:
         zone: str,
         encrypted: bool | None,
         kms_key_id: str | None,
-        snapshot: Snapshot | None,
+        snapshot: Snapshot | Volume | None,
     ) -> VolumeEncryption:
         """Whether a new volume is encrypted and under which key, as EC2 decides it; refused
-        (UnsupportedOperation, saying why) when this store cannot keep it so. The caller has
-        refused a KmsKeyId without Encrypted (InvalidParameterDependency)."""
+        (UnsupportedOperation, saying why) when this store cannot keep it so. ``snapshot``:
+        what the volume is made from, a snapshot (CreateVolume) or a volume (CopyVolumes). The
+        caller has refused a KmsKeyId without Encrypted (InvalidParameterDependency)."""
         named = (
             kms_keys.key_arn(kms_key_id, account_id=ctx.account_id, region=ctx.region)
             if kms_key_id is not None
@@ -100,7 +101,7 @@ class EncryptionService:
                 cause = "Encrypted is set"
             elif from_encrypted:
                 assert snapshot is not None
-                cause = f"the snapshot {snapshot.id} is encrypted"
+                cause = f"the {_kind(snapshot)} {snapshot.id} is encrypted"
             else:
                 cause = f"EBS encryption by default is enabled for this account in {ctx.region}"
             raise errors.UnsupportedOperation(
@@ -110,12 +111,12 @@ class EncryptionService:
             )
         if snapshot is not None and not snapshot.encrypted:
             raise errors.UnsupportedOperation(
-                f"Cannot create an encrypted volume from the unencrypted snapshot {snapshot.id}: "
-                "this volume store encrypts a volume only from its creation or from an "
-                "encrypted snapshot."
+                f"Cannot create an encrypted volume from the unencrypted {_kind(snapshot)} "
+                f"{snapshot.id}: this volume store encrypts a volume only from its creation or "
+                "from an encrypted snapshot or volume."
                 + (
                     " Encryption by default is enabled; disable it with "
-                    "DisableEbsEncryptionByDefault to restore this snapshot."
+                    f"DisableEbsEncryptionByDefault to use this {_kind(snapshot)}."
                     if by_default and not encrypted
                     else ""
                 )
@@ -127,15 +128,17 @@ class EncryptionService:
         return VolumeEncryption(True, named)
 
     async def prepare_key(self, volume: Volume) -> None:
-        """Before an encrypted volume is stored: its data key, a new one or its snapshot's."""
+        """Before an encrypted volume is stored: its data key, a new one, or its snapshot's
+        or copied volume's (whose LUKS image it holds)."""
         if not volume.encrypted:
             return
         store = self._core.store
-        if volume.snapshot_id is not None:
-            wrapped = await store.data_key(volume.snapshot_id)
+        origin = volume.snapshot_id or volume.source_volume_id
+        if origin is not None:
+            wrapped = await store.data_key(origin)
             if wrapped is None:
                 raise errors.IncorrectState(
-                    f"The snapshot '{volume.snapshot_id}' has no data key; it cannot be restored."
+                    f"The resource '{origin}' has no data key; it cannot be restored or copied."
                 )
         else:
             wrapped = await asyncio.to_thread(self._vault_new_key)
@@ -245,3 +248,7 @@ def check_shareable(snapshot: Snapshot, grantees: list[str]) -> None:
         raise errors.OperationNotPermitted(
             "Encrypted snapshots with EBS default key cannot be shared"
         )
+
+
+def _kind(origin: Snapshot | Volume) -> str:
+    return "snapshot" if isinstance(origin, Snapshot) else "volume"

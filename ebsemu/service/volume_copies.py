@@ -7,9 +7,11 @@ the source's end it reads as zeros) and marks it `available`. EC2 answers with t
 and fills it in the background; here the call lasts as long as the backend's copy. A copy that
 fails is `error`, with nothing left on the storage host.
 
-Refused with UnsupportedOperation: a storage backend that cannot copy at one instant (only the
-`file` backend can), and encrypted copies (the data path does not encrypt plaintext, nor copy a
-LUKS image under a new key).
+A copy of an encrypted volume is its LUKS image, opened with the source's data key (kept for
+the copy too; a KmsKeyId given is recorded, as for a restore, without re-encrypting), and has
+the source's size. Refused with UnsupportedOperation: a storage backend that cannot copy at one
+instant (only the `file` backend can), an encrypted copy of an unencrypted volume (the data
+path does not encrypt plaintext), and a larger copy of an encrypted one.
 """
 
 from __future__ import annotations
@@ -51,19 +53,13 @@ def check_source(source: Volume, storage: StorageBackend, size_gib: int | None) 
     return size_gib
 
 
-def check_unencrypted(source: Volume, encrypted: bool) -> None:
-    """UnsupportedOperation for an encrypted source or copy (Encrypted, or encryption by
-    default)."""
-    if source.encrypted:
+def check_encrypted_size(source: Volume, size_gib: int) -> None:
+    """UnsupportedOperation for a copy of an encrypted volume larger than its source: the copy
+    is the source's LUKS image, and an encrypted volume cannot grow here."""
+    if source.encrypted and size_gib != source.size_gib:
         raise errors.UnsupportedOperation(
-            f"Cannot copy the encrypted volume {source.id}: this volume store copies "
-            "unencrypted volumes only."
-        )
-    if encrypted:
-        raise errors.UnsupportedOperation(
-            f"Cannot make an encrypted copy of the unencrypted volume {source.id}: this volume "
-            "store encrypts a volume only from its creation or from an encrypted snapshot. "
-            "If encryption by default is enabled, disable it with DisableEbsEncryptionByDefault."
+            f"Cannot make a {size_gib} GiB copy of the encrypted {source.size_gib} GiB volume "
+            f"{source.id}: an encrypted volume cannot grow here; copy it at its size."
         )
 
 

@@ -230,7 +230,8 @@ class VolumeService:
 
         async def allocate() -> None:
             if volume.source_volume_id is not None:
-                await storage.extend(volume_id, volume.size_gib * GIB)
+                if not volume.encrypted:  # an encrypted copy has its source's size
+                    await storage.extend(volume_id, volume.size_gib * GIB)
             elif volume.encrypted:
                 await self._encryption.create_storage(volume)
             elif await self._cloned(volume, storage):
@@ -403,10 +404,10 @@ class VolumeService:
         validation.check_size(vtype, size)
         iops, throughput = validation.performance(vtype, size, req.iops, req.throughput)
         encryption = await self._encryption.for_new_volume(
-            ctx, zone.name, req.encrypted, req.kms_key_id, snapshot
+            ctx, zone.name, req.encrypted, req.kms_key_id, snapshot or source
         )
         if source is not None:
-            volume_copies.check_unencrypted(source, encryption.encrypted)
+            volume_copies.check_encrypted_size(source, size)
         await quotas.check_volumes(self._core, ctx)
         volume_id = new_id("vol")
         return Volume(
