@@ -235,8 +235,7 @@ class AttachmentService:
         Multi-Attach volume's other instances still read it through the export); whether it
         did. The volume's lock keeps a new attachment from counting on the export meanwhile."""
         async with self._core.locks.hold(volume_id):
-            volume = await self._core.store.get_volume(volume_id)
-            if volume is not None and any(a.instance_id != instance_id for a in volume.attachments):
+            if await self._held_by_others(volume_id, instance_id):
                 log.info("volume %s: export kept for its other attachments", volume_id)
                 return False
             await self._exports.release(volume_id)
@@ -250,16 +249,17 @@ class AttachmentService:
         cannot be removed is left to start-up reconciliation (its volume has no attachment)."""
         store = self._core.store
         async with self._core.locks.hold(volume_id):
-            volume = await store.get_volume(volume_id)
-            others = volume is not None and any(
-                a.instance_id != instance_id for a in volume.attachments
-            )
-            if unexport and not others:
+            if unexport and not await self._held_by_others(volume_id, instance_id):
                 try:
                     await self._exports.release(volume_id)
                 except BackendError as exc:
                     log.error("volume %s: unexport at the last detach failed: %s", volume_id, exc)
             await store.finish_detach(volume_id, instance_id)
+
+    async def _held_by_others(self, volume_id: str, instance_id: str) -> bool:
+        """Whether an instance other than ``instance_id`` has the volume attached (recorded)."""
+        volume = await self._core.store.get_volume(volume_id)
+        return volume is not None and any(a.instance_id != instance_id for a in volume.attachments)
 
     # ---- jobs ----------------------------------------------------------------------------
 
