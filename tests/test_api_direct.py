@@ -124,7 +124,8 @@ def test_block_with_a_wrong_checksum_is_refused_and_not_stored(
 ) -> None:
     snapshot_id = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
     data = random_blocks([0])[0]
-    wrong = refusal(put, ebs, snapshot_id, 0, data, Checksum=checksum(data[:-1] + b"x"))
+    other = data[:-1] + bytes([data[-1] ^ 0x01])  # differs from the data in its last bit
+    wrong = refusal(put, ebs, snapshot_id, 0, data, Checksum=checksum(other))
     assert (wrong.code, wrong.status, wrong.reason) == ("ValidationException", 400, "INVALID_BLOCK")
     assert wrong.error_type == "ValidationException"
     assert not block_path(server.data_dir, data).exists()
