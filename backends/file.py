@@ -61,6 +61,7 @@ from backends.base import BlockDigests, LocatedBlock
 from backends.batching import GroupRunner
 from backends.errors import BackendError, CapacityError, SetupError
 from backends.file_base import FileBases
+from backends.file_fingerprints import Fingerprints
 from backends.file_writes import BlockWriter
 from ebsemu.logs import REQUEST_ID
 from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
@@ -365,6 +366,7 @@ class FileStorage:
         self._volumes = root / "volumes"
         self._views = root / "views"
         self._bases = FileBases(self._views, root / "bases", self._volumes, META_NAME)
+        self._fingerprints = Fingerprints(root / "fingerprints")
         self._segment_bytes = segment_bytes
         self._luks = luks_formatter
         self._luks_unavailable: str | None = (
@@ -744,10 +746,20 @@ class FileStorage:
         )
 
     def _freeze(self, volume_id: str, view_id: str) -> None:
+        from backends import file_digests
+
         def clone(source: Path, staging: Path, layout: Layout) -> dict[str, str]:
             return {"frozen_by": _clone_segments(source, staging, layout)}
 
-        self._make_view(volume_id, view_id, clone)
+        def copy(source: Path, staging: Path, layout: Layout) -> dict[str, str]:
+            marks = file_digests.copy_fingerprinted(source, staging, layout)
+            self._fingerprints.save(volume_id, view_id, marks)
+            self._fingerprints.keep_only(volume_id, {view_id})
+            return {"frozen_by": "copy"}
+
+        if self._copies is None:
+            self._copies = not self._probe_reflink()
+        self._make_view(volume_id, view_id, copy if self._copies else clone)
 
     def _copy_volume(self, source_id: str, copy_id: str) -> None:
         source = self._volumes / _check_id(source_id)
@@ -780,13 +792,18 @@ class FileStorage:
         from backends import file_digests
 
         def compare(source: Path, staging: Path, layout: Layout) -> dict[str, str] | None:
-            changed = file_digests.freeze_changes(source, staging, layout, base.digests)
+            earlier = self._fingerprints.load(volume_id, base.snapshot_id)
+            found = file_digests.freeze_changes(source, staging, layout, base.digests, earlier)
+            self._fingerprints.save(volume_id, view_id, found.fingerprints)
+            self._fingerprints.keep_only(volume_id, {base.snapshot_id, view_id})
+            changed = found.changed
             logger.info(
-                "volume %s: %d of %d blocks differ from snapshot %s%s",
+                "volume %s: %d of %d blocks differ from snapshot %s (compared by %s)%s",
                 volume_id,
                 changed,
                 -(-layout.size_bytes // BLOCK_SIZE),
                 base.snapshot_id,
+                found.compared_by,
                 "" if changed else "; no view is needed",
             )
             if not changed:
@@ -876,6 +893,7 @@ class FileStorage:
     def _delete(self, volume_id: str) -> None:
         self._remove(self._volumes, volume_id)
         self._bases.drop_volume(volume_id)
+        self._fingerprints.drop_volume(volume_id)
 
     def _drop_view(self, view_id: str) -> None:
         self._remove(self._views, view_id)

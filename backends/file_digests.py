@@ -11,8 +11,11 @@ names the snapshot compared with (``seeded_from``). The service has already made
 snapshot's manifest a copy of that snapshot's, so its capture only lays these blocks over it.
 
 A block is unchanged only when its bytes hash to the digest the earlier snapshot stored for it:
-the same equality the block store relies on to store a block once. Such a view is never read
-whole (``iter_blocks`` raises) and never kept as a base. Blocking; run in a worker thread.
+the same equality the block store relies on to store a block once. Where the freeze of that
+snapshot recorded the BLAKE3 of its blocks (backends/file_fingerprints.py), the comparison is of
+those instead, which runs faster than SHA-256 here; every freeze without reflink, the first one
+of a volume included (``copy_fingerprinted``), records them for the next. Such a view is never
+read whole (``iter_blocks`` raises) and never kept as a base. Blocking; run in a worker thread.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
-from backends import sparse
+from backends import file_fingerprints, sparse
 from backends.errors import BackendError
 from backends.file import META_NAME, FileView, Layout, segment_name
 from ebsemu.model import BLOCK_SIZE, ZERO_DIGEST
@@ -40,18 +44,85 @@ _CHUNK_BLOCKS = 16  # blocks one hashing task reads (8 MiB)
 _HASHERS = 2  # hashlib releases the GIL on large buffers: both CPUs hash
 
 
+class Changes(NamedTuple):
+    """What ``freeze_changes`` found."""
+
+    changed: int  # blocks that differ, copied into the view
+    fingerprints: dict[int, bytes]  # the BLAKE3 of each non-zero block of the volume now
+    compared_by: str  # "BLAKE3" (the snapshot's fingerprints) or "SHA-256" (its digests)
+
+
 def freeze_changes(
-    source: Path, staging: Path, layout: Layout, digests: Mapping[int, bytes]
-) -> int:
+    source: Path,
+    staging: Path,
+    layout: Layout,
+    digests: Mapping[int, bytes],
+    fingerprints: Mapping[int, bytes] | None = None,
+) -> Changes:
     """Write into the empty directory ``staging`` the segment files of a view of the volume in
     ``source`` that hold only its blocks whose SHA-256 differs from ``digests`` (a block absent
-    from it is zeros), and the list of those blocks, all durable. Returns how many differ."""
-    per_segment = layout.segment_bytes // BLOCK_SIZE
+    from it is zeros), and the list of those blocks, all durable. Where ``fingerprints`` (the
+    BLAKE3 of the same snapshot's blocks, backends/file_fingerprints.py) name the same blocks
+    as ``digests``, blocks are compared by those instead."""
     beyond = [index for index in digests if index >= layout.size_bytes // BLOCK_SIZE]
     if beyond:  # a volume never shrinks: these digests are not of an earlier state of it
         raise BackendError(f"the digests name block {min(beyond)}, past the volume's end")
+    if fingerprints is not None and fingerprints.keys() != digests.keys():
+        fingerprints = None  # not of this snapshot: compare the digests themselves
+    compare = _Compare(digests, fingerprints)
+    changed = _read_segments(source, staging, layout, compare)
+    _write_changed(staging / CHANGED_NAME, changed)
+    return Changes(len(changed), compare.now, "SHA-256" if fingerprints is None else "BLAKE3")
+
+
+def copy_fingerprinted(source: Path, staging: Path, layout: Layout) -> dict[int, bytes]:
+    """Write into the empty directory ``staging`` durable copies of the segment files of the
+    volume in ``source`` (its data extents; holes stay holes), as a freeze without reflink
+    does, and return the BLAKE3 of its non-zero blocks."""
+    compare = _Compare({}, None)
+    _read_segments(source, staging, layout, compare, copy_all=True)
+    return compare.now
+
+
+class _Compare:
+    """Whether a block differs from the snapshot compared with: by its BLAKE3 where the
+    snapshot's ``fingerprints`` are known, else by its SHA-256. Collects the BLAKE3 of every
+    non-zero block read (``now``)."""
+
+    def __init__(
+        self, digests: Mapping[int, bytes], fingerprints: Mapping[int, bytes] | None
+    ) -> None:
+        self.earlier = digests.keys()  # the snapshot's non-zero blocks
+        self._digests = digests
+        self._fingerprints = fingerprints
+        self.now: dict[int, bytes] = {}  # filled from the hashing threads (one key each)
+
+    def record(self, index: int, block: bytearray) -> bytes:
+        """The block's BLAKE3, noted in ``now`` unless the block is zeros."""
+        mark = file_fingerprints.fingerprint(block)
+        if mark != file_fingerprints.ZERO_FINGERPRINT:
+            self.now[index] = mark
+        return mark
+
+    def differs(self, index: int, block: bytearray) -> tuple[bool, bool]:
+        """(whether the block differs from the snapshot's, whether it is zeros)."""
+        mark = self.record(index, block)
+        zero = mark == file_fingerprints.ZERO_FINGERPRINT
+        if self._fingerprints is not None:
+            return mark != self._fingerprints.get(index, file_fingerprints.ZERO_FINGERPRINT), zero
+        digest = hashlib.sha256(block).digest()
+        return digest != self._digests.get(index, ZERO_DIGEST), zero
+
+
+def _read_segments(
+    source: Path, staging: Path, layout: Layout, compare: _Compare, *, copy_all: bool = False
+) -> array[int]:
+    """Read every data block of the volume in ``source``, copy those that differ (or, with
+    ``copy_all``, every data block) into segment files of the same sizes in ``staging``,
+    durably; the ascending indexes of the blocks that differ."""
+    per_segment = layout.segment_bytes // BLOCK_SIZE
     changed = array("Q")
-    with ThreadPoolExecutor(_HASHERS, thread_name_prefix="freeze-sha256") as hashers:
+    with ThreadPoolExecutor(_HASHERS, thread_name_prefix="freeze-hash") as hashers:
         for segment in range(layout.segment_count):
             size = layout.segment_size(segment)
             first = segment * per_segment
@@ -59,32 +130,32 @@ def freeze_changes(
             try:
                 os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
                 dst = os.open(
-                    staging / segment_name(segment), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+                    staging / segment_name(segment), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600
                 )
                 try:
                     os.ftruncate(dst, size)
-                    compare = _SegmentCompare(src, dst, first, digests)
-                    changed.extend(compare.run(hashers, size))
+                    reader = _SegmentCompare(src, dst, first, compare)
+                    changed.extend(reader.run(hashers, size, copy_all=copy_all))
                     os.fsync(dst)
                 finally:
                     os.close(dst)
             finally:
                 os.close(src)
-    _write_changed(staging / CHANGED_NAME, changed)
-    return len(changed)
+    return changed
 
 
 class _SegmentCompare:
-    """One segment of the volume compared with ``digests``, its changed blocks copied."""
+    """One segment of the volume compared with an earlier snapshot, its changed blocks copied."""
 
-    def __init__(self, src: int, dst: int, first: int, digests: Mapping[int, bytes]) -> None:
+    def __init__(self, src: int, dst: int, first: int, compare: _Compare) -> None:
         self._src = src
         self._dst = dst
         self._first = first  # the volume's index of the segment's first block
-        self._digests = digests
+        self._compare = compare
 
-    def run(self, hashers: ThreadPoolExecutor, size: int) -> list[int]:
-        """Volume indexes of the segment's changed blocks, ascending."""
+    def run(self, hashers: ThreadPoolExecutor, size: int, *, copy_all: bool) -> list[int]:
+        """Volume indexes of the segment's changed blocks, ascending; with ``copy_all``, every
+        data block is copied instead, and none is reported."""
         blocks = size // BLOCK_SIZE
         runs = _data_runs(self._src, size)
         chunks = [
@@ -92,9 +163,13 @@ class _SegmentCompare:
             for start_run, stop in runs
             for start in range(start_run, stop, _CHUNK_BLOCKS)
         ]
+        if copy_all:
+            for _ in hashers.map(self._copy_chunk, chunks):
+                pass
+            return []
         changed = [index for found in hashers.map(self._chunk, chunks) for index in found]
         last = self._first + blocks
-        earlier = (index for index in self._digests if self._first <= index < last)
+        earlier = (index for index in self._compare.earlier if self._first <= index < last)
         changed += [index for index in earlier if not _within(index - self._first, runs)]
         return sorted(changed)
 
@@ -104,12 +179,23 @@ class _SegmentCompare:
         for local in blocks:
             if os.preadv(self._src, [data], local * BLOCK_SIZE) != BLOCK_SIZE:
                 raise BackendError(f"block {self._first + local} is shorter than a block")
-            digest = hashlib.sha256(data).digest()
-            if digest != self._digests.get(self._first + local, ZERO_DIGEST):
+            differs, zero = self._compare.differs(self._first + local, data)
+            if differs:
                 changed.append(self._first + local)
-                if digest != ZERO_DIGEST:
+                if not zero:
                     sparse.pwrite_all(self._dst, data, local * BLOCK_SIZE)
         return changed
+
+    def _copy_chunk(self, blocks: range) -> None:
+        """Copy the chunk whole (in the kernel, where it can), then fingerprint the copy's
+        blocks, from the page cache the copy filled: the bytes the view holds, even where the
+        volume changed since."""
+        sparse.copy_range(self._src, self._dst, blocks.start * BLOCK_SIZE, len(blocks) * BLOCK_SIZE)
+        data = bytearray(BLOCK_SIZE)
+        for local in blocks:
+            if os.preadv(self._dst, [data], local * BLOCK_SIZE) != BLOCK_SIZE:
+                raise BackendError(f"block {self._first + local} is shorter than a block")
+            self._compare.record(self._first + local, data)
 
 
 def _data_runs(fd: int, size: int) -> list[tuple[int, int]]:
