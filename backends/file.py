@@ -7,6 +7,7 @@ Layout under the data directory::
     volumes/<volume_id>/seg-0001        … the last segment holds the remainder
     views/<view_id>/…                   frozen point-in-time copies, same layout
     bases/<volume_id>@<view_id>/…       a captured view kept as the volume's next view's base
+    fingerprints/<volume_id>/<view_id>  BLAKE3 of a copied view's blocks, for the next freeze
 
 Why segments: a volume is created by truncating sparse files, so creation takes the same few
 milliseconds for 1 GiB as for 64 TiB (the EBS maximum) and uses no space until written. But a
@@ -27,7 +28,8 @@ other: views, snapshots and restores carry its ciphertext, header included.
 
 Freezing a volume for a snapshot clones each segment with a reflink (FICLONE) where the
 filesystem supports it (XFS with reflink=1, btrfs): instant and no extra space until the volume
-is written again. Elsewhere (ext4, tmpfs) it copies the data extents only, so holes stay holes.
+is written again. Elsewhere (ext4, tmpfs) it copies the data extents only, so holes stay holes,
+and records the BLAKE3 of the blocks copied (backends/file_fingerprints.py).
 The freeze is a point-in-time copy of what the files hold; a writer attached to the volume must
 be quiesced by the caller for the copy to be consistent. A reflinked view whose snapshot has
 completed is kept as the base of the volume's next view (``keep_view``, backends/file_base.py),
