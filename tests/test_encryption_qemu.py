@@ -127,6 +127,19 @@ def write_through_vm(lab: Lab, qdev_id: str, command: str) -> None:
     assert answer == "", answer
 
 
+def written_encrypted_volume(lab: Lab) -> str:
+    """A new encrypted 1 GiB volume, attached to the VM, with 4 MiB of 0x5a written at 8 MiB
+    through it and flushed."""
+    volume_id: str = lab.ec2.create_volume(AvailabilityZone=ZONE, Size=1, Encrypted=True)[
+        "VolumeId"
+    ]
+    wait_volume(lab, volume_id)
+    qdev_id = attach(lab, volume_id)
+    write_through_vm(lab, qdev_id, "write -P 0x5a 8M 4M")
+    write_through_vm(lab, qdev_id, "flush")
+    return volume_id
+
+
 def reads_through_vm(lab: Lab, volume_id: str, command: str) -> bool:
     """Whether ``command`` (a qemu-io read -P) verifies on the VM's block node of the volume,
     read through a read-only NBD export of that node."""
@@ -243,11 +256,7 @@ def test_data_written_through_the_vm_is_ciphertext_on_disk_and_plaintext_in_the_
 def test_snapshot_holds_only_ciphertext_and_a_restored_volume_reads_the_data_back(
     lab: Lab,
 ) -> None:
-    volume_id = lab.ec2.create_volume(AvailabilityZone=ZONE, Size=1, Encrypted=True)["VolumeId"]
-    wait_volume(lab, volume_id)
-    qdev_id = attach(lab, volume_id)
-    write_through_vm(lab, qdev_id, "write -P 0x5a 8M 4M")
-    write_through_vm(lab, qdev_id, "flush")
+    volume_id = written_encrypted_volume(lab)
     detach(lab, volume_id)
     snapshot_id = new_snapshot(lab.ec2, volume_id)
     snapshot = lab.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
@@ -323,11 +332,7 @@ def test_an_encrypted_volume_opens_again_after_a_server_restart(lab: Lab) -> Non
 def test_a_copy_of_an_encrypted_volume_is_its_ciphertext_opened_by_the_same_key(
     lab: Lab,
 ) -> None:
-    volume_id = lab.ec2.create_volume(AvailabilityZone=ZONE, Size=1, Encrypted=True)["VolumeId"]
-    wait_volume(lab, volume_id)
-    qdev_id = attach(lab, volume_id)
-    write_through_vm(lab, qdev_id, "write -P 0x5a 8M 4M")
-    write_through_vm(lab, qdev_id, "flush")
+    volume_id = written_encrypted_volume(lab)
     (copy,) = lab.ec2.copy_volumes(SourceVolumeId=volume_id)["Volumes"]  # copied in use
     source = lab.ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
     assert copy["Encrypted"] is True and copy["KmsKeyId"] == source["KmsKeyId"]
