@@ -43,7 +43,9 @@ SECTOR = 512
 PAYLOAD_BYTES = 4096 + 8 * 258048
 PADDED_HEADER_BYTES = 2 * 1024 * 1024  # PAYLOAD_BYTES rounded up to whole 512 KiB blocks
 SECRET_ID = "ebs-key"
-CREATE_ATTEMPTS = 3
+# Each attempt misses the clock's ticks on its own (seen 3 times in a row on a fast host, where
+# the first timing round takes less than one tick): 20 attempts of about 10 ms each.
+CREATE_ATTEMPTS = 20
 NO_CPU_TIME = "Unable to get accurate CPU usage"
 
 
@@ -120,8 +122,8 @@ class LuksFormatter:
     async def _create(self, argv: list[str], path: Path, passphrase: str) -> None:
         """Run ``qemu-img create``. It times its key derivation by the thread's CPU time first;
         when that reads as no time at all (the clock's ticks missed it, on a busy host), it
-        fails with "Unable to get accurate CPU usage": that one failure is tried again (the
-        create truncates what the failed one left)."""
+        fails with "Unable to get accurate CPU usage": that one failure is tried again, up to
+        CREATE_ATTEMPTS runs in all (the create truncates what the failed one left)."""
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
                 await self.runner.run(argv, timeout=self.timeout, secrets=[passphrase])
