@@ -1,8 +1,9 @@
 """Two `ebsemu serve` instances on one PostgreSQL database, one storage directory and block
 store, and one QEMU VM: under concurrent load from both endpoints no job runs twice and a
 ClientToken names one volume; concurrent attaches through both never attach one volume twice
-nor two volumes at one device; a job whose instance is killed mid-way is taken over by the
-other one once its lease runs out."""
+nor two volumes at one device; a LockSnapshot through one and a DeleteSnapshot through the other
+at once never both succeed; a job whose instance is killed mid-way is taken over by the other
+one once its lease runs out."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from tests.vmm_fixtures import HAVE_QEMU, NEEDS_QEMU, QemuVm, running_vm
 LEASE_SECONDS = 3.0
 THREADS = 8
 ROUNDS = 2
+RACES = 30  # snapshots each locked and deleted through both instances at once
 VMM = "kvm-pair"
 MIB = 1024 * 1024
 BLOCK = 512 * 1024
@@ -200,6 +202,37 @@ def test_concurrent_attaches_through_both_instances_never_attach_twice(pair: Pai
     for link in links:
         one.detach_volume(VolumeId=link["VolumeId"])
     two.get_waiter("volume_available").wait(VolumeIds=volumes, WaiterConfig=FAST)
+
+
+def test_a_lock_and_a_deletion_through_both_instances_at_once_never_both_succeed(
+    pair: Pair,
+) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    volume_id = new_volume(one)
+    snapshots = [one.create_snapshot(VolumeId=volume_id)["SnapshotId"] for _ in range(RACES)]
+    one.get_waiter("snapshot_completed").wait(SnapshotIds=snapshots, WaiterConfig=FAST)
+    lock = {"LockMode": "governance", "LockDuration": 1}
+    outcomes = {
+        snapshot_id: tuple(
+            _concurrently(
+                (one.lock_snapshot, {"SnapshotId": snapshot_id, **lock}),
+                (two.delete_snapshot, {"SnapshotId": snapshot_id}),
+            )
+        )
+        for snapshot_id in snapshots
+    }
+    # Either the lock came first and kept the snapshot, or the deletion did and the lock
+    # found no snapshot: never a lock reported on a snapshot that is being deleted.
+    assert set(outcomes.values()) <= {("ok", "SnapshotLocked"), ("InvalidSnapshot.NotFound", "ok")}
+    locked = sorted(s for s, (locking, _) in outcomes.items() if locking == "ok")
+    listed = two.describe_locked_snapshots(SnapshotIds=locked)["Snapshots"] if locked else []
+    assert sorted(item["SnapshotId"] for item in listed) == locked
+    left = pair.sql(f"SELECT id FROM snapshots WHERE deleted = 0 AND volume_id = '{volume_id}'")
+    assert sorted(row[0] for row in left) == locked
+    for snapshot_id in locked:
+        two.unlock_snapshot(SnapshotId=snapshot_id)
+        one.delete_snapshot(SnapshotId=snapshot_id)
+    one.delete_volume(VolumeId=volume_id)
 
 
 def _fill(segment: Path, size: int) -> None:

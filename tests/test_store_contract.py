@@ -33,7 +33,15 @@ from ebsemu.model import (
 )
 from ebsemu.service import lineage
 from ebsemu.snapshot_lock import LockMode, SnapshotLock
-from ebsemu.store.base import Filter, ListQuery, Page, Reach, Store, VolumeIo
+from ebsemu.store.base import (
+    Filter,
+    ListQuery,
+    Page,
+    Reach,
+    SnapshotDeletion,
+    Store,
+    VolumeIo,
+)
 from ebsemu.store.direct import DirectMeta
 from ebsemu.store.pg_dialect import glob_to_like, translate
 from ebsemu.store.pg_schema import PG_MIGRATIONS
@@ -186,7 +194,7 @@ def test_the_quota_counts_are_per_owner_and_region_without_deleted_records(
         # Counted once before the deletion (SQLite keeps the volume count from then on).
         before = await store.count_volumes(OWNER, REGION)
         await store.transition_volume("vol-0", {VolumeState.AVAILABLE}, VolumeState.DELETED)
-        assert await store.mark_snapshot_deleted("snap-0")
+        assert (await store.mark_snapshot_deleted("snap-0", datetime.now(UTC))).marked
         return [
             before,
             await store.count_volumes(OWNER, REGION),
@@ -394,7 +402,7 @@ def test_a_volumes_latest_completed_snapshot_skips_pending_deleted_and_other_one
             assert await store.complete_snapshot(snapshot_id, 0)
         await store.insert_snapshot(snapshot("snap-3"))  # newer, still pending
         newest = await store.latest_completed_snapshot("vol-1")
-        assert await store.mark_snapshot_deleted("snap-2")
+        assert (await store.mark_snapshot_deleted("snap-2", datetime.now(UTC))).marked
         return [
             newest,
             await store.latest_completed_snapshot("vol-1"),
@@ -707,16 +715,18 @@ def test_a_snapshot_lock_is_replaced_in_place_listed_by_state_and_removed_with_i
     def ids(page: Page[SnapshotLock]) -> list[str]:
         return [item.snapshot_id for item in page.items]
 
+    async def put(store: Store, new: SnapshotLock) -> None:
+        assert await store.change_snapshot_lock(new.snapshot_id, lambda current: new)
+
     async def scenario(store: Store) -> None:
         for snapshot_id in ("snap-1", "snap-2", "snap-3"):
             await store.insert_snapshot(snapshot(snapshot_id))
-        await store.put_snapshot_lock(lock("snap-1", LockMode.GOVERNANCE, duration_days=1))
-        await store.put_snapshot_lock(
-            lock("snap-2", LockMode.COMPLIANCE, cool_off_expires_on=now + timedelta(hours=1))
+        await put(store, lock("snap-1", LockMode.GOVERNANCE, duration_days=1))
+        await put(
+            store,
+            lock("snap-2", LockMode.COMPLIANCE, cool_off_expires_on=now + timedelta(hours=1)),
         )
-        await store.put_snapshot_lock(
-            lock("snap-3", LockMode.GOVERNANCE, expires_on=now + timedelta(seconds=1))
-        )
+        await put(store, lock("snap-3", LockMode.GOVERNANCE, expires_on=now + timedelta(seconds=1)))
         # A lock given a duration while its snapshot was pending starts when it completes.
         waiting = await store.get_snapshot_lock("snap-1")
         assert waiting is not None and waiting.expires_on is None
@@ -725,7 +735,7 @@ def test_a_snapshot_lock_is_replaced_in_place_listed_by_state_and_removed_with_i
         assert started is not None and started.duration_start is not None
         assert started.expires_on == started.duration_start + timedelta(days=1)
         # Replaced in place: it keeps its position in the listing.
-        await store.put_snapshot_lock(lock("snap-1", LockMode.COMPLIANCE, duration_days=2))
+        await put(store, lock("snap-1", LockMode.COMPLIANCE, duration_days=2))
         assert ids(await store.list_snapshot_locks(query(), now)) == ["snap-1", "snap-2", "snap-3"]
         later = now + timedelta(hours=2)
         by_state = {
@@ -750,12 +760,50 @@ def test_a_snapshot_lock_is_replaced_in_place_listed_by_state_and_removed_with_i
         assert ids(rest) == ["snap-3"] and rest.last_seq is None
         other = ListQuery(owner_ids=frozenset({OTHER_OWNER}), region=REGION)
         assert ids(await store.list_snapshot_locks(other, now)) == []
-        await store.remove_snapshot_lock("snap-2")
+        assert await store.change_snapshot_lock("snap-2", lambda current: None)
         assert await store.get_snapshot_lock("snap-2") is None
-        assert await store.mark_snapshot_deleted("snap-3")
+        assert (await store.mark_snapshot_deleted("snap-3", later)).marked  # its lock expired
         assert ids(await store.list_snapshot_locks(query(), now)) == ["snap-1"]
         await store.remove_snapshot("snap-3")
         assert await store.get_snapshot_lock("snap-3") is None
+
+    run(new_store, scenario)
+
+
+def test_a_lock_keeps_its_snapshot_from_deletion_and_no_lock_changes_on_a_deleted_one(
+    new_store: NewStore,
+) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    expiry = now + timedelta(hours=1)
+    held = SnapshotLock("snap-1", OWNER, REGION, LockMode.GOVERNANCE, now, expires_on=expiry)
+    asked: list[SnapshotLock | None] = []
+
+    def ask(current: SnapshotLock | None) -> SnapshotLock | None:
+        asked.append(current)
+        return current
+
+    def refuse(current: SnapshotLock | None) -> SnapshotLock | None:
+        raise ValueError("refused")
+
+    async def scenario(store: Store) -> None:
+        for snapshot_id in ("snap-1", "snap-2"):
+            await store.insert_snapshot(snapshot(snapshot_id))
+        assert await store.change_snapshot_lock("snap-1", lambda current: held)
+        kept = await store.mark_snapshot_deleted("snap-1", now)
+        assert not kept.marked and kept.kept_by == await store.get_snapshot_lock("snap-1")
+        assert kept.kept_by is not None and kept.kept_by.expires_on == expiry
+        assert await store.deleted_snapshots() == []
+        with pytest.raises(ValueError):  # a change that fails changes nothing
+            await store.change_snapshot_lock("snap-1", refuse)
+        assert await store.get_snapshot_lock("snap-1") == kept.kept_by
+
+        assert await store.mark_snapshot_deleted("snap-1", expiry) == SnapshotDeletion(True)
+        assert await store.mark_snapshot_deleted("snap-1", expiry) == SnapshotDeletion(False)
+        assert not await store.change_snapshot_lock("snap-1", ask)  # deleted: not even asked
+        assert not await store.change_snapshot_lock("snap-9", ask)  # never there
+        assert asked == []
+        assert await store.mark_snapshot_deleted("snap-2", now) == SnapshotDeletion(True)
+        assert sorted(await store.deleted_snapshots()) == ["snap-1", "snap-2"]
 
     run(new_store, scenario)
 

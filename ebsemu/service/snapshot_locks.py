@@ -2,7 +2,8 @@
 
 Only a snapshot's owner locks, unlocks and sees its lock; a `pending` or `completed` snapshot
 can be locked (Amazon EBS User Guide, "Lock an Amazon EBS snapshot"). The rules of each mode
-are in ebsemu.snapshot_lock; DeleteSnapshot asks ``refuse_locked`` first. Time comes from the
+are in ebsemu.snapshot_lock; the store judges a DeleteSnapshot against the lock in the same
+transaction that marks the snapshot deleted (``locked`` is its refusal). Time comes from the
 clock the service is given, so the rules can be tested at any moment.
 """
 
@@ -25,7 +26,7 @@ from ebsemu.snapshot_lock import (
     new_lock,
     relock,
 )
-from ebsemu.store.base import ListQuery, Store
+from ebsemu.store.base import ListQuery
 
 if TYPE_CHECKING:  # snapshots.py imports this module (a locked snapshot is not deleted)
     from ebsemu.service.snapshots import SnapshotService
@@ -57,9 +58,16 @@ class SnapshotLockService:
                 )
             pending = snapshot.state is SnapshotState.PENDING
             new = new_lock(snapshot_id, ctx.account_id, ctx.region, request, now, pending=pending)
-            current = await self._core.store.get_snapshot_lock(snapshot_id)
-            lock = relock(current, new, request, now)
-            await self._core.store.put_snapshot_lock(lock)
+            lock: SnapshotLock | None = None
+
+            def change(current: SnapshotLock | None) -> SnapshotLock:
+                nonlocal lock
+                lock = relock(current, new, request, now)
+                return lock
+
+            if not await self._core.store.change_snapshot_lock(snapshot_id, change):
+                raise _gone(snapshot_id)  # deleted meanwhile, by another server instance
+        assert lock is not None
         log.info("snapshot %s: locked, %s", snapshot_id, lock.state(now).value)
         return lock, now
 
@@ -68,12 +76,19 @@ class SnapshotLockService:
         cooling-off period. A snapshot without a lock is left as it is."""
         async with self._core.locks.hold(snapshot_id):
             await self._snapshots.get(ctx, snapshot_id)
-            lock = await self._core.store.get_snapshot_lock(snapshot_id)
-            if lock is None:
-                return
-            check_unlock(lock, self._clock())
-            await self._core.store.remove_snapshot_lock(snapshot_id)
-        log.info("snapshot %s: unlocked", snapshot_id)
+            now = self._clock()
+            had_lock = False
+
+            def change(current: SnapshotLock | None) -> None:
+                nonlocal had_lock
+                if current is not None:
+                    check_unlock(current, now)
+                    had_lock = True
+
+            if not await self._core.store.change_snapshot_lock(snapshot_id, change):
+                raise _gone(snapshot_id)
+        if had_lock:
+            log.info("snapshot %s: unlocked", snapshot_id)
 
     async def describe(
         self,
@@ -109,11 +124,13 @@ class SnapshotLockService:
         return page.items, now, listing.next_token("lock", page)
 
 
-async def refuse_locked(store: Store, snapshot_id: str, now: datetime) -> None:
-    """DeleteSnapshot's check: a snapshot whose lock has not expired stays."""
-    lock = await store.get_snapshot_lock(snapshot_id)
-    if lock is not None and lock.protects(now):
-        raise errors.SnapshotLocked(
-            f"The snapshot '{snapshot_id}' is locked ({lock.state(now).value}) and cannot be "
-            "deleted until its lock expires or it is unlocked."
-        )
+def locked(snapshot_id: str, lock: SnapshotLock, now: datetime) -> errors.ApiError:
+    """DeleteSnapshot's refusal of a snapshot whose lock has not expired."""
+    return errors.SnapshotLocked(
+        f"The snapshot '{snapshot_id}' is locked ({lock.state(now).value}) and cannot be "
+        "deleted until its lock expires or it is unlocked."
+    )
+
+
+def _gone(snapshot_id: str) -> errors.ApiError:
+    return errors.InvalidSnapshotNotFound(f"The snapshot '{snapshot_id}' does not exist.")

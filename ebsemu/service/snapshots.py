@@ -174,14 +174,17 @@ class SnapshotService:
     async def delete(self, ctx: RequestContext, snapshot_id: str) -> None:
         await self.get(ctx, snapshot_id)
         async with self._core.locks.hold(snapshot_id):
-            await snapshot_locks.refuse_locked(self._core.store, snapshot_id, self._clock())
             restoring = await self._core.store.volumes_restoring_from(snapshot_id)
             if restoring:
                 raise errors.InvalidSnapshotInUse(
                     f"The snapshot {snapshot_id} is currently in use by "
                     f"{await self._volume_name(ctx, restoring[0])}"
                 )
-            if not await self._core.store.mark_snapshot_deleted(snapshot_id):
+            now = self._clock()
+            deletion = await self._core.store.mark_snapshot_deleted(snapshot_id, now)
+            if deletion.kept_by is not None:
+                raise snapshot_locks.locked(snapshot_id, deletion.kept_by, now)
+            if not deletion.marked:
                 return  # deleted meanwhile by a concurrent request
             await self._core.store.clear_snapshot_grantees(snapshot_id)
         await self._core.jobs.submit("delete_snapshot", snapshot_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -254,13 +254,30 @@ class PublicAccessStore(Protocol):
         ...
 
 
+LockChange = Callable[[SnapshotLock | None], SnapshotLock | None]
+
+
+@dataclass(frozen=True)
+class SnapshotDeletion:
+    """What ``mark_snapshot_deleted`` did."""
+
+    marked: bool  # this call marked the snapshot deleted (False: it was, or a lock kept it)
+    kept_by: SnapshotLock | None = None  # the lock that protects the snapshot, if one does
+
+
 class SnapshotLockStore(Protocol):
     """Snapshot locks (ebsemu.service.snapshot_locks); ``remove_snapshot`` drops a
     snapshot's lock with it."""
 
-    async def put_snapshot_lock(self, lock: SnapshotLock) -> None: ...
+    async def change_snapshot_lock(self, snapshot_id: str, change: LockChange) -> bool:
+        """Give ``change`` the snapshot's lock (None: it has none) and keep what it returns
+        (None: no lock; a replaced lock keeps its place in listings), in one transaction that
+        waits for every other change of this snapshot's lock and for ``mark_snapshot_deleted``
+        of it, on every server instance sharing the database. An exception from ``change``
+        changes nothing. False, without calling ``change``, when the snapshot is deleted."""
+        ...
+
     async def get_snapshot_lock(self, snapshot_id: str) -> SnapshotLock | None: ...
-    async def remove_snapshot_lock(self, snapshot_id: str) -> None: ...
     async def list_snapshot_locks(self, query: ListQuery, now: datetime) -> Page[SnapshotLock]: ...
 
 
@@ -406,7 +423,11 @@ class Store(
         ``job_id`` and close the job (even when the snapshot was no longer pending)."""
         ...
 
-    async def mark_snapshot_deleted(self, snapshot_id: str) -> bool: ...
+    async def mark_snapshot_deleted(self, snapshot_id: str, now: datetime) -> SnapshotDeletion:
+        """Mark the snapshot deleted unless its lock protects it at ``now``, judged in one
+        transaction with the lock as ``change_snapshot_lock`` leaves it."""
+        ...
+
     async def deleted_snapshots(self) -> list[str]: ...
     async def remove_snapshot(self, snapshot_id: str) -> None:
         """Drop a snapshot's row, tags and manifest."""

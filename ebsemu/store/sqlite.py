@@ -398,12 +398,6 @@ class SqlStore(
 
         return await self._commit(work)
 
-    async def mark_snapshot_deleted(self, snapshot_id: str) -> bool:
-        changed = await self._write(
-            "UPDATE snapshots SET deleted = 1 WHERE id = ? AND deleted = 0", (snapshot_id,)
-        )
-        return changed == 1
-
     async def deleted_snapshots(self) -> list[str]:
         return [row[0] for row in await self._rows("SELECT id FROM snapshots WHERE deleted = 1")]
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ebsemu.snapshot_lock import LockMode, SnapshotLock
-from ebsemu.store.base import ListQuery, Page
+from ebsemu.store.base import ListQuery, LockChange, Page, SnapshotDeletion
 from ebsemu.store.sql_base import SqlBase, placeholders
 from ebsemu.store.sql_filters import filter_sql
 from ebsemu.timefmt import from_wire, to_wire
@@ -81,22 +81,51 @@ def _values(lock: SnapshotLock) -> tuple[object, ...]:
 
 
 class SnapshotLockTables(SqlBase):
-    async def put_snapshot_lock(self, lock: SnapshotLock) -> None:
-        """Record the snapshot's lock, replacing the one it had (which keeps its place in
-        listings)."""
-        updates = ", ".join(f"{c} = excluded.{c}" for c in LOCK_COLUMNS.split(", ")[1:])
-        await self._write(
-            f"INSERT INTO snapshot_locks ({LOCK_COLUMNS}) VALUES ({placeholders(10)}) "
-            f"ON CONFLICT (snapshot_id) DO UPDATE SET {updates}",
-            _values(lock),
-        )
+    """Every change of a snapshot's lock, and the marking of the snapshot deleted, happens in a
+    transaction serialized on the snapshot (on every server instance sharing the database),
+    which reads the lock afresh: a DeleteSnapshot never passes a lock put meanwhile, and a lock
+    is never put on a snapshot being deleted."""
+
+    async def change_snapshot_lock(self, snapshot_id: str, change: LockChange) -> bool:
+        async with self._transaction() as db:
+            present, current = await self._lock_of(db, snapshot_id)
+            if not present:
+                return False
+            new = change(current)
+            if new is None:
+                await db.execute("DELETE FROM snapshot_locks WHERE snapshot_id = ?", (snapshot_id,))
+            elif new != current:
+                updates = ", ".join(f"{c} = excluded.{c}" for c in LOCK_COLUMNS.split(", ")[1:])
+                await db.execute(
+                    f"INSERT INTO snapshot_locks ({LOCK_COLUMNS}) VALUES ({placeholders(10)}) "
+                    f"ON CONFLICT (snapshot_id) DO UPDATE SET {updates}",
+                    _values(new),
+                )
+        return True
+
+    async def mark_snapshot_deleted(self, snapshot_id: str, now: datetime) -> SnapshotDeletion:
+        async with self._transaction() as db:
+            present, lock = await self._lock_of(db, snapshot_id)
+            if not present:
+                return SnapshotDeletion(marked=False)
+            if lock is not None and lock.protects(now):
+                return SnapshotDeletion(marked=False, kept_by=lock)
+            await db.execute("UPDATE snapshots SET deleted = 1 WHERE id = ?", (snapshot_id,))
+        return SnapshotDeletion(marked=True)
+
+    async def _lock_of(self, db: Any, snapshot_id: str) -> tuple[bool, SnapshotLock | None]:
+        """Inside a transaction, serialized on the snapshot's lock: whether the snapshot is
+        there and not deleted, and its lock."""
+        await self._serialize(db, f"snapshot-lock:{snapshot_id}")
+        async with db.execute("SELECT deleted FROM snapshots WHERE id = ?", (snapshot_id,)) as cur:
+            found = await cur.fetchone()
+        async with db.execute(f"{_SELECT} WHERE l.snapshot_id = ?", (snapshot_id,)) as cur:
+            row = await cur.fetchone()
+        return found is not None and not found[0], lock_from_row(row) if row else None
 
     async def get_snapshot_lock(self, snapshot_id: str) -> SnapshotLock | None:
         rows = await self._rows(f"{_SELECT} WHERE l.snapshot_id = ?", (snapshot_id,))
         return lock_from_row(rows[0]) if rows else None
-
-    async def remove_snapshot_lock(self, snapshot_id: str) -> None:
-        await self._write("DELETE FROM snapshot_locks WHERE snapshot_id = ?", (snapshot_id,))
 
     async def list_snapshot_locks(self, query: ListQuery, now: datetime) -> Page[SnapshotLock]:
         """The locks of the query's owners' snapshots (not those being deleted), with their
