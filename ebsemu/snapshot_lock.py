@@ -76,9 +76,11 @@ class SnapshotLock:
 
     def started(self, start: datetime | None) -> SnapshotLock:
         """The lock with its duration started at ``start`` (the snapshot's completion), if it
-        had not started yet."""
+        had not started yet. Never before the lock was made: a completion stamped just before
+        a lock on the snapshot, still seen pending, is committed after it."""
         if self.duration_start is not None or start is None:
             return self
+        start = max(start, self.created_on)
         expires = self.expires_on
         if self.duration_days is not None:
             expires = start + timedelta(days=self.duration_days)

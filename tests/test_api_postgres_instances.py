@@ -2,8 +2,9 @@
 store, and one QEMU VM: under concurrent load from both endpoints no job runs twice and a
 ClientToken names one volume; concurrent attaches through both never attach one volume twice
 nor two volumes at one device; a LockSnapshot through one and a DeleteSnapshot through the other
-at once never both succeed; a job whose instance is killed mid-way is taken over by the other
-one once its lease runs out."""
+at once never both succeed, nor does a CreateVolume from a snapshot and its deletion leave the
+volume without the snapshot's blocks; a job whose instance is killed mid-way is taken over by
+the other one once its lease runs out."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ebsemu.service.instances import instance_id
-from tests.api_support import FAST, new_volume, poll, unique
+from tests.api_support import FAST, new_volume, poll, unique, volume_segment
 from tests.pg_fixtures import PostgresServer
 from tests.server import TEST_CONFIG, ZONE, ServerProcess
 from tests.vmm_fixtures import HAVE_QEMU, NEEDS_QEMU, QemuVm, running_vm
@@ -233,6 +234,50 @@ def test_a_lock_and_a_deletion_through_both_instances_at_once_never_both_succeed
         two.unlock_snapshot(SnapshotId=snapshot_id)
         one.delete_snapshot(SnapshotId=snapshot_id)
     one.delete_volume(VolumeId=volume_id)
+
+
+def test_a_restore_and_a_deletion_through_both_instances_at_once_leave_no_volume_short(
+    pair: Pair,
+) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    source = new_volume(one)
+    segment = volume_segment(pair.shared, source)
+    firsts: dict[str, bytes] = {}  # snapshot -> its block 0, held by no other snapshot
+    for number in range(RACES):
+        first_block = number.to_bytes(8, "little") * (BLOCK // 8)
+        with segment.open("r+b") as handle:
+            handle.write(first_block)
+        snapshot_id = one.create_snapshot(VolumeId=source)["SnapshotId"]
+        one.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot_id], WaiterConfig=FAST)
+        firsts[snapshot_id] = first_block
+    outcomes = {
+        snapshot_id: tuple(
+            _concurrently(
+                (one.create_volume, {"AvailabilityZone": ZONE, "SnapshotId": snapshot_id}),
+                (two.delete_snapshot, {"SnapshotId": snapshot_id}),
+            )
+        )
+        for snapshot_id in firsts
+    }
+    # The deletion waits for no restore: one that ends before it is asked for is no reason to
+    # refuse it. What must never happen is a restore that finds its blocks gone.
+    allowed = {("ok", "InvalidSnapshot.InUse"), ("InvalidSnapshot.NotFound", "ok"), ("ok", "ok")}
+    assert set(outcomes.values()) <= allowed, outcomes
+    made = two.describe_volumes(Filters=[{"Name": "snapshot-id", "Values": sorted(firsts)}])[
+        "Volumes"
+    ]
+    assert len(made) == sum(creating == "ok" for creating, _ in outcomes.values())
+    restored = [volume["VolumeId"] for volume in made]
+    if restored:
+        one.get_waiter("volume_available").wait(VolumeIds=restored, WaiterConfig=FAST)
+    for volume in made:
+        with volume_segment(pair.shared, volume["VolumeId"]).open("rb") as handle:
+            assert handle.read(BLOCK) == firsts[volume["SnapshotId"]]
+        one.delete_volume(VolumeId=volume["VolumeId"])
+    for snapshot_id, (_, deleting) in outcomes.items():
+        if deleting != "ok":
+            two.delete_snapshot(SnapshotId=snapshot_id)
+    one.delete_volume(VolumeId=source)
 
 
 def _fill(segment: Path, size: int) -> None:

@@ -95,3 +95,18 @@ def test_an_expired_lock_is_replaced_by_a_new_one() -> None:
     renewed = _lock(LockRequest("governance", duration_days=1), moment, _compliance())
     assert renewed.created_on == moment
     assert renewed.state(moment) is LockState.GOVERNANCE
+
+
+def test_a_duration_put_on_a_pending_snapshot_starts_at_its_completion_never_before_the_lock() -> (
+    None
+):
+    request = LockRequest("governance", duration_days=2)
+    lock = new_lock("snap-1", "111122223333", "us-east-1", request, LOCKED_AT, pending=True)
+    assert lock.duration_start is None and lock.expires_on is None
+    later = lock.started(LOCKED_AT + timedelta(hours=1))
+    assert later.duration_start == LOCKED_AT + timedelta(hours=1)
+    assert later.expires_on == LOCKED_AT + timedelta(hours=1, days=2)
+    # A completion stamped just before the lock was made, committed after it
+    stamped_before = lock.started(LOCKED_AT - timedelta(milliseconds=2))
+    assert stamped_before.duration_start == LOCKED_AT
+    assert stamped_before.expires_on == LOCKED_AT + timedelta(days=2)

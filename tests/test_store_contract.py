@@ -38,6 +38,7 @@ from ebsemu.store.base import (
     ListQuery,
     Page,
     Reach,
+    RestoreSourceGone,
     SnapshotDeletion,
     Store,
     VolumeIo,
@@ -804,6 +805,33 @@ def test_a_lock_keeps_its_snapshot_from_deletion_and_no_lock_changes_on_a_delete
         assert asked == []
         assert await store.mark_snapshot_deleted("snap-2", now) == SnapshotDeletion(True)
         assert sorted(await store.deleted_snapshots()) == ["snap-1", "snap-2"]
+
+    run(new_store, scenario)
+
+
+def test_a_snapshot_being_restored_is_not_deleted_and_a_deleted_one_is_not_restored(
+    new_store: NewStore,
+) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def restore(volume_id: str, snapshot_id: str) -> Volume:
+        return volume(volume_id, snapshot_id=snapshot_id, state=VolumeState.CREATING)
+
+    async def scenario(store: Store) -> None:
+        await store.insert_snapshot(snapshot("snap-1", state=SnapshotState.COMPLETED))
+        await store.insert_volume(restore("vol-1", "snap-1"))
+        refused = await store.mark_snapshot_deleted("snap-1", now)
+        assert refused == SnapshotDeletion(marked=False, in_use_by="vol-1")
+        assert await store.transition_volume("vol-1", {VolumeState.CREATING}, VolumeState.AVAILABLE)
+        assert await store.mark_snapshot_deleted("snap-1", now) == SnapshotDeletion(True)
+        with pytest.raises(RestoreSourceGone):
+            await store.insert_volume_with_job(restore("vol-2", "snap-1"), "create_volume")
+        assert await store.get_volume("vol-2") is None
+        with pytest.raises(RestoreSourceGone):  # never recorded
+            await store.insert_volume(restore("vol-3", "snap-9"))
+        # A volume recorded as made from it earlier (not restoring now) is still taken.
+        await store.insert_volume(volume("vol-4", snapshot_id="snap-1"))
+        assert (await store.get_volume("vol-4")) is not None
 
     run(new_store, scenario)
 

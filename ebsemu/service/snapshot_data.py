@@ -44,6 +44,7 @@ from backends.base import (
     SnapshotSource,
     StorageBackend,
 )
+from backends.errors import MissingBlockError
 from ebsemu import faults
 from ebsemu.model import BLOCK_SIZE, ZERO_DIGEST, SnapshotState
 from ebsemu.service.core import Core
@@ -274,8 +275,11 @@ async def _store_batch(core: Core, snapshot_id: str, batch: Batch, put: PutBatch
 async def restore(core: Core, snapshot_id: str, volume_id: str, storage: StorageBackend) -> None:
     """Write a snapshot's blocks into an existing, empty volume on ``storage`` (its host);
     holes stay holes. Every block is verified against its digest as it is read back
-    (CorruptBlockError otherwise)."""
+    (CorruptBlockError otherwise). MissingBlockError if the snapshot is found deleted once its
+    manifest is read (its rows may be gone already: the volume would be short of them)."""
     manifest = await core.store.manifest(snapshot_id)
+    if await core.store.get_snapshot(snapshot_id) is None:
+        raise MissingBlockError(f"snapshot {snapshot_id} was deleted before it was restored")
     blocks = core.blocks
     write: Callable[[], None]
     if isinstance(storage, RangeCloningWriter) and isinstance(blocks, RangeReadingBlockStore):

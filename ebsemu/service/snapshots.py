@@ -174,16 +174,15 @@ class SnapshotService:
     async def delete(self, ctx: RequestContext, snapshot_id: str) -> None:
         await self.get(ctx, snapshot_id)
         async with self._core.locks.hold(snapshot_id):
-            restoring = await self._core.store.volumes_restoring_from(snapshot_id)
-            if restoring:
-                raise errors.InvalidSnapshotInUse(
-                    f"The snapshot {snapshot_id} is currently in use by "
-                    f"{await self._volume_name(ctx, restoring[0])}"
-                )
             now = self._clock()
             deletion = await self._core.store.mark_snapshot_deleted(snapshot_id, now)
             if deletion.kept_by is not None:
                 raise snapshot_locks.locked(snapshot_id, deletion.kept_by, now)
+            if deletion.in_use_by is not None:
+                raise errors.InvalidSnapshotInUse(
+                    f"The snapshot {snapshot_id} is currently in use by "
+                    f"{await self._volume_name(ctx, deletion.in_use_by)}"
+                )
             if not deletion.marked:
                 return  # deleted meanwhile by a concurrent request
             await self._core.store.clear_snapshot_grantees(snapshot_id)

@@ -43,7 +43,7 @@ from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.jobs import CURRENT_JOB
 from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import host_unreachable, until_reachable
-from ebsemu.store.base import ClientTokenRetired, ListQuery
+from ebsemu.store.base import ClientTokenRetired, ListQuery, RestoreSourceGone
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +327,9 @@ class VolumeService:
         except ClientTokenRetired:
             await self._encryption.drop_key(volume.id)
             raise _token_mismatch(req) from None
+        except RestoreSourceGone:  # deleted meanwhile, through another server instance
+            await self._encryption.drop_key(volume.id)
+            raise _snapshot_not_found(req.snapshot_id) from None
         if job_id is None:
             await self._encryption.drop_key(volume.id)
         return stored, job_id
@@ -446,7 +449,7 @@ class VolumeService:
             )
         )
         if snapshot is None or snapshot.region != ctx.region or not allowed:
-            raise errors.InvalidSnapshotNotFound(f"The snapshot '{snapshot_id}' does not exist.")
+            raise _snapshot_not_found(snapshot_id)
         if snapshot.state is not SnapshotState.COMPLETED:
             raise errors.IncorrectState(
                 f"Snapshot '{snapshot_id}' is {snapshot.state.value}; "
@@ -467,6 +470,10 @@ def _creation_failure(exc: BaseException) -> str:
     if isinstance(exc, BackendError) and host_unreachable(exc):
         return "Creation failed: storage host unreachable"
     return "Creation failed: backend error"
+
+
+def _snapshot_not_found(snapshot_id: str | None) -> errors.ApiError:
+    return errors.InvalidSnapshotNotFound(f"The snapshot '{snapshot_id}' does not exist.")
 
 
 def _token_mismatch(req: VolumeRequest) -> errors.ApiError:

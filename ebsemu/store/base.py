@@ -36,6 +36,11 @@ class ClientTokenRetired(Exception):
     while the token is still remembered (TOKEN_RETENTION_SECONDS): nothing was inserted."""
 
 
+class RestoreSourceGone(Exception):
+    """A volume was to be inserted as a restore of a snapshot that is deleted (or being
+    deleted, or was never recorded): nothing was inserted."""
+
+
 class UnknownFilterError(ValueError):
     """A filter name the resource does not support."""
 
@@ -263,6 +268,7 @@ class SnapshotDeletion:
 
     marked: bool  # this call marked the snapshot deleted (False: it was, or a lock kept it)
     kept_by: SnapshotLock | None = None  # the lock that protects the snapshot, if one does
+    in_use_by: str | None = None  # a volume being created from the snapshot, if one is
 
 
 class SnapshotLockStore(Protocol):
@@ -327,7 +333,9 @@ class Store(
     # volumes
     async def insert_volume(self, volume: Volume) -> Volume:
         """Insert; on a ClientToken already used by the owner, return that volume instead
-        (ClientTokenRetired if that volume was purged)."""
+        (ClientTokenRetired if that volume was purged). A volume to be created from a snapshot
+        is inserted in one transaction with a check that the snapshot is not deleted, which
+        ``mark_snapshot_deleted`` waits for (RestoreSourceGone if it is)."""
         ...
 
     async def insert_volume_with_job(
@@ -335,7 +343,8 @@ class Store(
     ) -> tuple[Volume, int | None]:
         """``insert_volume`` and the intent record of job ``kind`` in one transaction; the job
         id is None when a ClientToken already used returned an existing volume.
-        ClientTokenRetired when the token's volume was purged."""
+        ClientTokenRetired when the token's volume was purged, RestoreSourceGone when the
+        snapshot it is to be created from is deleted."""
         ...
 
     async def get_volume(self, volume_id: str) -> Volume | None: ...
@@ -424,8 +433,10 @@ class Store(
         ...
 
     async def mark_snapshot_deleted(self, snapshot_id: str, now: datetime) -> SnapshotDeletion:
-        """Mark the snapshot deleted unless its lock protects it at ``now``, judged in one
-        transaction with the lock as ``change_snapshot_lock`` leaves it."""
+        """Mark the snapshot deleted unless its lock protects it at ``now`` or a volume is
+        being created from it, judged in one transaction that waits for every change of its
+        lock (``change_snapshot_lock``) and every insert of a volume from it, on every server
+        instance sharing the database."""
         ...
 
     async def deleted_snapshots(self) -> list[str]: ...
@@ -438,7 +449,6 @@ class Store(
         region)."""
         ...
 
-    async def volumes_restoring_from(self, snapshot_id: str) -> list[str]: ...
     async def latest_completed_snapshot(self, volume_id: str) -> str | None:
         """The id of the volume's newest completed snapshot not being deleted, if any."""
         ...

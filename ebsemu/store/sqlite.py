@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,14 @@ from ebsemu.model import (
     VolumeState,
 )
 from ebsemu.private_files import private_database
-from ebsemu.store.base import TOKEN_RETENTION_SECONDS, ClientTokenRetired, ListQuery, Page
+from ebsemu.store.base import (
+    TOKEN_RETENTION_SECONDS,
+    ClientTokenRetired,
+    ListQuery,
+    Page,
+    RestoreSourceGone,
+    SnapshotDeletion,
+)
 from ebsemu.store.rows import (
     SNAPSHOT_COLUMNS,
     VOLUME_COLUMNS,
@@ -53,7 +61,7 @@ from ebsemu.store.sqlite_leases import LeaseTables
 from ebsemu.store.sqlite_modifications import ModificationTables
 from ebsemu.store.sqlite_public_access import PublicAccessTables, granted_sql
 from ebsemu.store.sqlite_reconcile import ReconcileTables
-from ebsemu.store.sqlite_snapshot_locks import SnapshotLockTables
+from ebsemu.store.sqlite_snapshot_locks import HOLD_SNAPSHOT_SQL, SnapshotLockTables
 from ebsemu.store.sqlite_steps import StepTables, close_job, end_job
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
 from ebsemu.timefmt import from_wire, to_wire
@@ -398,6 +406,23 @@ class SqlStore(
 
         return await self._commit(work)
 
+    async def mark_snapshot_deleted(self, snapshot_id: str, now: datetime) -> SnapshotDeletion:
+        async with self._transaction() as db:
+            present, lock = await self._lock_of(db, snapshot_id)
+            if not present:
+                return SnapshotDeletion(marked=False)
+            if lock is not None and lock.protects(now):
+                return SnapshotDeletion(marked=False, kept_by=lock)
+            async with db.execute(
+                "SELECT id FROM volumes WHERE snapshot_id = ? AND state = 'creating' LIMIT 1",
+                (snapshot_id,),
+            ) as cur:
+                restoring = await cur.fetchone()
+            if restoring is not None:
+                return SnapshotDeletion(marked=False, in_use_by=restoring[0])
+            await db.execute("UPDATE snapshots SET deleted = 1 WHERE id = ?", (snapshot_id,))
+        return SnapshotDeletion(marked=True)
+
     async def deleted_snapshots(self) -> list[str]:
         return [row[0] for row in await self._rows("SELECT id FROM snapshots WHERE deleted = 1")]
 
@@ -429,12 +454,6 @@ class SqlStore(
     async def count_snapshots(self, owner_id: str, region: str) -> int:
         rows = await self._rows(COUNT_SNAPSHOTS_SQL, (owner_id, region))
         return int(rows[0][0])
-
-    async def volumes_restoring_from(self, snapshot_id: str) -> list[str]:
-        rows = await self._rows(
-            "SELECT id FROM volumes WHERE snapshot_id = ? AND state = 'creating'", (snapshot_id,)
-        )
-        return [row[0] for row in rows]
 
     async def latest_completed_snapshot(self, volume_id: str) -> str | None:
         rows = await self._rows(
@@ -724,6 +743,11 @@ def _insert_volume(
         purged = _retired_token(conn, volume.owner_id, volume.client_token)
         if purged is not None:
             raise ClientTokenRetired(f"ClientToken of volume {purged}, purged")
+    restores = volume.snapshot_id is not None and volume.state is VolumeState.CREATING
+    # The snapshot's row is written, unchanged, to wait for a deletion of it under way and to
+    # hold back one to come until this insert commits (see hold_snapshot).
+    if restores and not conn.execute(HOLD_SNAPSHOT_SQL, (volume.snapshot_id,)).rowcount:
+        raise RestoreSourceGone(f"snapshot {volume.snapshot_id} is deleted")
     create_time = to_wire(volume.create_time)
     values = (
         volume.id,

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ebsemu.snapshot_lock import LockMode, SnapshotLock
-from ebsemu.store.base import ListQuery, LockChange, Page, SnapshotDeletion
+from ebsemu.store.base import ListQuery, LockChange, Page
 from ebsemu.store.sql_base import SqlBase, placeholders
 from ebsemu.store.sql_filters import filter_sql
 from ebsemu.timefmt import from_wire, to_wire
@@ -38,6 +38,7 @@ _LIST_SELECT = (
     "FROM snapshot_locks) l JOIN snapshots s ON s.id = l.snapshot_id"
 )
 LOCK_FILTERS = {"lock-state": "l.lock_state"}
+HOLD_SNAPSHOT_SQL = "UPDATE snapshots SET deleted = deleted WHERE id = ? AND deleted = 0"
 
 
 def _time(text: str | None) -> datetime | None:
@@ -81,10 +82,10 @@ def _values(lock: SnapshotLock) -> tuple[object, ...]:
 
 
 class SnapshotLockTables(SqlBase):
-    """Every change of a snapshot's lock, and the marking of the snapshot deleted, happens in a
-    transaction serialized on the snapshot (on every server instance sharing the database),
-    which reads the lock afresh: a DeleteSnapshot never passes a lock put meanwhile, and a lock
-    is never put on a snapshot being deleted."""
+    """Every change of a snapshot's lock, and the marking of the snapshot deleted (SqlStore),
+    happens in a transaction serialized on the snapshot (``hold_snapshot``, on every server
+    instance sharing the database) that reads the lock afresh: a DeleteSnapshot never passes a
+    lock put meanwhile, and no lock is put on a snapshot being deleted."""
 
     async def change_snapshot_lock(self, snapshot_id: str, change: LockChange) -> bool:
         async with self._transaction() as db:
@@ -103,25 +104,14 @@ class SnapshotLockTables(SqlBase):
                 )
         return True
 
-    async def mark_snapshot_deleted(self, snapshot_id: str, now: datetime) -> SnapshotDeletion:
-        async with self._transaction() as db:
-            present, lock = await self._lock_of(db, snapshot_id)
-            if not present:
-                return SnapshotDeletion(marked=False)
-            if lock is not None and lock.protects(now):
-                return SnapshotDeletion(marked=False, kept_by=lock)
-            await db.execute("UPDATE snapshots SET deleted = 1 WHERE id = ?", (snapshot_id,))
-        return SnapshotDeletion(marked=True)
-
     async def _lock_of(self, db: Any, snapshot_id: str) -> tuple[bool, SnapshotLock | None]:
-        """Inside a transaction, serialized on the snapshot's lock: whether the snapshot is
-        there and not deleted, and its lock."""
-        await self._serialize(db, f"snapshot-lock:{snapshot_id}")
-        async with db.execute("SELECT deleted FROM snapshots WHERE id = ?", (snapshot_id,)) as cur:
-            found = await cur.fetchone()
+        """Inside a transaction: whether the snapshot is there and not deleted, and its lock.
+        The snapshot's row is written first (unchanged), so that every other transaction doing
+        the same waits for this one to end (``hold_snapshot``)."""
+        present = await hold_snapshot(db, snapshot_id)
         async with db.execute(f"{_SELECT} WHERE l.snapshot_id = ?", (snapshot_id,)) as cur:
             row = await cur.fetchone()
-        return found is not None and not found[0], lock_from_row(row) if row else None
+        return present, lock_from_row(row) if row else None
 
     async def get_snapshot_lock(self, snapshot_id: str) -> SnapshotLock | None:
         rows = await self._rows(f"{_SELECT} WHERE l.snapshot_id = ?", (snapshot_id,))
@@ -162,3 +152,12 @@ class SnapshotLockTables(SqlBase):
                     lock.snapshot_id,
                 ),
             )
+
+
+async def hold_snapshot(db: Any, snapshot_id: str) -> bool:
+    """Inside a transaction: write the snapshot's row unchanged if it is not deleted, and say
+    whether it was. Its row lock (PostgreSQL) is then held until the transaction ends, so
+    transactions that begin so on one snapshot run one after the other, on every server
+    instance; on SQLite every write transaction does."""
+    async with db.execute(HOLD_SNAPSHOT_SQL, (snapshot_id,)) as cur:
+        return bool(cur.rowcount == 1)
