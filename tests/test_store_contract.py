@@ -665,6 +665,56 @@ def test_a_job_taken_over_is_not_closed_by_its_old_instance_with_its_volume(
     assert closed is True and unfinished == []
 
 
+def test_on_postgresql_what_needs_a_snapshot_waits_for_its_deletion_under_way_then_sees_it(
+    postgres_server: PostgresServer,
+) -> None:
+    """A deletion by another instance, begun as ``mark_snapshot_deleted`` begins it (the
+    snapshot's row written unchanged) and not yet committed, holds back a copy of the
+    snapshot, a volume restored from it and a change of its lock; once it commits, each
+    finds the snapshot deleted and changes nothing."""
+    dsn = migrated_database(postgres_server, "hold")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    lock = SnapshotLock("snap-1", OWNER, REGION, LockMode.GOVERNANCE, now, duration_days=1)
+
+    async def scenario() -> list[object]:
+        store = PostgresStore(dsn, "one")
+        await store.open()
+        other = await asyncpg.connect(dsn)
+        try:
+            await store.insert_snapshot(snapshot("snap-1", state=SnapshotState.COMPLETED))
+            deleting = other.transaction()
+            await deleting.start()
+            await other.execute(
+                "UPDATE snapshots SET deleted = deleted WHERE id = 'snap-1' AND deleted = 0"
+            )
+            waiting = [
+                asyncio.ensure_future(attempt)
+                for attempt in (
+                    store.insert_snapshot_copy(snapshot("snap-2"), "snap-1"),
+                    store.insert_volume(
+                        volume("vol-1", snapshot_id="snap-1", state=VolumeState.CREATING)
+                    ),
+                    store.change_snapshot_lock("snap-1", lambda current: lock),
+                )
+            ]
+            done, _ = await asyncio.wait(waiting, timeout=1.0)
+            assert not done  # each waits for the deletion to end
+            await other.execute("UPDATE snapshots SET deleted = 1 WHERE id = 'snap-1'")
+            await deleting.commit()
+            outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+            assert await store.get_snapshot("snap-2") is None
+            assert await store.get_volume("vol-1") is None
+            assert await store.get_snapshot_lock("snap-1") is None
+            return outcomes
+        finally:
+            await other.close()
+            await store.close()
+
+    copied, restored, locked = asyncio.run(scenario())
+    assert copied is False and locked is False
+    assert isinstance(restored, RestoreSourceGone)
+
+
 def test_the_fast_restore_limit_holds_when_two_instances_enable_at_once(
     postgres_server: PostgresServer,
 ) -> None:

@@ -61,7 +61,7 @@ from ebsemu.store.sqlite_leases import LeaseTables
 from ebsemu.store.sqlite_modifications import ModificationTables
 from ebsemu.store.sqlite_public_access import PublicAccessTables, granted_sql
 from ebsemu.store.sqlite_reconcile import ReconcileTables
-from ebsemu.store.sqlite_snapshot_locks import HOLD_SNAPSHOT_SQL, SnapshotLockTables
+from ebsemu.store.sqlite_snapshot_locks import HOLD_SNAPSHOT_SQL, SnapshotLockTables, hold_snapshot
 from ebsemu.store.sqlite_steps import StepTables, close_job, end_job
 from ebsemu.store.sqlite_volume_io import VolumeIoTables
 from ebsemu.timefmt import from_wire, to_wire
@@ -279,12 +279,10 @@ class SqlStore(
 
     async def insert_snapshot_copy(self, snapshot: Snapshot, source_id: str) -> bool:
         async with self._transaction() as db:
-            async with db.execute(
-                "SELECT 1 FROM snapshots WHERE id = ? AND deleted = 0 AND state = 'completed'",
-                (source_id,),
-            ) as cur:
-                if await cur.fetchone() is None:
-                    raise Rollback()
+            # The source's row is held (its deletion waits, or was seen) until its rows are
+            # copied: a copy never takes fewer rows than the source had.
+            if not await hold_snapshot(db, source_id, completed=True):
+                raise Rollback()
             for sql, params in self._snapshot_statements(snapshot):
                 await db.execute(sql, params)
             await db.execute(

@@ -154,10 +154,11 @@ class SnapshotLockTables(SqlBase):
             )
 
 
-async def hold_snapshot(db: Any, snapshot_id: str) -> bool:
-    """Inside a transaction: write the snapshot's row unchanged if it is not deleted, and say
-    whether it was. Its row lock (PostgreSQL) is then held until the transaction ends, so
-    transactions that begin so on one snapshot run one after the other, on every server
-    instance; on SQLite every write transaction does."""
-    async with db.execute(HOLD_SNAPSHOT_SQL, (snapshot_id,)) as cur:
+async def hold_snapshot(db: Any, snapshot_id: str, *, completed: bool = False) -> bool:
+    """Inside a transaction: write the snapshot's row unchanged if it is not deleted (and, if
+    asked, completed), and say whether it was. Its row lock (PostgreSQL) is then held until
+    the transaction ends, so transactions that begin so on one snapshot run one after the
+    other, on every server instance; on SQLite every write transaction does."""
+    sql = HOLD_SNAPSHOT_SQL + (" AND state = 'completed'" if completed else "")
+    async with db.execute(sql, (snapshot_id,)) as cur:
         return bool(cur.rowcount == 1)
