@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import hmac
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -250,3 +251,25 @@ def volume_segment(data_dir: Path, volume_id: str) -> Path:
 def block_path(data_dir: Path, data: bytes) -> StoredBlock:
     """The snapshot block holding ``data`` in the local block store."""
     return StoredBlock.of(data_dir / "blocks", data)
+
+
+def at_once(calls: Sequence[Callable[[], Any]]) -> list[str]:
+    """Make the boto3 calls together (each in a thread, all released at once): the error code
+    of each, or "ok"."""
+    outcomes = [""] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def call(number: int) -> None:
+        start.wait()
+        try:
+            calls[number]()
+            outcomes[number] = "ok"
+        except ClientError as exc:
+            outcomes[number] = str(exc.response["Error"]["Code"])
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return outcomes

@@ -15,14 +15,14 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from ebsemu.service.instances import instance_id
-from tests.api_support import FAST, new_volume, poll, unique, volume_segment
+from tests.api_support import FAST, at_once, new_volume, poll, unique, volume_segment
 from tests.pg_fixtures import PostgresServer
 from tests.server import TEST_CONFIG, ZONE, ServerProcess
 from tests.vmm_fixtures import HAVE_QEMU, NEEDS_QEMU, QemuVm, running_vm
@@ -145,42 +145,44 @@ def test_concurrent_load_on_both_instances_runs_every_job_once(pair: Pair) -> No
     assert per_token == []
 
 
-def _concurrently(*calls: tuple[Any, dict[str, Any]]) -> list[str]:
-    """Run the boto3 calls at once (each in a thread); the error code of each, or "ok"."""
-    outcomes: list[str] = [""] * len(calls)
-    start = threading.Barrier(len(calls))
-
-    def call(number: int) -> None:
-        operation, params = calls[number]
-        start.wait()
-        try:
-            operation(**params)
-            outcomes[number] = "ok"
-        except ClientError as exc:
-            outcomes[number] = str(exc.response["Error"]["Code"])
-
-    threads = [threading.Thread(target=call, args=(n,)) for n in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return outcomes
-
-
 @pytest.mark.skipif(not HAVE_QEMU, reason=NEEDS_QEMU)
 def test_concurrent_attaches_through_both_instances_never_attach_twice(pair: Pair) -> None:
     one, two = pair.first.client(), pair.second.client()
     iid = instance_id(VMM, "pairvm")
     volumes = [new_volume(one) for _ in range(3)]
     # Two volumes at one device of the instance, through each endpoint at once.
-    same_device = _concurrently(
-        (one.attach_volume, {"VolumeId": volumes[0], "InstanceId": iid, "Device": "/dev/sdf"}),
-        (two.attach_volume, {"VolumeId": volumes[1], "InstanceId": iid, "Device": "/dev/sdf"}),
+    same_device = at_once(
+        [
+            partial(
+                one.attach_volume,
+                VolumeId=volumes[0],
+                InstanceId=iid,
+                Device="/dev/sdf",
+            ),
+            partial(
+                two.attach_volume,
+                VolumeId=volumes[1],
+                InstanceId=iid,
+                Device="/dev/sdf",
+            ),
+        ]
     )
     # One volume at two devices, through each endpoint at once.
-    same_volume = _concurrently(
-        (one.attach_volume, {"VolumeId": volumes[2], "InstanceId": iid, "Device": "/dev/sdg"}),
-        (two.attach_volume, {"VolumeId": volumes[2], "InstanceId": iid, "Device": "/dev/sdh"}),
+    same_volume = at_once(
+        [
+            partial(
+                one.attach_volume,
+                VolumeId=volumes[2],
+                InstanceId=iid,
+                Device="/dev/sdg",
+            ),
+            partial(
+                two.attach_volume,
+                VolumeId=volumes[2],
+                InstanceId=iid,
+                Device="/dev/sdh",
+            ),
+        ]
     )
     assert sorted(same_device)[-1] == "ok" and same_device.count("ok") == 1, same_device
     assert same_device.count("InvalidParameterValue") == 1  # the device is in use
@@ -212,12 +214,18 @@ def test_a_lock_and_a_deletion_through_both_instances_at_once_never_both_succeed
     volume_id = new_volume(one)
     snapshots = [one.create_snapshot(VolumeId=volume_id)["SnapshotId"] for _ in range(RACES)]
     one.get_waiter("snapshot_completed").wait(SnapshotIds=snapshots, WaiterConfig=FAST)
-    lock = {"LockMode": "governance", "LockDuration": 1}
     outcomes = {
         snapshot_id: tuple(
-            _concurrently(
-                (one.lock_snapshot, {"SnapshotId": snapshot_id, **lock}),
-                (two.delete_snapshot, {"SnapshotId": snapshot_id}),
+            at_once(
+                [
+                    partial(
+                        one.lock_snapshot,
+                        SnapshotId=snapshot_id,
+                        LockMode="governance",
+                        LockDuration=1,
+                    ),
+                    partial(two.delete_snapshot, SnapshotId=snapshot_id),
+                ]
             )
         )
         for snapshot_id in snapshots
@@ -252,9 +260,11 @@ def test_a_restore_and_a_deletion_through_both_instances_at_once_leave_no_volume
         firsts[snapshot_id] = first_block
     outcomes = {
         snapshot_id: tuple(
-            _concurrently(
-                (one.create_volume, {"AvailabilityZone": ZONE, "SnapshotId": snapshot_id}),
-                (two.delete_snapshot, {"SnapshotId": snapshot_id}),
+            at_once(
+                [
+                    partial(one.create_volume, AvailabilityZone=ZONE, SnapshotId=snapshot_id),
+                    partial(two.delete_snapshot, SnapshotId=snapshot_id),
+                ]
             )
         )
         for snapshot_id in firsts

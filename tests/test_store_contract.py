@@ -37,6 +37,7 @@ from ebsemu.store.base import (
     Filter,
     ListQuery,
     Page,
+    QuotaReached,
     Reach,
     RestoreSourceGone,
     SnapshotDeletion,
@@ -49,8 +50,9 @@ from ebsemu.store.pg_schema import PG_MIGRATIONS
 from ebsemu.store.postgres import PostgresStore
 from ebsemu.store.postgres_base import redact_dsn
 from ebsemu.store.schema import MIGRATIONS
+from ebsemu.store.sql_base import COUNT_SNAPSHOTS_SQL, COUNT_VOLUMES_SQL
 from ebsemu.store.sql_filters import glob_pattern
-from ebsemu.store.sqlite import COUNT_SNAPSHOTS_SQL, COUNT_VOLUMES_SQL, SqliteStore
+from ebsemu.store.sqlite import SqliteStore
 from ebsemu.store.sqlite_steps import JobNotHeld
 from tests.pg_fixtures import PostgresServer
 from tests.store_fixtures import STORES, NewStore, migrated_database, postgres_store_factory
@@ -663,6 +665,39 @@ def test_a_job_taken_over_is_not_closed_by_its_old_instance_with_its_volume(
     assert taken == [(1, "create_volume", "vol-1", "{}")]
     assert stored is not None and stored.state is VolumeState.CREATING and steps == []
     assert closed is True and unfinished == []
+
+
+def test_an_insert_given_a_limit_is_refused_at_it_and_inserts_nothing(
+    new_store: NewStore,
+) -> None:
+    async def scenario(store: Store) -> None:
+        await store.insert_volume(volume("vol-1"))
+        await store.insert_volume_with_job(volume("vol-2"), "create_volume", limit=2)
+        with pytest.raises(QuotaReached):
+            await store.insert_volume_with_job(volume("vol-3"), "create_volume", limit=2)
+        assert await store.get_volume("vol-3") is None
+        # Another region, and a deleted volume, do not count.
+        await store.insert_volume_with_job(volume("vol-4", region=OTHER_REGION), None, limit=1)
+        assert await store.transition_volume("vol-1", {VolumeState.AVAILABLE}, VolumeState.DELETED)
+        await store.insert_volume_with_job(volume("vol-5"), None, limit=2)
+
+        await store.insert_snapshot(snapshot("snap-1", state=SnapshotState.COMPLETED))
+        with pytest.raises(QuotaReached):  # two more where one fits: neither is inserted
+            await store.insert_snapshots([snapshot("snap-2"), snapshot("snap-3")], limit=2)
+        await store.insert_snapshot_with_job(snapshot("snap-2"), "capture_snapshot", limit=2)
+        with pytest.raises(QuotaReached):
+            await store.insert_snapshot_with_job(snapshot("snap-3"), "capture_snapshot", limit=2)
+        with pytest.raises(QuotaReached):
+            await store.insert_snapshot_copy(snapshot("snap-4"), "snap-1", limit=2)
+        meta = DirectMeta("snap-5", OWNER, None, None, "digest", 60, time.time())
+        with pytest.raises(QuotaReached):
+            await store.start_direct_snapshot(snapshot("snap-5"), meta, limit=2)
+        assert [await store.get_snapshot(f"snap-{n}") for n in (3, 4, 5)] == [None] * 3
+        assert await store.direct_meta("snap-5") is None
+        assert await store.count_snapshots(OWNER, REGION) == 2
+        assert await store.insert_snapshot_copy(snapshot("snap-4"), "snap-1", limit=3)
+
+    run(new_store, scenario)
 
 
 def test_on_postgresql_what_needs_a_snapshot_waits_for_its_deletion_under_way_then_sees_it(

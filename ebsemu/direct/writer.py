@@ -32,6 +32,7 @@ from ebsemu.model import BLOCK_SIZE, ZERO_DIGEST, Snapshot, SnapshotState, new_i
 from ebsemu.service import lineage, quotas, snapshot_data
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
+from ebsemu.store.base import QuotaReached
 from ebsemu.store.direct import DirectMeta
 
 log = logging.getLogger(__name__)
@@ -130,14 +131,20 @@ class DirectWriter:
                 timeout_minutes=timeout,
                 last_activity=time.time(),
             )
-            if parent is None:
-                stored_id = await store.start_direct_snapshot(snapshot, meta)
-            else:
-                # Held against a concurrent DeleteSnapshot of the parent; the GC lock keeps its
-                # blocks from being swept between the check and the copy of its manifest.
-                async with self._core.locks.hold(parent.id), self._core.block_gc_lock:
-                    await self._access.readable(ctx, parent.id)
-                    stored_id = await store.start_direct_snapshot(snapshot, meta)
+            limit = quotas.store_limit(self._core, "snapshots")
+            try:
+                if parent is None:
+                    stored_id = await store.start_direct_snapshot(snapshot, meta, limit=limit)
+                else:
+                    # Held against a concurrent DeleteSnapshot of the parent; the GC lock keeps
+                    # its blocks from being swept between the check and the copy of its manifest.
+                    async with self._core.locks.hold(parent.id), self._core.block_gc_lock:
+                        await self._access.readable(ctx, parent.id)
+                        stored_id = await store.start_direct_snapshot(snapshot, meta, limit=limit)
+            except QuotaReached:  # taken meanwhile through another server instance
+                raise quotas.exceeded(
+                    self._core, "snapshots", ctx.region, errors.ServiceQuotaExceededException
+                ) from None
         if stored_id != snapshot.id:  # a concurrent request with the same ClientToken won
             return await self._idempotent(stored_id, req)
         log.info(

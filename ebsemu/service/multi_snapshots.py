@@ -33,6 +33,7 @@ from ebsemu.service.instances import InstanceService
 from ebsemu.service.snapshot_freeze import Frozen
 from ebsemu.service.snapshots import SNAPSHOTTABLE, complete_unchanged, pending_snapshot
 from ebsemu.service.volumes import VolumeService
+from ebsemu.store.base import QuotaReached
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +141,17 @@ class MultiSnapshotService:
                     volume = await store.get_volume(snapshot.volume_id)
                     if volume is not None:
                         await self._encryption.keep_snapshot_key(volume, snapshot.id)
-                await store.insert_snapshots(snapshots)
-            except BaseException:
+                await store.insert_snapshots(
+                    snapshots, limit=quotas.store_limit(self._core, "snapshots")
+                )
+            except BaseException as exc:
                 await self._drop_views(snapshots, frozen)
                 for snapshot in snapshots:
                     await self._encryption.drop_key(snapshot.id)
+                if isinstance(exc, QuotaReached):  # taken meanwhile through another instance
+                    raise quotas.exceeded(
+                        self._core, "snapshots", ctx.region, errors.SnapshotLimitExceeded
+                    ) from None
                 raise
             captured = [s for s in snapshots if frozen[s.id].has_view]
             job_ids = [await self._core.jobs.record("capture_snapshot", s.id) for s in captured]

@@ -7,8 +7,12 @@ check made inside ``counting`` therefore holds the places it allows until the bl
 insert done: every other check counts them as taken. Nothing waits for anything: concurrent
 creates of one account go on together (and share their commits). Near the limit, a check made
 in the moment between another request's commit and the end of its block counts that place
-twice and refuses one that would just fit; it never lets one past the quota. The places are
-held in this process only: servers sharing a PostgreSQL store can still race for the last one.
+twice and refuses one that would just fit; it never lets one past the quota.
+
+The places are held in this process only. Where several server instances share the database,
+each insert is also given the limit (``store_limit``), and the store counts again in the
+insert's own transaction, one insert of an account, region and kind at a time across the
+instances (QuotaReached, which the caller answers as ``exceeded``).
 """
 
 from __future__ import annotations
@@ -65,6 +69,20 @@ async def check_snapshots(
     _take(core, ("snapshots", ctx.account_id, ctx.region), counted, adding, refusal)
 
 
+def store_limit(core: Core, kind: str) -> int | None:
+    """The limit to give an insert of ``kind`` ("volumes" or "snapshots") to keep within, on a
+    database other server instances share; None where this process sees every insert."""
+    if not core.store.shared:
+        return None
+    return core.config.max_volumes if kind == "volumes" else core.config.max_snapshots
+
+
+def exceeded(core: Core, kind: str, region: str, refusal: type[errors.ApiError]) -> errors.ApiError:
+    """The refusal of one more of ``kind`` in ``region``."""
+    limit = core.config.max_volumes if kind == "volumes" else core.config.max_snapshots
+    return refusal(f"You have reached the maximum of {limit} {kind} in {region}.")
+
+
 def _take(
     core: Core, place: Place, counted: int, adding: int, refusal: type[errors.ApiError]
 ) -> None:
@@ -74,7 +92,7 @@ def _take(
     limit = core.config.max_volumes if kind == "volumes" else core.config.max_snapshots
     held = core.quota_holds.get(place, 0)
     if counted + held + adding > limit:
-        raise refusal(f"You have reached the maximum of {limit} {kind} in {region}.")
+        raise exceeded(core, kind, region, refusal)
     taken = _TAKEN.get()
     if taken is not None:
         core.quota_holds[place] = held + adding

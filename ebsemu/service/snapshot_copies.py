@@ -26,6 +26,7 @@ from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.snapshots import SnapshotService
+from ebsemu.store.base import QuotaReached
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,6 @@ class SnapshotCopyService:
                 "encrypted snapshot; copy it with Encrypted=false."
             )
         kms_key_id = await self._encryption.copy_key_arn(ctx, source, req.kms_key_id)
-        store = self._core.store
         async with quotas.counting(self._core):
             await quotas.check_snapshots(self._core, ctx)  # counted where the copy is made: here
             snapshot_id = new_id("snap")
@@ -123,9 +123,11 @@ class SnapshotCopyService:
                 _check_source(await self._snapshots.visible(source_ctx, source.id))
                 # An encrypted copy shares the source's ciphertext, so it keeps the same data key.
                 await self._encryption.copy_data_key(source.id, snapshot.id)
-                if not await store.insert_snapshot_copy(snapshot, source.id):
+                try:
+                    await self._insert(ctx, snapshot, source.id)
+                except BaseException:
                     await self._encryption.drop_key(snapshot.id)
-                    raise errors.IncorrectState(f"The snapshot '{source.id}' changed state; retry.")
+                    raise
                 job_id = await self._core.jobs.record("copy_snapshot", snapshot.id)
         self._core.jobs.start(job_id, "copy_snapshot", snapshot.id)
         log.info(
@@ -136,6 +138,17 @@ class SnapshotCopyService:
             ctx.region,
         )
         return snapshot
+
+    async def _insert(self, ctx: RequestContext, snapshot: Snapshot, source_id: str) -> None:
+        limit = quotas.store_limit(self._core, "snapshots")
+        try:
+            copied = await self._core.store.insert_snapshot_copy(snapshot, source_id, limit=limit)
+        except QuotaReached:  # taken meanwhile through another server instance
+            raise quotas.exceeded(
+                self._core, "snapshots", ctx.region, errors.SnapshotLimitExceeded
+            ) from None
+        if not copied:
+            raise errors.IncorrectState(f"The snapshot '{source_id}' changed state; retry.")
 
     async def _run_copy(self, snapshot_id: str, payload: dict[str, Any]) -> None:
         store = self._core.store

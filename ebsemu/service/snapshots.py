@@ -46,7 +46,7 @@ from ebsemu.service.jobs import CURRENT_JOB
 from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import until_reachable
 from ebsemu.service.volumes import VolumeService
-from ebsemu.store.base import ListQuery
+from ebsemu.store.base import ListQuery, QuotaReached
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,17 @@ class SnapshotService:
                     self._core, ctx, volume, description, tags, utcnow()
                 )
                 await self._encryption.keep_snapshot_key(volume, snapshot.id)
-                job_id = await self._core.store.insert_snapshot_with_job(
-                    snapshot, "capture_snapshot"
-                )
+                try:
+                    job_id = await self._core.store.insert_snapshot_with_job(
+                        snapshot,
+                        "capture_snapshot",
+                        limit=quotas.store_limit(self._core, "snapshots"),
+                    )
+                except QuotaReached:  # taken meanwhile through another server instance
+                    await self._encryption.drop_key(snapshot.id)
+                    raise quotas.exceeded(
+                        self._core, "snapshots", ctx.region, errors.SnapshotLimitExceeded
+                    ) from None
             self._core.jobs.recorded(job_id)
             storage = self._core.storage_for(volume)
             guests = await guest_pause.writers(self._core, volume, storage)

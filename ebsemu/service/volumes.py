@@ -43,7 +43,7 @@ from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.jobs import CURRENT_JOB
 from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import host_unreachable, until_reachable
-from ebsemu.store.base import ClientTokenRetired, ListQuery, RestoreSourceGone
+from ebsemu.store.base import ClientTokenRetired, ListQuery, QuotaReached, RestoreSourceGone
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +322,16 @@ class VolumeService:
         """Insert the volume (its data key prepared) with its create job; an earlier volume of
         the same ClientToken and no job, instead, when there is one."""
         await self._encryption.prepare_key(volume)
+        limit = quotas.store_limit(self._core, "volumes")
         try:
-            stored, job_id = await self._core.store.insert_volume_with_job(volume, "create_volume")
+            stored, job_id = await self._core.store.insert_volume_with_job(
+                volume, "create_volume", limit=limit
+            )
+        except QuotaReached:  # taken meanwhile through another server instance
+            await self._encryption.drop_key(volume.id)
+            raise quotas.exceeded(
+                self._core, "volumes", volume.region, errors.VolumeLimitExceeded
+            ) from None
         except ClientTokenRetired:
             await self._encryption.drop_key(volume.id)
             raise _token_mismatch(req) from None

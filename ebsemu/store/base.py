@@ -36,6 +36,13 @@ class ClientTokenRetired(Exception):
     while the token is still remembered (TOKEN_RETENTION_SECONDS): nothing was inserted."""
 
 
+class QuotaReached(Exception):
+    """An insert given a ``limit`` would have taken the owner's volumes or snapshots in the
+    region past it: nothing was inserted. Each such insert counts in its own transaction,
+    after every other one of the same owner, region and kind (on every server instance
+    sharing the database), so concurrent inserts never pass the limit together."""
+
+
 class RestoreSourceGone(Exception):
     """A volume was to be inserted as a restore of a snapshot that is deleted (or being
     deleted, or was never recorded): nothing was inserted."""
@@ -339,12 +346,12 @@ class Store(
         ...
 
     async def insert_volume_with_job(
-        self, volume: Volume, kind: str | None, payload: str = "{}"
+        self, volume: Volume, kind: str | None, payload: str = "{}", *, limit: int | None = None
     ) -> tuple[Volume, int | None]:
         """``insert_volume`` and the intent record of job ``kind`` in one transaction; the job
         id is None when a ClientToken already used returned an existing volume.
         ClientTokenRetired when the token's volume was purged, RestoreSourceGone when the
-        snapshot it is to be created from is deleted."""
+        snapshot it is to be created from is deleted, QuotaReached past ``limit``."""
         ...
 
     async def get_volume(self, volume_id: str) -> Volume | None: ...
@@ -394,20 +401,25 @@ class Store(
     # snapshots
     async def insert_snapshot(self, snapshot: Snapshot) -> None: ...
     async def insert_snapshot_with_job(
-        self, snapshot: Snapshot, kind: str, payload: str = "{}"
+        self, snapshot: Snapshot, kind: str, payload: str = "{}", *, limit: int | None = None
     ) -> int:
         """``insert_snapshot`` and the intent record of job ``kind`` in one transaction; the
-        job's id."""
+        job's id. QuotaReached past ``limit``."""
         ...
 
-    async def insert_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
-        """Insert several snapshots (with their tags) in one transaction."""
+    async def insert_snapshots(
+        self, snapshots: Sequence[Snapshot], *, limit: int | None = None
+    ) -> None:
+        """Insert several snapshots of one owner and region (with their tags) in one
+        transaction. QuotaReached past ``limit``."""
         ...
 
-    async def insert_snapshot_copy(self, snapshot: Snapshot, source_id: str) -> bool:
+    async def insert_snapshot_copy(
+        self, snapshot: Snapshot, source_id: str, *, limit: int | None = None
+    ) -> bool:
         """Insert ``snapshot`` with a copy of the manifest of ``source_id`` (its block rows,
         no block data), in one transaction. False, inserting nothing, unless the source is a
-        completed snapshot not being deleted."""
+        completed snapshot not being deleted. QuotaReached past ``limit``."""
         ...
 
     async def get_snapshot(self, snapshot_id: str) -> Snapshot | None: ...

@@ -36,10 +36,13 @@ class DirectStore(Protocol):
         """The secret stored under ``name``; ``fresh`` is stored and returned if none is."""
         ...
 
-    async def start_direct_snapshot(self, snapshot: Snapshot, meta: DirectMeta) -> str:
+    async def start_direct_snapshot(
+        self, snapshot: Snapshot, meta: DirectMeta, *, limit: int | None = None
+    ) -> str:
         """Insert the pending snapshot, its tags and its direct record, and copy the parent's
         manifest into it, in one transaction. Returns the id of the snapshot the owner's
-        ClientToken already names instead, if it does (nothing is inserted then)."""
+        ClientToken already names instead, if it does (nothing is inserted then).
+        QuotaReached past ``limit`` (see ``Store.insert_snapshot_with_job``)."""
         ...
 
     async def direct_meta(self, snapshot_id: str) -> DirectMeta | None: ...

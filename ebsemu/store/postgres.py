@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from functools import partial
 
 from ebsemu.store.postgres_base import PostgresBase
-from ebsemu.store.sqlite import COUNT_VOLUMES_SQL, SqlStore
+from ebsemu.store.sql_base import COUNT_VOLUMES_SQL
+from ebsemu.store.sqlite import SqlStore
 from ebsemu.store.sqlite_steps import JobNotHeld, close_job
 
 _NOW = "extract(epoch FROM clock_timestamp())"

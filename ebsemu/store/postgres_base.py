@@ -124,6 +124,9 @@ async def run_many(connection: asyncpg.Connection, sql: str, rows: Iterable[Sequ
         raise sqlite3.IntegrityError(str(exc)) from exc
 
 
+_SERIALIZE_SQL = "SELECT pg_advisory_xact_lock(hashtext(?))"
+
+
 class PgConnection:
     """What a unit of work uses of ``sqlite3.Connection``, for a worker thread: each
     statement runs on ``connection`` in the event loop ``loop``, the thread waiting for it."""
@@ -325,7 +328,10 @@ class PostgresBase(SqlBase):
 
     async def _serialize(self, db: Any, name: str) -> None:
         """A transaction-scoped advisory lock named ``name``, released at COMMIT or ROLLBACK."""
-        await db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"ebsemu:{name}",))
+        await db.execute(_SERIALIZE_SQL, (f"ebsemu:{name}",))
+
+    def _serialize_work(self, conn: Any, name: str) -> None:
+        conn.execute(_SERIALIZE_SQL, (f"ebsemu:{name}",))
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[None]:

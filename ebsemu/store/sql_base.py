@@ -21,7 +21,7 @@ from functools import cache, partial
 from typing import Any, TypeVar
 
 from ebsemu.model import Instance, Snapshot, Volume
-from ebsemu.store.base import ListQuery, Page
+from ebsemu.store.base import ListQuery, Page, QuotaReached
 
 R = TypeVar("R", Volume, Snapshot, Instance)
 T = TypeVar("T")
@@ -60,6 +60,21 @@ def tags_into(conn: sqlite3.Connection, items: Sequence[R]) -> None:
         )
         for resource_id, key, value in rows:
             by_id[resource_id].tags[key] = value
+
+
+COUNT_VOLUMES_SQL = (
+    "SELECT COUNT(*) FROM volumes WHERE owner_id = ? AND region = ? AND state != 'deleted'"
+)
+COUNT_SNAPSHOTS_SQL = (
+    "SELECT COUNT(*) FROM snapshots WHERE owner_id = ? AND region = ? AND deleted = 0"
+)
+_COUNTS = {"volumes": COUNT_VOLUMES_SQL, "snapshots": COUNT_SNAPSHOTS_SQL}
+
+
+def _check_within(kind: str, counted: Sequence[Any] | None, adding: int, limit: int) -> None:
+    have = int(counted[0]) if counted else 0
+    if have + adding > limit:
+        raise QuotaReached(f"{have} {kind} of {limit}: {adding} more refused")
 
 
 class SqlBase(abc.ABC):
@@ -113,6 +128,29 @@ class SqlBase(abc.ABC):
     async def _serialize(self, db: Any, name: str) -> None:
         """Inside ``_transaction`` (``db`` its object): make every other transaction that
         serializes on ``name`` wait until this one ends, on every server instance."""
+
+    @abc.abstractmethod
+    def _serialize_work(self, conn: Any, name: str) -> None:
+        """Inside a unit of work (``_commit``; ``conn`` its connection): as ``_serialize``."""
+
+    async def _keep_within(
+        self, db: Any, kind: str, owner_id: str, region: str, limit: int, adding: int = 1
+    ) -> None:
+        """Inside ``_transaction``, before its insert: QuotaReached if ``adding`` more
+        ``kind`` ("volumes" or "snapshots") would take the owner's in the region past
+        ``limit``, counted once every other insert keeping within it has ended."""
+        await self._serialize(db, f"quota:{kind}:{owner_id}:{region}")
+        async with db.execute(_COUNTS[kind], (owner_id, region)) as cur:
+            _check_within(kind, await cur.fetchone(), adding, limit)
+
+    def _keep_within_work(
+        self, conn: Any, kind: str, owner_id: str, region: str, limit: int, adding: int = 1
+    ) -> None:
+        """``_keep_within`` inside a unit of work (``_commit``)."""
+        self._serialize_work(conn, f"quota:{kind}:{owner_id}:{region}")
+        _check_within(
+            kind, conn.execute(_COUNTS[kind], (owner_id, region)).fetchone(), adding, limit
+        )
 
     @abc.abstractmethod
     def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:

@@ -43,7 +43,15 @@ from ebsemu.store.rows import (
     snapshot_values,
     volume_from_row,
 )
-from ebsemu.store.sql_base import Rollback, fetch, placeholders, prefixed, tags_into
+from ebsemu.store.sql_base import (
+    COUNT_SNAPSHOTS_SQL,
+    COUNT_VOLUMES_SQL,
+    Rollback,
+    fetch,
+    placeholders,
+    prefixed,
+    tags_into,
+)
 from ebsemu.store.sql_filters import (
     SNAPSHOT_FILTERS,
     TAG_FILTERS,
@@ -68,16 +76,9 @@ from ebsemu.timefmt import from_wire, to_wire
 
 log = logging.getLogger(__name__)
 
+
 # The quotas' counts, per owner and region: each is answered from an index alone,
 # volumes_owner_state (owner_id, region, state) and snapshots_owner_deleted (migration 15).
-COUNT_VOLUMES_SQL = (
-    "SELECT COUNT(*) FROM volumes WHERE owner_id = ? AND region = ? AND state != 'deleted'"
-)
-COUNT_SNAPSHOTS_SQL = (
-    "SELECT COUNT(*) FROM snapshots WHERE owner_id = ? AND region = ? AND deleted = 0"
-)
-
-
 class SqlStore(
     InstanceTables,
     AccountTables,
@@ -107,12 +108,18 @@ class SqlStore(
         return stored
 
     async def insert_volume_with_job(
-        self, volume: Volume, kind: str | None, payload: str = "{}"
+        self, volume: Volume, kind: str | None, payload: str = "{}", *, limit: int | None = None
     ) -> tuple[Volume, int | None]:
         """Insert the volume and the intent record of its job ``kind`` (if any) in one
         transaction. On a ClientToken the owner already used, return that volume and no job."""
         job = (kind, payload) if kind is not None else None
-        stored, job_id = await self._commit(partial(_insert_volume, volume=volume, job=job))
+
+        def work(conn: sqlite3.Connection) -> tuple[Volume, int | None]:
+            if limit is not None:
+                self._keep_within_work(conn, "volumes", volume.owner_id, volume.region, limit)
+            return _insert_volume(conn, volume, job)
+
+        stored, job_id = await self._commit(work)
         # Counted as the caller resumes, in commit order (see count_volumes).
         counted = (volume.owner_id, volume.region)
         if stored.id == volume.id and counted in self._volume_counts:
@@ -261,28 +268,43 @@ class SqlStore(
         await self._many(self._snapshot_statements(snapshot))
 
     async def insert_snapshot_with_job(
-        self, snapshot: Snapshot, kind: str, payload: str = "{}"
+        self, snapshot: Snapshot, kind: str, payload: str = "{}", *, limit: int | None = None
     ) -> int:
         statements = self._snapshot_statements(snapshot)
 
         def work(conn: sqlite3.Connection) -> int:
+            if limit is not None:
+                self._keep_within_work(conn, "snapshots", snapshot.owner_id, snapshot.region, limit)
             for sql, params in statements:
                 conn.execute(sql, params)
             return _insert_job(conn, kind, payload, snapshot.id)
 
         return await self._commit(work)
 
-    async def insert_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
-        await self._many(
-            [statement for s in snapshots for statement in self._snapshot_statements(s)]
-        )
+    async def insert_snapshots(
+        self, snapshots: Sequence[Snapshot], *, limit: int | None = None
+    ) -> None:
+        statements = [statement for s in snapshots for statement in self._snapshot_statements(s)]
 
-    async def insert_snapshot_copy(self, snapshot: Snapshot, source_id: str) -> bool:
+        def work(conn: sqlite3.Connection) -> None:
+            if limit is not None and snapshots:
+                owner, region = snapshots[0].owner_id, snapshots[0].region
+                self._keep_within_work(conn, "snapshots", owner, region, limit, len(snapshots))
+            for sql, params in statements:
+                conn.execute(sql, params)
+
+        await self._commit(work)
+
+    async def insert_snapshot_copy(
+        self, snapshot: Snapshot, source_id: str, *, limit: int | None = None
+    ) -> bool:
         async with self._transaction() as db:
             # The source's row is held (its deletion waits, or was seen) until its rows are
             # copied: a copy never takes fewer rows than the source had.
             if not await hold_snapshot(db, source_id, completed=True):
                 raise Rollback()
+            if limit is not None:
+                await self._keep_within(db, "snapshots", snapshot.owner_id, snapshot.region, limit)
             for sql, params in self._snapshot_statements(snapshot):
                 await db.execute(sql, params)
             await db.execute(

@@ -268,6 +268,9 @@ class SqliteBase(SqlBase):
     async def _serialize(self, db: Any, name: str) -> None:
         """Nothing to do: a transaction holds the writer, so transactions run one at a time."""
 
+    def _serialize_work(self, conn: Any, name: str) -> None:
+        """Nothing to do, as for ``_serialize``."""
+
     async def _rollback(self) -> None:
         # OperationalError: the BEGIN never ran, so there is nothing to undo.
         with contextlib.suppress(sqlite3.OperationalError):

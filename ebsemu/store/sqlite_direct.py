@@ -30,10 +30,15 @@ class DirectTables(SqlBase):
         assert row is not None
         return bytes(row[0])
 
-    async def start_direct_snapshot(self, snapshot: Snapshot, meta: DirectMeta) -> str:
+    async def start_direct_snapshot(
+        self, snapshot: Snapshot, meta: DirectMeta, *, limit: int | None = None
+    ) -> str:
         values = snapshot_values(snapshot)
         try:
             async with self._transaction() as db:
+                if limit is not None:
+                    owner, region = snapshot.owner_id, snapshot.region
+                    await self._keep_within(db, "snapshots", owner, region, limit)
                 await db.execute(
                     f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) "
                     f"VALUES ({placeholders(len(values))})",
