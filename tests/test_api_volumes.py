@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -155,30 +154,29 @@ def test_resource_lifecycle_create_snapshot_restore_delete(server: ServerProcess
     assert {v.state for v in left} <= {"deleted"}
 
 
-# A sparse file is made in one call; an rbd create is four rbd and ceph commands (ceph df alone
-# takes about a second), so the under-a-second bound holds for the file backend only.
-@pytest.mark.backends("file")
-def test_sc1_volume_of_16384_gib_is_available_in_under_a_second(ec2: Any) -> None:
-    started = time.monotonic()
+def test_sc1_volume_of_16384_gib_becomes_available(ec2: Any) -> None:
     volume_id = new_volume(ec2, Size=16384, VolumeType="sc1")
-    elapsed = time.monotonic() - started
     (volume,) = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
     ec2.delete_volume(VolumeId=volume_id)
     assert volume["Size"] == 16384 and volume["VolumeType"] == "sc1"
-    assert elapsed < 1.0, f"took {elapsed:.2f} s"
 
 
-# A sparse file is made in one call; an rbd create is four rbd and ceph commands (ceph df alone
-# takes about a second), so the under-a-second bound holds for the file backend only.
+# How long a large volume takes to become available is measured by the benchmark (bench/, its
+# data section: 16 TiB in under a second), not here. What makes it quick is checked here: the
+# file backend makes sparse files and writes none of the volume's bytes.
 @pytest.mark.backends("file")
-def test_gp3_volume_of_65536_gib_is_available_in_under_a_second(ec2: Any) -> None:
-    started = time.monotonic()
+def test_gp3_volume_of_65536_gib_is_available_without_its_bytes_written(
+    server: ServerProcess, ec2: Any
+) -> None:
     volume_id = new_volume(ec2, Size=65536, VolumeType="gp3")
-    elapsed = time.monotonic() - started
+    segments = list((server.data_dir / "storage" / "volumes" / volume_id).glob("seg-*"))
+    apparent = sum(segment.stat().st_size for segment in segments)
+    allocated = sum(segment.stat().st_blocks * 512 for segment in segments)
     (volume,) = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
     ec2.delete_volume(VolumeId=volume_id)
-    assert volume["Size"] == 65536
-    assert elapsed < 1.0, f"took {elapsed:.2f} s"
+    assert volume["Size"] == 65536 and volume["State"] == "available"
+    assert apparent == 65536 * 1024**3
+    assert allocated < 1024**2
 
 
 def test_create_volume_by_availability_zone_id(ec2: Any) -> None:
