@@ -425,14 +425,16 @@ def test_bytes_written_after_create_snapshot_returns_are_not_in_the_snapshot(
     volume_id = new_volume(ec2, 1)
     files = volume_files(server, volume_id)
     content = Content(GIB)
-    # Enough data (96 MiB) that the capture is still running when the overwrite below is done.
-    files.write(content, 8 * MIB, random_blocks(rng, 192))
+    # Enough data (384 MiB) that the capture is still reading it when the few blocks below
+    # are overwritten, on a fast disk too (the overwrite is 2.5 MiB, the capture hundreds).
+    for start in range(8 * MIB, 392 * MIB, 96 * MIB):
+        files.write(content, start, random_blocks(rng, 192))
     files.write(content, GIB - BLOCK_SIZE, random_blocks(rng, 1))
     at_snapshot = content.copy()
     overwrite = [
         (GIB - BLOCK_SIZE, random_blocks(rng, 1)),  # the block the capture reaches last
-        (8 * MIB, random_blocks(rng, 192)),
-        (512 * MIB, random_blocks(rng, 2)),  # into a hole
+        (8 * MIB, random_blocks(rng, 2)),  # the first it reaches
+        (768 * MIB, random_blocks(rng, 2)),  # into a hole
     ]
 
     snapshot_id = ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
