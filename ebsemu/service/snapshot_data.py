@@ -265,8 +265,11 @@ async def _store_batch(core: Core, snapshot_id: str, batch: Batch, put: PutBatch
 
     async def rows_then_blocks() -> int:
         rows = [(index, digest) for index, digest, _ in batch]
-        await core.store.add_manifest_rows(snapshot_id, rows)
-        return await asyncio.to_thread(put, batch)
+        replaced = await core.store.add_manifest_rows(snapshot_id, rows)
+        written = await asyncio.to_thread(put, batch)
+        if replaced:  # the seeded rows of a snapshot deleted meanwhile held the only ones
+            await asyncio.to_thread(_delete_blocks, core.blocks, replaced)
+        return written
 
     async with core.block_gc_lock:
         return await _finish(asyncio.ensure_future(rows_then_blocks()))

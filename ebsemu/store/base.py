@@ -490,7 +490,12 @@ class Store(
     # manifests
     async def add_manifest_rows(
         self, snapshot_id: str, rows: Sequence[tuple[int, bytes]]
-    ) -> None: ...
+    ) -> list[bytes]:
+        """Add rows to a snapshot's manifest, replacing those of the same indexes; return the
+        digests of replaced rows that no manifest references any more (a manifest seeded with
+        an earlier snapshot's rows whose snapshot was deleted meanwhile held the only ones)."""
+        ...
+
     async def copy_manifest(self, source_id: str, snapshot_id: str) -> None:
         """Give ``snapshot_id`` every row of ``source_id``'s manifest (in the store, not
         through the caller: a large volume's manifest has millions of rows)."""

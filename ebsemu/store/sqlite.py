@@ -485,8 +485,13 @@ class SqlStore(
 
     # ---- manifests -----------------------------------------------------------------------
 
-    async def add_manifest_rows(self, snapshot_id: str, rows: Sequence[tuple[int, bytes]]) -> None:
-        await self._commit(partial(_add_manifest_rows, snapshot_id=snapshot_id, rows=rows))
+    async def add_manifest_rows(
+        self, snapshot_id: str, rows: Sequence[tuple[int, bytes]]
+    ) -> list[bytes]:
+        replaced = await self._commit(
+            partial(_add_manifest_rows, snapshot_id=snapshot_id, rows=rows)
+        )
+        return sorted(replaced - await self.referenced(list(replaced))) if replaced else []
 
     async def copy_manifest(self, source_id: str, snapshot_id: str) -> None:
         await self._write(
@@ -680,12 +685,24 @@ class SqlStore(
 
 def _add_manifest_rows(
     conn: sqlite3.Connection, snapshot_id: str, rows: Sequence[tuple[int, bytes]]
-) -> None:
+) -> set[bytes]:
+    """Add or replace the rows; the digests of the rows replaced by another digest."""
+    new = dict(rows)
+    replaced: set[bytes] = set()
+    for start in range(0, len(rows), 500):
+        chunk = [index for index, _ in rows[start : start + 500]]
+        held = conn.execute(
+            "SELECT block_index, digest FROM snapshot_blocks WHERE snapshot_id = ? "
+            f"AND block_index IN ({placeholders(len(chunk))})",
+            (snapshot_id, *chunk),
+        ).fetchall()
+        replaced.update(bytes(digest) for index, digest in held if bytes(digest) != new[index])
     conn.executemany(
         "INSERT OR REPLACE INTO snapshot_blocks (snapshot_id, block_index, digest) "
         "VALUES (?, ?, ?)",
         [(snapshot_id, index, digest) for index, digest in rows],
     )
+    return replaced
 
 
 def _remove_manifest_rows(
