@@ -96,7 +96,7 @@ def test_a_child_starts_with_its_parents_manifest_and_puts_replace_or_punch_it(
     assert repeated == "snap-c"  # the ClientToken names the first snapshot; nothing inserted
     assert absent is None
     assert written == [(1, ZERO_DIGEST), (2, C)]
-    assert (finished, late) == (True, False)
+    assert (finished, late) == (True, None)
     assert manifest == [(0, A), (2, C)]
     assert after == []
 
@@ -121,3 +121,25 @@ def test_the_token_key_is_made_once_and_kept(new_store: NewStore) -> None:
 
     assert run(new_store, scenario) == (b"first", b"first")
     assert run(new_store, scenario) == (b"first", b"first")
+
+
+def test_a_put_over_a_block_no_other_row_names_gives_that_block_back_to_be_freed(
+    new_store: NewStore,
+) -> None:
+    async def scenario(store: Store) -> list[list[bytes] | None]:
+        parent, parent_meta = pending("snap-p")
+        await store.start_direct_snapshot(parent, parent_meta)
+        await store.add_manifest_rows("snap-p", [(0, A), (1, B)])
+        await store.finish_direct_snapshot("snap-p", 0)
+        child, child_meta = pending("snap-c", parent="snap-p")
+        await store.start_direct_snapshot(child, child_meta)
+        return [
+            await store.put_direct_block("snap-c", 0, C),  # A: the parent still names it
+            await store.put_direct_block("snap-c", 2, C),  # over a hole
+            await store.put_direct_block("snap-c", 2, C),  # the same block again
+            await store.put_direct_block("snap-c", 2, B),  # C: row 0 still names it
+            await store.put_direct_block("snap-c", 0, ZERO_DIGEST),  # C: named by nothing now
+            await store.put_direct_block("snap-c", 2, A),  # B: the parent still names it
+        ]
+
+    assert run(new_store, scenario) == [[], [], [], [], [C], []]

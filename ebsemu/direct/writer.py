@@ -218,7 +218,10 @@ class DirectWriter:
                 except BackendError as exc:
                     log.error("snapshot %s: block %d not stored: %s", snapshot_id, index, exc)
                     raise errors.InternalServerException() from exc
-            if await core.store.put_direct_block(snapshot_id, index, digest):
+            freed = await core.store.put_direct_block(snapshot_id, index, digest)
+            if freed is not None:
+                for replaced in freed:  # the block of a row this put replaced, named by no other
+                    await asyncio.to_thread(core.blocks.delete, replaced)
                 return
             if digest != ZERO_DIGEST and not await core.store.referenced([digest]):
                 await asyncio.to_thread(core.blocks.delete, digest)

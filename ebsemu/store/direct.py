@@ -47,9 +47,13 @@ class DirectStore(Protocol):
 
     async def direct_meta(self, snapshot_id: str) -> DirectMeta | None: ...
     async def direct_snapshot_by_token(self, owner_id: str, token: str) -> str | None: ...
-    async def put_direct_block(self, snapshot_id: str, index: int, digest: bytes) -> bool:
+    async def put_direct_block(
+        self, snapshot_id: str, index: int, digest: bytes
+    ) -> list[bytes] | None:
         """Record a block put into a pending direct snapshot: its manifest row (none for an
-        all-zero block, which is a hole) and the put itself. False, changing nothing, when the
+        all-zero block, which is a hole) and the put itself. The digest of the row it replaced
+        if no manifest references it any more (an earlier put at that index, or the parent's
+        row once the parent is deleted), to be freed; None, changing nothing, when the
         snapshot is no longer pending."""
         ...
 

@@ -92,7 +92,9 @@ class DirectTables(SqlBase):
         )
         return str(rows[0][0]) if rows else None
 
-    async def put_direct_block(self, snapshot_id: str, index: int, digest: bytes) -> bool:
+    async def put_direct_block(
+        self, snapshot_id: str, index: int, digest: bytes
+    ) -> list[bytes] | None:
         async with self._transaction() as db:
             cur = await db.execute(
                 "UPDATE direct_snapshots SET last_activity = ? WHERE snapshot_id = ? AND "
@@ -103,7 +105,12 @@ class DirectTables(SqlBase):
             pending = cur.rowcount == 1
             await cur.close()
             if not pending:
-                return False
+                return None
+            async with db.execute(
+                "SELECT digest FROM snapshot_blocks WHERE snapshot_id = ? AND block_index = ?",
+                (snapshot_id, index),
+            ) as cur:
+                held = await cur.fetchone()
             await db.execute(
                 "INSERT OR REPLACE INTO direct_written_blocks (snapshot_id, block_index, digest) "
                 "VALUES (?, ?, ?)",
@@ -120,7 +127,13 @@ class DirectTables(SqlBase):
                     "VALUES (?, ?, ?)",
                     (snapshot_id, index, digest),
                 )
-        return True
+            if held is None or bytes(held[0]) == digest:
+                return []
+            replaced = bytes(held[0])
+            async with db.execute(
+                "SELECT 1 FROM snapshot_blocks WHERE digest = ? LIMIT 1", (replaced,)
+            ) as cur:
+                return [] if await cur.fetchone() else [replaced]
 
     async def direct_written(self, snapshot_id: str) -> list[tuple[int, bytes]]:
         rows = await self._rows(
