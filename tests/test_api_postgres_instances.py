@@ -150,40 +150,19 @@ def test_concurrent_attaches_through_both_instances_never_attach_twice(pair: Pai
     one, two = pair.first.client(), pair.second.client()
     iid = instance_id(VMM, "pairvm")
     volumes = [new_volume(one) for _ in range(3)]
-    # Two volumes at one device of the instance, through each endpoint at once.
-    same_device = at_once(
-        [
-            partial(
-                one.attach_volume,
-                VolumeId=volumes[0],
-                InstanceId=iid,
-                Device="/dev/sdf",
-            ),
-            partial(
-                two.attach_volume,
-                VolumeId=volumes[1],
-                InstanceId=iid,
-                Device="/dev/sdf",
-            ),
-        ]
-    )
-    # One volume at two devices, through each endpoint at once.
-    same_volume = at_once(
-        [
-            partial(
-                one.attach_volume,
-                VolumeId=volumes[2],
-                InstanceId=iid,
-                Device="/dev/sdg",
-            ),
-            partial(
-                two.attach_volume,
-                VolumeId=volumes[2],
-                InstanceId=iid,
-                Device="/dev/sdh",
-            ),
-        ]
-    )
+
+    def through_both(first: tuple[str, str], second: tuple[str, str]) -> list[str]:
+        """AttachVolume (volume, device) through each endpoint at once: their outcomes."""
+        return at_once(
+            [
+                partial(ec2.attach_volume, VolumeId=volume_id, InstanceId=iid, Device=device)
+                for ec2, (volume_id, device) in ((one, first), (two, second))
+            ]
+        )
+
+    # Two volumes at one device of the instance; one volume at two devices.
+    same_device = through_both((volumes[0], "/dev/sdf"), (volumes[1], "/dev/sdf"))
+    same_volume = through_both((volumes[2], "/dev/sdg"), (volumes[2], "/dev/sdh"))
     assert sorted(same_device)[-1] == "ok" and same_device.count("ok") == 1, same_device
     assert same_device.count("InvalidParameterValue") == 1  # the device is in use
     assert same_volume.count("ok") == 1, same_volume
