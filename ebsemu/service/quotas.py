@@ -72,15 +72,16 @@ async def check_snapshots(
 def store_limit(core: Core, kind: str) -> int | None:
     """The limit to give an insert of ``kind`` ("volumes" or "snapshots") to keep within, on a
     database other server instances share; None where this process sees every insert."""
-    if not core.store.shared:
-        return None
-    return core.config.max_volumes if kind == "volumes" else core.config.max_snapshots
+    return _limit(core, kind) if core.store.shared else None
 
 
 def exceeded(core: Core, kind: str, region: str, refusal: type[errors.ApiError]) -> errors.ApiError:
     """The refusal of one more of ``kind`` in ``region``."""
-    limit = core.config.max_volumes if kind == "volumes" else core.config.max_snapshots
-    return refusal(f"You have reached the maximum of {limit} {kind} in {region}.")
+    return refusal(f"You have reached the maximum of {_limit(core, kind)} {kind} in {region}.")
+
+
+def _limit(core: Core, kind: str) -> int:
+    return core.config.max_volumes if kind == "volumes" else core.config.max_snapshots
 
 
 def _take(
@@ -89,9 +90,8 @@ def _take(
     """Take ``adding`` places of ``place`` beyond the ``counted`` ones and those other
     requests hold, or raise ``refusal``. Nothing awaits between the look and the take."""
     kind, _, region = place
-    limit = core.config.max_volumes if kind == "volumes" else core.config.max_snapshots
     held = core.quota_holds.get(place, 0)
-    if counted + held + adding > limit:
+    if counted + held + adding > _limit(core, kind):
         raise exceeded(core, kind, region, refusal)
     taken = _TAKEN.get()
     if taken is not None:

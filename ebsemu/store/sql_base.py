@@ -62,6 +62,8 @@ def tags_into(conn: sqlite3.Connection, items: Sequence[R]) -> None:
             by_id[resource_id].tags[key] = value
 
 
+# The quotas' counts, per owner and region: each is answered from an index alone,
+# volumes_owner_state (owner_id, region, state) and snapshots_owner_deleted (migration 15).
 COUNT_VOLUMES_SQL = (
     "SELECT COUNT(*) FROM volumes WHERE owner_id = ? AND region = ? AND state != 'deleted'"
 )

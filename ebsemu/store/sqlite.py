@@ -77,8 +77,6 @@ from ebsemu.timefmt import from_wire, to_wire
 log = logging.getLogger(__name__)
 
 
-# The quotas' counts, per owner and region: each is answered from an index alone,
-# volumes_owner_state (owner_id, region, state) and snapshots_owner_deleted (migration 15).
 class SqlStore(
     InstanceTables,
     AccountTables,
