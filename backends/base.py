@@ -12,6 +12,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+# A block's bytes: a memoryview where a source reads them in place (backends.mapped_blocks).
+BlockBytes = bytes | memoryview
+
 
 @runtime_checkable
 class SnapshotSource(Protocol):
@@ -20,7 +23,7 @@ class SnapshotSource(Protocol):
     @property
     def size_bytes(self) -> int: ...
 
-    def iter_blocks(self, start_index: int = 0) -> Iterator[tuple[int, bytes]]:
+    def iter_blocks(self, start_index: int = 0) -> Iterator[tuple[int, BlockBytes]]:
         """Yield (block index, 512 KiB of data) in index order from ``start_index`` on,
         skipping blocks that are holes or all zeros."""
         ...
@@ -219,7 +222,7 @@ class FastRestoreKeeper(Protocol):
 class BlockStore(Protocol):
     """Snapshot blocks addressed by SHA-256, stored once (blocking methods)."""
 
-    def put(self, digest: bytes, data: bytes) -> bool:
+    def put(self, digest: bytes, data: BlockBytes) -> bool:
         """Store a block under its digest. Returns True if it was written, False if present."""
         ...
 
@@ -265,7 +268,7 @@ class BatchDeletingBlockStore(Protocol):
         ...
 
 
-NewBlock = tuple[bytes, bytes, tuple[int, int] | None]  # (digest, data, (fd, offset) or None)
+NewBlock = tuple[bytes, BlockBytes, tuple[int, int] | None]  # (digest, data, (fd, offset) or None)
 
 
 @runtime_checkable

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends import sparse
-from backends.base import FileRange, NewBlock
+from backends.base import BlockBytes, FileRange, NewBlock
 from backends.blockfiles import BlockFiles
 from backends.blockpack import (
     ALIGN,
@@ -75,7 +75,7 @@ class _Claim:
     """A block this thread writes at ``offset`` of ``pack``; others wait on ``done``."""
 
     digest: bytes
-    data: bytes
+    data: BlockBytes
     source: tuple[int, int] | None  # (fd, offset) the bytes may be cloned from
     pack: _Pack
     offset: int
@@ -132,12 +132,12 @@ class LocalBlockStore:
 
     # -- writing --
 
-    def put(self, digest: bytes, data: bytes) -> bool:
+    def put(self, digest: bytes, data: BlockBytes) -> bool:
         """Store ``data`` under ``digest`` (trusted to be its SHA-256; ``get`` verifies).
         Returns False, writing nothing, when the block is already stored."""
         return self.put_many([(digest, data, None)]) == 1
 
-    def put_clone(self, digest: bytes, data: bytes, fd: int, offset: int) -> bool:
+    def put_clone(self, digest: bytes, data: BlockBytes, fd: int, offset: int) -> bool:
         """``put``, where ``data`` are bytes [offset, offset + len(data)) of the file open as
         ``fd``, which nothing changes while the call runs: on a filesystem that can, the pack
         shares that range's extents (FICLONERANGE) instead of a copy of the bytes; elsewhere

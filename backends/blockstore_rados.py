@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from backends.base import BlockBytes
 from backends.ceph_bindings import Cluster, Completion, IoCtx, RadosModule, load_rados
 from backends.errors import (
     BackendError,
@@ -147,7 +148,7 @@ class RadosBlockStore:
         if read != payload:
             raise SetupError(f"a probe object written to {self._where} read back different")
 
-    def put(self, digest: bytes, data: bytes) -> bool:
+    def put(self, digest: bytes, data: BlockBytes) -> bool:
         """Store ``data`` under ``digest`` (trusted to be its SHA-256; ``get`` verifies).
         Returns False, writing nothing, when the block is already stored."""
         key = self._key(digest)

@@ -59,12 +59,13 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 from backends import heap, luks, sparse
-from backends.base import BlockDigests, LocatedBlock
+from backends.base import BlockBytes, BlockDigests, LocatedBlock
 from backends.batching import GroupRunner
 from backends.errors import BackendError, CapacityError, SetupError
 from backends.file_base import FileBases
 from backends.file_fingerprints import Fingerprints
 from backends.file_writes import BlockWriter
+from backends.mapped_blocks import BlockReader, is_zero_block
 from ebsemu.logs import REQUEST_ID
 from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
 
@@ -298,9 +299,10 @@ class FileView:
     def size_bytes(self) -> int:
         return self._layout.size_bytes
 
-    def iter_blocks(self, start_index: int = 0) -> Iterator[tuple[int, bytes]]:
+    def iter_blocks(self, start_index: int = 0) -> Iterator[tuple[int, BlockBytes]]:
         """Yield (index, data) for every block from ``start_index`` on that holds a non-zero
-        byte. Holes are skipped with SEEK_DATA/SEEK_HOLE, without reading them."""
+        byte. Holes are skipped with SEEK_DATA/SEEK_HOLE, without reading them. Blocks are
+        read in place where they can be (backends.mapped_blocks)."""
         if start_index < 0:
             raise ValueError(f"negative block index {start_index}")
         per_segment = self._layout.segment_bytes // BLOCK_SIZE
@@ -308,18 +310,19 @@ class FileView:
             first_index = segment * per_segment
             yield from self._segment_blocks(segment, max(start_index - first_index, 0))
 
-    def _segment_blocks(self, segment: int, local_start: int) -> Iterator[tuple[int, bytes]]:
+    def _segment_blocks(self, segment: int, local_start: int) -> Iterator[tuple[int, BlockBytes]]:
         fd = self._fds[segment]
         size = self._layout.segment_size(segment)
+        reader = BlockReader(fd, size)
         first_index = segment * (self._layout.segment_bytes // BLOCK_SIZE)
         done = local_start  # blocks before this one were read already
         for start, end in sparse.data_extents(fd, local_start * BLOCK_SIZE, size):
             stop = -(-end // BLOCK_SIZE)  # extents are fs-block aligned, not BLOCK_SIZE aligned
             for local in range(max(start // BLOCK_SIZE, done), stop):
-                data = os.pread(fd, BLOCK_SIZE, local * BLOCK_SIZE)
+                data = reader.read(local * BLOCK_SIZE)
                 if len(data) != BLOCK_SIZE:
                     raise BackendError(f"segment {segment} is shorter than its recorded size")
-                if data != ZERO_BLOCK:
+                if not is_zero_block(data, ZERO_BLOCK):
                     yield first_index + local, data
             done = max(done, stop)
 

@@ -107,7 +107,7 @@ def make_sparse(path: Path, size: int) -> None:
         os.close(fd)
 
 
-def pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

@@ -18,6 +18,7 @@ from typing import Any
 from bench import boto, disk, servers
 from bench.options import Options
 from bench.report import DataResult, Report
+from bench.servers import Server
 
 BIG_GIB = 16 * 1024
 BIG = "CreateVolume 16 TiB to available"
@@ -37,7 +38,7 @@ def run(opts: Options, report: Report, work_dir: Path) -> None:
         ec2 = boto.client(server.url, pool=2, timeout=opts.call_timeout)
         report.data.append(_big_volume(opts, ec2, work_dir))
         if opts.data_gib > 0:
-            report.data += _snapshots(opts, ec2, server.data_dir)
+            report.data += _snapshots(opts, ec2, server)
 
 
 def _mb_s(size: int, seconds: float) -> float:
@@ -103,7 +104,9 @@ def _views_released(opts: Options, data_dir: Path) -> float:
     )
 
 
-def _snapshots(opts: Options, ec2: Any, data_dir: Path) -> list[DataResult]:
+def _snapshots(opts: Options, ec2: Any, server: Server) -> list[DataResult]:
+    assert server.data_dir is not None
+    data_dir = server.data_dir
     size = opts.data_gib * disk.GIB
     blocks_dir = data_dir / "blocks"
     volume_id, _ = _created(opts, ec2, Size=opts.data_gib, VolumeType="gp2")
@@ -114,7 +117,9 @@ def _snapshots(opts: Options, ec2: Any, data_dir: Path) -> list[DataResult]:
     hash_mb = _mb_s(size, disk.hash_speed(size))
 
     before = disk.tree_bytes(blocks_dir)[1]
+    cpu_before = server.cpu_seconds()
     _, first_s = _snapshotted(opts, ec2, volume_id)
+    first_cpu = server.cpu_seconds() - cpu_before
     first_stored = disk.tree_bytes(blocks_dir)[1] - before
     released_s = _views_released(opts, data_dir)
 
@@ -140,7 +145,7 @@ def _snapshots(opts: Options, ec2: Any, data_dir: Path) -> list[DataResult]:
             f"{first_mb:,.0f} MB/s ({first_s:.2f} s for {opts.data_gib} GiB)",
             f"sequential read {read_mb:,.0f} MB/s",
             first_mb / read_mb,
-            f"stored {first_stored / disk.MIB:,.0f} MiB; "
+            f"stored {first_stored / disk.MIB:,.0f} MiB; server CPU {first_cpu:.2f} s; "
             f"{first_mb / write_mb:.2f} of sequential write + fsync ({write_mb:,.0f} MB/s); "
             f"{first_mb / hash_mb:.2f} of SHA-256 in two threads ({hash_mb:,.0f} MB/s)",
             measured=first_mb / read_mb,

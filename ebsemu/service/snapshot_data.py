@@ -7,15 +7,17 @@ threads to end before it lets go of what they use: the view is not closed under 
 batch of manifest rows and blocks, once begun, is finished before the GC lock is released (else
 a sweep could delete blocks that a put still running then writes, left in the store for good).
 
-SHA-256 runs in two threads (hashlib releases the GIL on large buffers). A batch's new blocks
-go to the block store in one call where it takes many (the local store: one index query, one
-write or reflink per run of adjacent blocks). Where the view can say where a block lives in a
-file it holds (a file backend's view) and the block store can share a file's extents (the
-local store on XFS or btrfs), a new block is stored as a reflink of the view's range instead
-of a copy of its bytes. A restore reads and verifies blocks in two threads
-ahead of the thread that writes them; where the block store can say which file range holds a
-block and the volume's backend can share extents with it (the local store and a file volume
-on one XFS or btrfs), the volume shares that range instead of having the bytes written.
+SHA-256 runs in two threads (hashlib releases the GIL on large buffers); a file backend's view
+is hashed in place, through a memory map, not copied out of the page cache first
+(backends.mapped_blocks). A batch's new blocks go to the block store in one call where it takes
+many (the local store: one index query, one write or reflink per run of adjacent blocks). Where
+the view can say where a block lives in a file it holds (a file backend's view) and the block
+store can share a file's extents (the local store on XFS or btrfs), a new block is stored as a
+reflink of the view's range instead of a copy of its bytes. A restore reads and verifies blocks
+in two threads ahead of the thread that writes them; where the block store can say which file
+range holds a block and the volume's backend can share extents with it (the local store and a
+file volume on one XFS or btrfs), the volume shares that range instead of having the bytes
+written.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import TypeVar
 from backends.base import (
     BatchDeletingBlockStore,
     BatchPuttingBlockStore,
+    BlockBytes,
     BlockLocator,
     BlockStore,
     ChangedBlocksSource,
@@ -73,10 +76,10 @@ class CaptureStats:
         return self.new_blocks * BLOCK_SIZE
 
 
-Batch = list[tuple[int, bytes, bytes]]  # (block index, digest, data)
+Batch = list[tuple[int, bytes, BlockBytes]]  # (block index, digest, data)
 
 
-def _read_batch(blocks: Iterator[tuple[int, bytes]]) -> Batch:
+def _read_batch(blocks: Iterator[tuple[int, BlockBytes]]) -> Batch:
     """The next BATCH_BLOCKS blocks (fewer at the end), in index order. Two threads take
     blocks from ``blocks`` one at a time and each hashes what it took while the other reads."""
     taking = threading.Lock()
@@ -99,7 +102,7 @@ def _read_batch(blocks: Iterator[tuple[int, bytes]]) -> Batch:
     return sorted((row for half in halves for row in half.result()), key=lambda row: row[0])
 
 
-def _sha256(data: bytes) -> bytes:
+def _sha256(data: BlockBytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
@@ -163,7 +166,7 @@ async def capture(core: Core, snapshot_id: str, storage: StorageBackend) -> Capt
     upcoming: asyncio.Future[Batch] | None = None
     try:
         total_blocks = max(1, source.size_bytes // BLOCK_SIZE)
-        blocks: Iterator[tuple[int, bytes]]
+        blocks: Iterator[tuple[int, BlockBytes]]
         if isinstance(source, SeededChangesSource):  # the manifest was seeded at the freeze
             stats.base_id = source.seeded_from
             blocks = source.changed_blocks()
