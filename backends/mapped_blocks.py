@@ -1,9 +1,9 @@
 """Reading a frozen file's blocks in place, through a memory map, instead of copying them out.
 
 ``pread`` copies each block from the page cache into a new buffer. On the two-CPU hosts this
-was measured on, that copy took as much CPU as hashing the block while a second thread hashed
-beside it (bench/RESULTS.md, 2026-11-28 13:00). A block read through a memory map is hashed
-straight from the page cache, with no copy.
+was measured on, that copy took nearly as much CPU as hashing the block while a second thread
+hashed beside it (bench/RESULTS.md, 2026-11-28 12:30-13:31). A block read through a memory map
+is hashed straight from the page cache, with no copy.
 
 One hazard comes with a map: touching a mapped page that the disk fails to read raises SIGBUS,
 which would end the whole server. So each block's pages are faulted in first, with
