@@ -67,7 +67,7 @@ from backends.file_fingerprints import Fingerprints
 from backends.file_writes import BlockWriter
 from backends.mapped_blocks import BlockReader, is_zero_block
 from ebsemu.logs import REQUEST_ID
-from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
+from ebsemu.model import BLOCK_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class FileView:
                 data = reader.read(local * BLOCK_SIZE)
                 if len(data) != BLOCK_SIZE:
                     raise BackendError(f"segment {segment} is shorter than its recorded size")
-                if not is_zero_block(data, ZERO_BLOCK):
+                if not is_zero_block(data):
                     yield first_index + local, data
             done = max(done, stop)
 

@@ -14,7 +14,8 @@ available, blocks are read with ``pread`` as before.
 
 Only for files that nothing writes or truncates while they are open (a frozen view's
 segments): a page taken back by the kernel under memory pressure is read again when hashed,
-without that check.
+without that check. While a window is mapped, the pages read from it count in the server's RSS
+(clean page cache, which the kernel can take back).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 from collections.abc import Callable
 
 from backends.base import BlockBytes
-from ebsemu.model import BLOCK_SIZE
+from ebsemu.model import BLOCK_SIZE, ZERO_BLOCK
 
 WINDOW_BYTES = 64 * 1024 * 1024  # mapped at a time; a block's memoryview keeps its window mapped
 _MADV_POPULATE_READ = 22  # <linux/mman.h>
@@ -118,12 +119,12 @@ _HEAD = 64
 _ZERO_HEAD = bytes(_HEAD)
 
 
-def is_zero_block(data: BlockBytes, zero_block: bytes) -> bool:
-    """``data == zero_block``, at the speed of bytes: a memoryview compared with bytes goes
+def is_zero_block(data: BlockBytes) -> bool:
+    """``data == ZERO_BLOCK``, at the speed of bytes: a memoryview compared with bytes goes
     byte by byte (0.9 ms for a block), so its head is compared first, and only a block that
     starts with zeros is copied out to be compared whole."""
     if isinstance(data, memoryview):
         if data[:_HEAD].tobytes() != _ZERO_HEAD:
             return False
         data = data.tobytes()
-    return data == zero_block
+    return data == ZERO_BLOCK

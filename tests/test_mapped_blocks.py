@@ -166,4 +166,4 @@ def test_another_failure_to_populate_is_raised(
 def test_is_zero_block_answers_as_a_comparison_with_zeros(
     data: bytes | memoryview, zero: bool
 ) -> None:
-    assert is_zero_block(data, ZERO_BLOCK) is zero
+    assert is_zero_block(data) is zero
