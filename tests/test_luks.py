@@ -156,7 +156,7 @@ def test_encrypted_volume_is_one_padded_luks_file_described_as_such(
     with storage.open_view("snap-1") as view:
         blocks = list(view.iter_blocks())
     assert [index for index, _ in blocks] == [0]
-    assert blocks[0][1].startswith(luks.MAGIC)
+    assert bytes(blocks[0][1]).startswith(luks.MAGIC)
     with pytest.raises(BackendError, match="encrypted"):
         asyncio.run(storage.extend("vol-1", 128 * MIB))
 
