@@ -34,7 +34,6 @@ def run(opts: Options, report: Report, work_dir: Path) -> None:
         work_dir, "data", max_volumes=100, log_level=opts.log_level, profile_dir=opts.profile_dir
     )
     with servers.running([server]):
-        assert server.data_dir is not None
         ec2 = boto.client(server.url, pool=2, timeout=opts.call_timeout)
         report.data.append(_big_volume(opts, ec2, work_dir))
         if opts.data_gib > 0:
