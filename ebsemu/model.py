@@ -28,6 +28,10 @@ class VolumeState(enum.StrEnum):
     ERROR = "error"
 
 
+# The states of a volume that can take a new snapshot.
+SNAPSHOTTABLE = frozenset({VolumeState.AVAILABLE, VolumeState.IN_USE})
+
+
 class SnapshotState(enum.StrEnum):
     PENDING = "pending"
     COMPLETED = "completed"

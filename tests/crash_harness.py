@@ -600,6 +600,7 @@ OPS: dict[str, Callable[[Harness], None]] = {
 _OPS_FOR_STEP: dict[str, tuple[str, ...]] = {
     "create_volume.allocated": ("create",),
     "create_volume.restored": ("restore", "snapshot", "write"),
+    "snapshot.recorded": ("snapshot", "write"),
     "snapshot.paused": ("attach", "snapshot_attached"),
     "snapshot.frozen": ("snapshot", "write"),
     "snapshot.batch": ("snapshot", "write"),

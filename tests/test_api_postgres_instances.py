@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +45,21 @@ class Pair:
     postgres: PostgresServer
     shared: Path
     vm: QemuVm | None
+    config: str
+    dsn: str
+    tmp_path: Path
+
+    def third(self, name: str, env: dict[str, str | None]) -> ServerProcess:
+        """Another instance on the same database and storage, started; the caller stops it."""
+        server = ServerProcess(
+            self.tmp_path / name,
+            self.config,
+            store_dsn=self.dsn,
+            job_lease_seconds=LEASE_SECONDS,
+            env=env,
+        )
+        server.start()
+        return server
 
     def sql(self, query: str) -> list[list[str]]:
         out = self.postgres.psql(query, self.database)
@@ -79,7 +95,9 @@ def pair(
         for server in servers:
             stack.callback(server.stop)
             server.start()
-        yield Pair(servers[0], servers[1], database, postgres_server, shared, vm)
+        yield Pair(
+            servers[0], servers[1], database, postgres_server, shared, vm, config, dsn, tmp_path
+        )
 
 
 def test_concurrent_load_on_both_instances_runs_every_job_once(pair: Pair) -> None:
@@ -267,6 +285,86 @@ def test_a_restore_and_a_deletion_through_both_instances_at_once_leave_no_volume
         if deleting != "ok":
             two.delete_snapshot(SnapshotId=snapshot_id)
     one.delete_volume(VolumeId=source)
+
+
+def test_a_snapshot_and_its_volumes_deletion_through_both_instances_at_once_lose_no_snapshot(
+    pair: Pair,
+) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    volumes: dict[str, bytes] = {}  # volume -> its first blocks, held by no other volume
+    for number in range(RACES):
+        volume_id = new_volume(one)
+        data = number.to_bytes(8, "little") * (8 * BLOCK // 8)
+        with volume_segment(pair.shared, volume_id).open("r+b") as handle:
+            handle.write(data)
+        volumes[volume_id] = data
+    created: dict[str, str] = {}  # snapshot -> its volume
+
+    def snapshot(volume_id: str) -> None:
+        created[one.create_snapshot(VolumeId=volume_id)["SnapshotId"]] = volume_id
+
+    outcomes = [
+        tuple(at_once([partial(snapshot, v), partial(two.delete_volume, VolumeId=v)]))
+        for v in volumes
+    ]
+    # As on AWS: a volume being deleted takes no new snapshot (one deleted already is not
+    # found), and a snapshot it took before completes, whatever happens to the volume then.
+    allowed = {("ok", "ok"), ("IncorrectState", "ok"), ("InvalidVolume.NotFound", "ok")}
+    assert set(outcomes) <= allowed, outcomes
+    if created:
+        one.get_waiter("snapshot_completed").wait(SnapshotIds=sorted(created), WaiterConfig=FAST)
+    for snapshot_id, volume_id in created.items():
+        restored = new_volume(two, SnapshotId=snapshot_id)
+        with volume_segment(pair.shared, restored).open("rb") as reader:
+            assert reader.read(len(volumes[volume_id])) == volumes[volume_id]
+        two.delete_volume(VolumeId=restored)
+        one.delete_snapshot(SnapshotId=snapshot_id)
+
+    def all_deleted() -> bool | None:
+        listed = ", ".join(f"'{v}'" for v in volumes)
+        rows = pair.sql(f"SELECT state FROM volumes WHERE id IN ({listed})")
+        return True if {row[0] for row in rows} <= {"deleted"} else None
+
+    poll(all_deleted, timeout=60)
+
+
+def test_a_volumes_deletion_waits_for_the_freeze_of_a_snapshot_another_instance_recorded(
+    pair: Pair,
+) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    volume_id = new_volume(one)
+    segment = volume_segment(pair.shared, volume_id)
+    # An instance that stops in CreateSnapshot with the snapshot recorded, before its freeze.
+    third = pair.third("three", env={"EBSEMU_FAULT": "snapshot.recorded:1:hang"})
+    try:
+        hanging = threading.Thread(target=_quietly, args=(third.client(), volume_id), daemon=True)
+        hanging.start()
+
+        def recorded() -> str | None:
+            rows = pair.sql(f"SELECT id, state FROM snapshots WHERE volume_id = '{volume_id}'")
+            return rows[0][0] if rows and rows[0][1] == "pending" else None
+
+        snapshot_id = poll(recorded, timeout=30)
+        two.delete_volume(VolumeId=volume_id)
+        time.sleep(1.5)
+        # The deletion waits for that freeze: the volume's bytes are still there.
+        assert pair.sql(f"SELECT state FROM volumes WHERE id = '{volume_id}'") == [["deleting"]]
+        assert segment.exists()
+    finally:
+        third.stop(signal.SIGKILL)
+    # The instance died before freezing: the one that takes its job over fails the snapshot,
+    # and the deletion then goes on.
+    one.get_waiter("volume_deleted").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+    (state,) = pair.sql(f"SELECT state FROM snapshots WHERE id = '{snapshot_id}'")
+    assert state == ["error"]
+    assert not segment.exists()
+    one.delete_snapshot(SnapshotId=snapshot_id)
+
+
+def _quietly(ec2: Any, volume_id: str) -> None:
+    """CreateSnapshot through an instance that never answers it (or dies first)."""
+    with contextlib.suppress(Exception):
+        ec2.create_snapshot(VolumeId=volume_id)
 
 
 def _fill(segment: Path, size: int) -> None:

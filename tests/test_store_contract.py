@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
 import asyncpg
@@ -43,6 +44,7 @@ from ebsemu.store.base import (
     SnapshotDeletion,
     Store,
     VolumeIo,
+    VolumeNotSnapshottable,
 )
 from ebsemu.store.direct import DirectMeta
 from ebsemu.store.pg_dialect import glob_to_like, translate
@@ -578,6 +580,7 @@ def test_a_snapshot_is_recorded_with_its_job_and_completed_as_its_job_closes(
     new_store: NewStore,
 ) -> None:
     async def scenario(store: Store) -> tuple[object, ...]:
+        await store.insert_volume(volume("vol-1"))
         job = await store.insert_snapshot_with_job(
             snapshot("snap-1", tags={"a": "1"}), "capture_snapshot"
         )
@@ -598,6 +601,35 @@ def test_a_snapshot_is_recorded_with_its_job_and_completed_as_its_job_closes(
     assert (done.state, done.progress, done.full_size_bytes) == (SnapshotState.COMPLETED, 100, 1024)
     assert steps == [("capture", "done")]
     assert inventory.jobs == {("capture_snapshot", "done"): 1}
+
+
+def test_a_snapshot_is_inserted_only_of_a_volume_available_or_in_use(
+    new_store: NewStore,
+) -> None:
+    async def scenario(store: Store) -> list[str]:
+        await store.insert_volume(volume("vol-1", state=VolumeState.IN_USE))
+        await store.insert_volume(volume("vol-2", state=VolumeState.DELETING))
+        refused = []
+        for insert in (
+            store.insert_snapshot_with_job(snapshot("snap-1", volume_id="vol-2"), "capture"),
+            store.insert_snapshot_with_job(snapshot("snap-2", volume_id="vol-9"), "capture"),
+            store.insert_snapshots(
+                [snapshot("snap-3", volume_id="vol-1"), snapshot("snap-4", volume_id="vol-2")]
+            ),
+        ):
+            with pytest.raises(VolumeNotSnapshottable) as caught:
+                await insert
+            refused.append(caught.value.volume_id)
+        for number in range(1, 5):
+            assert await store.get_snapshot(f"snap-{number}") is None
+        assert await store.unfinished_jobs() == []
+        await store.insert_snapshot_with_job(snapshot("snap-5", volume_id="vol-1"), "capture")
+        await store.insert_snapshots([snapshot("snap-6", volume_id="vol-1")])
+        assert await store.pending_snapshots("vol-1") == ["snap-5", "snap-6"]
+        assert await store.pending_snapshots("vol-2") == []
+        return refused
+
+    assert run(new_store, scenario) == ["vol-2", "vol-9", "vol-2"]
 
 
 def test_a_live_instances_jobs_are_claimed_only_once_its_lease_runs_out(
@@ -682,11 +714,12 @@ def test_an_insert_given_a_limit_is_refused_at_it_and_inserts_nothing(
         await store.insert_volume_with_job(volume("vol-5"), None, limit=2)
 
         await store.insert_snapshot(snapshot("snap-1", state=SnapshotState.COMPLETED))
+        of_5 = partial(snapshot, volume_id="vol-5")  # vol-1 is deleted: it takes no snapshot
         with pytest.raises(QuotaReached):  # two more where one fits: neither is inserted
-            await store.insert_snapshots([snapshot("snap-2"), snapshot("snap-3")], limit=2)
-        await store.insert_snapshot_with_job(snapshot("snap-2"), "capture_snapshot", limit=2)
+            await store.insert_snapshots([of_5("snap-2"), of_5("snap-3")], limit=2)
+        await store.insert_snapshot_with_job(of_5("snap-2"), "capture_snapshot", limit=2)
         with pytest.raises(QuotaReached):
-            await store.insert_snapshot_with_job(snapshot("snap-3"), "capture_snapshot", limit=2)
+            await store.insert_snapshot_with_job(of_5("snap-3"), "capture_snapshot", limit=2)
         with pytest.raises(QuotaReached):
             await store.insert_snapshot_copy(snapshot("snap-4"), "snap-1", limit=2)
         meta = DirectMeta("snap-5", OWNER, None, None, "digest", 60, time.time())

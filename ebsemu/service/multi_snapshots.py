@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from backends.errors import BackendError
 from ebsemu import errors
-from ebsemu.model import Attachment, AttachmentState, Snapshot, utcnow
+from ebsemu.model import SNAPSHOTTABLE, Attachment, AttachmentState, Snapshot, utcnow
 from ebsemu.service import guest_pause, listing, quotas, snapshot_data, snapshot_freeze, validation
 from ebsemu.service.attachments import ATTACHABLE_INSTANCE_STATES
 from ebsemu.service.context import RequestContext
@@ -31,9 +31,9 @@ from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.instances import InstanceService
 from ebsemu.service.snapshot_freeze import Frozen
-from ebsemu.service.snapshots import SNAPSHOTTABLE, complete_unchanged, pending_snapshot
+from ebsemu.service.snapshots import complete_unchanged, not_snapshottable, pending_snapshot
 from ebsemu.service.volumes import VolumeService
-from ebsemu.store.base import QuotaReached
+from ebsemu.store.base import QuotaReached, VolumeNotSnapshottable
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,8 @@ class MultiSnapshotService:
                     raise quotas.exceeded(
                         self._core, "snapshots", ctx.region, errors.SnapshotLimitExceeded
                     ) from None
+                if isinstance(exc, VolumeNotSnapshottable):  # as above
+                    raise not_snapshottable(await self._volumes.get(ctx, exc.volume_id)) from None
                 raise
             captured = [s for s in snapshots if frozen[s.id].has_view]
             job_ids = [await self._core.jobs.record("capture_snapshot", s.id) for s in captured]

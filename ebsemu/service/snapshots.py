@@ -21,10 +21,10 @@ from backends.errors import BackendError
 from ebsemu import errors, faults
 from ebsemu.model import (
     BLOCK_SIZE,
+    SNAPSHOTTABLE,
     Snapshot,
     SnapshotState,
     Volume,
-    VolumeState,
     new_id,
     utcnow,
 )
@@ -46,11 +46,16 @@ from ebsemu.service.jobs import CURRENT_JOB
 from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import until_reachable
 from ebsemu.service.volumes import VolumeService
-from ebsemu.store.base import ListQuery, QuotaReached
+from ebsemu.store.base import ListQuery, QuotaReached, VolumeNotSnapshottable
 
 log = logging.getLogger(__name__)
 
-SNAPSHOTTABLE = {VolumeState.AVAILABLE, VolumeState.IN_USE}
+
+def not_snapshottable(volume: Volume) -> errors.ApiError:
+    return errors.IncorrectState(
+        f"The volume '{volume.id}' is '{volume.state.value}'; "
+        "only an available or in-use volume can be snapshotted."
+    )
 
 
 async def pending_snapshot(
@@ -134,10 +139,7 @@ class SnapshotService:
             async with quotas.counting(self._core):
                 await quotas.check_snapshots(self._core, ctx)
                 if volume.state not in SNAPSHOTTABLE:
-                    raise errors.IncorrectState(
-                        f"The volume '{volume_id}' is '{volume.state.value}'; "
-                        "only an available or in-use volume can be snapshotted."
-                    )
+                    raise not_snapshottable(volume)
                 snapshot = await pending_snapshot(
                     self._core, ctx, volume, description, tags, utcnow()
                 )
@@ -153,7 +155,11 @@ class SnapshotService:
                     raise quotas.exceeded(
                         self._core, "snapshots", ctx.region, errors.SnapshotLimitExceeded
                     ) from None
+                except VolumeNotSnapshottable:  # its deletion began through another instance
+                    await self._encryption.drop_key(snapshot.id)
+                    raise not_snapshottable(await self._volumes.get(ctx, volume_id)) from None
             self._core.jobs.recorded(job_id)
+            await faults.reach("snapshot.recorded")
             storage = self._core.storage_for(volume)
             guests = await guest_pause.writers(self._core, volume, storage)
             try:

@@ -34,6 +34,7 @@ from ebsemu.service import (
     quotas,
     sharing,
     snapshot_data,
+    snapshot_freeze,
     validation,
     volume_copies,
 )
@@ -292,13 +293,18 @@ class VolumeService:
         if volume is None or volume.state is not VolumeState.DELETING:
             return
         storage = self._core.storage_for(volume)
+
+        async def remove() -> None:
+            await snapshot_freeze.after_freezes(self._core, storage, volume_id)
+            await storage.delete(volume_id)
+
         # A volume stays `deleting` while its host cannot be reached; any other failure leaves
         # it `error`, so that DeleteVolume can be tried again.
         try:
             await until_reachable(
                 volume.storage_host,
                 f"volume {volume_id}: stays deleting until its bytes are removed",
-                lambda: storage.delete(volume_id),
+                remove,
             )
         except (BackendError, OSError) as exc:
             log.error("volume %s: deletion failed: %s", volume_id, exc)

@@ -48,6 +48,15 @@ class RestoreSourceGone(Exception):
     deleted, or was never recorded): nothing was inserted."""
 
 
+class VolumeNotSnapshottable(Exception):
+    """A snapshot was to be inserted of a volume that is not available or in use (being
+    deleted, say, through another server instance): nothing was inserted."""
+
+    def __init__(self, volume_id: str) -> None:
+        super().__init__(volume_id)
+        self.volume_id = volume_id
+
+
 class UnknownFilterError(ValueError):
     """A filter name the resource does not support."""
 
@@ -404,14 +413,18 @@ class Store(
         self, snapshot: Snapshot, kind: str, payload: str = "{}", *, limit: int | None = None
     ) -> int:
         """``insert_snapshot`` and the intent record of job ``kind`` in one transaction; the
-        job's id. QuotaReached past ``limit``."""
+        job's id. QuotaReached past ``limit``; VolumeNotSnapshottable unless the snapshot's
+        volume is available or in use, its row held until the transaction ends (so that on
+        every server instance its deletion begins either before, and the insert fails, or
+        after, and sees the snapshot)."""
         ...
 
     async def insert_snapshots(
         self, snapshots: Sequence[Snapshot], *, limit: int | None = None
     ) -> None:
         """Insert several snapshots of one owner and region (with their tags) in one
-        transaction. QuotaReached past ``limit``."""
+        transaction. QuotaReached past ``limit``; VolumeNotSnapshottable as for
+        ``insert_snapshot_with_job``."""
         ...
 
     async def insert_snapshot_copy(
@@ -463,6 +476,10 @@ class Store(
 
     async def latest_completed_snapshot(self, volume_id: str) -> str | None:
         """The id of the volume's newest completed snapshot not being deleted, if any."""
+        ...
+
+    async def pending_snapshots(self, volume_id: str) -> list[str]:
+        """The ids of the volume's snapshots still pending, not being deleted."""
         ...
 
     # storage hosts

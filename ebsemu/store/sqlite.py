@@ -21,6 +21,7 @@ from typing import Any
 
 from ebsemu.model import (
     COPY_VOLUME_ID,
+    SNAPSHOTTABLE,
     Snapshot,
     SnapshotState,
     TagRecord,
@@ -35,6 +36,7 @@ from ebsemu.store.base import (
     Page,
     RestoreSourceGone,
     SnapshotDeletion,
+    VolumeNotSnapshottable,
 )
 from ebsemu.store.rows import (
     SNAPSHOT_COLUMNS,
@@ -271,6 +273,7 @@ class SqlStore(
         statements = self._snapshot_statements(snapshot)
 
         def work(conn: sqlite3.Connection) -> int:
+            _hold_snapshottable(conn, [snapshot.volume_id])
             if limit is not None:
                 self._keep_within_work(conn, "snapshots", snapshot.owner_id, snapshot.region, limit)
             for sql, params in statements:
@@ -285,6 +288,7 @@ class SqlStore(
         statements = [statement for s in snapshots for statement in self._snapshot_statements(s)]
 
         def work(conn: sqlite3.Connection) -> None:
+            _hold_snapshottable(conn, [s.volume_id for s in snapshots])
             if limit is not None and snapshots:
                 owner, region = snapshots[0].owner_id, snapshots[0].region
                 self._keep_within_work(conn, "snapshots", owner, region, limit, len(snapshots))
@@ -480,6 +484,14 @@ class SqlStore(
             (volume_id,),
         )
         return str(rows[0][0]) if rows else None
+
+    async def pending_snapshots(self, volume_id: str) -> list[str]:
+        rows = await self._rows(
+            "SELECT id FROM snapshots WHERE volume_id = ? AND state = 'pending' AND deleted = 0 "
+            "ORDER BY seq",
+            (volume_id,),
+        )
+        return [str(row[0]) for row in rows]
 
     # ---- manifests -----------------------------------------------------------------------
 
@@ -719,6 +731,23 @@ def _remove_manifest_rows(
         [(snapshot_id, index) for index in indexes],
     )
     return digests
+
+
+_SNAPSHOTTABLE_STATES = ", ".join(f"'{state.value}'" for state in sorted(SNAPSHOTTABLE))
+_HOLD_SNAPSHOTTABLE_SQL = (
+    f"UPDATE volumes SET state = state WHERE id = ? AND state IN ({_SNAPSHOTTABLE_STATES})"
+)
+
+
+def _hold_snapshottable(conn: sqlite3.Connection, volume_ids: Sequence[str]) -> None:
+    """Inside a unit of work: write each volume's row unchanged if the volume can be
+    snapshotted, else raise VolumeNotSnapshottable. Its row lock (PostgreSQL) is then held until
+    the transaction ends: a deletion through another server instance waits for the snapshot's
+    insert, or was seen. The rows are taken in one order, so that two such works never wait
+    for each other."""
+    for volume_id in sorted(set(volume_ids)):
+        if conn.execute(_HOLD_SNAPSHOTTABLE_SQL, (volume_id,)).rowcount != 1:
+            raise VolumeNotSnapshottable(volume_id)
 
 
 def _insert_job(conn: sqlite3.Connection, kind: str, payload: str, resource_id: str) -> int:
