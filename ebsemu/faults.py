@@ -32,6 +32,7 @@ STEPS: tuple[str, ...] = (
     "snapshot.batch",  # one batch of manifest rows and blocks stored, more to come
     "snapshot.captured",  # every block stored and flushed, state still pending
     "snapshot.completed",  # state completed, frozen view not dropped yet
+    "modify_volume.growing",  # volume checked under its lock, storage not grown yet
     "delete_volume.removed",  # storage removed, state still deleting
     "delete_snapshot.swept",  # blocks swept, record not removed yet
     "attach.exported",  # volume exported, not yet attached in the VMM

@@ -123,7 +123,8 @@ class Harness:
 
     def __init__(self, work: Path, seed: int, vm: QemuVm | None = None) -> None:
         self.rng = random.Random(seed)
-        config = TEST_CONFIG
+        # A volume grows as often as the harness asks.
+        config = TEST_CONFIG.replace("[limits]\n", "[limits]\nmodification_cooldown_seconds = 0\n")
         if vm is not None:
             config += VM_CONFIG.format(zone=ZONE, sockets=vm.socket.parent)
         self.vm = vm
@@ -407,9 +408,16 @@ class Harness:
         for volume_id in sorted(dirs):
             if states.get(volume_id) not in ("available", "in-use", "error"):
                 problems.append(f"volume directory {volume_id} without a live record")
+        sizes = dict(rows("SELECT id, size_gib FROM volumes"))
         for volume_id, state in sorted(states.items()):
             if state in ("available", "in-use") and volume_id not in dirs:
                 problems.append(f"{state} volume {volume_id} has no storage")
+            elif state in ("available", "in-use"):
+                held = sum(
+                    p.stat().st_size for p in (storage / "volumes" / volume_id).glob("seg-*")
+                )
+                if held != int(sizes[volume_id]) * 1024**3:
+                    problems.append(f"volume {volume_id} of {sizes[volume_id]} GiB holds {held}")
         views = self._views()
         if views:
             problems.append(f"frozen views left with nothing pending: {views}")
@@ -547,6 +555,26 @@ def op_restore(h: Harness) -> None:
             h.tally.inconsistencies.append(f"restore of {snapshot_id} is not byte-identical")
 
 
+def op_grow(h: Harness) -> None:
+    """ModifyVolume one GiB larger, until the storage has grown (`optimizing` or after)."""
+    volume_id = h.rng.choice(sorted(h.volumes))
+    (volume,) = h.call("describe_volumes", VolumeIds=[volume_id])["Volumes"]
+    active = [{"Name": "volume-id", "Values": [volume_id]}, *_ACTIVE]
+    modifications = h.call("describe_volumes_modifications", Filters=active)
+    if volume["State"] not in ("available", "in-use") or modifications["VolumesModifications"]:
+        return
+    h.call("modify_volume", VolumeId=volume_id, Size=volume["Size"] + 1)
+
+    def grown() -> bool:
+        found = h.call("describe_volumes_modifications", VolumeIds=[volume_id])
+        return str(found["VolumesModifications"][0]["ModificationState"]) != "modifying"
+
+    h.wait_for(grown, f"growth of {volume_id}")
+
+
+_ACTIVE = [{"Name": "modification-state", "Values": ["modifying", "optimizing"]}]
+
+
 def op_delete_volume(h: Harness) -> None:
     volume_id = h.rng.choice(sorted(set(h.volumes) - set(h.attached)))
     h.call("delete_volume", VolumeId=volume_id)
@@ -591,6 +619,7 @@ OPS: dict[str, Callable[[Harness], None]] = {
     "snapshot": op_snapshot,
     "snapshot_attached": op_snapshot_attached,
     "restore": op_restore,
+    "grow": op_grow,
     "delete_volume": op_delete_volume,
     "delete_snapshot": op_delete_snapshot,
     "attach": op_attach,
@@ -606,6 +635,7 @@ _OPS_FOR_STEP: dict[str, tuple[str, ...]] = {
     "snapshot.batch": ("snapshot", "write"),
     "snapshot.captured": ("snapshot", "write"),
     "snapshot.completed": ("snapshot", "write"),
+    "modify_volume.growing": ("grow", "create"),
     "delete_volume.removed": ("delete_volume", "create"),
     "delete_snapshot.swept": ("delete_snapshot", "snapshot", "write"),
     "attach.exported": ("attach", "create", "detach"),
@@ -625,7 +655,7 @@ def _possible(h: Harness, name: str) -> bool:
         return bool(h.attached)
     if name == "delete_volume":
         return bool(set(h.volumes) - set(h.attached))
-    if name in ("write", "snapshot"):
+    if name in ("write", "snapshot", "grow"):
         return bool(h.volumes)
     if name in ("restore", "delete_snapshot"):
         return bool(h.snapshots) and len(h.volumes) < 12

@@ -328,17 +328,33 @@ def test_a_snapshot_and_its_volumes_deletion_through_both_instances_at_once_lose
     poll(all_deleted, timeout=60)
 
 
+@contextlib.contextmanager
+def _instance_stopped_at(pair: Pair, step: str) -> Iterator[ServerProcess]:
+    """A third instance that stops for good when its work reaches fault step ``step`` (it
+    holds that work's job), killed when the block ends: its jobs then go to the pair once
+    their leases run out."""
+    third = pair.third("three", env={"EBSEMU_FAULT": f"{step}:1:hang"})
+    try:
+        yield third
+    finally:
+        third.stop(signal.SIGKILL)
+
+
+def _state_after(pair: Pair, volume_id: str, seconds: float) -> str:
+    time.sleep(seconds)
+    ((state,),) = pair.sql(f"SELECT state FROM volumes WHERE id = '{volume_id}'")
+    return state
+
+
 def test_a_volumes_deletion_waits_for_the_freeze_of_a_snapshot_another_instance_recorded(
     pair: Pair,
 ) -> None:
     one, two = pair.first.client(), pair.second.client()
     volume_id = new_volume(one)
     segment = volume_segment(pair.shared, volume_id)
-    # An instance that stops in CreateSnapshot with the snapshot recorded, before its freeze.
-    third = pair.third("three", env={"EBSEMU_FAULT": "snapshot.recorded:1:hang"})
-    try:
-        hanging = threading.Thread(target=_quietly, args=(third.client(), volume_id), daemon=True)
-        hanging.start()
+    with _instance_stopped_at(pair, "snapshot.recorded") as third:
+        asking = threading.Thread(target=_quietly, args=(third.client(), volume_id), daemon=True)
+        asking.start()
 
         def recorded() -> str | None:
             rows = pair.sql(f"SELECT id, state FROM snapshots WHERE volume_id = '{volume_id}'")
@@ -346,12 +362,9 @@ def test_a_volumes_deletion_waits_for_the_freeze_of_a_snapshot_another_instance_
 
         snapshot_id = poll(recorded, timeout=30)
         two.delete_volume(VolumeId=volume_id)
-        time.sleep(1.5)
         # The deletion waits for that freeze: the volume's bytes are still there.
-        assert pair.sql(f"SELECT state FROM volumes WHERE id = '{volume_id}'") == [["deleting"]]
+        assert _state_after(pair, volume_id, 1.5) == "deleting"
         assert segment.exists()
-    finally:
-        third.stop(signal.SIGKILL)
     # The instance died before freezing: the one that takes its job over fails the snapshot,
     # and the deletion then goes on.
     one.get_waiter("volume_deleted").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
@@ -365,6 +378,65 @@ def _quietly(ec2: Any, volume_id: str) -> None:
     """CreateSnapshot through an instance that never answers it (or dies first)."""
     with contextlib.suppress(Exception):
         ec2.create_snapshot(VolumeId=volume_id)
+
+
+def _growing(pair: Pair, third: ServerProcess, volume_id: str) -> None:
+    """ModifyVolume to 2 GiB through ``third``, until its job stops before growing."""
+    third.client().modify_volume(VolumeId=volume_id, Size=2)
+    hanging = "fault injected: hanging at modify_volume.growing"
+    poll(lambda: True if hanging in third.log_path.read_text() else None, timeout=30)
+
+
+def _modification_state(pair: Pair, volume_id: str) -> str:
+    ((state,),) = pair.sql(
+        f"SELECT state FROM volume_modifications WHERE volume_id = '{volume_id}'"
+    )
+    return state
+
+
+def test_a_volumes_deletion_waits_for_a_growth_another_instance_began(pair: Pair) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    volume_id = new_volume(one)
+    segment = volume_segment(pair.shared, volume_id)
+    with _instance_stopped_at(pair, "modify_volume.growing") as third:
+        _growing(pair, third, volume_id)
+        two.delete_volume(VolumeId=volume_id)
+        assert _state_after(pair, volume_id, 1.5) == "deleting"
+        assert segment.exists()
+    # The job taken over finds the volume being deleted and fails the modification; the
+    # deletion then removes the volume.
+    one.get_waiter("volume_deleted").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+    assert _modification_state(pair, volume_id) == "failed"
+    assert not segment.exists()
+
+
+@pytest.mark.skipif(not HAVE_QEMU, reason=NEEDS_QEMU)
+def test_an_attach_waits_for_a_growth_another_instance_began(pair: Pair) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    iid = instance_id(VMM, "pairvm")
+    volume_id = new_volume(one)
+    with _instance_stopped_at(pair, "modify_volume.growing") as third:
+        _growing(pair, third, volume_id)
+        two.attach_volume(VolumeId=volume_id, InstanceId=iid, Device="/dev/sdk")
+        time.sleep(1.5)
+        ((attachment,),) = pair.sql(
+            f"SELECT state FROM attachments WHERE volume_id = '{volume_id}'"
+        )
+        assert attachment == "attaching"  # not exported at the old size meanwhile
+
+    # The job taken over grows the volume, which is then exported and attached at its new size.
+    def attached() -> dict[str, Any] | None:
+        (volume,) = one.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+        states = [a["State"] for a in volume["Attachments"]]
+        return volume if states == ["attached"] else None
+
+    volume = poll(attached, timeout=60)
+    assert volume["Size"] == 2
+    assert volume_segment(pair.shared, volume_id).stat().st_size == 2 * 1024**3
+    assert _modification_state(pair, volume_id) != "failed"
+    one.detach_volume(VolumeId=volume_id)
+    two.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+    one.delete_volume(VolumeId=volume_id)
 
 
 def _fill(segment: Path, size: int) -> None:

@@ -23,6 +23,7 @@ from backends.base import AttachSpec, VmmBackend
 from backends.errors import BackendError, DomainNotFound
 from ebsemu import errors, faults
 from ebsemu.model import Attachment, AttachmentState, Instance, Volume, VolumeState, utcnow
+from ebsemu.service import volume_waits
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
 from ebsemu.service.encryption import EncryptionService
@@ -282,6 +283,7 @@ class AttachmentService:
             return instance, self._instances.vmm_of(instance)
 
         async def export() -> None:
+            await volume_waits.after_grow(self._core, volume_id)
             await self._exports.source_for(volume_id, where()[0].vmm)
             await faults.reach("attach.exported")
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from backends.errors import BackendError, CapacityError
-from ebsemu import errors
+from ebsemu import errors, faults
 from ebsemu.model import GIB, AttachmentState, VolumeState, utcnow
 from ebsemu.modification import ACTIVE_STATES, ModificationState, VolumeModification
 from ebsemu.service import listing
@@ -169,6 +169,7 @@ class ModificationService:
             volume = await self._core.store.get_volume(volume_id)
             if volume is None or volume.state not in MODIFIABLE:
                 raise BackendError(f"volume {volume_id} is no longer available or in use")
+            await faults.reach("modify_volume.growing")
             await self._core.storage_for(volume).extend(
                 volume_id, size_gib * GIB, one_device=bool(volume.attachments)
             )

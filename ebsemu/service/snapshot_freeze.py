@@ -13,9 +13,7 @@ without a capture.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 from backends.base import BlockDigests, DigestFreezer, StorageBackend
@@ -24,11 +22,6 @@ from ebsemu.service import snapshot_data
 from ebsemu.service.core import Core
 
 log = logging.getLogger(__name__)
-
-# How long a volume's deletion waits for the freezes of its snapshots (``after_freezes``), and
-# how often it looks again.
-FREEZE_WAIT_SECONDS = 300.0
-FREEZE_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -70,30 +63,3 @@ async def freeze(core: Core, storage: StorageBackend, volume_id: str, snapshot_i
         await snapshot_data.sweep(core, snapshot_id)
         raise
     return Frozen(seeded=True, unchanged_blocks=None if viewed else len(digests))
-
-
-async def after_freezes(core: Core, storage: StorageBackend, volume_id: str) -> None:
-    """Return once no snapshot of the volume is being frozen, for its deletion to go on.
-
-    On one server instance the volume's lock keeps a freeze and a deletion apart. Through two
-    sharing the store, a CreateSnapshot may have inserted its snapshot (the volume still
-    available, see ``Store.insert_snapshot_with_job``) and not yet frozen it: removing the
-    volume's bytes then would fail a snapshot that AWS completes. Such a snapshot is pending
-    with no view yet. A freeze whose instance died is failed by the instance that takes its
-    job over, which ends the wait too; past FREEZE_WAIT_SECONDS the deletion goes on."""
-    if not core.store.shared:
-        return
-    deadline = time.monotonic() + FREEZE_WAIT_SECONDS
-    while pending := await core.store.pending_snapshots(volume_id):
-        views = set(await storage.list_views())
-        freezing = sorted(set(pending) - views)
-        if not freezing:
-            return
-        if time.monotonic() > deadline:
-            log.warning(
-                "volume %s: removed while snapshot(s) %s still wait for their freeze",
-                volume_id,
-                ", ".join(freezing),
-            )
-            return
-        await asyncio.sleep(FREEZE_POLL_SECONDS)

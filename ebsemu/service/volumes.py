@@ -34,9 +34,9 @@ from ebsemu.service import (
     quotas,
     sharing,
     snapshot_data,
-    snapshot_freeze,
     validation,
     volume_copies,
+    volume_waits,
 )
 from ebsemu.service.context import RequestContext
 from ebsemu.service.core import Core
@@ -295,7 +295,8 @@ class VolumeService:
         storage = self._core.storage_for(volume)
 
         async def remove() -> None:
-            await snapshot_freeze.after_freezes(self._core, storage, volume_id)
+            await volume_waits.after_freezes(self._core, storage, volume_id)
+            await volume_waits.after_grow(self._core, volume_id)
             await storage.delete(volume_id)
 
         # A volume stays `deleting` while its host cannot be reached; any other failure leaves
