@@ -26,6 +26,7 @@ KILLED_EXIT = 137  # what a shell reports for a SIGKILLed process
 STEPS: tuple[str, ...] = (
     "create_volume.allocated",  # storage exists, data not restored, state still creating
     "create_volume.restored",  # data restored from the snapshot, state still creating
+    "copy_volume.recorded",  # CopyVolumes: the copy and its create job recorded, nothing copied
     "snapshot.recorded",  # snapshot and capture intent recorded, volume not frozen yet
     "snapshot.paused",  # guests paused (and recorded) for views, no view taken yet
     "snapshot.frozen",  # view frozen and intent recorded, capture job not started

@@ -555,6 +555,22 @@ def op_restore(h: Harness) -> None:
             h.tally.inconsistencies.append(f"restore of {snapshot_id} is not byte-identical")
 
 
+def op_copy(h: Harness) -> None:
+    """CopyVolumes of one volume: the copy holds what its source held."""
+    source = h.rng.choice(sorted(h.volumes))
+    if h._state(source) not in ("available", "in-use"):
+        return
+    content = dict(h.volumes[source])
+    (copy,) = h.call("copy_volumes", SourceVolumeId=source)["Volumes"]
+    volume_id = str(copy["VolumeId"])
+    h.wait_for(lambda: h._state(volume_id) != "creating", f"copy of {source}")
+    if h._state(volume_id) != "available":
+        h.tally.inconsistencies.append(f"copy of {source} ended in error")
+    elif not h.matches(volume_id, content):
+        h.tally.inconsistencies.append(f"copy {volume_id} of {source} is not byte-identical")
+    h.volumes[volume_id] = content
+
+
 def op_grow(h: Harness) -> None:
     """ModifyVolume one GiB larger, until the storage has grown (`optimizing` or after)."""
     volume_id = h.rng.choice(sorted(h.volumes))
@@ -619,6 +635,7 @@ OPS: dict[str, Callable[[Harness], None]] = {
     "snapshot": op_snapshot,
     "snapshot_attached": op_snapshot_attached,
     "restore": op_restore,
+    "copy": op_copy,
     "grow": op_grow,
     "delete_volume": op_delete_volume,
     "delete_snapshot": op_delete_snapshot,
@@ -629,6 +646,7 @@ OPS: dict[str, Callable[[Harness], None]] = {
 _OPS_FOR_STEP: dict[str, tuple[str, ...]] = {
     "create_volume.allocated": ("create",),
     "create_volume.restored": ("restore", "snapshot", "write"),
+    "copy_volume.recorded": ("copy", "write"),
     "snapshot.recorded": ("snapshot", "write"),
     "snapshot.paused": ("attach", "snapshot_attached"),
     "snapshot.frozen": ("snapshot", "write"),
@@ -659,6 +677,8 @@ def _possible(h: Harness, name: str) -> bool:
         return bool(h.volumes)
     if name in ("restore", "delete_snapshot"):
         return bool(h.snapshots) and len(h.volumes) < 12
+    if name == "copy":
+        return bool(h.volumes) and len(h.volumes) < 12
     return len(h.volumes) < 12
 
 

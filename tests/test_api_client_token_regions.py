@@ -78,6 +78,7 @@ def test_a_token_recorded_before_regions_scoped_it_is_kept_in_its_region(
         proc.stop()
         # The volume as the schema before 14 recorded it, in the tables of that schema.
         proc.sql("UPDATE volumes SET client_token = ? WHERE id = ?", token, volume_id)
+        proc.sql("DROP INDEX volumes_source")  # added by 19
         proc.sql("ALTER TABLE volumes DROP COLUMN source_volume_id")  # added by 16
         proc.sql("PRAGMA user_version = 13")
         proc.start()

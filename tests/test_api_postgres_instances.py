@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -341,9 +341,10 @@ def _instance_stopped_at(pair: Pair, step: str) -> Iterator[ServerProcess]:
 
 
 def _state_after(pair: Pair, volume_id: str, seconds: float) -> str:
+    """The volume's state in the database after ``seconds``; "purged" once its row is gone."""
     time.sleep(seconds)
-    ((state,),) = pair.sql(f"SELECT state FROM volumes WHERE id = '{volume_id}'")
-    return state
+    rows = pair.sql(f"SELECT state FROM volumes WHERE id = '{volume_id}'")
+    return rows[0][0] if rows else "purged"
 
 
 def test_a_volumes_deletion_waits_for_the_freeze_of_a_snapshot_another_instance_recorded(
@@ -353,8 +354,7 @@ def test_a_volumes_deletion_waits_for_the_freeze_of_a_snapshot_another_instance_
     volume_id = new_volume(one)
     segment = volume_segment(pair.shared, volume_id)
     with _instance_stopped_at(pair, "snapshot.recorded") as third:
-        asking = threading.Thread(target=_quietly, args=(third.client(), volume_id), daemon=True)
-        asking.start()
+        _unanswered(partial(third.client().create_snapshot, VolumeId=volume_id))
 
         def recorded() -> str | None:
             rows = pair.sql(f"SELECT id, state FROM snapshots WHERE volume_id = '{volume_id}'")
@@ -374,10 +374,44 @@ def test_a_volumes_deletion_waits_for_the_freeze_of_a_snapshot_another_instance_
     one.delete_snapshot(SnapshotId=snapshot_id)
 
 
-def _quietly(ec2: Any, volume_id: str) -> None:
-    """CreateSnapshot through an instance that never answers it (or dies first)."""
-    with contextlib.suppress(Exception):
-        ec2.create_snapshot(VolumeId=volume_id)
+def test_a_volumes_deletion_waits_for_a_copy_another_instance_began(pair: Pair) -> None:
+    one, two = pair.first.client(), pair.second.client()
+    source = new_volume(one)
+    segment = volume_segment(pair.shared, source)
+    with _instance_stopped_at(pair, "copy_volume.recorded") as third:
+        _unanswered(partial(third.client().copy_volumes, SourceVolumeId=source))
+
+        def recorded() -> str | None:
+            rows = pair.sql(f"SELECT id FROM volumes WHERE source_volume_id = '{source}'")
+            return rows[0][0] if rows else None
+
+        copy = poll(recorded, timeout=30)
+        two.delete_volume(VolumeId=source)
+        # Past the job lease: the copy's job is still held by the instance making the copy,
+        # and the source's deletion still waits for it.
+        assert _state_after(pair, source, LEASE_SECONDS + 1.5) == "deleting"
+        assert segment.exists()
+        ((copy_state, runs),) = pair.sql(
+            "SELECT v.state, j.runs FROM volumes v JOIN jobs j ON j.resource_id = v.id "
+            f"WHERE v.id = '{copy}'"
+        )
+        assert (copy_state, runs) == ("creating", "1")
+    # The instance died before copying: the one that takes the copy's job over finds no copy
+    # and leaves it `error`; the source's deletion then goes on.
+    one.get_waiter("volume_deleted").wait(VolumeIds=[source], WaiterConfig=FAST)
+    assert _state_after(pair, copy, 0) == "error"
+    assert not segment.exists()
+    one.delete_volume(VolumeId=copy)
+
+
+def _unanswered(call: Callable[[], Any]) -> None:
+    """Make, in a thread of its own, a call that its instance stops in and never answers."""
+
+    def quietly() -> None:
+        with contextlib.suppress(Exception):
+            call()
+
+    threading.Thread(target=quietly, daemon=True).start()
 
 
 def _growing(pair: Pair, third: ServerProcess, volume_id: str) -> None:

@@ -603,7 +603,7 @@ def test_a_snapshot_is_recorded_with_its_job_and_completed_as_its_job_closes(
     assert inventory.jobs == {("capture_snapshot", "done"): 1}
 
 
-def test_a_snapshot_is_inserted_only_of_a_volume_available_or_in_use(
+def test_a_snapshot_or_a_copy_is_inserted_only_of_a_volume_available_or_in_use(
     new_store: NewStore,
 ) -> None:
     async def scenario(store: Store) -> list[str]:
@@ -627,9 +627,23 @@ def test_a_snapshot_is_inserted_only_of_a_volume_available_or_in_use(
         await store.insert_snapshots([snapshot("snap-6", volume_id="vol-1")])
         assert await store.pending_snapshots("vol-1") == ["snap-5", "snap-6"]
         assert await store.pending_snapshots("vol-2") == []
+        # A copy (CopyVolumes) likewise, of its source.
+        creating = VolumeState.CREATING
+        with pytest.raises(VolumeNotSnapshottable) as caught:
+            await store.insert_volume_with_job(
+                volume("vol-3", state=creating, source_volume_id="vol-2"), "create_volume"
+            )
+        refused.append(caught.value.volume_id)
+        assert await store.get_volume("vol-3") is None
+        copy, _ = await store.insert_volume_with_job(
+            volume("vol-4", state=creating, source_volume_id="vol-1"), "create_volume"
+        )
+        assert await store.copies_in_progress("vol-1") == [copy.id]
+        assert await store.transition_volume("vol-4", {creating}, VolumeState.AVAILABLE)
+        assert await store.copies_in_progress("vol-1") == []
         return refused
 
-    assert run(new_store, scenario) == ["vol-2", "vol-9", "vol-2"]
+    assert run(new_store, scenario) == ["vol-2", "vol-9", "vol-2", "vol-2"]
 
 
 def test_a_live_instances_jobs_are_claimed_only_once_its_lease_runs_out(

@@ -29,15 +29,19 @@ log = logging.getLogger(__name__)
 COPYABLE = {VolumeState.AVAILABLE, VolumeState.IN_USE}
 
 
+def not_copyable(source_id: str, state: VolumeState) -> errors.ApiError:
+    return errors.IncorrectState(
+        f"The volume '{source_id}' is '{state.value}'; only an available or in-use volume can "
+        "be copied."
+    )
+
+
 def check_source(source: Volume, storage: StorageBackend, size_gib: int | None) -> int:
     """The copy's size: ``size_gib``, or the source's. IncorrectState for a source that is not
     `available` or `in-use`, InvalidParameterValue for a size below the source's,
     UnsupportedOperation where the source's storage cannot copy it."""
     if source.state not in COPYABLE:
-        raise errors.IncorrectState(
-            f"The volume '{source.id}' is '{source.state.value}'; only an available or in-use "
-            "volume can be copied."
-        )
+        raise not_copyable(source.id, source.state)
     if not isinstance(storage, VolumeCopier):
         raise errors.UnsupportedOperation(
             f"Cannot copy the volume {source.id}: its storage host {source.storage_host} "

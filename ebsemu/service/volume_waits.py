@@ -1,11 +1,12 @@
 """Where a volume's job waits for work on the volume that another server instance does.
 
-On one instance, the volume's lock keeps a deletion or an attach apart from a snapshot's freeze
-and a grow: each begins under the lock, and the others wait for it. Instances sharing a store
-hold only their own locks, so there a job that would undo such work midway (remove the bytes a
-freeze is about to read, export a volume that is about to gain a segment) first waits, as long
-as the store shows that work under way. An instance that dies midway leaves it to the one that
-takes its job over, which ends the wait too; past WAIT_SECONDS the job goes on regardless.
+On one instance, the volume's lock keeps a deletion or an attach apart from a snapshot's
+freeze, a copy and a grow: each begins under the lock, and the others wait for it. Instances
+sharing a store hold only their own locks, so there a job that would undo such work midway
+(remove the bytes a freeze or a copy is about to read, export a volume that is about to gain a
+segment) first waits, as long as the store shows that work under way. An instance that dies
+midway leaves it to the one that takes its job over, which ends the wait too; past
+WAIT_SECONDS the job goes on regardless.
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ async def after_freezes(core: Core, storage: StorageBackend, volume_id: str) -> 
         return sorted(set(pending) - set(await storage.list_views()))
 
     await _until_done(core, volume_id, "the freeze of snapshot(s)", freezing)
+
+
+async def after_copies(core: Core, volume_id: str) -> None:
+    """Return once no copy of the volume (CopyVolumes) is being made. CopyVolumes inserts the
+    copy while its source is available or in use (``Store.insert_volume_with_job``), then
+    copies the source's bytes, and its job then brings the copy to its size: removing the
+    source's bytes meanwhile would leave the copy in `error`."""
+
+    async def copying() -> list[str]:
+        return await core.store.copies_in_progress(volume_id)
+
+    await _until_done(core, volume_id, "the copies", copying)
 
 
 async def after_grow(core: Core, volume_id: str) -> None:

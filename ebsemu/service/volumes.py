@@ -44,7 +44,13 @@ from ebsemu.service.encryption import EncryptionService
 from ebsemu.service.jobs import CURRENT_JOB
 from ebsemu.service.steps import Step, run_steps
 from ebsemu.service.storage_hosts import host_unreachable, until_reachable
-from ebsemu.store.base import ClientTokenRetired, ListQuery, QuotaReached, RestoreSourceGone
+from ebsemu.store.base import (
+    ClientTokenRetired,
+    ListQuery,
+    QuotaReached,
+    RestoreSourceGone,
+    VolumeNotSnapshottable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +140,9 @@ class VolumeService:
                 stored, job_id = await self._insert(volume, req)
             if job_id is None:
                 return self._idempotent(stored, req)
+            # Held until started or failed: its lease is renewed however long the copy takes.
+            self._core.jobs.recorded(job_id)
+            await faults.reach("copy_volume.recorded")
             source = await self.get(ctx, req.source_volume_id)
             try:
                 await volume_copies.copy(self._core, source, stored.id)
@@ -296,6 +305,7 @@ class VolumeService:
 
         async def remove() -> None:
             await volume_waits.after_freezes(self._core, storage, volume_id)
+            await volume_waits.after_copies(self._core, volume_id)
             await volume_waits.after_grow(self._core, volume_id)
             await storage.delete(volume_id)
 
@@ -345,6 +355,11 @@ class VolumeService:
         except RestoreSourceGone:  # deleted meanwhile, through another server instance
             await self._encryption.drop_key(volume.id)
             raise _snapshot_not_found(req.snapshot_id) from None
+        except VolumeNotSnapshottable as exc:  # the copy's source: as RestoreSourceGone
+            await self._encryption.drop_key(volume.id)
+            source = await self._core.store.get_volume(exc.volume_id)
+            state = VolumeState.DELETED if source is None else source.state
+            raise volume_copies.not_copyable(exc.volume_id, state) from None
         if job_id is None:
             await self._encryption.drop_key(volume.id)
         return stored, job_id

@@ -49,8 +49,8 @@ class RestoreSourceGone(Exception):
 
 
 class VolumeNotSnapshottable(Exception):
-    """A snapshot was to be inserted of a volume that is not available or in use (being
-    deleted, say, through another server instance): nothing was inserted."""
+    """A snapshot or a copy (CopyVolumes) was to be inserted of a volume that is not available
+    or in use (being deleted, say, through another server instance): nothing was inserted."""
 
     def __init__(self, volume_id: str) -> None:
         super().__init__(volume_id)
@@ -351,7 +351,9 @@ class Store(
         """Insert; on a ClientToken already used by the owner, return that volume instead
         (ClientTokenRetired if that volume was purged). A volume to be created from a snapshot
         is inserted in one transaction with a check that the snapshot is not deleted, which
-        ``mark_snapshot_deleted`` waits for (RestoreSourceGone if it is)."""
+        ``mark_snapshot_deleted`` waits for (RestoreSourceGone if it is). A copy of a volume
+        (``source_volume_id``) holds its source's row as a snapshot's insert does
+        (VolumeNotSnapshottable unless the source is available or in use)."""
         ...
 
     async def insert_volume_with_job(
@@ -360,7 +362,8 @@ class Store(
         """``insert_volume`` and the intent record of job ``kind`` in one transaction; the job
         id is None when a ClientToken already used returned an existing volume.
         ClientTokenRetired when the token's volume was purged, RestoreSourceGone when the
-        snapshot it is to be created from is deleted, QuotaReached past ``limit``."""
+        snapshot it is to be created from is deleted, VolumeNotSnapshottable when the volume
+        it copies is not available or in use, QuotaReached past ``limit``."""
         ...
 
     async def get_volume(self, volume_id: str) -> Volume | None: ...
@@ -476,6 +479,10 @@ class Store(
 
     async def latest_completed_snapshot(self, volume_id: str) -> str | None:
         """The id of the volume's newest completed snapshot not being deleted, if any."""
+        ...
+
+    async def copies_in_progress(self, volume_id: str) -> list[str]:
+        """The ids of the volumes being created (CopyVolumes) as copies of the volume."""
         ...
 
     async def pending_snapshots(self, volume_id: str) -> list[str]:

@@ -329,4 +329,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS snapshot_locks_owner ON snapshot_locks(owner_id, region);
     """,
+    # 19: a volume's deletion looks for the copies of it under way (on a shared store)
+    """
+    CREATE INDEX IF NOT EXISTS volumes_source ON volumes(source_volume_id)
+    WHERE source_volume_id IS NOT NULL;
+    """,
 ]

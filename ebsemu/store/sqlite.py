@@ -485,6 +485,13 @@ class SqlStore(
         )
         return str(rows[0][0]) if rows else None
 
+    async def copies_in_progress(self, volume_id: str) -> list[str]:
+        rows = await self._rows(
+            "SELECT id FROM volumes WHERE source_volume_id = ? AND state = 'creating' ORDER BY seq",
+            (volume_id,),
+        )
+        return [str(row[0]) for row in rows]
+
     async def pending_snapshots(self, volume_id: str) -> list[str]:
         rows = await self._rows(
             "SELECT id FROM snapshots WHERE volume_id = ? AND state = 'pending' AND deleted = 0 "
@@ -812,6 +819,8 @@ def _insert_volume(
     # hold back one to come until this insert commits (see hold_snapshot).
     if restores and not conn.execute(HOLD_SNAPSHOT_SQL, (volume.snapshot_id,)).rowcount:
         raise RestoreSourceGone(f"snapshot {volume.snapshot_id} is deleted")
+    if volume.source_volume_id is not None and volume.state is VolumeState.CREATING:
+        _hold_snapshottable(conn, [volume.source_volume_id])  # a copy: as a snapshot's insert
     create_time = to_wire(volume.create_time)
     values = (
         volume.id,
