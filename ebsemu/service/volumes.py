@@ -140,10 +140,10 @@ class VolumeService:
                 stored, job_id = await self._insert(volume, req)
             if job_id is None:
                 return self._idempotent(stored, req)
+            source = await self.get(ctx, req.source_volume_id)
             # Held until started or failed: its lease is renewed however long the copy takes.
             self._core.jobs.recorded(job_id)
             await faults.reach("copy_volume.recorded")
-            source = await self.get(ctx, req.source_volume_id)
             try:
                 await volume_copies.copy(self._core, source, stored.id)
             except (BackendError, OSError) as exc:
