@@ -20,13 +20,11 @@ import logging
 
 from backends.base import StorageBackend, VolumeCopier
 from ebsemu import errors
-from ebsemu.model import Volume, VolumeState
+from ebsemu.model import SNAPSHOTTABLE, Volume, VolumeState
 from ebsemu.service import guest_pause
 from ebsemu.service.core import Core
 
 log = logging.getLogger(__name__)
-
-COPYABLE = {VolumeState.AVAILABLE, VolumeState.IN_USE}
 
 
 def not_copyable(source_id: str, state: VolumeState) -> errors.ApiError:
@@ -40,7 +38,7 @@ def check_source(source: Volume, storage: StorageBackend, size_gib: int | None) 
     """The copy's size: ``size_gib``, or the source's. IncorrectState for a source that is not
     `available` or `in-use`, InvalidParameterValue for a size below the source's,
     UnsupportedOperation where the source's storage cannot copy it."""
-    if source.state not in COPYABLE:
+    if source.state not in SNAPSHOTTABLE:  # a copy, as a snapshot, reads it at one instant
         raise not_copyable(source.id, source.state)
     if not isinstance(storage, VolumeCopier):
         raise errors.UnsupportedOperation(
