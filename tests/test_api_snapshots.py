@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ebsemu.service.instances import instance_id
 from tests.api_support import (
     DRY_RUN_MESSAGE,
     FAST,
@@ -19,7 +22,8 @@ from tests.api_support import (
     unique,
     volume_state,
 )
-from tests.server import ZONE, ServerProcess
+from tests.server import TEST_CONFIG, ZONE, ServerProcess
+from tests.vmm_fixtures import HAVE_QEMU, NEEDS_QEMU, running_vm
 from tests.volume_data import read_blocks, write_blocks
 
 # The module's server tests run on each store and storage backend.
@@ -303,3 +307,40 @@ def test_dry_run_create_and_delete_snapshot_change_nothing(ec2: Any) -> None:
     assert ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"] == "completed"
     ec2.delete_snapshot(SnapshotId=snapshot_id)
     ec2.delete_volume(VolumeId=volume_id)
+
+
+@pytest.mark.skipif(not HAVE_QEMU, reason=NEEDS_QEMU)
+def test_a_snapshot_of_an_attached_volume_that_cannot_be_frozen_ends_in_error(
+    tmp_path: Path,
+) -> None:
+    """Where the views directory is unusable (here a file), the first snapshot of an attached
+    volume cannot even learn how it would be frozen: the snapshot ends in `error` and its job
+    is closed, not an internal error with the snapshot pending for good."""
+    sockets = tmp_path / "qmp"
+    sockets.mkdir()
+    config = TEST_CONFIG + f"\n[vmm kvm]\ndriver = qemu\nzone = {ZONE}\nsocket_dir = {sockets}\n"
+    with running_vm(sockets, "frozenvm", ports=2):
+        server = ServerProcess(tmp_path / "data", config)
+        server.start()
+        try:
+            ec2 = server.client()
+            volume_id = new_volume(ec2)
+            instance = instance_id("kvm", "frozenvm")
+            ec2.attach_volume(VolumeId=volume_id, InstanceId=instance, Device="/dev/sdf")
+
+            def attached() -> bool | None:
+                (volume,) = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+                return True if volume["Attachments"][0]["State"] == "attached" else None
+
+            poll(attached, timeout=60)
+            views = server.data_dir / "storage" / "views"
+            shutil.rmtree(views, ignore_errors=True)
+            views.write_bytes(b"")
+            created = ec2.create_snapshot(VolumeId=volume_id)
+            assert created["State"] == "error"
+            jobs = server.rows("SELECT state FROM jobs WHERE kind = 'capture_snapshot'")
+            assert len(jobs) == 1 and jobs[0][0] != "running"
+            ec2.detach_volume(VolumeId=volume_id)
+            ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=FAST)
+        finally:
+            server.stop()

@@ -161,8 +161,8 @@ class SnapshotService:
             self._core.jobs.recorded(job_id)
             await faults.reach("snapshot.recorded")
             storage = self._core.storage_for(volume)
-            guests = await guest_pause.writers(self._core, volume, storage)
             try:
+                guests = await guest_pause.writers(self._core, volume, storage)
                 async with guest_pause.paused(self._core, guests):
                     frozen = await snapshot_freeze.freeze(
                         self._core, storage, volume_id, snapshot.id
