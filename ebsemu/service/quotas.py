@@ -9,10 +9,15 @@ creates of one account go on together (and share their commits). Near the limit,
 in the moment between another request's commit and the end of its block counts that place
 twice and refuses one that would just fit; it never lets one past the quota.
 
-The places are held in this process only. Where several server instances share the database,
-each insert is also given the limit (``store_limit``), and the store counts again in the
-insert's own transaction, one insert of an account, region and kind at a time across the
-instances (QuotaReached, which the caller answers as ``exceeded``).
+That holds only if the count a check looks at is no older than the holds it adds to it. The
+count of volumes is (SQLite keeps it in the process, in commit order: ``count_volumes``); the
+count of snapshots is read from the database, and a commit and the end of its block can both
+come while that read is under way, so that neither is seen. Each snapshot insert is therefore
+also given the limit (``store_limit``), and the store counts again in the insert's own
+transaction (QuotaReached, which the caller answers as ``exceeded``). The places are held in
+this process only: where several server instances share the database, every insert is given
+the limit, and the store counts one insert of an account, region and kind at a time across
+the instances.
 """
 
 from __future__ import annotations
@@ -70,9 +75,10 @@ async def check_snapshots(
 
 
 def store_limit(core: Core, kind: str) -> int | None:
-    """The limit to give an insert of ``kind`` ("volumes" or "snapshots") to keep within, on a
-    database other server instances share; None where this process sees every insert."""
-    return _limit(core, kind) if core.store.shared else None
+    """The limit to give an insert of ``kind`` ("volumes" or "snapshots") to keep within: for
+    snapshots always, for volumes on a database other server instances share; None where the
+    check made in this process is exact."""
+    return _limit(core, kind) if core.store.shared or kind == "snapshots" else None
 
 
 def exceeded(core: Core, kind: str, region: str, refusal: type[errors.ApiError]) -> errors.ApiError:
