@@ -365,6 +365,16 @@ class Harness:
                 self._count_error(volume_id)
                 self.volumes.pop(volume_id, None)
             elif state in STABLE_VOLUME and volume_id not in self.volumes:
+                copied_from = str(volume.get("SourceVolumeId") or "")
+                if copied_from:  # an interrupted CopyVolumes went through: its source's bytes
+                    if copied_from not in self.volumes:
+                        self.tally.inconsistencies.append(
+                            f"{volume_id} copied from {copied_from}, which is not a known volume"
+                        )
+                        continue
+                    self.volumes[volume_id] = dict(self.volumes[copied_from])
+                    self.journal.append(f"  adopted {volume_id}, a copy of {copied_from}")
+                    continue
                 origin = volume.get("SnapshotId") or ""
                 if origin and origin not in self.snapshots:
                     self.tally.inconsistencies.append(
