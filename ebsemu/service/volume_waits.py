@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from backends.base import StorageBackend
 from ebsemu.modification import ModificationState
@@ -47,10 +48,9 @@ async def after_copies(core: Core, volume_id: str) -> None:
     copies the source's bytes, and its job then brings the copy to its size: removing the
     source's bytes meanwhile would leave the copy in `error`."""
 
-    async def copying() -> list[str]:
-        return await core.store.copies_in_progress(volume_id)
-
-    await _until_done(core, volume_id, "the copies", copying)
+    await _until_done(
+        core, volume_id, "the copies", partial(core.store.copies_in_progress, volume_id)
+    )
 
 
 async def after_grow(core: Core, volume_id: str) -> None:
